@@ -1,0 +1,46 @@
+// Package storage defines the small interface every archive backend implements, and the
+// errors they share. Backends live in their own packages (file, s3, memory); the
+// conformance suite in storagetest runs against each of them.
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+)
+
+// ErrNotFound is returned (wrapped) by Get, Stat and Delete-free lookups when no object
+// exists under the key. Test for it with errors.Is.
+var ErrNotFound = errors.New("object not found")
+
+// ObjectInfo describes one stored object.
+type ObjectInfo struct {
+	// Key is the object's key relative to the storage's root (no leading slash).
+	Key string
+	// Size is the object's size in bytes.
+	Size int64
+	// ModTime is when the object was last written.
+	ModTime time.Time
+}
+
+// Storage is a flat key/value object store rooted at one location (a directory, a bucket
+// prefix). Keys are slash-separated relative paths without a leading slash, "." or ".."
+// segments; backends reject anything else with an error.
+//
+// Every implementation must honour these contracts:
+//   - Put stores the whole stream under key, or nothing: a reader never sees a partial
+//     object, and a Put that fails or whose context is cancelled leaves no new object
+//     visible (an object already under key stays as it was). Put replaces an existing object.
+//   - Get returns ErrNotFound (wrapped) when key does not exist. The caller closes the reader.
+//   - Stat returns ErrNotFound (wrapped) when key does not exist.
+//   - List returns every object whose key starts with prefix, sorted by key, with no
+//     temporary or in-progress objects.
+//   - Delete of a missing key succeeds.
+type Storage interface {
+	Put(ctx context.Context, key string, r io.Reader) error
+	Get(ctx context.Context, key string) (io.ReadCloser, error)
+	Stat(ctx context.Context, key string) (ObjectInfo, error)
+	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
+	Delete(ctx context.Context, key string) error
+}

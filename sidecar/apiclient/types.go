@@ -1,0 +1,125 @@
+package apiclient
+
+import "time"
+
+// DefaultPort is the port the sidecar's HTTP API (and its /metrics) listens on by default.
+const DefaultPort = 8008
+
+// Status is the answer to GET /v1/status: where PostgreSQL is and how far the archive follows.
+type Status struct {
+	// SystemIdentifier is PostgreSQL's database system identifier, as a decimal string.
+	SystemIdentifier string `json:"systemIdentifier"`
+	// Timeline is the timeline PostgreSQL currently writes on.
+	Timeline uint32 `json:"timeline"`
+	// ServerFlushLSN is PostgreSQL's current WAL flush position, in "X/Y" form.
+	ServerFlushLSN string `json:"serverFlushLSN"`
+	// ArchivedLSN is the position up to which WAL is durable in the archive, in "X/Y" form;
+	// empty when nothing has been archived yet.
+	ArchivedLSN string `json:"archivedLSN"`
+	// ArchiveLagBytes is ServerFlushLSN minus ArchivedLSN.
+	ArchiveLagBytes int64 `json:"archiveLagBytes"`
+	// ArchiveLagSeconds is the age of the oldest WAL not yet durable in the archive.
+	ArchiveLagSeconds float64 `json:"archiveLagSeconds"`
+	// StorageUp reports whether the last storage operation succeeded.
+	StorageUp bool `json:"storageUp"`
+	// Streaming reports whether the sidecar currently streams WAL from PostgreSQL.
+	Streaming bool `json:"streaming"`
+}
+
+// Backup job states.
+const (
+	// StateRunning means the base backup is being taken.
+	StateRunning = "running"
+	// StateCompleted means the base backup is complete: its manifest and all the WAL it
+	// needs are in the archive.
+	StateCompleted = "completed"
+	// StateFailed means the base backup failed; Error says why.
+	StateFailed = "failed"
+)
+
+// BackupJob is one base backup started through the API (POST /v1/backups, GET /v1/backups/{id}).
+type BackupJob struct {
+	// ID identifies the job; it is also the backup's ID once completed.
+	ID string `json:"id"`
+	// State is StateRunning, StateCompleted or StateFailed.
+	State string `json:"state"`
+	// Error says why the job failed; empty otherwise.
+	Error string `json:"error,omitempty"`
+	// StartedAt is when the job started.
+	StartedAt time.Time `json:"startedAt"`
+	// Backup describes the stored backup; set only when State is StateCompleted.
+	Backup *BackupInfo `json:"backup,omitempty"`
+}
+
+// Done reports whether the job reached a final state.
+func (j BackupJob) Done() bool { return j.State == StateCompleted || j.State == StateFailed }
+
+// BackupInfo describes a complete base backup in the archive.
+type BackupInfo struct {
+	// ID identifies the backup in the archive.
+	ID string `json:"id"`
+	// StartTime is when the backup started (pg_backup_start).
+	StartTime time.Time `json:"startTime"`
+	// StopTime is when the backup stopped (pg_backup_stop); the backup is consistent from here.
+	StopTime time.Time `json:"stopTime"`
+	// StartLSN is the backup's start position, in "X/Y" form.
+	StartLSN string `json:"startLSN"`
+	// StopLSN is the backup's stop position, in "X/Y" form.
+	StopLSN string `json:"stopLSN"`
+	// Timeline is the timeline the backup was taken on.
+	Timeline uint32 `json:"timeline"`
+	// SizeBytes is the size stored in the archive (after compression).
+	SizeBytes int64 `json:"sizeBytes"`
+	// DataBytes is the size of the data directory that was backed up.
+	DataBytes int64 `json:"dataBytes"`
+}
+
+// RecoveryWindow is the range of times a restore can reach: from the stop time of the oldest
+// backup to the newest archived WAL.
+type RecoveryWindow struct {
+	// Earliest is the earliest time a restore can reach.
+	Earliest time.Time `json:"earliest"`
+	// Latest is the latest time a restore can reach.
+	Latest time.Time `json:"latest"`
+}
+
+// Contains reports whether t lies in the window, bounds included.
+func (w RecoveryWindow) Contains(t time.Time) bool {
+	return !t.Before(w.Earliest) && !t.After(w.Latest)
+}
+
+// Catalog is the answer to GET /v1/backups: what the archive holds.
+type Catalog struct {
+	// Backups lists the complete base backups, oldest first.
+	Backups []BackupInfo `json:"backups"`
+	// Window is the recovery window; nil when no backup is complete yet.
+	Window *RecoveryWindow `json:"window,omitempty"`
+	// Timelines lists the timelines with WAL in the archive, ascending.
+	Timelines []uint32 `json:"timelines"`
+}
+
+// PruneRequest is the body of POST /v1/prune. A backup is kept when it is among the newest
+// KeepBackups or newer than KeepWithin; WAL is kept while a kept backup needs it. A zero
+// field sets no limit of its own, so a request with both fields zero removes nothing.
+type PruneRequest struct {
+	// KeepBackups is how many of the newest backups to keep.
+	KeepBackups int `json:"keepBackups,omitempty"`
+	// KeepWithin is a Go duration ("168h"): backups newer than this are kept.
+	KeepWithin string `json:"keepWithin,omitempty"`
+}
+
+// PruneResult is the answer to POST /v1/prune.
+type PruneResult struct {
+	// RemovedBackups lists the IDs of the backups removed.
+	RemovedBackups []string `json:"removedBackups"`
+	// RemovedWALObjects counts the WAL objects removed.
+	RemovedWALObjects int `json:"removedWALObjects"`
+}
+
+// ErrorBody is the body of every error answer.
+type ErrorBody struct {
+	// Error says what went wrong.
+	Error string `json:"error"`
+	// ID is the running backup's ID in a 409 answer to POST /v1/backups.
+	ID string `json:"id,omitempty"`
+}

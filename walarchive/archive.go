@@ -1,0 +1,290 @@
+package walarchive
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/kcbackup/kcbackup/walarchive/storage"
+)
+
+// FormatVersion is the archive layout version this code writes and reads.
+const FormatVersion = 1
+
+// ErrNoIdentity is returned by OpenArchive when the storage holds no archive yet.
+var ErrNoIdentity = errors.New("no kcbackup archive here (identity.json is missing)")
+
+// ErrConflict is returned when an object that must never change (a complete segment, a
+// history file) is already stored with different content. The stored object is kept.
+var ErrConflict = errors.New("a different object is already stored under this key")
+
+// Identity records which cluster an archive belongs to. A server whose identity differs is
+// refused, so two clusters never mix their WAL in one archive.
+type Identity struct {
+	FormatVersion    int         `json:"formatVersion"`
+	SystemIdentifier string      `json:"systemIdentifier"`
+	PostgresVersion  int         `json:"postgresVersion"`
+	WALSegmentSize   uint64      `json:"walSegmentSize"`
+	Compression      Compression `json:"compression"`
+	CreatedAt        time.Time   `json:"createdAt"`
+}
+
+// Validate checks an identity read from storage or built from a server.
+func (id Identity) Validate() error {
+	if id.FormatVersion != FormatVersion {
+		return fmt.Errorf("archive format version %d is not supported (this kcbackup reads version %d)", id.FormatVersion, FormatVersion)
+	}
+	if _, err := strconv.ParseUint(id.SystemIdentifier, 10, 64); err != nil {
+		return fmt.Errorf("invalid system identifier %q: expected a decimal number", id.SystemIdentifier)
+	}
+	if id.PostgresVersion < 10 {
+		return fmt.Errorf("invalid PostgreSQL major version %d: expected 10 or later", id.PostgresVersion)
+	}
+	if err := ValidateSegmentSize(id.WALSegmentSize); err != nil {
+		return err
+	}
+	if _, err := ParseCompression(string(id.Compression)); err != nil {
+		return err
+	}
+	return nil
+}
+
+// Archive is an opened archive: storage plus the identity of the cluster it belongs to.
+type Archive struct {
+	Storage  storage.Storage
+	Identity Identity
+}
+
+// SegmentSize is the archive's WAL segment size.
+func (a *Archive) SegmentSize() uint64 { return a.Identity.WALSegmentSize }
+
+// OpenArchive reads the identity of an existing archive.
+func OpenArchive(ctx context.Context, st storage.Storage) (*Archive, error) {
+	data, err := getSmall(ctx, st, IdentityKey)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, ErrNoIdentity
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read archive identity: %w", err)
+	}
+	var id Identity
+	if err := json.Unmarshal(data, &id); err != nil {
+		return nil, fmt.Errorf("read archive identity %s: %w: %v", IdentityKey, ErrCorrupt, err)
+	}
+	if err := id.Validate(); err != nil {
+		return nil, fmt.Errorf("archive identity %s: %w", IdentityKey, err)
+	}
+	return &Archive{Storage: st, Identity: id}, nil
+}
+
+// InitArchive opens the archive for the cluster want describes, creating the identity
+// on first use. An archive that belongs to another cluster (system identifier, PostgreSQL
+// major version or WAL segment size differ) is refused.
+func InitArchive(ctx context.Context, st storage.Storage, want Identity) (*Archive, error) {
+	want.FormatVersion = FormatVersion
+	if want.Compression == "" {
+		want.Compression = CompressionZstd
+	}
+	if err := want.Validate(); err != nil {
+		return nil, err
+	}
+	a, err := OpenArchive(ctx, st)
+	if errors.Is(err, ErrNoIdentity) {
+		if want.CreatedAt.IsZero() {
+			want.CreatedAt = time.Now().UTC()
+		}
+		data, _ := json.MarshalIndent(want, "", "  ")
+		if err := putSmall(ctx, st, IdentityKey, data, CompressionNone); err != nil {
+			return nil, fmt.Errorf("write archive identity: %w", err)
+		}
+		return &Archive{Storage: st, Identity: want}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	have := a.Identity
+	switch {
+	case have.SystemIdentifier != want.SystemIdentifier:
+		return nil, fmt.Errorf("this archive belongs to the cluster with system identifier %s, but the server has %s: point this server at its own archive (a different bucket prefix or directory)", have.SystemIdentifier, want.SystemIdentifier)
+	case have.PostgresVersion != want.PostgresVersion:
+		return nil, fmt.Errorf("this archive holds PostgreSQL %d WAL, but the server runs PostgreSQL %d: use a new archive after a major upgrade", have.PostgresVersion, want.PostgresVersion)
+	case have.WALSegmentSize != want.WALSegmentSize:
+		return nil, fmt.Errorf("this archive holds %d-byte WAL segments, but the server uses %d-byte segments", have.WALSegmentSize, want.WALSegmentSize)
+	}
+	return a, nil
+}
+
+// PutResult says what an upload did.
+type PutResult struct {
+	RawBytes    uint64
+	StoredBytes uint64
+	// AlreadyStored is true when an identical object was already there and nothing was written.
+	AlreadyStored bool
+}
+
+// PutImmutable stores an object that must never change once written (a complete segment,
+// a history file). Storing the same bytes again succeeds without writing; different bytes
+// fail with ErrConflict and the stored object is kept. r is read twice when the key exists.
+func (a *Archive) PutImmutable(ctx context.Context, key string, r io.ReadSeeker) (PutResult, error) {
+	_, err := a.Storage.Stat(ctx, key)
+	if err == nil {
+		ours, err := hashReader(r)
+		if err != nil {
+			return PutResult{}, fmt.Errorf("put %s: hash local copy: %w", key, err)
+		}
+		theirs, err := a.objectSum(ctx, key)
+		if err != nil && !errors.Is(err, ErrCorrupt) {
+			return PutResult{}, fmt.Errorf("put %s: compare with stored copy: %w", key, err)
+		}
+		if err == nil && theirs == ours {
+			return PutResult{AlreadyStored: true}, nil
+		}
+		if err != nil {
+			return PutResult{}, fmt.Errorf("put %s: %w: the stored copy fails verification (%v); it is kept for inspection", key, ErrConflict, err)
+		}
+		return PutResult{}, fmt.Errorf("put %s: %w (stored SHA-256 %x, local %x); the stored object is kept", key, ErrConflict, theirs[:8], ours[:8])
+	}
+	if !errors.Is(err, storage.ErrNotFound) {
+		return PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	}
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return PutResult{}, fmt.Errorf("put %s: rewind: %w", key, err)
+	}
+	return a.Put(ctx, key, r)
+}
+
+// Put frames, compresses and stores the stream under key, replacing what was there.
+func (a *Archive) Put(ctx context.Context, key string, r io.Reader) (PutResult, error) {
+	return PutObject(ctx, a.Storage, key, r, a.Identity.Compression)
+}
+
+// PutObject frames, compresses and stores a stream of any length under key in bounded memory.
+func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader, c Compression) (PutResult, error) {
+	pr, pw := io.Pipe()
+	var res PutResult
+	go func() {
+		ow, err := NewObjectWriter(pw, c)
+		if err == nil {
+			_, err = io.Copy(ow, r)
+			if cerr := ow.Close(); err == nil {
+				err = cerr
+			}
+			res.RawBytes, res.StoredBytes = ow.RawBytes(), ow.StoredBytes()
+		}
+		pw.CloseWithError(err)
+	}()
+	err := st.Put(ctx, key, pr)
+	pr.CloseWithError(errors.New("upload ended")) // unblock the encoder if Put returned early
+	if err != nil {
+		return PutResult{}, err
+	}
+	return res, nil
+}
+
+// Get verifies and copies the object's payload to w. Bytes reach w before verification
+// ends: write to a temporary place and keep it only when Get returns nil.
+func (a *Archive) Get(ctx context.Context, key string, w io.Writer) (int64, error) {
+	return GetObject(ctx, a.Storage, key, w)
+}
+
+// GetObject verifies and copies an object's payload to w; see Archive.Get.
+func GetObject(ctx context.Context, st storage.Storage, key string, w io.Writer) (int64, error) {
+	rc, err := st.Get(ctx, key)
+	if err != nil {
+		return 0, err
+	}
+	defer rc.Close()
+	or, err := NewObjectReader(rc, key)
+	if err != nil {
+		return 0, err
+	}
+	defer or.Close()
+	n, err := io.Copy(w, or)
+	if err != nil {
+		return n, fmt.Errorf("read %s: %w", key, err)
+	}
+	return n, nil
+}
+
+func (a *Archive) objectSum(ctx context.Context, key string) ([32]byte, error) {
+	h := sha256.New()
+	if _, err := a.Get(ctx, key, h); err != nil {
+		return [32]byte{}, err
+	}
+	var s [32]byte
+	copy(s[:], h.Sum(nil))
+	return s, nil
+}
+
+func hashReader(r io.ReadSeeker) ([32]byte, error) {
+	var s [32]byte
+	if _, err := r.Seek(0, io.SeekStart); err != nil {
+		return s, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, r); err != nil {
+		return s, err
+	}
+	copy(s[:], h.Sum(nil))
+	return s, nil
+}
+
+func putSmall(ctx context.Context, st storage.Storage, key string, data []byte, c Compression) error {
+	_, err := PutObject(ctx, st, key, bytes.NewReader(data), c)
+	return err
+}
+
+func getSmall(ctx context.Context, st storage.Storage, key string) ([]byte, error) {
+	var b bytes.Buffer
+	_, err := GetObject(ctx, st, key, &b)
+	return b.Bytes(), err
+}
+
+// PutJSON stores v as a framed JSON object.
+func (a *Archive) PutJSON(ctx context.Context, key string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", key, err)
+	}
+	return putSmall(ctx, a.Storage, key, data, CompressionNone)
+}
+
+// GetJSON reads and verifies a framed JSON object into v.
+func (a *Archive) GetJSON(ctx context.Context, key string, v any) error {
+	data, err := getSmall(ctx, a.Storage, key)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
+	}
+	return nil
+}
+
+// PutHistory stores timeline tli's history file (immutable).
+func (a *Archive) PutHistory(ctx context.Context, tli uint32, content []byte) error {
+	_, err := a.PutImmutable(ctx, HistoryKey(tli), bytes.NewReader(content))
+	return err
+}
+
+// History reads timeline tli's history. Timeline 1 has an empty history.
+func (a *Archive) History(ctx context.Context, tli uint32) (TimelineHistory, error) {
+	if tli == 1 {
+		return nil, nil
+	}
+	data, err := getSmall(ctx, a.Storage, HistoryKey(tli))
+	if err != nil {
+		return nil, fmt.Errorf("read history of timeline %d: %w", tli, err)
+	}
+	h, err := ParseTimelineHistory(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", HistoryKey(tli), err)
+	}
+	return h, nil
+}

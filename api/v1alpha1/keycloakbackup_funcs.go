@@ -1,0 +1,207 @@
+package v1alpha1
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/robfig/cron/v3"
+	"k8s.io/apimachinery/pkg/api/equality"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Condition types.
+const (
+	// ConditionReady summarises the resource: True when the backup completed, the schedule
+	// runs or the restore finished; the reason says what happens or went wrong.
+	ConditionReady = "Ready"
+	// ConditionValid is False when the spec, or a Secret it names, is unusable.
+	ConditionValid = "Valid"
+	// ConditionInstanceResolved is True when instanceSelector matched exactly one workload.
+	ConditionInstanceResolved = "InstanceResolved"
+	// ConditionSidecarReady is True when the sidecar is injected and answers its API.
+	ConditionSidecarReady = "SidecarReady"
+	// ConditionConflict is True when an older resource selects the same workload with a
+	// different storage or connection: this one then does nothing.
+	ConditionConflict = "Conflict"
+)
+
+// Condition reasons.
+const (
+	ReasonValid                = "Valid"
+	ReasonInvalidSchedule      = "InvalidSchedule"
+	ReasonInvalidRestoreTarget = "InvalidRestoreTarget"
+	ReasonInvalidRetention     = "InvalidRetention"
+	ReasonInvalidStorage       = "InvalidStorage"
+	ReasonInvalidSpec          = "InvalidSpec"
+	ReasonSecretMissing        = "SecretMissing"
+
+	ReasonWorkloadFound            = "WorkloadFound"
+	ReasonNoWorkloadMatched        = "NoWorkloadMatched"
+	ReasonMultipleWorkloadsMatched = "MultipleWorkloadsMatched"
+	ReasonDataVolumeNotFound       = "DataVolumeNotFound"
+
+	ReasonStorageConflict = "StorageConflict"
+	ReasonNoConflict      = "NoConflict"
+
+	ReasonSidecarStarting    = "SidecarStarting"
+	ReasonSidecarUnreachable = "SidecarUnreachable"
+	ReasonSidecarAnswering   = "SidecarAnswering"
+
+	ReasonWaiting             = "Waiting"
+	ReasonBackupRunning       = "BackupRunning"
+	ReasonBackupCompleted     = "BackupCompleted"
+	ReasonBackupFailed        = "BackupFailed"
+	ReasonBackupLost          = "BackupLost"
+	ReasonScheduled           = "Scheduled"
+	ReasonSuspended           = "Suspended"
+	ReasonNoBackup            = "NoBackupInArchive"
+	ReasonTargetOutsideWindow = "TargetOutsideWindow"
+	ReasonRestoreInProgress   = "RestoreInProgress"
+	ReasonRestoreJobFailed    = "RestoreJobFailed"
+	ReasonRestored            = "Restored"
+)
+
+// RestoreLatest is the restoreTo value that restores to the end of the archive.
+const RestoreLatest = "latest"
+
+// SpecError is a spec problem found by Validate, with the condition reason it maps to.
+type SpecError struct {
+	// Reason is the ConditionValid reason.
+	Reason string
+	// Field is the path of the offending field ("spec.schedule").
+	Field string
+	// Message says what is wrong and what was expected.
+	Message string
+}
+
+func (e *SpecError) Error() string { return e.Field + ": " + e.Message }
+
+// IsTerminal reports whether the phase ends the resource's work: a one-off backup that
+// completed or failed, or a restore that finished either way.
+func (kb *KeycloakBackup) IsTerminal() bool {
+	switch kb.Status.Phase {
+	case PhaseCompleted, PhaseRestored:
+		return true
+	case PhaseFailed:
+		return kb.Spec.Schedule == ""
+	}
+	return false
+}
+
+// IsRestore reports whether the resource asks for a restore.
+func (kb *KeycloakBackup) IsRestore() bool { return kb.Spec.RestoreTo != "" }
+
+// IsScheduled reports whether the resource asks for scheduled backups.
+func (kb *KeycloakBackup) IsScheduled() bool { return kb.Spec.Schedule != "" && !kb.IsRestore() }
+
+// Validate checks what admission cannot: the cron expression, the restore time, the
+// retention duration, and storage exclusivity again (for API servers without CEL). It
+// returns the first problem as a *SpecError.
+func (s *KeycloakBackupSpec) Validate() error {
+	if (s.Storage.S3 == nil) == (s.Storage.Volume == nil) {
+		return &SpecError{ReasonInvalidStorage, "spec.storage", "exactly one of s3 or volume must be set"}
+	}
+	if s.Storage.S3 != nil && s.Storage.S3.Bucket == "" {
+		return &SpecError{ReasonInvalidStorage, "spec.storage.s3.bucket", "must not be empty"}
+	}
+	if s.Storage.Volume != nil && s.Storage.Volume.ClaimName == "" {
+		return &SpecError{ReasonInvalidStorage, "spec.storage.volume.claimName", "must not be empty"}
+	}
+	if s.Schedule != "" && s.RestoreTo != "" {
+		return &SpecError{ReasonInvalidSpec, "spec", "schedule and restoreTo are mutually exclusive"}
+	}
+	if s.Schedule != "" {
+		if _, err := ParseSchedule(s.Schedule); err != nil {
+			return &SpecError{ReasonInvalidSchedule, "spec.schedule", err.Error()}
+		}
+	}
+	if s.RestoreTo != "" {
+		if _, _, err := ParseRestoreTarget(s.RestoreTo); err != nil {
+			return &SpecError{ReasonInvalidRestoreTarget, "spec.restoreTo", err.Error()}
+		}
+	}
+	if r := s.Retention; r != nil {
+		if r.KeepBackups < 0 {
+			return &SpecError{ReasonInvalidRetention, "spec.retention.keepBackups", "must be at least 1"}
+		}
+		if r.KeepWithin != "" {
+			d, err := time.ParseDuration(r.KeepWithin)
+			if err != nil || d <= 0 {
+				return &SpecError{ReasonInvalidRetention, "spec.retention.keepWithin",
+					fmt.Sprintf("%q is not a positive Go duration such as \"168h\"", r.KeepWithin)}
+			}
+		}
+		if r.KeepBackups == 0 && r.KeepWithin == "" {
+			return &SpecError{ReasonInvalidRetention, "spec.retention", "needs keepBackups, keepWithin or both"}
+		}
+	}
+	return nil
+}
+
+// ParseSchedule parses a standard 5-field cron expression, a descriptor such as "@daily"
+// or "@every 1h", optionally prefixed by CRON_TZ=<zone>.
+func ParseSchedule(expr string) (cron.Schedule, error) {
+	sched, err := cron.ParseStandard(expr)
+	if err != nil {
+		return nil, fmt.Errorf("%q is not a cron expression (expected 5 fields such as \"0 3 * * *\" or a descriptor such as \"@daily\"): %w", expr, err)
+	}
+	return sched, nil
+}
+
+// ParseRestoreTarget parses restoreTo: "latest", or an RFC 3339 time with an explicit
+// offset. A time without a zone is refused rather than guessed.
+func ParseRestoreTarget(s string) (t time.Time, latest bool, err error) {
+	if s == RestoreLatest {
+		return time.Time{}, true, nil
+	}
+	t, err = time.Parse(time.RFC3339Nano, s)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("%q is neither %q nor an RFC 3339 time with an offset such as \"2026-03-01T12:00:00Z\"", s, RestoreLatest)
+	}
+	return t, false, nil
+}
+
+// KeepWithinDuration returns retention.keepWithin as a duration; zero when unset.
+func (r *Retention) KeepWithinDuration() time.Duration {
+	if r == nil || r.KeepWithin == "" {
+		return 0
+	}
+	d, _ := time.ParseDuration(r.KeepWithin)
+	return d
+}
+
+// URL returns the storage as the sidecar's KCBACKUP_STORAGE URL: s3://bucket/prefix, or
+// file:// followed by mountPath for a volume.
+func (s *Storage) URL(volumeMountPath string) (string, error) {
+	switch {
+	case s.S3 != nil && s.Volume == nil:
+		u := url.URL{Scheme: "s3", Host: s.S3.Bucket, Path: "/" + strings.Trim(s.S3.Prefix, "/")}
+		return strings.TrimSuffix(u.String(), "/"), nil
+	case s.Volume != nil && s.S3 == nil:
+		return (&url.URL{Scheme: "file", Path: volumeMountPath}).String(), nil
+	}
+	return "", errors.New("exactly one of storage.s3 or storage.volume must be set")
+}
+
+// SameArchive reports whether two specs make the sidecar archive to the same place with the
+// same connection settings, so that both can share one sidecar.
+func (s *KeycloakBackupSpec) SameArchive(o *KeycloakBackupSpec) bool {
+	return equality.Semantic.DeepEqual(s.Storage, o.Storage) && equality.Semantic.DeepEqual(s.Postgres, o.Postgres)
+}
+
+// SetCondition sets a condition of the status, stamped with the generation it describes.
+// The transition time changes only when the condition's status does.
+func (kb *KeycloakBackup) SetCondition(typ string, status metav1.ConditionStatus, reason, message string) {
+	meta.SetStatusCondition(&kb.Status.Conditions, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: message, ObservedGeneration: kb.Generation,
+	})
+}
+
+// Condition returns the condition of the given type, or nil.
+func (kb *KeycloakBackup) Condition(typ string) *metav1.Condition {
+	return meta.FindStatusCondition(kb.Status.Conditions, typ)
+}

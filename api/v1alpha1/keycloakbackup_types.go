@@ -1,0 +1,439 @@
+package v1alpha1
+
+import (
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// KeycloakBackupSpec says which PostgreSQL workload to protect, where its archive lives, and
+// what to do: one base backup (neither schedule nor restoreTo), a base backup at each tick of
+// schedule, or an in-place restore to restoreTo.
+//
+// +kubebuilder:validation:XValidation:rule="!(has(self.schedule) && has(self.restoreTo))",message="schedule and restoreTo are mutually exclusive: use one resource to schedule backups and another to restore"
+// +kubebuilder:validation:XValidation:rule="has(oldSelf.restoreTo) == has(self.restoreTo) && (!has(self.restoreTo) || self.restoreTo == oldSelf.restoreTo)",message="restoreTo is immutable: create a new resource for another restore"
+// +kubebuilder:validation:XValidation:rule="!has(self.applicationSelector) || has(self.restoreTo)",message="applicationSelector is used only with restoreTo"
+// +kubebuilder:validation:XValidation:rule="!has(self.retention) || has(self.schedule)",message="retention is applied only with schedule"
+type KeycloakBackupSpec struct {
+	// InstanceSelector selects the PostgreSQL workload (a Deployment or a StatefulSet, in the
+	// resource's namespace) to back up or restore. It must match exactly one workload.
+	// +required
+	// +kubebuilder:validation:XValidation:rule="(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",message="instanceSelector must not be empty: an empty selector matches every workload"
+	InstanceSelector metav1.LabelSelector `json:"instanceSelector"`
+
+	// Storage is where the WAL archive and the base backups are kept. All resources selecting
+	// the same workload must use the same storage.
+	// +required
+	Storage Storage `json:"storage"`
+
+	// Postgres says how the sidecar connects to PostgreSQL, which must run in the selected
+	// workload's pod. The role needs the REPLICATION attribute and pg_backup_start/stop grants,
+	// not superuser.
+	// +optional
+	Postgres PostgresSpec `json:"postgres,omitempty"`
+
+	// Schedule is a cron expression ("0 3 * * *", "@hourly", "CRON_TZ=Europe/Paris 0 3 * * *");
+	// a base backup is taken at each tick. After downtime, at most one missed tick is caught up.
+	// Times are UTC unless a CRON_TZ= prefix says otherwise.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	Schedule string `json:"schedule,omitempty"`
+
+	// Retention removes old base backups, and the WAL only they need, after each scheduled
+	// backup. Without it nothing is ever removed.
+	// +optional
+	Retention *Retention `json:"retention,omitempty"`
+
+	// Suspend pauses the schedule: no new backup starts while it is true. A running backup
+	// finishes.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// RestoreTo restores the selected database in place to this time: an RFC 3339 timestamp
+	// with an explicit offset ("2026-03-01T12:00:00Z", "2026-03-01T13:00:00+01:00"), or
+	// "latest" for the end of the archive. The target must lie inside the recovery window.
+	// The current data directory is moved aside, never deleted. Immutable; a restore runs once.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^(latest|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$`
+	RestoreTo string `json:"restoreTo,omitempty"`
+
+	// ApplicationSelector selects the Keycloak workloads (Deployments or StatefulSets) scaled
+	// to zero during a restore and scaled back afterwards. Optional; used only with restoreTo.
+	// +optional
+	ApplicationSelector *metav1.LabelSelector `json:"applicationSelector,omitempty"`
+}
+
+// Storage is where the archive lives: exactly one of s3 or volume.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.s3) != has(self.volume)",message="exactly one of storage.s3 or storage.volume must be set"
+type Storage struct {
+	// S3 keeps the archive in an S3-compatible object store.
+	// +optional
+	S3 *S3Storage `json:"s3,omitempty"`
+
+	// Volume keeps the archive on a PersistentVolumeClaim, mounted into the sidecar. The claim
+	// must be mountable by the PostgreSQL pod (ReadWriteOnce on the same node, or ReadWriteMany).
+	// +optional
+	Volume *VolumeStorage `json:"volume,omitempty"`
+}
+
+// S3Storage is an S3 bucket and prefix, with how to reach and authenticate to it.
+type S3Storage struct {
+	// Bucket is the bucket's name.
+	// +required
+	// +kubebuilder:validation:MinLength=3
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9][a-z0-9.-]+[a-z0-9]$`
+	Bucket string `json:"bucket"`
+
+	// Prefix is the key prefix under which the archive is kept, without leading or trailing
+	// slash ("keycloak/prod").
+	// +optional
+	// +kubebuilder:validation:MaxLength=512
+	// +kubebuilder:validation:Pattern=`^[^/].*[^/]$|^[^/]$`
+	Prefix string `json:"prefix,omitempty"`
+
+	// Region is the bucket's region (AWS_REGION).
+	// +optional
+	// +kubebuilder:validation:MaxLength=64
+	Region string `json:"region,omitempty"`
+
+	// Endpoint is the S3 endpoint URL for a non-AWS store ("https://minio.storage:9000").
+	// +optional
+	// +kubebuilder:validation:Pattern=`^https?://[^\s]+$`
+	// +kubebuilder:validation:MaxLength=512
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// ForcePathStyle addresses the bucket in the path rather than the host name, as most
+	// non-AWS stores need.
+	// +optional
+	ForcePathStyle bool `json:"forcePathStyle,omitempty"`
+
+	// CredentialsSecret is a Secret in the resource's namespace holding the access key. When
+	// unset, the sidecar uses the default AWS credential chain (e.g. a pod identity).
+	// +optional
+	CredentialsSecret *S3CredentialsSecret `json:"credentialsSecret,omitempty"`
+
+	// CASecret is a Secret holding the PEM CA bundle that signs the endpoint's certificate,
+	// when it is not signed by a public CA. TLS is always verified.
+	// +optional
+	CASecret *SecretKey `json:"caSecret,omitempty"`
+}
+
+// S3CredentialsSecret names a Secret and the keys of the access key inside it.
+type S3CredentialsSecret struct {
+	// Name is the Secret's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// AccessKeyIDKey is the key holding the access key ID.
+	// +optional
+	// +kubebuilder:default=AWS_ACCESS_KEY_ID
+	AccessKeyIDKey string `json:"accessKeyIDKey,omitempty"`
+
+	// SecretAccessKeyKey is the key holding the secret access key.
+	// +optional
+	// +kubebuilder:default=AWS_SECRET_ACCESS_KEY
+	SecretAccessKeyKey string `json:"secretAccessKeyKey,omitempty"`
+}
+
+// SecretKey names one key of a Secret in the resource's namespace.
+type SecretKey struct {
+	// Name is the Secret's name.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Name string `json:"name"`
+
+	// Key is the key inside the Secret.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	Key string `json:"key"`
+}
+
+// VolumeStorage keeps the archive on a PersistentVolumeClaim.
+type VolumeStorage struct {
+	// ClaimName is the PersistentVolumeClaim's name, in the resource's namespace.
+	// +required
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	ClaimName string `json:"claimName"`
+}
+
+// PostgresSpec says how to reach PostgreSQL inside the selected pod.
+type PostgresSpec struct {
+	// ContainerName is the PostgreSQL container in the pod template. Defaults to the first
+	// container.
+	// +optional
+	ContainerName string `json:"containerName,omitempty"`
+
+	// User is the role the sidecar connects as. It needs REPLICATION.
+	// +optional
+	// +kubebuilder:default=postgres
+	// +kubebuilder:validation:MinLength=1
+	User string `json:"user,omitempty"`
+
+	// PasswordSecret holds the role's password (PGPASSWORD). Unset means no password (for
+	// example trust authentication on localhost).
+	// +optional
+	PasswordSecret *SecretKey `json:"passwordSecret,omitempty"`
+
+	// Port is the port PostgreSQL listens on, on localhost.
+	// +optional
+	// +kubebuilder:default=5432
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	Port int32 `json:"port,omitempty"`
+
+	// DataDir is PostgreSQL's data directory (PGDATA) inside the container. Defaults to the
+	// container's PGDATA environment variable, else /var/lib/postgresql/data. It must lie on
+	// a volume backed by a PersistentVolumeClaim: a restore writes there.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^/.*`
+	DataDir string `json:"dataDir,omitempty"`
+}
+
+// Retention is how many base backups to keep. A backup is kept when it satisfies either
+// limit; WAL is kept while a kept backup needs it.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.keepBackups) || has(self.keepWithin)",message="retention needs keepBackups, keepWithin or both"
+type Retention struct {
+	// KeepBackups keeps this many of the newest base backups.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	KeepBackups int32 `json:"keepBackups,omitempty"`
+
+	// KeepWithin keeps the base backups newer than this Go duration ("168h", "720h").
+	// +optional
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	KeepWithin string `json:"keepWithin,omitempty"`
+}
+
+// Phase is where a KeycloakBackup stands, in one word.
+// +kubebuilder:validation:Enum=Pending;BackingUp;Completed;Scheduled;Suspended;Restoring;Restored;Failed
+type Phase string
+
+// The phases. Completed, Restored and Failed are terminal for a one-off backup or a restore.
+const (
+	// PhasePending means the operator has not started any work yet, or waits for a prerequisite.
+	PhasePending Phase = "Pending"
+	// PhaseBackingUp means a base backup is running.
+	PhaseBackingUp Phase = "BackingUp"
+	// PhaseCompleted means the one-off base backup completed.
+	PhaseCompleted Phase = "Completed"
+	// PhaseScheduled means backups are taken on schedule.
+	PhaseScheduled Phase = "Scheduled"
+	// PhaseSuspended means the schedule is suspended.
+	PhaseSuspended Phase = "Suspended"
+	// PhaseRestoring means a restore is in progress.
+	PhaseRestoring Phase = "Restoring"
+	// PhaseRestored means the restore completed.
+	PhaseRestored Phase = "Restored"
+	// PhaseFailed means the backup or the restore failed; the Ready condition says why.
+	PhaseFailed Phase = "Failed"
+)
+
+// RestoreStep is the step a restore has reached. The steps run in the order below.
+// +kubebuilder:validation:Enum=CheckingTarget;StoppingApplication;StoppingDatabase;RestoringData;StartingDatabase;WaitingForArchive;StartingApplication;Done
+type RestoreStep string
+
+// The restore steps, in order.
+const (
+	// RestoreCheckingTarget checks that the target lies inside the recovery window.
+	RestoreCheckingTarget RestoreStep = "CheckingTarget"
+	// RestoreStoppingApplication scales the application to zero and waits for its pods to go.
+	RestoreStoppingApplication RestoreStep = "StoppingApplication"
+	// RestoreStoppingDatabase scales PostgreSQL to zero and waits for its pods to go.
+	RestoreStoppingDatabase RestoreStep = "StoppingDatabase"
+	// RestoreRestoringData runs the Job that restores into the data volume.
+	RestoreRestoringData RestoreStep = "RestoringData"
+	// RestoreStartingDatabase scales PostgreSQL back; it replays WAL to the target and promotes.
+	RestoreStartingDatabase RestoreStep = "StartingDatabase"
+	// RestoreWaitingForArchive waits until the sidecar archives on the new timeline.
+	RestoreWaitingForArchive RestoreStep = "WaitingForArchive"
+	// RestoreStartingApplication scales the application back.
+	RestoreStartingApplication RestoreStep = "StartingApplication"
+	// RestoreDone means the restore is finished.
+	RestoreDone RestoreStep = "Done"
+)
+
+// BackupRecord describes one base backup taken for this resource.
+type BackupRecord struct {
+	// ID identifies the backup in the archive.
+	ID string `json:"id"`
+	// StartTime is when the backup started.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+	// StopTime is when the backup stopped; the database can be restored from here on.
+	// +optional
+	StopTime *metav1.Time `json:"stopTime,omitempty"`
+	// StartLSN is the backup's start position in the WAL.
+	// +optional
+	StartLSN string `json:"startLSN,omitempty"`
+	// StopLSN is the backup's stop position in the WAL.
+	// +optional
+	StopLSN string `json:"stopLSN,omitempty"`
+	// Timeline is the timeline the backup was taken on.
+	// +optional
+	Timeline int64 `json:"timeline,omitempty"`
+	// SizeBytes is the size stored in the archive.
+	// +optional
+	SizeBytes int64 `json:"sizeBytes,omitempty"`
+}
+
+// RecoveryWindow is the range of times a restore can reach.
+type RecoveryWindow struct {
+	// Earliest is the earliest reachable time: the stop time of the oldest backup.
+	Earliest metav1.Time `json:"earliest"`
+	// Latest is the latest reachable time: the newest archived WAL.
+	Latest metav1.Time `json:"latest"`
+}
+
+// WorkloadReference names the workload a resource selected.
+type WorkloadReference struct {
+	// Kind is Deployment or StatefulSet.
+	Kind string `json:"kind"`
+	// Name is the workload's name.
+	Name string `json:"name"`
+}
+
+// ScaledWorkload is a workload scaled to zero for a restore, with the replicas to give back.
+type ScaledWorkload struct {
+	// Kind is Deployment or StatefulSet.
+	Kind string `json:"kind"`
+	// Name is the workload's name.
+	Name string `json:"name"`
+	// Replicas is the replica count before the restore.
+	Replicas int32 `json:"replicas"`
+}
+
+// RestoreStatus is the progress of a restore.
+type RestoreStatus struct {
+	// Step is the step the restore has reached.
+	// +optional
+	Step RestoreStep `json:"step,omitempty"`
+	// TargetTime is the time restored to; unset for "latest".
+	// +optional
+	TargetTime *metav1.Time `json:"targetTime,omitempty"`
+	// StartTime is when the restore started.
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+	// CompletionTime is when the restore finished.
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// PreviousTimeline is the timeline PostgreSQL was on before the restore.
+	// +optional
+	PreviousTimeline int64 `json:"previousTimeline,omitempty"`
+	// Timeline is the new timeline PostgreSQL promoted to.
+	// +optional
+	Timeline int64 `json:"timeline,omitempty"`
+	// Database is the PostgreSQL workload, with its replicas before the restore.
+	// +optional
+	Database *ScaledWorkload `json:"database,omitempty"`
+	// Applications are the application workloads scaled to zero, with their replicas before
+	// the restore.
+	// +optional
+	// +listType=atomic
+	Applications []ScaledWorkload `json:"applications,omitempty"`
+	// JobName is the restore Job.
+	// +optional
+	JobName string `json:"jobName,omitempty"`
+}
+
+// KeycloakBackupStatus is what the operator observed and did.
+type KeycloakBackupStatus struct {
+	// Phase is where the resource stands, in one word.
+	// +optional
+	Phase Phase `json:"phase,omitempty"`
+
+	// ObservedGeneration is the generation of the spec this status describes.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+
+	// Conditions are the details behind the phase. Types: Ready, Valid, InstanceResolved,
+	// SidecarReady, Conflict.
+	// +optional
+	// +listType=map
+	// +listMapKey=type
+	// +patchStrategy=merge
+	// +patchMergeKey=type
+	Conditions []metav1.Condition `json:"conditions,omitempty" patchStrategy:"merge" patchMergeKey:"type"`
+
+	// Instance is the PostgreSQL workload the selector matched.
+	// +optional
+	Instance *WorkloadReference `json:"instance,omitempty"`
+
+	// CurrentBackupID is the ID of the base backup running for this resource.
+	// +optional
+	CurrentBackupID string `json:"currentBackupID,omitempty"`
+
+	// Backups are the base backups this resource took, newest last (at most 10 are listed).
+	// +optional
+	// +listType=atomic
+	Backups []BackupRecord `json:"backups,omitempty"`
+
+	// LastBackupTime is when the newest successful backup of this resource stopped.
+	// +optional
+	LastBackupTime *metav1.Time `json:"lastBackupTime,omitempty"`
+
+	// LastScheduleTime is the schedule tick the newest backup was started for.
+	// +optional
+	LastScheduleTime *metav1.Time `json:"lastScheduleTime,omitempty"`
+
+	// NextScheduleTime is the next schedule tick.
+	// +optional
+	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
+
+	// RecoveryWindow is the range of times the archive can restore to, as last seen.
+	// +optional
+	RecoveryWindow *RecoveryWindow `json:"recoveryWindow,omitempty"`
+
+	// Restore is the progress of the restore, for a resource with restoreTo.
+	// +optional
+	Restore *RestoreStatus `json:"restore,omitempty"`
+}
+
+// KeycloakBackup asks for a base backup, a schedule of base backups, or an in-place
+// point-in-time restore of the PostgreSQL database behind Keycloak. Deleting it never
+// deletes archived data.
+//
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=kcb;kcbackup,categories=keycloak
+// +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
+// +kubebuilder:printcolumn:name="Last Backup",type=date,JSONPath=`.status.lastBackupTime`
+// +kubebuilder:printcolumn:name="Window From",type=string,JSONPath=`.status.recoveryWindow.earliest`
+// +kubebuilder:printcolumn:name="Window To",type=string,JSONPath=`.status.recoveryWindow.latest`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type KeycloakBackup struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard object metadata.
+	// +optional
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	// Spec is what the user asks for.
+	// +required
+	Spec KeycloakBackupSpec `json:"spec"`
+
+	// Status is what the operator observed and did.
+	// +optional
+	Status KeycloakBackupStatus `json:"status,omitempty"`
+}
+
+// KeycloakBackupList is a list of KeycloakBackup.
+//
+// +kubebuilder:object:root=true
+type KeycloakBackupList struct {
+	metav1.TypeMeta `json:",inline"`
+	// metadata is the standard list metadata.
+	// +optional
+	metav1.ListMeta `json:"metadata,omitempty"`
+	// Items are the KeycloakBackups.
+	Items []KeycloakBackup `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&KeycloakBackup{}, &KeycloakBackupList{})
+}

@@ -1,0 +1,132 @@
+// Package app assembles the operator: it validates the configuration, builds the
+// controller-runtime manager with the KeycloakBackup reconciler, and runs it until the
+// context ends.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/healthz"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+	kccontroller "github.com/kcbackup/kcbackup/operator/internal/controller"
+)
+
+// Config is everything the operator needs to run.
+type Config struct {
+	// SidecarImage is the kcbackup image injected as sidecar and run by restore Jobs.
+	SidecarImage string
+	// MetricsAddr is where /metrics is served (":8080"); "0" disables it.
+	MetricsAddr string
+	// HealthAddr is where /healthz and /readyz are served (":8081").
+	HealthAddr string
+	// LeaderElect makes only one replica active at a time.
+	LeaderElect bool
+	// LeaderElectionNamespace holds the leader Lease; empty means the operator's namespace.
+	LeaderElectionNamespace string
+	// WatchNamespace restricts the operator to one namespace; empty means all.
+	WatchNamespace string
+	// PollInterval is how often a running backup or restore step is checked.
+	PollInterval time.Duration
+}
+
+// DefaultConfig returns the defaults the flags start from.
+func DefaultConfig() Config {
+	return Config{
+		MetricsAddr:  ":8080",
+		HealthAddr:   ":8081",
+		LeaderElect:  true,
+		PollInterval: kccontroller.DefaultPollInterval,
+	}
+}
+
+// Validate checks the configuration and names the first bad setting.
+func (c Config) Validate() error {
+	if c.SidecarImage == "" {
+		return errors.New("--sidecar-image (or KCBACKUP_SIDECAR_IMAGE) is required: the kcbackup image to inject")
+	}
+	for name, addr := range map[string]string{"--metrics-bind-address": c.MetricsAddr, "--health-probe-bind-address": c.HealthAddr} {
+		if addr == "0" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q is not host:port (such as \":8080\"): %w", name, addr, err)
+		}
+	}
+	if c.PollInterval < time.Second || c.PollInterval > 10*time.Minute {
+		return fmt.Errorf("--poll-interval %s is outside [1s, 10m]", c.PollInterval)
+	}
+	return nil
+}
+
+// NewScheme returns a scheme with the built-in types and KeycloakBackup.
+func NewScheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	if err := kcv1.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Run runs the operator against the cluster of restCfg until ctx ends.
+func Run(ctx context.Context, cfg Config, restCfg *rest.Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	scheme, err := NewScheme()
+	if err != nil {
+		return err
+	}
+	opts := ctrl.Options{
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		HealthProbeBindAddress:  cfg.HealthAddr,
+		LeaderElection:          cfg.LeaderElect,
+		LeaderElectionID:        "kcbackup-operator.keycloak.org",
+		LeaderElectionNamespace: cfg.LeaderElectionNamespace,
+	}
+	if cfg.WatchNamespace != "" {
+		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{cfg.WatchNamespace: {}}}
+	}
+	mgr, err := ctrl.NewManager(restCfg, opts)
+	if err != nil {
+		return fmt.Errorf("create manager: %w", err)
+	}
+	m, err := kccontroller.NewMetrics(metrics.Registry)
+	if err != nil {
+		return err
+	}
+	r := &kccontroller.Reconciler{
+		Client:       mgr.GetClient(),
+		APIReader:    mgr.GetAPIReader(),
+		Recorder:     mgr.GetEventRecorder("kcbackup-operator"),
+		Metrics:      m,
+		SidecarImage: cfg.SidecarImage,
+		PollInterval: cfg.PollInterval,
+	}
+	if err := r.SetupWithManager(mgr, controller.Options{}); err != nil {
+		return fmt.Errorf("set up controller: %w", err)
+	}
+	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
+		return err
+	}
+	if err := mgr.AddReadyzCheck("readyz", healthz.Ping); err != nil {
+		return err
+	}
+	return mgr.Start(ctx)
+}

@@ -1,0 +1,223 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
+)
+
+// reconcileOnce takes the single base backup of a resource without schedule: start it,
+// follow it, and end Completed or Failed.
+func (r *Reconciler) reconcileOnce(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string) (ctrl.Result, error) {
+	sc, ok, err := r.sidecarClient(ctx, kb, w, token)
+	if err != nil || !ok {
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonWaiting, "waiting for a running pod of "+w.String())
+		return ctrl.Result{RequeueAfter: r.PollInterval}, err
+	}
+	// Step 1: follow the running backup to its end.
+	if kb.Status.CurrentBackupID != "" {
+		_, done := r.followBackup(ctx, kb, sc)
+		if !done {
+			return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+		}
+		if kb.Status.Phase == kcv1.PhaseBackingUp {
+			kb.Status.Phase = kcv1.PhaseCompleted
+		}
+		return ctrl.Result{}, nil
+	}
+	// Step 2: start it, once.
+	if _, ok := r.sidecarStatus(ctx, kb, sc); !ok {
+		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+	}
+	if err := r.startBackup(ctx, kb, sc, "manual backup"); err != nil {
+		return ctrl.Result{RequeueAfter: r.RetryInterval}, nil
+	}
+	return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+}
+
+// startBackup asks the sidecar for a base backup and records its ID. A backup already
+// running (for another resource) is not this resource's: it waits for its turn.
+func (r *Reconciler) startBackup(ctx context.Context, kb *kcv1.KeycloakBackup, sc *apiclient.Client, why string) error {
+	job, err := sc.StartBackup(ctx)
+	if err != nil {
+		reason := kcv1.ReasonSidecarUnreachable
+		if errors.Is(err, apiclient.ErrBackupRunning) {
+			reason = kcv1.ReasonWaiting
+		}
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, reason, "cannot start the "+why+": "+err.Error())
+		return err
+	}
+	kb.Status.CurrentBackupID = job.ID
+	kb.Status.Phase = kcv1.PhaseBackingUp
+	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonBackupRunning, "base backup "+job.ID+" is running")
+	log.FromContext(ctx).Info("started base backup", "id", job.ID, "why", why)
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "BackupStarted", "StartBackup", "started %s %s", why, job.ID)
+	return nil
+}
+
+// followBackup checks the running backup. When it ended it records the result, clears
+// CurrentBackupID and reports done; succeeded says how it ended.
+func (r *Reconciler) followBackup(ctx context.Context, kb *kcv1.KeycloakBackup, sc *apiclient.Client) (succeeded, done bool) {
+	id := kb.Status.CurrentBackupID
+	job, err := sc.Backup(ctx, id)
+	switch {
+	case errors.Is(err, apiclient.ErrNotFound):
+		// The sidecar restarted and forgot it: it did not complete.
+		r.backupEnded(kb, kcv1.ReasonBackupLost, "the sidecar no longer knows backup "+id+" (it restarted while the backup ran)")
+		return false, true
+	case err != nil:
+		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+		return false, false
+	case job.State == apiclient.StateFailed:
+		r.backupEnded(kb, kcv1.ReasonBackupFailed, "base backup "+id+" failed: "+job.Error)
+		return false, true
+	case job.State != apiclient.StateCompleted || job.Backup == nil:
+		return false, false
+	}
+	b := job.Backup
+	rec := kcv1.BackupRecord{
+		ID: b.ID, StartTime: ptrTime(b.StartTime), StopTime: ptrTime(b.StopTime),
+		StartLSN: b.StartLSN, StopLSN: b.StopLSN, Timeline: int64(b.Timeline), SizeBytes: b.SizeBytes,
+	}
+	kb.Status.Backups = append(kb.Status.Backups, rec)
+	if n := len(kb.Status.Backups); n > maxBackupsListed {
+		kb.Status.Backups = kb.Status.Backups[n-maxBackupsListed:]
+	}
+	kb.Status.CurrentBackupID = ""
+	kb.Status.LastBackupTime = ptrTime(b.StopTime)
+	r.Metrics.backupSucceeded(kb.Namespace, kb.Name, float64(b.StopTime.Unix()))
+	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonBackupCompleted,
+		fmt.Sprintf("base backup %s completed: %s to %s, %d bytes stored", b.ID, b.StartLSN, b.StopLSN, b.SizeBytes))
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "BackupCompleted", "FollowBackup",
+		"base backup %s completed (%s to %s, %d bytes stored)", b.ID, b.StartLSN, b.StopLSN, b.SizeBytes)
+	if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
+		log.FromContext(ctx).Info("cannot read the catalog after a backup", "error", err.Error())
+	}
+	return true, true
+}
+
+// backupEnded records a failed backup attempt.
+func (r *Reconciler) backupEnded(kb *kcv1.KeycloakBackup, reason, msg string) {
+	kb.Status.CurrentBackupID = ""
+	if !kb.IsScheduled() {
+		kb.Status.Phase = kcv1.PhaseFailed
+	}
+	r.Metrics.backupFailed(kb.Namespace, kb.Name)
+	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, reason, msg)
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, reason, "FollowBackup", "%s", msg)
+}
+
+// reconcileSchedule takes a base backup at each tick of the schedule, at most one for all
+// the ticks missed while the operator was down, and applies retention after each.
+func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string) (ctrl.Result, error) {
+	sched, err := kcv1.ParseSchedule(kb.Spec.Schedule)
+	if err != nil { // Validate has parsed it already.
+		return ctrl.Result{}, err
+	}
+	now := r.Clock.Now()
+	next := sched.Next(now)
+	kb.Status.NextScheduleTime = ptrTime(next)
+	r.Metrics.scheduled(kb.Namespace, kb.Name, sched.Next(next).Sub(next).Seconds())
+	wait := next.Sub(now)
+	if r.MaxScheduleWait > 0 && wait > r.MaxScheduleWait {
+		wait = r.MaxScheduleWait
+	}
+
+	sc, ok, err := r.sidecarClient(ctx, kb, w, token)
+	if err != nil || !ok {
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonWaiting, "waiting for a running pod of "+w.String())
+		return ctrl.Result{RequeueAfter: min(wait, r.PollInterval)}, err
+	}
+	// Step 1: follow the running backup; after a success, apply retention.
+	if kb.Status.CurrentBackupID != "" {
+		succeeded, done := r.followBackup(ctx, kb, sc)
+		if !done {
+			return ctrl.Result{RequeueAfter: min(wait, r.PollInterval)}, nil
+		}
+		if succeeded {
+			r.applyRetention(ctx, kb, sc)
+		}
+	} else if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
+		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+	}
+	// Step 2: suspended: nothing new starts.
+	if kb.Spec.Suspend {
+		kb.Status.Phase = kcv1.PhaseSuspended
+		kb.Status.NextScheduleTime = nil
+		if c := kb.Condition(kcv1.ConditionReady); c == nil || c.Reason != kcv1.ReasonSuspended {
+			r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, kcv1.ReasonSuspended, "Schedule", "schedule suspended")
+		}
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonSuspended, "the schedule is suspended")
+		return ctrl.Result{}, nil
+	}
+	// Step 3: the newest tick due and not yet served starts a backup; older missed ticks
+	// are skipped, so downtime yields one catch-up backup, not a burst.
+	last := kb.CreationTimestamp.Time
+	if kb.Status.LastScheduleTime != nil {
+		last = kb.Status.LastScheduleTime.Time
+	}
+	if due, ok := latestTickBetween(sched, last, now); ok && kb.Status.CurrentBackupID == "" {
+		if err := r.startBackup(ctx, kb, sc, "scheduled backup for "+due.UTC().Format(time.RFC3339)); err != nil {
+			return ctrl.Result{RequeueAfter: min(wait, r.RetryInterval)}, nil
+		}
+		kb.Status.LastScheduleTime = ptrTime(due)
+		return ctrl.Result{RequeueAfter: min(wait, r.PollInterval)}, nil
+	}
+	// Step 4: wait for the next tick.
+	kb.Status.Phase = kcv1.PhaseScheduled
+	if c := kb.Condition(kcv1.ConditionReady); c == nil || c.Reason != kcv1.ReasonBackupFailed && c.Reason != kcv1.ReasonBackupLost {
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonScheduled,
+			"next backup at "+next.UTC().Format(time.RFC3339))
+	}
+	return ctrl.Result{RequeueAfter: wait}, nil
+}
+
+// latestTickBetween returns the newest tick of sched in (after, now].
+func latestTickBetween(sched interface{ Next(time.Time) time.Time }, after, now time.Time) (time.Time, bool) {
+	var due time.Time
+	// Bounded, so a frequent schedule after a very long downtime cannot spin for long.
+	for i := 0; i < 100000; i++ {
+		t := sched.Next(after)
+		if t.IsZero() || t.After(now) {
+			break
+		}
+		due, after = t, t
+	}
+	return due, !due.IsZero()
+}
+
+// applyRetention prunes the archive after a scheduled backup. A failure is reported, not
+// fatal: the next backup tries again.
+func (r *Reconciler) applyRetention(ctx context.Context, kb *kcv1.KeycloakBackup, sc *apiclient.Client) {
+	ret := kb.Spec.Retention
+	if ret == nil {
+		return
+	}
+	res, err := sc.Prune(ctx, apiclient.PruneRequest{KeepBackups: int(ret.KeepBackups), KeepWithin: ret.KeepWithin})
+	if err != nil {
+		r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, "PruneFailed", "ApplyRetention", "applying retention failed: %v", err)
+		return
+	}
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "Pruned", "ApplyRetention",
+		"retention removed %d backups and %d WAL objects", len(res.RemovedBackups), res.RemovedWALObjects)
+	if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
+		log.FromContext(ctx).Info("cannot read the catalog after pruning", "error", err.Error())
+	}
+}
+
+func ptrTime(t time.Time) *metav1.Time {
+	if t.IsZero() {
+		return nil
+	}
+	mt := metav1.NewTime(t.UTC())
+	return &mt
+}

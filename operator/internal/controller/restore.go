@@ -1,0 +1,374 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	batchv1 "k8s.io/api/batch/v1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+)
+
+// postgresUID is the user the restore Job runs as when neither the PostgreSQL container nor
+// its pod names one: the postgres user of the official image, which owns the data directory.
+const postgresUID = 999
+
+// reconcileRestore restores the database in place, one step per call:
+//
+//  1. CheckingTarget: the target lies inside the recovery window; remember the replicas.
+//  2. StoppingApplication: scale the application to zero, wait for its pods to go.
+//  3. StoppingDatabase: scale PostgreSQL to zero, wait for its pods to go.
+//  4. RestoringData: a Job restores into the data volume, moving the old data aside.
+//  5. StartingDatabase: scale PostgreSQL back; it replays WAL to the target and promotes.
+//  6. WaitingForArchive: wait until the sidecar archives on the new timeline.
+//  7. StartingApplication: scale the application back. Restored.
+//
+// Nothing is touched before step 1 succeeds. The steps are recorded in status.restore, so
+// the restore resumes where it stood after an operator restart and never runs twice.
+func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation, token string) (ctrl.Result, error) {
+	if kb.Status.Restore == nil {
+		kb.Status.Restore = &kcv1.RestoreStatus{Step: kcv1.RestoreCheckingTarget}
+	}
+	rs := kb.Status.Restore
+	next := ctrl.Result{RequeueAfter: r.PollInterval}
+	switch rs.Step {
+	case kcv1.RestoreCheckingTarget:
+		return r.restoreCheckTarget(ctx, kb, db, loc, token)
+
+	case kcv1.RestoreStoppingApplication:
+		stopped := true
+		for _, a := range rs.Applications {
+			w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			ok, err := r.scaleDown(ctx, kb, w)
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			stopped = stopped && ok
+		}
+		if !stopped {
+			r.restoreProgress(kb, "waiting for the application's pods to stop")
+			return next, nil
+		}
+		r.advance(kb, kcv1.RestoreStoppingDatabase, "the application is stopped; stopping PostgreSQL")
+		return next, nil
+
+	case kcv1.RestoreStoppingDatabase:
+		ok, err := r.scaleDown(ctx, kb, db)
+		if err != nil || !ok {
+			r.restoreProgress(kb, "waiting for the pods of "+db.String()+" to stop")
+			return next, err
+		}
+		r.advance(kb, kcv1.RestoreRestoringData, "PostgreSQL is stopped; restoring the data directory")
+		return next, nil
+
+	case kcv1.RestoreRestoringData:
+		job, err := r.ensureRestoreJob(ctx, kb, db, loc)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		switch jobOutcome(job) {
+		case jobSucceeded:
+			r.Recorder.Eventf(kb, job, corev1.EventTypeNormal, "RestoreJobSucceeded", "Restore", "restore Job %s succeeded", job.Name)
+			r.advance(kb, kcv1.RestoreStartingDatabase, "data restored; starting PostgreSQL to replay WAL and promote")
+			return next, nil
+		case jobFailed:
+			msg := fmt.Sprintf("restore Job %s failed; PostgreSQL and the application stay scaled to zero for inspection "+
+				"(the previous data directory was moved aside next to %s, not deleted)", job.Name, loc.DataDir)
+			return r.restoreFailed(kb, kcv1.ReasonRestoreJobFailed, msg)
+		}
+		r.restoreProgress(kb, "restore Job "+job.Name+" is running")
+		return next, nil
+
+	case kcv1.RestoreStartingDatabase:
+		if err := r.scale(ctx, kb, db, rs.Database.Replicas); err != nil {
+			return ctrl.Result{}, err
+		}
+		r.advance(kb, kcv1.RestoreWaitingForArchive, "PostgreSQL is starting; waiting for it to promote and archive on a new timeline")
+		return next, nil
+
+	case kcv1.RestoreWaitingForArchive:
+		sc, ok, err := r.sidecarClient(ctx, kb, db, token)
+		if err != nil || !ok {
+			r.restoreProgress(kb, "waiting for a running pod of "+db.String())
+			return next, err
+		}
+		st, ok := r.sidecarStatus(ctx, kb, sc)
+		if !ok || int64(st.Timeline) <= rs.PreviousTimeline || st.ArchivedLSN == "" || !st.Streaming {
+			r.restoreProgress(kb, fmt.Sprintf("waiting for PostgreSQL to promote past timeline %d and the sidecar to archive on the new one", rs.PreviousTimeline))
+			return next, nil
+		}
+		rs.Timeline = int64(st.Timeline)
+		if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
+			log.FromContext(ctx).Info("cannot read the catalog after the restore", "error", err.Error())
+		}
+		r.advance(kb, kcv1.RestoreStartingApplication, fmt.Sprintf("PostgreSQL promoted to timeline %d and archives it; starting the application", st.Timeline))
+		return next, nil
+
+	case kcv1.RestoreStartingApplication:
+		for _, a := range rs.Applications {
+			w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
+			if apierrors.IsNotFound(err) {
+				continue
+			}
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			if err := r.scale(ctx, kb, w, a.Replicas); err != nil {
+				return ctrl.Result{}, err
+			}
+		}
+		rs.Step = kcv1.RestoreDone
+		rs.CompletionTime = ptrTime(r.Clock.Now())
+		kb.Status.Phase = kcv1.PhaseRestored
+		r.Metrics.restoreResult(kb.Namespace, kb.Name, false)
+		msg := fmt.Sprintf("restored %s to %s; PostgreSQL runs on timeline %d", db, kb.Spec.RestoreTo, rs.Timeline)
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonRestored, msg)
+		r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, kcv1.ReasonRestored, "Restore", "%s", msg)
+		return ctrl.Result{}, nil
+	}
+	return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("unknown restore step %q", rs.Step))
+}
+
+// restoreCheckTarget is step 1: it refuses a target outside the recovery window before
+// anything is touched, and records what the later steps give back.
+func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation, token string) (ctrl.Result, error) {
+	if loc.Volume.PersistentVolumeClaim == nil {
+		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, fmt.Sprintf(
+			"the data directory %s of %s is on volume %q, which is not a PersistentVolumeClaim; a restore needs one", loc.DataDir, db, loc.Mount.Name))
+	}
+	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
+	if err != nil || !ok {
+		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to check the target against the archive")
+		return ctrl.Result{RequeueAfter: r.PollInterval}, err
+	}
+	st, ok := r.sidecarStatus(ctx, kb, sc)
+	if !ok {
+		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+	}
+	cat, err := r.refreshWindow(ctx, kb, sc)
+	if err != nil {
+		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+	}
+	if cat.Window == nil {
+		return r.restoreFailed(kb, kcv1.ReasonNoBackup, "the archive holds no complete base backup; nothing to restore from")
+	}
+	target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo)
+	if !latest && !cat.Window.Contains(target) {
+		return r.restoreFailed(kb, kcv1.ReasonTargetOutsideWindow, fmt.Sprintf(
+			"restoreTo %s is outside the recovery window %s to %s; nothing was changed",
+			kb.Spec.RestoreTo, cat.Window.Earliest.UTC().Format(time.RFC3339), cat.Window.Latest.UTC().Format(time.RFC3339)))
+	}
+	rs := kb.Status.Restore
+	if !latest {
+		rs.TargetTime = ptrTime(target)
+	}
+	rs.StartTime = ptrTime(r.Clock.Now())
+	rs.PreviousTimeline = int64(st.Timeline)
+	rs.Database = &kcv1.ScaledWorkload{Kind: db.Kind, Name: db.Name(), Replicas: max(db.Replicas(), 1)}
+	rs.JobName = restoreJobName(kb)
+	rs.Applications = nil
+	if kb.Spec.ApplicationSelector != nil {
+		apps, err := listWorkloads(ctx, r.Client, kb.Namespace, kb.Spec.ApplicationSelector)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		for _, a := range apps {
+			if a.Kind == db.Kind && a.Name() == db.Name() {
+				continue
+			}
+			rs.Applications = append(rs.Applications, kcv1.ScaledWorkload{Kind: a.Kind, Name: a.Name(), Replicas: a.Replicas()})
+		}
+	}
+	kb.Status.Phase = kcv1.PhaseRestoring
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "RestoreStarted", "Restore",
+		"restoring %s to %s (inside the recovery window); stopping %d application workload(s)", db, kb.Spec.RestoreTo, len(rs.Applications))
+	r.advance(kb, kcv1.RestoreStoppingApplication, "target is inside the recovery window; stopping the application")
+	return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+}
+
+// scaleDown scales w to zero and reports whether all its pods are gone.
+func (r *Reconciler) scaleDown(ctx context.Context, kb *kcv1.KeycloakBackup, w workload) (bool, error) {
+	if err := r.scale(ctx, kb, w, 0); err != nil {
+		return false, err
+	}
+	pods, err := w.pods(ctx, r.Client)
+	if err != nil {
+		return false, err
+	}
+	return len(pods) == 0, nil
+}
+
+func (r *Reconciler) advance(kb *kcv1.KeycloakBackup, step kcv1.RestoreStep, msg string) {
+	kb.Status.Restore.Step = step
+	r.restoreProgress(kb, msg)
+}
+
+func (r *Reconciler) restoreProgress(kb *kcv1.KeycloakBackup, msg string) {
+	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonRestoreInProgress,
+		"step "+string(kb.Status.Restore.Step)+": "+msg)
+}
+
+// restoreFailed ends the restore for good: it never runs twice.
+func (r *Reconciler) restoreFailed(kb *kcv1.KeycloakBackup, reason, msg string) (ctrl.Result, error) {
+	kb.Status.Phase = kcv1.PhaseFailed
+	kb.Status.Restore.CompletionTime = ptrTime(r.Clock.Now())
+	r.Metrics.restoreResult(kb.Namespace, kb.Name, true)
+	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, reason, msg)
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, reason, "Restore", "%s", msg)
+	return ctrl.Result{}, nil
+}
+
+func restoreJobName(kb *kcv1.KeycloakBackup) string {
+	name := kb.Name
+	if len(name) > 50 {
+		name = name[:50]
+	}
+	return name + "-restore"
+}
+
+// ensureRestoreJob creates the restore Job once (its name is fixed, so a retry finds it)
+// and returns it.
+func (r *Reconciler) ensureRestoreJob(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (*batchv1.Job, error) {
+	job := &batchv1.Job{}
+	key := client.ObjectKey{Namespace: kb.Namespace, Name: kb.Status.Restore.JobName}
+	err := r.Client.Get(ctx, key, job)
+	if err == nil {
+		return job, nil
+	}
+	if !apierrors.IsNotFound(err) {
+		return nil, fmt.Errorf("get restore Job %s: %w", key.Name, err)
+	}
+	job, err = r.buildRestoreJob(kb, db, loc)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Client.Create(ctx, job); err != nil && !apierrors.IsAlreadyExists(err) {
+		return nil, fmt.Errorf("create restore Job %s: %w", key.Name, err)
+	}
+	r.Recorder.Eventf(kb, job, corev1.EventTypeNormal, "RestoreJobCreated", "Restore",
+		"created Job %s restoring %s into claim %s", job.Name, kb.Spec.RestoreTo, loc.Volume.PersistentVolumeClaim.ClaimName)
+	return job, nil
+}
+
+// buildRestoreJob returns the Job that runs `kcbackup restore` against the data volume, as
+// the user owning the data directory.
+func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (*batchv1.Job, error) {
+	env, err := storageEnv(&kb.Spec.Storage)
+	if err != nil {
+		return nil, err
+	}
+	storageURL := env[0].Value
+	vols, mounts := storageVolumes(&kb.Spec.Storage)
+	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{
+		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: loc.Volume.PersistentVolumeClaim.ClaimName}}})
+	mounts = append(mounts, corev1.VolumeMount{Name: "pgdata", MountPath: loc.Mount.MountPath, SubPath: loc.Mount.SubPath})
+
+	tmpl := db.Template()
+	podSC := tmpl.Spec.SecurityContext.DeepCopy()
+	if podSC == nil {
+		podSC = &corev1.PodSecurityContext{}
+	}
+	uid, gid := int64(postgresUID), int64(postgresUID)
+	if podSC.RunAsUser != nil {
+		uid = *podSC.RunAsUser
+	}
+	if podSC.RunAsGroup != nil {
+		gid = *podSC.RunAsGroup
+	}
+	for _, c := range tmpl.Spec.Containers {
+		if c.Name == loc.Container && c.SecurityContext != nil {
+			if c.SecurityContext.RunAsUser != nil {
+				uid = *c.SecurityContext.RunAsUser
+			}
+			if c.SecurityContext.RunAsGroup != nil {
+				gid = *c.SecurityContext.RunAsGroup
+			}
+		}
+	}
+	csc := restrictedSecurityContext()
+	csc.RunAsUser, csc.RunAsGroup = &uid, &gid
+
+	labels := map[string]string{
+		"app.kubernetes.io/name":       "kcbackup-restore",
+		"app.kubernetes.io/managed-by": "kcbackup-operator",
+		"keycloak.org/keycloakbackup":  kb.Name,
+	}
+	job := &batchv1.Job{
+		ObjectMeta: metav1.ObjectMeta{Name: kb.Status.Restore.JobName, Namespace: kb.Namespace, Labels: labels},
+		Spec: batchv1.JobSpec{
+			// A restore that failed halfway is for a human to inspect, not to retry blindly.
+			BackoffLimit: ptr.To[int32](0),
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: labels},
+				Spec: corev1.PodSpec{
+					RestartPolicy:      corev1.RestartPolicyNever,
+					SecurityContext:    podSC,
+					ServiceAccountName: tmpl.Spec.ServiceAccountName,
+					ImagePullSecrets:   tmpl.Spec.ImagePullSecrets,
+					NodeSelector:       tmpl.Spec.NodeSelector,
+					Tolerations:        tmpl.Spec.Tolerations,
+					Volumes:            vols,
+					Containers: []corev1.Container{{
+						Name:  "restore",
+						Image: r.SidecarImage,
+						Args: []string{"restore", "--storage", storageURL, "--pgdata", loc.DataDir,
+							"--to", kb.Spec.RestoreTo, "--move-aside"},
+						Env:          env,
+						VolumeMounts: mounts,
+						Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+							corev1.ResourceCPU:    resource.MustParse("100m"),
+							corev1.ResourceMemory: resource.MustParse("128Mi"),
+						}},
+						SecurityContext: csc,
+					}},
+				},
+			},
+		},
+	}
+	if err := controllerutil.SetControllerReference(kb, job, r.Client.Scheme()); err != nil {
+		return nil, err
+	}
+	return job, nil
+}
+
+type outcome int
+
+const (
+	jobRunning outcome = iota
+	jobSucceeded
+	jobFailed
+)
+
+// jobOutcome reads the Job's terminal conditions (and their early *Target forms).
+func jobOutcome(job *batchv1.Job) outcome {
+	for _, c := range job.Status.Conditions {
+		if c.Status != corev1.ConditionTrue {
+			continue
+		}
+		switch c.Type {
+		case batchv1.JobComplete, batchv1.JobSuccessCriteriaMet:
+			return jobSucceeded
+		case batchv1.JobFailed, batchv1.JobFailureTarget:
+			return jobFailed
+		}
+	}
+	return jobRunning
+}

@@ -1,0 +1,222 @@
+package controller
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strconv"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/utils/ptr"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
+)
+
+// Names and paths of what the operator adds to the PostgreSQL pod template.
+const (
+	// SidecarContainerName is the name of the injected native sidecar.
+	SidecarContainerName = "kcbackup"
+	// SidecarHashAnnotation on the pod template holds the hash of the injected sidecar, so
+	// the operator changes the template only when the sidecar it wants changes.
+	SidecarHashAnnotation = "keycloak.org/kcbackup-sidecar"
+
+	tokenVolume    = "kcbackup-token"
+	caVolume       = "kcbackup-ca"
+	archiveVolume  = "kcbackup-archive"
+	tokenMountDir  = "/var/run/kcbackup/token"
+	tokenFile      = tokenMountDir + "/token"
+	caMountDir     = "/var/run/kcbackup/ca"
+	archiveMountAt = "/var/lib/kcbackup/archive"
+
+	// TokenKey is the key of the token in the token Secret.
+	TokenKey = "token"
+)
+
+// TokenSecretName is the name of the Secret holding the sidecar API token of a workload.
+func TokenSecretName(workloadName string) string { return workloadName + "-kcbackup-token" }
+
+// storageEnv returns the environment that tells kcbackup (daemon or restore) where the
+// archive is and how to reach it. Credentials come from Secrets, never from values.
+func storageEnv(st *kcv1.Storage) ([]corev1.EnvVar, error) {
+	u, err := st.URL(archiveMountAt)
+	if err != nil {
+		return nil, err
+	}
+	env := []corev1.EnvVar{{Name: "KCBACKUP_STORAGE", Value: u}}
+	if s3 := st.S3; s3 != nil {
+		if s3.Region != "" {
+			env = append(env, corev1.EnvVar{Name: "AWS_REGION", Value: s3.Region})
+		}
+		if s3.Endpoint != "" {
+			env = append(env, corev1.EnvVar{Name: "AWS_ENDPOINT_URL_S3", Value: s3.Endpoint})
+		}
+		if s3.ForcePathStyle {
+			env = append(env, corev1.EnvVar{Name: "KCBACKUP_S3_FORCE_PATH_STYLE", Value: "true"})
+		}
+		if c := s3.CredentialsSecret; c != nil {
+			env = append(env,
+				secretEnv("AWS_ACCESS_KEY_ID", c.Name, orDefault(c.AccessKeyIDKey, "AWS_ACCESS_KEY_ID")),
+				secretEnv("AWS_SECRET_ACCESS_KEY", c.Name, orDefault(c.SecretAccessKeyKey, "AWS_SECRET_ACCESS_KEY")))
+		}
+		if s3.CASecret != nil {
+			env = append(env, corev1.EnvVar{Name: "KCBACKUP_S3_CA_FILE", Value: caMountDir + "/" + s3.CASecret.Key})
+		}
+	}
+	return env, nil
+}
+
+// storageVolumes returns the pod volumes and mounts the storage needs: the archive claim,
+// or the CA bundle.
+func storageVolumes(st *kcv1.Storage) ([]corev1.Volume, []corev1.VolumeMount) {
+	switch {
+	case st.Volume != nil:
+		return []corev1.Volume{{Name: archiveVolume, VolumeSource: corev1.VolumeSource{
+				PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: st.Volume.ClaimName}}}},
+			[]corev1.VolumeMount{{Name: archiveVolume, MountPath: archiveMountAt}}
+	case st.S3 != nil && st.S3.CASecret != nil:
+		return []corev1.Volume{{Name: caVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+				SecretName: st.S3.CASecret.Name, Items: []corev1.KeyToPath{{Key: st.S3.CASecret.Key, Path: st.S3.CASecret.Key}}}}}},
+			[]corev1.VolumeMount{{Name: caVolume, MountPath: caMountDir, ReadOnly: true}}
+	}
+	return nil, nil
+}
+
+func secretEnv(name, secret, key string) corev1.EnvVar {
+	return corev1.EnvVar{Name: name, ValueFrom: &corev1.EnvVarSource{SecretKeyRef: &corev1.SecretKeySelector{
+		LocalObjectReference: corev1.LocalObjectReference{Name: secret}, Key: key}}}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// restrictedSecurityContext is the container security context of everything the operator
+// creates: non-root, read-only root filesystem, no privilege escalation, no capabilities.
+func restrictedSecurityContext() *corev1.SecurityContext {
+	return &corev1.SecurityContext{
+		RunAsNonRoot:             ptr.To(true),
+		ReadOnlyRootFilesystem:   ptr.To(true),
+		AllowPrivilegeEscalation: ptr.To(false),
+		Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
+		SeccompProfile:           &corev1.SeccompProfile{Type: corev1.SeccompProfileTypeRuntimeDefault},
+	}
+}
+
+// sidecarSpec is what the operator injects into a pod template: one native sidecar (an init
+// container with restartPolicy Always, so it starts before PostgreSQL and stops after it)
+// and its volumes.
+type sidecarSpec struct {
+	Container corev1.Container
+	Volumes   []corev1.Volume
+}
+
+// Hash identifies the sidecar spec; it changes when anything injected changes.
+func (s sidecarSpec) Hash() string {
+	b, _ := json.Marshal(s)
+	h := sha256.Sum256(b)
+	return hex.EncodeToString(h[:12])
+}
+
+// buildSidecar returns the sidecar for the workload whose data lies at loc.
+func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName string, loc dataLocation) (sidecarSpec, error) {
+	env, err := storageEnv(&spec.Storage)
+	if err != nil {
+		return sidecarSpec{}, err
+	}
+	pg := spec.Postgres
+	env = append(env,
+		corev1.EnvVar{Name: "KCBACKUP_LISTEN", Value: ":" + strconv.Itoa(apiclient.DefaultPort)},
+		corev1.EnvVar{Name: "KCBACKUP_TOKEN_FILE", Value: tokenFile},
+		corev1.EnvVar{Name: "KCBACKUP_PGDATA", Value: loc.DataDir},
+		corev1.EnvVar{Name: "PGHOST", Value: "localhost"},
+		corev1.EnvVar{Name: "PGPORT", Value: strconv.Itoa(int(orDefaultInt(pg.Port, 5432)))},
+		corev1.EnvVar{Name: "PGUSER", Value: orDefault(pg.User, "postgres")},
+	)
+	if pg.PasswordSecret != nil {
+		env = append(env, secretEnv("PGPASSWORD", pg.PasswordSecret.Name, pg.PasswordSecret.Key))
+	}
+	vols, mounts := storageVolumes(&spec.Storage)
+	vols = append(vols, corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+		SecretName: TokenSecretName(workloadName), Items: []corev1.KeyToPath{{Key: TokenKey, Path: "token"}}}}})
+	mounts = append(mounts,
+		corev1.VolumeMount{Name: tokenVolume, MountPath: tokenMountDir, ReadOnly: true},
+		// The data volume, read-only, only to report disk usage.
+		corev1.VolumeMount{Name: loc.Mount.Name, MountPath: loc.Mount.MountPath, SubPath: loc.Mount.SubPath, ReadOnly: true})
+	return sidecarSpec{
+		Container: corev1.Container{
+			Name:          SidecarContainerName,
+			Image:         image,
+			Args:          []string{"run"},
+			RestartPolicy: ptr.To(corev1.ContainerRestartPolicyAlways),
+			Env:           env,
+			Ports: []corev1.ContainerPort{{
+				Name: "metrics", ContainerPort: apiclient.DefaultPort, Protocol: corev1.ProtocolTCP,
+			}},
+			VolumeMounts: mounts,
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("50m"),
+				corev1.ResourceMemory: resource.MustParse("64Mi"),
+			}},
+			SecurityContext: restrictedSecurityContext(),
+		},
+		Volumes: vols,
+	}, nil
+}
+
+func orDefaultInt(n, def int32) int32 {
+	if n == 0 {
+		return def
+	}
+	return n
+}
+
+// injected reports whether the template already carries exactly this sidecar.
+func injected(t *corev1.PodTemplateSpec, s sidecarSpec) bool {
+	if t.Annotations[SidecarHashAnnotation] != s.Hash() {
+		return false
+	}
+	for _, c := range t.Spec.InitContainers {
+		if c.Name == SidecarContainerName {
+			return true
+		}
+	}
+	return false
+}
+
+// inject puts the sidecar into the template, replacing an older one, and leaves everything
+// else as it was.
+func inject(t *corev1.PodTemplateSpec, s sidecarSpec) {
+	ours := map[string]bool{tokenVolume: true, caVolume: true, archiveVolume: true}
+	var inits []corev1.Container
+	for _, c := range t.Spec.InitContainers {
+		if c.Name != SidecarContainerName {
+			inits = append(inits, c)
+		}
+	}
+	t.Spec.InitContainers = append(inits, s.Container)
+	var vols []corev1.Volume
+	for _, v := range t.Spec.Volumes {
+		if !ours[v.Name] {
+			vols = append(vols, v)
+		}
+	}
+	t.Spec.Volumes = append(vols, s.Volumes...)
+	if t.Annotations == nil {
+		t.Annotations = map[string]string{}
+	}
+	t.Annotations[SidecarHashAnnotation] = s.Hash()
+}
+
+// describeStorage names the storage for events and messages without any secret: its URL.
+func describeStorage(st *kcv1.Storage) string {
+	u, err := st.URL(archiveMountAt)
+	if err != nil {
+		return "invalid storage"
+	}
+	return u
+}

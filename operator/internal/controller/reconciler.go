@@ -29,11 +29,14 @@ import (
 
 // The operator's permissions, least privilege: it reads and scales workloads and patches
 // their pod template, reads pods, creates the token Secret and reads the Secrets a spec
-// names (uncached, so no list or watch on Secrets), and creates restore Jobs and Events.
+// names (uncached, so no list or watch on Secrets), and creates restore Jobs (owned by the
+// resource, hence the finalizers permission that owner references with
+// blockOwnerDeletion require) and Events.
 //
 // +kubebuilder:rbac:groups=keycloak.org,resources=keycloakbackups,verbs=get;list;watch
-// +kubebuilder:rbac:groups=keycloak.org,resources=keycloakbackups/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;update;patch
+// +kubebuilder:rbac:groups=keycloak.org,resources=keycloakbackups/status,verbs=get;patch
+// +kubebuilder:rbac:groups=keycloak.org,resources=keycloakbackups/finalizers,verbs=update
+// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets,verbs=get;list;watch;patch
 // +kubebuilder:rbac:groups="",resources=pods,verbs=get;list;watch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create
 // +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create

@@ -124,6 +124,8 @@ func InitArchive(ctx context.Context, st storage.Storage, want Identity) (*Archi
 type PutResult struct {
 	RawBytes    uint64
 	StoredBytes uint64
+	// SHA256 is the checksum of the uncompressed bytes (zero when AlreadyStored).
+	SHA256 [32]byte
 	// AlreadyStored is true when an identical object was already there and nothing was written.
 	AlreadyStored bool
 }
@@ -175,7 +177,7 @@ func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader,
 			if cerr := ow.Close(); err == nil {
 				err = cerr
 			}
-			res.RawBytes, res.StoredBytes = ow.RawBytes(), ow.StoredBytes()
+			res.RawBytes, res.StoredBytes, res.SHA256 = ow.RawBytes(), ow.StoredBytes(), ow.Sum()
 		}
 		pw.CloseWithError(err)
 	}()

@@ -1,0 +1,421 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/user"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kcbackup/kcbackup/sidecar/internal/backup"
+	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
+	"github.com/kcbackup/kcbackup/sidecar/internal/restore"
+	"github.com/kcbackup/kcbackup/walarchive"
+)
+
+func requireStorage(url string) error {
+	if url == "" {
+		return errors.New("--storage (or KCBACKUP_STORAGE) is required: " + walarchive.StorageURLForms)
+	}
+	return nil
+}
+
+func openArchive(ctx context.Context, url string) (*walarchive.Archive, error) {
+	if err := requireStorage(url); err != nil {
+		return nil, err
+	}
+	st, err := walarchive.OpenStorage(ctx, url)
+	if err != nil {
+		return nil, err
+	}
+	a, err := walarchive.OpenArchive(ctx, st)
+	if errors.Is(err, walarchive.ErrNoIdentity) {
+		return nil, fmt.Errorf("%s holds no kcbackup archive yet (start `kcbackup run` against it first)", url)
+	}
+	return a, err
+}
+
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// ---- backup ----
+
+func newBackupCmd(g *globalOptions) *cobra.Command {
+	var storageURL, pgURL string
+	var asJSON, spread bool
+	var walTimeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "backup --storage URL",
+		Short: "Take one base backup now and print its ID",
+		Long: `backup takes a base backup over the replication protocol (BASE_BACKUP with the server's
+manifest) and streams it, compressed and checksummed, straight to the archive. It is
+complete, and listed, only once all WAL from its start to its stop is in the archive
+(archived by a running 'kcbackup run'); its record is written last. One backup at a time per
+cluster: a second one is refused.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			log, err := g.logger()
+			if err != nil {
+				return err
+			}
+			if err := requireStorage(storageURL); err != nil {
+				return err
+			}
+			pgcfg, err := pgrepl.ParseConfig(pgURL)
+			if err != nil {
+				return err
+			}
+			st, err := walarchive.OpenStorage(ctx, storageURL)
+			if err != nil {
+				return err
+			}
+			opts := backup.Options{PG: pgcfg, Storage: st, FastCheckpoint: !spread, WALTimeout: walTimeout, Logger: log}
+			if isTerminal(g.stderr) {
+				opts.Progress = progressPrinter(g.stderr)
+			}
+			rec, err := backup.Take(ctx, opts)
+			if errors.Is(err, backup.ErrRunning) {
+				return &ExitError{Code: 3, Err: err}
+			}
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(g.stdout, rec)
+			}
+			fmt.Fprintln(g.stdout, rec.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
+	f.StringVar(&pgURL, "pg-url", "", "PostgreSQL connection URL (default: the libpq PG* environment variables)")
+	f.BoolVar(&asJSON, "json", false, "print the backup's record as JSON")
+	f.BoolVar(&spread, "spread-checkpoint", false, "wait for a spread checkpoint instead of requesting a fast one")
+	f.DurationVar(&walTimeout, "wal-timeout", 10*time.Minute, "how long to wait for the backup's WAL to reach the archive")
+	return cmd
+}
+
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
+}
+
+func progressPrinter(w io.Writer) func(done, total int64) {
+	start := time.Now()
+	var last time.Time
+	return func(done, total int64) {
+		if time.Since(last) < time.Second {
+			return
+		}
+		last = time.Now()
+		rate := float64(done) / time.Since(start).Seconds()
+		line := fmt.Sprintf("\rbacked up %d MiB", done>>20)
+		if total > 0 {
+			pct := float64(done) * 100 / float64(total)
+			eta := time.Duration(float64(total-done)/rate) * time.Second
+			line += fmt.Sprintf(" of ~%d MiB (%.0f%%), %.1f MiB/s, about %s left", total>>20, pct, rate/(1<<20), eta.Round(time.Second))
+		}
+		fmt.Fprint(w, line+"   ")
+	}
+}
+
+// ---- list ----
+
+func newListCmd(g *globalOptions) *cobra.Command {
+	var storageURL string
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "list --storage URL",
+		Short: "List backups, timelines and the recovery window",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			a, err := openArchive(ctx, storageURL)
+			if err != nil {
+				return err
+			}
+			sum, err := a.Summarize(ctx)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return printJSON(g.stdout, backup.CatalogOf(sum))
+			}
+			tw := tabwriter.NewWriter(g.stdout, 2, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "ID\tTIMELINE\tSTART\tSTOP\tSTART LSN\tSTOP LSN\tDATA\tSTORED")
+			for _, b := range sum.Backups {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", b.ID, b.Timeline, b.StartTime.Format(time.RFC3339), b.StopTime.Format(time.RFC3339),
+					b.StartLSN, b.StopLSN, humanBytes(b.DataBytes()), humanBytes(b.StoredBytes()))
+			}
+			tw.Flush()
+			fmt.Fprintf(g.stdout, "\ntimelines: %v\n", sum.Timelines)
+			if sum.Window != nil {
+				fmt.Fprintf(g.stdout, "recovery window (timeline %d): %s to %s\n", sum.Window.Timeline,
+					sum.Window.Earliest.UTC().Format(time.RFC3339), sum.Window.Latest.UTC().Format(time.RFC3339))
+			} else {
+				fmt.Fprintln(g.stdout, "recovery window: none yet (no complete backup with its WAL)")
+			}
+			for _, p := range sum.Problems {
+				fmt.Fprintln(g.stderr, "problem:", p)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
+	return cmd
+}
+
+func humanBytes(n uint64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// ---- restore ----
+
+func newRestoreCmd(g *globalOptions) *cobra.Command {
+	var storageURL, pgdata, to, backupID, timeline, owner string
+	var moveAside bool
+	var prefetch int
+	cmd := &cobra.Command{
+		Use:   "restore --storage URL --pgdata DIR --to (RFC3339 time | latest)",
+		Short: "Restore a base backup and set up recovery to a point in time",
+		Long: `restore picks the newest backup that ends at or before the target (or --backup), checks the
+target lies in the recovery window, and refuses a target without a time zone, all before
+touching DIR. It extracts the backup into a staging directory beside DIR, verifying every
+checksum, writes recovery.signal and the recovery settings (restore_command calling
+'kcbackup wal-fetch', recovery_target_time with an explicit offset, recovery_target_timeline,
+recovery_target_action = promote), then moves a non-empty DIR aside to
+DIR.kcbackup-replaced-<time> (only with --move-aside; it is never deleted) and the restored
+data into DIR. Start PostgreSQL on DIR: it replays WAL to the target and promotes to a new
+timeline, which 'kcbackup run' keeps archiving into the same archive.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			// Step 1: every input checked before anything is touched.
+			if pgdata == "" {
+				return errors.New("--pgdata is required: the data directory to restore into")
+			}
+			if to == "" {
+				return errors.New("--to is required: 'latest' or an RFC 3339 time with a zone, like 2026-11-24T10:30:00Z")
+			}
+			target, err := walarchive.ParseTarget(to)
+			if err != nil {
+				return err
+			}
+			var tli uint64
+			if timeline != "" && timeline != "latest" {
+				if tli, err = strconv.ParseUint(timeline, 10, 32); err != nil || tli == 0 {
+					return fmt.Errorf("invalid --timeline %q: expected a positive number or 'latest'", timeline)
+				}
+			}
+			if backupID != "" {
+				if err := walarchive.ValidateBackupID(backupID); err != nil {
+					return fmt.Errorf("--backup: %w", err)
+				}
+			}
+			if prefetch < 0 || prefetch > 64 {
+				return fmt.Errorf("invalid --prefetch %d: expected 0 to 64", prefetch)
+			}
+			uid, gid, err := resolveOwner(owner, pgdata)
+			if err != nil {
+				return err
+			}
+			if err := restore.CheckDestination(pgdata, moveAside); err != nil {
+				return err
+			}
+			a, err := openArchive(ctx, storageURL)
+			if err != nil {
+				return err
+			}
+			plan, err := a.PlanRestore(ctx, walarchive.RestoreRequest{Target: target, BackupID: backupID, Timeline: uint32(tli)}, time.Now())
+			if err != nil {
+				return err
+			}
+			self, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find the kcbackup binary for restore_command: %w", err)
+			}
+			// Step 2: restore.
+			started := time.Now()
+			fmt.Fprintf(g.stderr, "restoring backup %s (stopped %s) to %s on timeline %d into %s\n",
+				plan.Backup.ID, plan.Backup.StopTime.UTC().Format(time.RFC3339), target, plan.Timeline, pgdata)
+			res, err := restore.Run(ctx, restore.Options{
+				Archive: a, Plan: plan, StorageURL: storageURL, PGData: pgdata, MoveAside: moveAside,
+				UID: uid, GID: gid, Kcbackup: self, Prefetch: prefetch,
+			})
+			if err != nil {
+				return err
+			}
+			if res.MovedAside != "" {
+				fmt.Fprintf(g.stderr, "the previous data directory was moved to %s (kept; remove it yourself once satisfied)\n", res.MovedAside)
+			}
+			fmt.Fprintf(g.stderr, "restored %s in %s; start PostgreSQL on %s to replay WAL and promote\n",
+				humanBytes(res.Bytes), time.Since(started).Round(time.Millisecond), pgdata)
+			fmt.Fprintln(g.stdout, plan.Backup.ID)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
+	f.StringVar(&pgdata, "pgdata", "", "data directory to restore into (absolute path)")
+	f.StringVar(&to, "to", "", "restore target: 'latest' or an RFC 3339 time with a zone (2026-11-24T10:30:00Z)")
+	f.StringVar(&backupID, "backup", "", "restore this backup instead of choosing one")
+	f.StringVar(&timeline, "timeline", "latest", "timeline to recover along: a number or 'latest'")
+	f.BoolVar(&moveAside, "move-aside", false, "move a non-empty --pgdata aside (to DIR.kcbackup-replaced-<time>) instead of refusing")
+	f.StringVar(&owner, "owner", "", "user[:group] to own the restored files (default: the owner of --pgdata or its parent when run as root)")
+	f.IntVar(&prefetch, "prefetch", 8, "segments wal-fetch downloads ahead during recovery (0 disables)")
+	return cmd
+}
+
+// resolveOwner decides who owns the restored data directory.
+func resolveOwner(owner, pgdata string) (int, int, error) {
+	if owner == "" {
+		if os.Geteuid() != 0 {
+			return -1, -1, nil
+		}
+		for _, p := range []string{pgdata, parentDir(pgdata)} {
+			if uid, gid, ok := fileOwner(p); ok {
+				return uid, gid, nil
+			}
+		}
+		return -1, -1, nil
+	}
+	name, group, _ := strings.Cut(owner, ":")
+	u, err := user.Lookup(name)
+	if err != nil {
+		if _, nerr := strconv.Atoi(name); nerr != nil {
+			return 0, 0, fmt.Errorf("invalid --owner %q: no such user", owner)
+		}
+		u = &user.User{Uid: name, Gid: name}
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	if group != "" {
+		g, err := user.LookupGroup(group)
+		if err != nil {
+			n, nerr := strconv.Atoi(group)
+			if nerr != nil {
+				return 0, 0, fmt.Errorf("invalid --owner %q: no such group", owner)
+			}
+			gid = n
+		} else {
+			gid, _ = strconv.Atoi(g.Gid)
+		}
+	}
+	return uid, gid, nil
+}
+
+func parentDir(p string) string {
+	i := strings.LastIndex(strings.TrimRight(p, "/"), "/")
+	if i <= 0 {
+		return "/"
+	}
+	return p[:i]
+}
+
+// ---- verify ----
+
+func newVerifyCmd(g *globalOptions) *cobra.Command {
+	var storageURL string
+	cmd := &cobra.Command{
+		Use:   "verify --storage URL",
+		Short: "Check every object's checksum, every backup's completeness and WAL continuity",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			a, err := openArchive(ctx, storageURL)
+			if err != nil {
+				return err
+			}
+			rep, err := a.Verify(ctx, nil)
+			if err != nil {
+				return err
+			}
+			for _, p := range rep.Problems {
+				fmt.Fprintln(g.stdout, "PROBLEM", p)
+			}
+			fmt.Fprintf(g.stdout, "verified %d objects (%s), %d backups: %d problems\n", rep.Objects, humanBytes(rep.Bytes), rep.Backups, len(rep.Problems))
+			if len(rep.Problems) > 0 {
+				return &ExitError{Code: 1, Err: fmt.Errorf("the archive has %d problems", len(rep.Problems))}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
+	return cmd
+}
+
+// ---- prune ----
+
+func newPruneCmd(g *globalOptions) *cobra.Command {
+	var storageURL string
+	var keep int
+	var within time.Duration
+	var dryRun bool
+	cmd := &cobra.Command{
+		Use:   "prune --storage URL (--keep-backups N | --keep-within DURATION) [--dry-run]",
+		Short: "Remove old backups and the WAL no kept backup needs",
+		Long: `prune keeps the newest --keep-backups backups and every backup that stopped within
+--keep-within (both may be given; the newest backup is always kept), and removes older
+backups and the WAL segments before the oldest kept backup's start. It never removes WAL or
+a backup a kept backup or the recovery window needs; history files are always kept.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			ctx := cmd.Context()
+			r := walarchive.Retention{KeepBackups: keep, KeepWithin: within}
+			if err := r.Validate(); err != nil {
+				return err
+			}
+			a, err := openArchive(ctx, storageURL)
+			if err != nil {
+				return err
+			}
+			plan, err := a.PlanPrune(ctx, r, time.Now())
+			if err != nil {
+				return err
+			}
+			verb := "removed"
+			if dryRun {
+				verb = "would remove"
+			} else if err := a.Prune(ctx, plan); err != nil {
+				return err
+			}
+			for _, b := range plan.RemoveBackups {
+				fmt.Fprintf(g.stdout, "%s backup %s (stopped %s)\n", verb, b.ID, b.StopTime.UTC().Format(time.RFC3339))
+			}
+			fmt.Fprintf(g.stdout, "%s %d backups and %d WAL objects; kept %d backups\n", verb, len(plan.RemoveBackups), len(plan.RemoveWAL), len(plan.Keep))
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
+	f.IntVar(&keep, "keep-backups", 0, "keep the newest N backups")
+	f.DurationVar(&within, "keep-within", 0, "keep backups that stopped within this duration (e.g. 168h)")
+	f.BoolVar(&dryRun, "dry-run", false, "only print what would be removed")
+	return cmd
+}

@@ -1,0 +1,174 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
+	"github.com/kcbackup/kcbackup/sidecar/internal/backup"
+	"github.com/kcbackup/kcbackup/sidecar/internal/metrics"
+	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
+	"github.com/kcbackup/kcbackup/sidecar/internal/server"
+	"github.com/kcbackup/kcbackup/sidecar/internal/streamer"
+	"github.com/kcbackup/kcbackup/walarchive"
+)
+
+type runOptions struct {
+	storage         string
+	listen          string
+	slot            string
+	partialInterval time.Duration
+	spool           string
+	spoolMaxMB      int64
+	pgURL           string
+	tokenFile       string
+	pgdata          string
+	compression     string
+}
+
+func newRunCmd(g *globalOptions) *cobra.Command {
+	o := &runOptions{}
+	cmd := &cobra.Command{
+		Use:   "run --storage URL",
+		Short: "Archive WAL continuously and serve the HTTP API (the sidecar daemon)",
+		Long: `run streams WAL from PostgreSQL through a physical replication slot (created with reserved
+WAL when missing) and archives it: complete segments as they fill, and the tail of the
+current segment every --partial-interval. The position acknowledged to PostgreSQL never
+passes what is durable in the archive, so the slot keeps on the server whatever is not
+archived yet. SIGTERM stops receiving, uploads the rest and exits 0.
+
+HTTP API on --listen: /metrics, /healthz, /readyz without authentication; /v1/status,
+/v1/backups and /v1/prune with 'Authorization: Bearer <token>', the token read from
+--token-file or the KCBACKUP_TOKEN environment variable (with neither, /v1 is disabled).
+
+For synchronous archiving (no committed transaction missing from the archive), set
+--partial-interval 0 and add kcbackup to synchronous_standby_names.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd.Context(), g) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.storage, "storage", "", "archive location: "+walarchive.StorageURLForms)
+	f.StringVar(&o.listen, "listen", fmt.Sprintf(":%d", apiclient.DefaultPort), "HTTP listen address for the API and /metrics")
+	f.StringVar(&o.slot, "slot", "kcbackup", "physical replication slot name")
+	f.DurationVar(&o.partialInterval, "partial-interval", time.Second, "upload the current segment's tail at most this often (0: as soon as WAL arrives)")
+	f.StringVar(&o.spool, "spool", filepath.Join(os.TempDir(), "kcbackup-spool"), "local directory for WAL waiting for upload (emptied at start)")
+	f.Int64Var(&o.spoolMaxMB, "spool-max-mb", 1024, "pause receiving when the spool holds this many MiB (the slot keeps the WAL)")
+	f.StringVar(&o.pgURL, "pg-url", "", "PostgreSQL connection URL (default: the libpq PG* environment variables); prefer PGPASSWORD or a password file to a password in the URL")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API bearer token (or set KCBACKUP_TOKEN)")
+	f.StringVar(&o.pgdata, "pgdata", "", "PostgreSQL data directory, to report its volume's free space (optional)")
+	f.StringVar(&o.compression, "compression", "zstd", "compression for a new archive: zstd or none")
+	return cmd
+}
+
+func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
+	log, err := g.logger()
+	if err != nil {
+		return err
+	}
+	// Step 1: validate every input before touching anything.
+	if o.storage == "" {
+		return errors.New("--storage (or KCBACKUP_STORAGE) is required: " + walarchive.StorageURLForms)
+	}
+	comp, err := walarchive.ParseCompression(o.compression)
+	if err != nil {
+		return fmt.Errorf("--compression: %w", err)
+	}
+	token, err := readToken(o.tokenFile)
+	if err != nil {
+		return err
+	}
+	if o.pgdata != "" {
+		if st, err := os.Stat(o.pgdata); err != nil || !st.IsDir() {
+			return fmt.Errorf("invalid --pgdata %q: expected an existing directory", o.pgdata)
+		}
+	}
+	pgcfg, err := pgrepl.ParseConfig(o.pgURL)
+	if err != nil {
+		return err
+	}
+	st, err := walarchive.OpenStorage(ctx, o.storage)
+	if err != nil {
+		return err
+	}
+	m := metrics.New()
+
+	// Step 2: build the streamer, the backup service and the API.
+	s, err := streamer.New(streamer.Config{
+		PG: pgcfg, Slot: o.slot, PartialInterval: o.partialInterval, SpoolDir: o.spool,
+		SpoolMaxBytes: o.spoolMaxMB << 20, Storage: st, Compression: comp, PGDataDir: o.pgdata,
+		Logger: log, Metrics: m,
+	})
+	if err != nil {
+		return err
+	}
+	bk := backup.NewService(backup.ServiceConfig{PG: pgcfg, Storage: st, Streamer: s, Logger: log, Metrics: m})
+	srv := server.New(server.Config{
+		Addr: o.listen, Token: token, Registry: m.Registry, Logger: log, Backups: bk,
+		Status: func() apiclient.Status { return statusOf(s.Status()) },
+		Ready: func() error {
+			st := s.Status()
+			switch {
+			case !st.Streaming:
+				return fmt.Errorf("not streaming from PostgreSQL: %s", orNone(st.LastError))
+			case !st.StorageUp:
+				return errors.New("archive storage is failing")
+			}
+			return nil
+		},
+	})
+
+	// Step 3: run until SIGTERM; the streamer drains before returning.
+	log.Info("kcbackup sidecar starting", "storage", o.storage, "slot", o.slot, "listen", o.listen, "partial_interval", o.partialInterval)
+	grp, gctx := errgroup.WithContext(ctx)
+	grp.Go(func() error { return s.Run(gctx) })
+	grp.Go(func() error { return srv.Run(gctx) })
+	err = grp.Wait()
+	if err != nil {
+		return err
+	}
+	log.Info("kcbackup sidecar stopped")
+	return nil
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "starting"
+	}
+	return s
+}
+
+func statusOf(s streamer.Status) apiclient.Status {
+	st := apiclient.Status{
+		SystemIdentifier: s.SystemIdentifier, Timeline: s.Timeline, ServerFlushLSN: s.ServerFlushLSN.String(),
+		ArchiveLagBytes: s.ArchiveLagBytes, ArchiveLagSeconds: s.ArchiveLagSeconds,
+		StorageUp: s.StorageUp, Streaming: s.Streaming,
+	}
+	if s.ArchivedLSN > 0 {
+		st.ArchivedLSN = s.ArchivedLSN.String()
+	}
+	return st
+}
+
+// readToken reads the API token from a file or KCBACKUP_TOKEN.
+func readToken(file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read --token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("--token-file %s is empty: expected the API bearer token", file)
+		}
+		return tok, nil
+	}
+	return strings.TrimSpace(os.Getenv("KCBACKUP_TOKEN")), nil
+}

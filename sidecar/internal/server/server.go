@@ -1,0 +1,202 @@
+// Package server is the sidecar's HTTP API: /metrics, /healthz and /readyz without
+// authentication (they carry no secrets), and /v1/* (status, backups, prune) behind a
+// bearer token. The wire types are those of package apiclient.
+package server
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
+)
+
+// Backups is what the API needs of the backup machinery.
+type Backups interface {
+	// Start begins a base backup; it returns an error wrapping apiclient.ErrBackupRunning
+	// (with the running job) when one is already running.
+	Start(ctx context.Context) (apiclient.BackupJob, error)
+	// Job returns a job by ID.
+	Job(id string) (apiclient.BackupJob, bool)
+	// Catalog lists the archive's backups and recovery window.
+	Catalog(ctx context.Context) (apiclient.Catalog, error)
+	// Prune applies retention.
+	Prune(ctx context.Context, req apiclient.PruneRequest) (apiclient.PruneResult, error)
+}
+
+// RunningJobError is returned by Backups.Start when a backup is already running.
+type RunningJobError struct{ Job apiclient.BackupJob }
+
+func (e *RunningJobError) Error() string {
+	return fmt.Sprintf("backup %s is already running; one backup at a time per cluster", e.Job.ID)
+}
+
+// Config configures the server.
+type Config struct {
+	// Addr is the listen address, e.g. ":8008".
+	Addr string
+	// Token guards /v1/*. Empty disables /v1/* (403), so the API is never open by accident.
+	Token    string
+	Registry *prometheus.Registry
+	// Status returns the archiving status.
+	Status func() apiclient.Status
+	// Ready returns nil when the sidecar is streaming and the storage is up.
+	Ready   func() error
+	Backups Backups
+	Logger  *slog.Logger
+}
+
+// Server serves the API.
+type Server struct {
+	cfg Config
+	srv *http.Server
+}
+
+// New builds a server.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg}
+	s.srv = &http.Server{
+		Addr:              cfg.Addr,
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      2 * time.Minute,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+	}
+	return s
+}
+
+// Handler returns the HTTP routes.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.cfg.Ready(); err != nil {
+			http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ready")
+	})
+	mux.Handle("GET /v1/status", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, s.cfg.Status())
+	}))
+	mux.Handle("POST /v1/backups", s.auth(s.startBackup))
+	mux.Handle("GET /v1/backups", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		cat, err := s.cfg.Backups.Catalog(r.Context())
+		if err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error(), "")
+			return
+		}
+		writeJSON(w, http.StatusOK, cat)
+	}))
+	mux.Handle("GET /v1/backups/{id}", s.auth(func(w http.ResponseWriter, r *http.Request) {
+		job, ok := s.cfg.Backups.Job(r.PathValue("id"))
+		if !ok {
+			writeError(w, http.StatusNotFound, fmt.Sprintf("no backup job %q on this sidecar", r.PathValue("id")), "")
+			return
+		}
+		writeJSON(w, http.StatusOK, job)
+	}))
+	mux.Handle("POST /v1/prune", s.auth(s.prune))
+	return mux
+}
+
+func (s *Server) auth(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Token == "" {
+			writeError(w, http.StatusForbidden, "the API is disabled: the sidecar has no token (set KCBACKUP_TOKEN_FILE or KCBACKUP_TOKEN)", "")
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="kcbackup"`)
+			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'", "")
+			return
+		}
+		next(w, r)
+	})
+}
+
+func (s *Server) startBackup(w http.ResponseWriter, r *http.Request) {
+	job, err := s.cfg.Backups.Start(context.WithoutCancel(r.Context()))
+	var running *RunningJobError
+	switch {
+	case errors.As(err, &running):
+		writeError(w, http.StatusConflict, running.Error(), running.Job.ID)
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, err.Error(), "")
+	default:
+		writeJSON(w, http.StatusAccepted, job)
+	}
+}
+
+func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
+	var req apiclient.PruneRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid prune request body: "+err.Error()+`; expected {"keepBackups": N, "keepWithin": "168h"}`, "")
+		return
+	}
+	if req.KeepBackups < 0 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid keepBackups %d: expected 0 or more", req.KeepBackups), "")
+		return
+	}
+	if req.KeepWithin != "" {
+		if d, err := time.ParseDuration(req.KeepWithin); err != nil || d <= 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid keepWithin %q: expected a positive Go duration such as 168h", req.KeepWithin), "")
+			return
+		}
+	}
+	res, err := s.cfg.Backups.Prune(r.Context(), req)
+	if err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+		return
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// Run serves until ctx ends, then shuts down within 5 seconds.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on --listen %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve serves on ln until ctx ends.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	errc := make(chan error, 1)
+	go func() { errc <- s.srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		return s.srv.Shutdown(sctx)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, msg, id string) {
+	writeJSON(w, code, apiclient.ErrorBody{Error: msg, ID: id})
+}

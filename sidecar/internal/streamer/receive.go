@@ -1,0 +1,322 @@
+package streamer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
+	"github.com/kcbackup/kcbackup/walarchive"
+)
+
+// stream receives timeline tli from start (segment-aligned) until the server ends the
+// timeline (returning the next one), an error, or ctx's end (then it drains first).
+func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, start walarchive.LSN) (uint32, walarchive.LSN, error) {
+	segSize := s.segSize
+	pos := start
+	cur, err := s.openSegment(tli, pos.SegmentNo(segSize))
+	if err != nil {
+		return 0, 0, err
+	}
+	var lastSentFlush walarchive.LSN
+	nextStatus := time.Time{}
+	sendStatus := func() error {
+		s.mu.Lock()
+		flush := s.archived
+		if flush > pos {
+			flush = pos // never claim more than received on this connection
+		}
+		s.mu.Unlock()
+		if err := pgrepl.SendStandbyStatus(conn, pos, flush, s.cfg.Now()); err != nil {
+			return err
+		}
+		lastSentFlush = flush
+		nextStatus = time.Now().Add(s.cfg.StatusInterval)
+		s.updateLagMetrics(lastSentFlush)
+		return nil
+	}
+	pollEvery := 100 * time.Millisecond
+	if s.cfg.PartialInterval == 0 {
+		pollEvery = 10 * time.Millisecond
+	}
+
+	for {
+		if ctx.Err() != nil {
+			s.drain(cur)
+			if err := sendStatus(); err != nil {
+				s.log.Warn("could not send the final flush position", "err", err)
+			} else {
+				s.log.Info("stopped; final flush position sent", "flush", lastSentFlush)
+			}
+			return 0, 0, ctx.Err()
+		}
+		// Acknowledge as soon as the archive moved; otherwise every StatusInterval.
+		select {
+		case <-s.archivedSig:
+			if err := sendStatus(); err != nil {
+				return 0, 0, err
+			}
+		default:
+			if time.Now().After(nextStatus) {
+				if err := sendStatus(); err != nil {
+					return 0, 0, err
+				}
+			}
+		}
+		// Back-pressure: past the spool limit, stop reading; the slot keeps the WAL.
+		if s.spoolBytes() > s.cfg.SpoolMaxBytes {
+			select {
+			case <-ctx.Done():
+			case <-s.archivedSig:
+				if err := sendStatus(); err != nil {
+					return 0, 0, err
+				}
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+
+		rctx, cancel := context.WithTimeout(ctx, pollEvery)
+		msg, err := conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if pgconn.Timeout(err) || (ctx.Err() != nil && errors.Is(err, context.Canceled)) {
+				continue
+			}
+			return 0, 0, fmt.Errorf("receive WAL: %w", err)
+		}
+		switch m := msg.(type) {
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return 0, 0, fmt.Errorf("parse XLogData: %w", err)
+				}
+				data := xld.WALData // valid only until the next receive: written out below
+				walStart := walarchive.LSN(xld.WALStart)
+				if walStart > pos {
+					return 0, 0, fmt.Errorf("server sent WAL from %s but %s was expected: refusing a gap", walStart, pos)
+				}
+				if skip := uint64(pos - walStart); skip > 0 {
+					if skip >= uint64(len(data)) {
+						continue
+					}
+					data = data[skip:]
+				}
+				for len(data) > 0 {
+					room := segSize - pos.SegmentOffset(segSize)
+					n := uint64(len(data))
+					if n > room {
+						n = room
+					}
+					if err := s.writeSegment(cur, data[:n]); err != nil {
+						return 0, 0, err
+					}
+					pos += walarchive.LSN(n)
+					data = data[n:]
+					if pos.SegmentOffset(segSize) == 0 {
+						s.endSegment(cur)
+						if cur, err = s.openSegment(tli, pos.SegmentNo(segSize)); err != nil {
+							return 0, 0, err
+						}
+					}
+				}
+				s.noteReceived(pos, walarchive.LSN(xld.ServerWALEnd), len(xld.WALData))
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				pkm, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return 0, 0, fmt.Errorf("parse keepalive: %w", err)
+				}
+				s.noteServerEnd(walarchive.LSN(pkm.ServerWALEnd))
+				if pkm.ReplyRequested {
+					if err := sendStatus(); err != nil {
+						return 0, 0, err
+					}
+				}
+			}
+		case *pgproto3.CopyDone:
+			// The server ended this timeline (it was promoted, or we streamed an old
+			// timeline). What we have of the last segment is all there will be on tli:
+			// it is stored as a partial, never under the segment's final name.
+			s.endSegment(cur)
+			res, err := pglogrepl.SendStandbyCopyDone(ctx, conn)
+			if err != nil {
+				return 0, 0, fmt.Errorf("end of timeline %d: %w", tli, err)
+			}
+			if res == nil || res.Timeline <= int32(tli) {
+				return 0, 0, fmt.Errorf("end of timeline %d: the server named no next timeline", tli)
+			}
+			return uint32(res.Timeline), walarchive.LSN(res.LSN), nil
+		case *pgproto3.ErrorResponse:
+			return 0, 0, pgconn.ErrorResponseToPgError(m)
+		}
+	}
+}
+
+// openSegment starts receiving segment segno of timeline tli into the spool.
+func (s *Streamer) openSegment(tli uint32, segno uint64) (*segment, error) {
+	name := walarchive.SegmentName(tli, segno, s.segSize)
+	p := filepath.Join(s.cfg.SpoolDir, name+".receiving")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("spool segment %s: %w", name, err)
+	}
+	seg := &segment{tli: tli, segno: segno, path: p, f: f}
+	s.mu.Lock()
+	s.cur = seg
+	s.lastPartialAt = time.Time{}
+	s.mu.Unlock()
+	return seg, nil
+}
+
+func (s *Streamer) writeSegment(seg *segment, p []byte) error {
+	if _, err := seg.f.Write(p); err != nil {
+		return fmt.Errorf("write spool segment %s: %w", seg.path, err)
+	}
+	s.mu.Lock()
+	seg.written += uint64(len(p))
+	s.mu.Unlock()
+	return nil
+}
+
+// endSegment hands a segment that will receive no more bytes to the uploader.
+func (s *Streamer) endSegment(seg *segment) {
+	seg.f.Close()
+	s.mu.Lock()
+	seg.ended = true
+	if s.cur == seg {
+		s.cur = nil
+	}
+	if seg.written > 0 {
+		s.queue = append(s.queue, seg)
+	} else {
+		os.Remove(seg.path)
+	}
+	s.mu.Unlock()
+	s.poke()
+}
+
+func (s *Streamer) noteReceived(pos, serverEnd walarchive.LSN, n int) {
+	now := s.cfg.Now()
+	s.mu.Lock()
+	s.received = pos
+	if serverEnd > s.serverFlush {
+		s.serverFlush = serverEnd
+	}
+	if pos > s.serverFlush {
+		s.serverFlush = pos
+	}
+	// Keep the time the oldest not-yet-archived byte arrived; coalesce samples 50ms apart.
+	if k := len(s.samples); k > 0 && now.Sub(s.samples[k-1].at) < 50*time.Millisecond {
+		s.samples[k-1].end = pos
+	} else {
+		s.samples = append(s.samples, sample{end: pos, at: now})
+	}
+	s.mu.Unlock()
+	s.m.ReceivedWALBytes.Add(float64(n))
+	s.m.ServerFlushLSN.Set(float64(s.serverFlushLSN()))
+	s.poke()
+}
+
+func (s *Streamer) noteServerEnd(end walarchive.LSN) {
+	s.mu.Lock()
+	if end > s.serverFlush {
+		s.serverFlush = end
+	}
+	s.mu.Unlock()
+	s.m.ServerFlushLSN.Set(float64(end))
+}
+
+func (s *Streamer) serverFlushLSN() walarchive.LSN {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serverFlush
+}
+
+func (s *Streamer) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (s *Streamer) spoolBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.spoolBytesLocked()
+}
+
+func (s *Streamer) spoolBytesLocked() int64 {
+	var n int64
+	for _, q := range s.queue {
+		n += int64(q.written)
+	}
+	if s.cur != nil {
+		n += int64(s.cur.written)
+	}
+	return n
+}
+
+// lagSecondsLocked is the age of the oldest received byte not yet archived.
+func (s *Streamer) lagSecondsLocked() float64 {
+	for len(s.samples) > 0 && s.samples[0].end <= s.archived {
+		s.samples = s.samples[1:]
+	}
+	if len(s.samples) == 0 {
+		return 0
+	}
+	return s.cfg.Now().Sub(s.samples[0].at).Seconds()
+}
+
+func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
+	s.mu.Lock()
+	lagBytes := int64(0)
+	if s.serverFlush > s.archived {
+		lagBytes = int64(s.serverFlush - s.archived)
+	}
+	retained := int64(0)
+	if s.serverFlush > acked {
+		retained = int64(s.serverFlush - acked)
+	}
+	lagSec := s.lagSecondsLocked()
+	spool := s.spoolBytesLocked()
+	archived := s.archived
+	s.mu.Unlock()
+	s.m.ArchiveLagBytes.Set(float64(lagBytes))
+	s.m.ArchiveLagSeconds.Set(lagSec)
+	s.m.SlotRetainedBytes.Set(float64(retained))
+	s.m.SpoolBytes.Set(float64(spool))
+	s.m.ArchivedLSN.Set(float64(archived))
+}
+
+// drain waits, up to DrainTimeout, until the uploader has stored every ended segment and
+// the tail of the current one.
+func (s *Streamer) drain(cur *segment) {
+	s.mu.Lock()
+	s.draining = true
+	s.mu.Unlock()
+	s.poke()
+	deadline := time.Now().Add(s.cfg.DrainTimeout)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		done := len(s.queue) == 0 && (cur == nil || cur.written == 0 ||
+			s.partialStored[[2]uint64{uint64(cur.tli), cur.segno}] >= cur.written)
+		s.mu.Unlock()
+		if done {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	s.log.Warn("shutdown drain timed out; the slot keeps what was not archived", "timeout", s.cfg.DrainTimeout)
+}

@@ -1,0 +1,612 @@
+package streamer
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cenkalti/backoff/v5"
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/kcbackup/kcbackup/sidecar/internal/metrics"
+	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
+	"github.com/kcbackup/kcbackup/walarchive"
+	"github.com/kcbackup/kcbackup/walarchive/storage"
+)
+
+// Config configures a Streamer.
+type Config struct {
+	// PG is the connection configuration (replication is added when connecting).
+	PG *pgconn.Config
+	// Slot is the physical replication slot's name.
+	Slot string
+	// PartialInterval is how often, at most, the tail of the current segment is uploaded
+	// while WAL arrives. Zero uploads the tail as soon as WAL arrives (synchronous mode).
+	PartialInterval time.Duration
+	// StatusInterval is how often a status update is sent to the server when nothing else
+	// prompts one.
+	StatusInterval time.Duration
+	// SpoolDir holds received WAL until it is uploaded. It is emptied at start.
+	SpoolDir string
+	// SpoolMaxBytes bounds the spool; past it, receiving pauses (the slot keeps the WAL on
+	// the server) until uploads catch up.
+	SpoolMaxBytes int64
+	// DrainTimeout bounds the final uploads at shutdown.
+	DrainTimeout time.Duration
+	// Storage is the archive's storage.
+	Storage storage.Storage
+	// Compression is used when the archive is created; an existing archive keeps its own.
+	Compression walarchive.Compression
+	// PGDataDir, when set, is the data directory whose volume usage is reported.
+	PGDataDir string
+	Logger    *slog.Logger
+	Metrics   *metrics.Metrics
+	// Now is the clock (time.Now when nil).
+	Now func() time.Time
+}
+
+// Validate checks the configuration and fills defaults.
+func (c *Config) Validate() error {
+	if c.PG == nil {
+		return errors.New("no PostgreSQL connection settings")
+	}
+	if err := pgrepl.ValidateSlotName(c.Slot); err != nil {
+		return fmt.Errorf("--slot: %w", err)
+	}
+	if c.PartialInterval < 0 || c.PartialInterval > time.Hour {
+		return fmt.Errorf("invalid --partial-interval %s: expected 0 (synchronous) up to 1h", c.PartialInterval)
+	}
+	if c.StatusInterval == 0 {
+		c.StatusInterval = 10 * time.Second
+	}
+	if c.StatusInterval < 100*time.Millisecond || c.StatusInterval > 5*time.Minute {
+		return fmt.Errorf("invalid status interval %s: expected 100ms to 5m", c.StatusInterval)
+	}
+	if c.SpoolDir == "" || !filepath.IsAbs(c.SpoolDir) {
+		return fmt.Errorf("invalid --spool %q: expected an absolute directory path", c.SpoolDir)
+	}
+	if c.SpoolMaxBytes == 0 {
+		c.SpoolMaxBytes = 1 << 30
+	}
+	if c.SpoolMaxBytes < 2*walarchive.MaxSegmentSize/64 {
+		return fmt.Errorf("invalid spool limit %d: expected at least 32 MiB", c.SpoolMaxBytes)
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = 20 * time.Second
+	}
+	if c.Storage == nil {
+		return errors.New("no storage")
+	}
+	if c.Compression == "" {
+		c.Compression = walarchive.CompressionZstd
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Metrics == nil {
+		c.Metrics = metrics.New()
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return nil
+}
+
+// Status is a snapshot of the streamer's state.
+type Status struct {
+	SystemIdentifier  string
+	Timeline          uint32
+	ServerFlushLSN    walarchive.LSN
+	ReceivedLSN       walarchive.LSN
+	ArchivedLSN       walarchive.LSN
+	ArchiveLagBytes   int64
+	ArchiveLagSeconds float64
+	Streaming         bool
+	StorageUp         bool
+	LastError         string
+}
+
+// permanentError stops Run: retrying cannot help until the configuration changes.
+type permanentError struct{ err error }
+
+func (p permanentError) Error() string { return p.err.Error() }
+func (p permanentError) Unwrap() error { return p.err }
+
+// segment is one WAL segment in the spool.
+type segment struct {
+	tli     uint32
+	segno   uint64
+	path    string
+	f       *os.File // open while receiving
+	written uint64
+	// ended is set when the segment will receive no more bytes: complete, or cut short at
+	// the end of its timeline (then it is stored as a partial).
+	ended bool
+}
+
+type sample struct {
+	end walarchive.LSN
+	at  time.Time
+}
+
+// Streamer archives WAL continuously. Create with New, then call Run.
+type Streamer struct {
+	cfg Config
+	log *slog.Logger
+	m   *metrics.Metrics
+
+	mu          sync.Mutex
+	archive     *walarchive.Archive
+	segSize     uint64
+	sysID       string
+	timeline    uint32
+	serverFlush walarchive.LSN
+	received    walarchive.LSN
+	archived    walarchive.LSN
+	streaming   bool
+	storageUp   bool
+	lastErr     string
+	cur         *segment
+	queue       []*segment
+	// partialStored is the raw length of the partial object stored for (tli, segno).
+	partialStored map[[2]uint64]uint64
+	lastPartialAt time.Time
+	draining      bool
+	samples       []sample
+
+	wake        chan struct{} // new work for the uploader
+	archivedSig chan struct{} // the archived position moved
+	archiveSet  chan struct{} // closed once the archive is opened
+	setOnce     sync.Once
+}
+
+// New returns a streamer for a validated configuration.
+func New(cfg Config) (*Streamer, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Streamer{
+		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
+		storageUp:     true,
+		partialStored: map[[2]uint64]uint64{},
+		wake:          make(chan struct{}, 1),
+		archivedSig:   make(chan struct{}, 1),
+		archiveSet:    make(chan struct{}),
+	}, nil
+}
+
+// Status returns the current state.
+func (s *Streamer) Status() Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := Status{
+		SystemIdentifier: s.sysID, Timeline: s.timeline, ServerFlushLSN: s.serverFlush,
+		ReceivedLSN: s.received, ArchivedLSN: s.archived, Streaming: s.streaming,
+		StorageUp: s.storageUp, LastError: s.lastErr,
+	}
+	if s.serverFlush > s.archived {
+		st.ArchiveLagBytes = int64(s.serverFlush - s.archived)
+	}
+	st.ArchiveLagSeconds = s.lagSecondsLocked()
+	return st
+}
+
+// Archive returns the opened archive, once known (nil before the first connection).
+func (s *Streamer) Archive() *walarchive.Archive {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.archive
+}
+
+// WaitArchived blocks until WAL up to lsn is durable in the archive, or ctx ends.
+func (s *Streamer) WaitArchived(ctx context.Context, lsn walarchive.LSN) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		s.mu.Lock()
+		done := s.archived >= lsn
+		s.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("wait for WAL up to %s to be archived: %w", lsn, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Run streams and archives until ctx is cancelled, reconnecting with backoff after errors.
+// On cancellation it stops receiving, uploads what it has (complete segments and the
+// partial tail), sends the final flush position and returns nil. It returns an error only
+// for problems retrying cannot fix (another cluster's archive, a bad slot).
+func (s *Streamer) Run(ctx context.Context) error {
+	if err := prepareSpool(s.cfg.SpoolDir); err != nil {
+		return err
+	}
+	upCtx, cancelUp := context.WithCancel(context.Background())
+	upDone := make(chan struct{})
+	go func() {
+		defer close(upDone)
+		s.uploader(upCtx)
+	}()
+	defer func() {
+		cancelUp()
+		<-upDone
+	}()
+	go s.sampleVolume(ctx)
+
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 500 * time.Millisecond
+	bo.MaxInterval = 30 * time.Second
+	for {
+		started := time.Now()
+		err := s.session(ctx)
+		s.setStreaming(false)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var perm permanentError
+		if errors.As(err, &perm) {
+			s.setErr(err)
+			return perm.err
+		}
+		if time.Since(started) > time.Minute {
+			bo.Reset()
+		}
+		wait := bo.NextBackOff()
+		s.setErr(err)
+		s.log.Error("streaming stopped; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// prepareSpool creates the spool directory, checks it is writable and empties it.
+func prepareSpool(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("spool directory %s: %w", dir, err)
+	}
+	probe := filepath.Join(dir, ".probe")
+	if err := os.WriteFile(probe, nil, 0o600); err != nil {
+		return fmt.Errorf("spool directory %s is not writable: %w", dir, err)
+	}
+	os.Remove(probe)
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("spool directory %s: %w", dir, err)
+	}
+	for _, e := range entries {
+		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+			return fmt.Errorf("empty spool directory %s: %w", dir, err)
+		}
+	}
+	return nil
+}
+
+// session is one connection's life: identify, open the archive, find where to start,
+// then stream timeline after timeline.
+func (s *Streamer) session(ctx context.Context) error {
+	// Step 1: connect and identify the server.
+	conn, err := pgrepl.ConnectReplication(ctx, s.cfg.PG)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	info, err := pgrepl.IdentifyServer(ctx, conn)
+	if err != nil {
+		return pgrepl.Explain(err)
+	}
+
+	// Step 2: open (or create) the archive; another cluster's archive is refused.
+	archive, err := walarchive.InitArchive(ctx, s.cfg.Storage, walarchive.Identity{
+		SystemIdentifier: info.SystemIdentifier, PostgresVersion: info.MajorVersion,
+		WALSegmentSize: info.WALSegmentSize, Compression: s.cfg.Compression,
+	})
+	if err != nil {
+		if errors.Is(err, walarchive.ErrCorrupt) || !isStorageError(err) {
+			return permanentError{fmt.Errorf("open archive: %w", err)}
+		}
+		return fmt.Errorf("open archive: %w", err)
+	}
+	s.mu.Lock()
+	s.archive, s.segSize, s.sysID = archive, info.WALSegmentSize, info.SystemIdentifier
+	s.mu.Unlock()
+	s.setOnce.Do(func() { close(s.archiveSet) })
+
+	// Step 3: the slot holds every byte not yet archived; create it (reserving WAL) if missing.
+	slot, err := pgrepl.ReadSlot(ctx, conn, s.cfg.Slot)
+	if err != nil {
+		var perr *pgconn.PgError
+		if errors.As(err, &perr) || err != nil && !errors.Is(err, context.Canceled) {
+			if errors.As(err, &perr) {
+				return err
+			}
+		}
+		if isPermanentSlotError(err) {
+			return permanentError{err}
+		}
+		return err
+	}
+	if !slot.Exists {
+		if err := pgrepl.CreateSlot(ctx, conn, s.cfg.Slot); err != nil {
+			return err
+		}
+		if slot, err = pgrepl.ReadSlot(ctx, conn, s.cfg.Slot); err != nil {
+			return err
+		}
+		s.log.Info("created replication slot", "slot", s.cfg.Slot, "restart_lsn", slot.RestartLSN)
+	}
+
+	// Step 4: choose where to start.
+	tli, start, err := s.startPosition(ctx, conn, info, slot)
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	if slot.RestartLSN > s.archived {
+		s.archived = slot.RestartLSN // acknowledged earlier, so durable in the archive
+	}
+	s.mu.Unlock()
+
+	// Step 5: stream timeline after timeline.
+	for {
+		if err := s.archiveHistory(ctx, conn, tli); err != nil {
+			return err
+		}
+		if err := s.loadPartialLength(ctx, tli, start.SegmentNo(s.segSize)); err != nil {
+			return err
+		}
+		err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
+			Timeline: int32(tli), Mode: pglogrepl.PhysicalReplication,
+		})
+		if err != nil {
+			return fmt.Errorf("START_REPLICATION at %s on timeline %d: %w", start, tli, err)
+		}
+		s.log.Info("streaming", "timeline", tli, "start", start, "slot", s.cfg.Slot)
+		s.mu.Lock()
+		s.timeline, s.streaming, s.lastErr = tli, true, ""
+		s.mu.Unlock()
+		s.m.Timeline.Set(float64(tli))
+		s.m.Up.Set(1)
+		next, nextStart, err := s.stream(ctx, conn, tli, start)
+		if err != nil {
+			return err
+		}
+		s.log.Info("timeline ended; following the next one", "timeline", tli, "next_timeline", next, "switch_point", nextStart)
+		tli, start = next, nextStart.SegmentStart(s.segSize)
+	}
+}
+
+func isPermanentSlotError(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("needs a physical slot"))
+}
+
+// startPosition returns the timeline and segment-aligned LSN to stream from: the segment
+// holding the slot's restart_lsn, or earlier when the archive ends before it and the server
+// still has that WAL (the gap is then filled).
+func (s *Streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, info pgrepl.ServerInfo, slot pgrepl.SlotInfo) (uint32, walarchive.LSN, error) {
+	tli := slot.RestartTLI
+	if tli == 0 {
+		tli = info.Timeline
+	}
+	start := slot.RestartLSN.SegmentStart(s.segSize)
+	want, ok, err := s.archiveNeeds(ctx, tli)
+	if err != nil {
+		return 0, 0, err
+	}
+	if ok && want < start {
+		if s.serverHas(ctx, conn, tli, want) {
+			s.log.Info("filling the archive from before the slot's position", "timeline", tli, "from", want, "slot_restart", start)
+			return tli, want, nil
+		}
+		s.m.ArchiveGaps.Inc()
+		s.log.Error("the archive has a gap: the server no longer has the WAL the archive needs; take a new base backup",
+			"timeline", tli, "archive_end", want, "streaming_from", start)
+	}
+	return tli, start, nil
+}
+
+// archiveNeeds returns the first LSN the archive lacks on timeline tli: after its last
+// complete segment, or, with nothing archived on tli, where tli began (from its history).
+func (s *Streamer) archiveNeeds(ctx context.Context, tli uint32) (walarchive.LSN, bool, error) {
+	objs, err := s.cfg.Storage.List(ctx, walarchive.TimelineDir(tli))
+	if err != nil {
+		return 0, false, fmt.Errorf("list archived WAL of timeline %d: %w", tli, err)
+	}
+	var last uint64
+	found := false
+	for _, o := range objs {
+		f, err := walarchive.ParseWALKey(o.Key, s.segSize)
+		if err != nil || f.Kind != walarchive.WALFileSegment {
+			continue
+		}
+		if !found || f.SegNo > last {
+			last, found = f.SegNo, true
+		}
+	}
+	if found {
+		return walarchive.SegmentStartLSN(last+1, s.segSize), true, nil
+	}
+	if tli == 1 {
+		return 0, false, nil
+	}
+	h, err := s.archive.History(ctx, tli)
+	if err != nil || len(h) == 0 {
+		return 0, false, nil // the history is archived in session step 5
+	}
+	return h[len(h)-1].SwitchPoint.SegmentStart(s.segSize), true, nil
+}
+
+// serverHas reports whether the server can stream from lsn on tli (its WAL file exists).
+func (s *Streamer) serverHas(ctx context.Context, conn *pgconn.PgConn, tli uint32, lsn walarchive.LSN) bool {
+	// Probe with a short-lived START_REPLICATION without the slot: an error means the
+	// segment is gone; success is ended at once with CopyDone.
+	probeCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sql := fmt.Sprintf("START_REPLICATION PHYSICAL %s TIMELINE %d", lsn, tli)
+	conn.Frontend().SendQuery(&pgproto3.Query{String: sql})
+	if err := conn.Frontend().Flush(); err != nil {
+		return false
+	}
+	ok := false
+	for {
+		msg, err := conn.ReceiveMessage(probeCtx)
+		if err != nil {
+			return false
+		}
+		switch msg.(type) {
+		case *pgproto3.CopyBothResponse:
+			ok = true
+			if _, err := pglogrepl.SendStandbyCopyDone(probeCtx, conn); err != nil {
+				return false
+			}
+			return ok
+		case *pgproto3.ErrorResponse:
+			// Consume up to ReadyForQuery so the connection stays usable.
+			for {
+				m, err := conn.ReceiveMessage(probeCtx)
+				if err != nil {
+					return false
+				}
+				if _, done := m.(*pgproto3.ReadyForQuery); done {
+					return false
+				}
+			}
+		}
+	}
+}
+
+// archiveHistory archives timeline tli's history file before any of its WAL, retrying
+// storage errors until it lands.
+func (s *Streamer) archiveHistory(ctx context.Context, conn *pgconn.PgConn, tli uint32) error {
+	if tli <= 1 {
+		return nil
+	}
+	res, err := pglogrepl.TimelineHistory(ctx, conn, int32(tli))
+	if err != nil {
+		return fmt.Errorf("TIMELINE_HISTORY %d: %w", tli, err)
+	}
+	if _, err := walarchive.ParseTimelineHistory(res.Content); err != nil {
+		return fmt.Errorf("timeline %d history from the server: %w", tli, err)
+	}
+	return s.retryStorage(ctx, metrics.KindHistory, func() error {
+		err := s.archive.PutHistory(ctx, tli, res.Content)
+		if errors.Is(err, walarchive.ErrConflict) {
+			return backoff.Permanent(permanentError{fmt.Errorf("archive timeline %d history: %w: another history for this timeline is archived; was another cluster restored into this archive?", tli, err)})
+		}
+		return err
+	})
+}
+
+// loadPartialLength learns how long the stored partial of the starting segment is, so it
+// is never replaced by a shorter one.
+func (s *Streamer) loadPartialLength(ctx context.Context, tli uint32, segno uint64) error {
+	key := walarchive.PartialKey(tli, segno, s.segSize)
+	var n int64
+	err := s.retryStorage(ctx, metrics.KindPartial, func() error {
+		var err error
+		n, err = s.archive.Get(ctx, key, io.Discard)
+		if errors.Is(err, storage.ErrNotFound) {
+			n, err = 0, nil
+		}
+		if errors.Is(err, walarchive.ErrCorrupt) {
+			s.log.Warn("stored partial fails verification; it will be replaced", "key", key, "err", err)
+			n, err = 0, nil
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.partialStored[[2]uint64{uint64(tli), segno}] = uint64(n)
+	s.mu.Unlock()
+	return nil
+}
+
+// retryStorage retries op with backoff while the storage fails, keeping storage_up at 0.
+func (s *Streamer) retryStorage(ctx context.Context, kind string, op func() error) error {
+	bo := backoff.NewExponentialBackOff()
+	bo.InitialInterval = 200 * time.Millisecond
+	bo.MaxInterval = 10 * time.Second
+	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+		err := op()
+		s.noteStorage(kind, err)
+		return struct{}{}, err
+	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(0))
+	return err
+}
+
+func (s *Streamer) noteStorage(kind string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err != nil {
+		if s.storageUp {
+			s.log.Warn("archive storage failing; retrying", "kind", kind, "err", err)
+		}
+		s.storageUp = false
+		s.m.StorageUp.Set(0)
+		s.m.UploadErrors.WithLabelValues(kind).Inc()
+		return
+	}
+	if !s.storageUp {
+		s.log.Info("archive storage is back")
+	}
+	s.storageUp = true
+	s.m.StorageUp.Set(1)
+}
+
+func isStorageError(err error) bool {
+	return !errors.Is(err, walarchive.ErrNoIdentity) && !bytes.Contains([]byte(err.Error()), []byte("this archive"))
+}
+
+func (s *Streamer) setStreaming(v bool) {
+	s.mu.Lock()
+	s.streaming = v
+	s.mu.Unlock()
+	if !v {
+		s.m.Up.Set(0)
+	}
+}
+
+func (s *Streamer) setErr(err error) {
+	s.mu.Lock()
+	s.lastErr = err.Error()
+	s.mu.Unlock()
+}
+
+// sampleVolume reports the data directory's volume usage every 15 seconds.
+func (s *Streamer) sampleVolume(ctx context.Context) {
+	if s.cfg.PGDataDir == "" {
+		return
+	}
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(s.cfg.PGDataDir, &st); err == nil {
+			s.m.PGDataVolumeFree.Set(float64(st.Bavail) * float64(st.Bsize))
+			s.m.PGDataVolumeSize.Set(float64(st.Blocks) * float64(st.Bsize))
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

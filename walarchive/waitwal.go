@@ -1,0 +1,64 @@
+package walarchive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/kcbackup/kcbackup/walarchive/storage"
+)
+
+// HasWAL reports whether all WAL of timeline tli from start up to stop is in the archive,
+// checked by exact keys: every complete segment, and for the last one either the complete
+// segment or a partial holding at least up to stop. It names the first missing piece.
+func (a *Archive) HasWAL(ctx context.Context, tli uint32, start, stop LSN) (bool, string, error) {
+	seg := a.SegmentSize()
+	last := stop.SegmentNo(seg)
+	if stop.SegmentOffset(seg) == 0 && stop > start {
+		last-- // stop is the first byte of the next segment; nothing of it is needed
+	}
+	for n := start.SegmentNo(seg); n <= last; n++ {
+		_, err := a.Storage.Stat(ctx, SegmentKey(tli, n, seg))
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, storage.ErrNotFound) {
+			return false, "", err
+		}
+		if n != last {
+			return false, SegmentName(tli, n, seg), nil
+		}
+		// The last segment may be the live tail: a partial long enough will do.
+		got, err := a.Get(ctx, PartialKey(tli, n, seg), io.Discard)
+		if errors.Is(err, storage.ErrNotFound) {
+			return false, SegmentName(tli, n, seg), nil
+		}
+		if err != nil {
+			return false, "", err
+		}
+		if SegmentStartLSN(n, seg)+LSN(got) < stop {
+			return false, fmt.Sprintf("%s (partial up to %s)", SegmentName(tli, n, seg), SegmentStartLSN(n, seg)+LSN(got)), nil
+		}
+	}
+	return true, "", nil
+}
+
+// WaitForWAL polls the archive until HasWAL holds or ctx ends.
+func (a *Archive) WaitForWAL(ctx context.Context, tli uint32, start, stop LSN) error {
+	for {
+		ok, missing, err := a.HasWAL(ctx, tli, start, stop)
+		if err == nil && ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			if err != nil {
+				return err
+			}
+			return fmt.Errorf("%s is missing: %w", missing, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

@@ -270,4 +270,3 @@ func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Arch
 	}
 	wg.Wait()
 }
-

@@ -11,31 +11,31 @@ import (
 type Metrics struct {
 	Registry *prometheus.Registry
 
-	Up                   prometheus.Gauge
-	StorageUp            prometheus.Gauge
-	ArchivedLSN          prometheus.Gauge
-	ServerFlushLSN       prometheus.Gauge
-	ArchiveLagBytes      prometheus.Gauge
-	ArchiveLagSeconds    prometheus.Gauge
-	LastArchivedSegment  prometheus.Gauge
-	Uploads              *prometheus.CounterVec
-	UploadErrors         *prometheus.CounterVec
-	UploadedBytes        *prometheus.CounterVec
-	ReceivedWALBytes     prometheus.Counter
-	SlotRetainedBytes    prometheus.Gauge
-	PGDataVolumeFree     prometheus.Gauge
-	PGDataVolumeSize     prometheus.Gauge
-	SpoolBytes           prometheus.Gauge
-	Timeline             prometheus.Gauge
-	BackupRunning        prometheus.Gauge
-	Backups              *prometheus.CounterVec
-	BackupLastSuccess    prometheus.Gauge
-	BackupLastFailure    prometheus.Gauge
-	BackupLastDuration   prometheus.Gauge
-	BackupLastSize       prometheus.Gauge
-	RecoveryWindowStart  prometheus.Gauge
-	RecoveryWindowEnd    prometheus.Gauge
-	ArchiveGaps          prometheus.Counter
+	Up                  prometheus.Gauge
+	StorageUp           prometheus.Gauge
+	ArchivedLSN         prometheus.Gauge
+	ServerFlushLSN      prometheus.Gauge
+	ArchiveLagBytes     prometheus.Gauge
+	ArchiveLagSeconds   prometheus.Gauge
+	LastArchivedSegment prometheus.Gauge
+	Uploads             *prometheus.CounterVec
+	UploadErrors        *prometheus.CounterVec
+	UploadedBytes       *prometheus.CounterVec
+	ReceivedWALBytes    prometheus.Counter
+	SlotRetainedBytes   prometheus.Gauge
+	PGDataVolumeFree    prometheus.Gauge
+	PGDataVolumeSize    prometheus.Gauge
+	SpoolBytes          prometheus.Gauge
+	Timeline            prometheus.Gauge
+	BackupRunning       prometheus.Gauge
+	Backups             *prometheus.CounterVec
+	BackupLastSuccess   prometheus.Gauge
+	BackupLastFailure   prometheus.Gauge
+	BackupLastDuration  prometheus.Gauge
+	BackupLastSize      prometheus.Gauge
+	RecoveryWindowStart prometheus.Gauge
+	RecoveryWindowEnd   prometheus.Gauge
+	ArchiveGaps         prometheus.Counter
 }
 
 // Upload kinds (label "kind").
@@ -68,12 +68,12 @@ func New() *Metrics {
 			Help: "Bytes uploaded, raw (before compression) and compressed (as stored)."}, []string{"encoding"}),
 		ReceivedWALBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "received_wal_bytes_total",
 			Help: "WAL bytes received from PostgreSQL."}),
-		SlotRetainedBytes:   g("slot_retained_bytes", "WAL the server retains for the sidecar's replication slot (server WAL end minus acknowledged position)."),
-		PGDataVolumeFree:    g("pgdata_volume_free_bytes", "Free bytes on the volume holding the PostgreSQL data directory (needs --pgdata)."),
-		PGDataVolumeSize:    g("pgdata_volume_size_bytes", "Size of the volume holding the PostgreSQL data directory (needs --pgdata)."),
-		SpoolBytes:          g("spool_bytes", "Bytes of WAL in the local spool waiting for upload."),
-		Timeline:            g("timeline", "The timeline being archived."),
-		BackupRunning:       g("backup_running", "1 while a base backup runs."),
+		SlotRetainedBytes: g("slot_retained_bytes", "WAL the server retains for the sidecar's replication slot (server WAL end minus acknowledged position)."),
+		PGDataVolumeFree:  g("pgdata_volume_free_bytes", "Free bytes on the volume holding the PostgreSQL data directory (needs --pgdata)."),
+		PGDataVolumeSize:  g("pgdata_volume_size_bytes", "Size of the volume holding the PostgreSQL data directory (needs --pgdata)."),
+		SpoolBytes:        g("spool_bytes", "Bytes of WAL in the local spool waiting for upload."),
+		Timeline:          g("timeline", "The timeline being archived."),
+		BackupRunning:     g("backup_running", "1 while a base backup runs."),
 		Backups: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kcbackup", Name: "backups_total",
 			Help: "Base backups finished, by result (success, failure)."}, []string{"result"}),
 		BackupLastSuccess:   g("backup_last_success_timestamp_seconds", "When the last successful base backup finished."),

@@ -1,10 +1,12 @@
 package harness
 
 import (
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"k8s.io/client-go/rest"
@@ -54,4 +56,55 @@ func StartAPIServer(t testing.TB, crdPaths ...string) *rest.Config {
 		}
 	})
 	return cfg
+}
+
+// WriteKubeconfig writes a kubeconfig file for cfg (as returned by StartAPIServer) into a
+// temporary directory of the test and returns its path, for tools such as kubectl.
+func WriteKubeconfig(t testing.TB, cfg *rest.Config) string {
+	t.Helper()
+	server := cfg.Host
+	if !strings.Contains(server, "://") {
+		server = "https://" + server
+	}
+	b64 := base64.StdEncoding.EncodeToString
+	var user strings.Builder
+	if len(cfg.CertData) > 0 {
+		fmt.Fprintf(&user, "    client-certificate-data: %s\n    client-key-data: %s\n", b64(cfg.CertData), b64(cfg.KeyData))
+	}
+	if cfg.BearerToken != "" {
+		fmt.Fprintf(&user, "    token: %s\n", cfg.BearerToken)
+	}
+	kubeconfig := fmt.Sprintf(`apiVersion: v1
+kind: Config
+clusters:
+- name: envtest
+  cluster:
+    server: %s
+    certificate-authority-data: %s
+users:
+- name: envtest
+  user:
+%scontexts:
+- name: envtest
+  context:
+    cluster: envtest
+    user: envtest
+current-context: envtest
+`, server, b64(cfg.CAData), user.String())
+	path := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := os.WriteFile(path, []byte(kubeconfig), 0o600); err != nil {
+		t.Fatalf("write kubeconfig: %v", err)
+	}
+	return path
+}
+
+// Kubectl returns the path of the kubectl that `test/tools/install.sh kubectl` builds, and
+// stops the test (Require) when it is missing.
+func Kubectl(t testing.TB) string {
+	t.Helper()
+	path := filepath.Join(CacheDir(), "kubectl-"+KubeVersion)
+	if _, err := os.Stat(path); err != nil {
+		Require(t, "kubectl", fmt.Errorf("%s not found (test/tools/install.sh kubectl): %w", path, err))
+	}
+	return path
 }

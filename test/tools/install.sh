@@ -5,6 +5,7 @@
 # nothing is downloaded from anywhere else.
 #
 # Usage: test/tools/install.sh [minio] [etcd] [kube-apiserver] [promtool] [postgres]   (default: all)
+#        test/tools/install.sh kubectl   (only when named)
 set -euo pipefail
 
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
@@ -70,6 +71,28 @@ replace (
 $replaces)"
 }
 
+# install_kubectl builds kubectl from k8s.io/kubernetes the way install_kube_apiserver builds
+# the API server (the tests run `kubectl apply --dry-run=server -k deploy/` against envtest).
+install_kubectl() {
+  local out="$CACHE/kubectl-$KUBE_VERSION" gomod staging replaces m dir=""
+  [ -x "$out" ] && return 0
+  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  staging=$(awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&$1 ~ /^k8s\.io\//{print $1}' "$gomod" | sort -u)
+  [ -n "$staging" ] || { log "no staging modules found in $gomod"; return 1; }
+  replaces=""
+  for m in $staging; do replaces+="	$m => $m v0.${KUBE_VERSION#v1.}"$'\n'; done
+  build_in_wrapper kubectl "$out" k8s.io/kubernetes/cmd/kubectl "module kcbackup.local/kubectlbuild
+
+go 1.25
+
+require k8s.io/kubernetes $KUBE_VERSION
+
+replace (
+$replaces)"
+  # build_in_wrapper leaves a RETURN trap naming its local dir; clear it here.
+  trap - RETURN
+}
+
 install_envtest() {
   install_etcd
   install_kube_apiserver
@@ -101,6 +124,7 @@ for t in "${targets[@]}"; do
     envtest) install_envtest ;;
     postgres) install_postgres ;;
     promtool) install_promtool ;;
+    kubectl) install_kubectl ;;
     *) log "unknown component $t (expected minio, etcd, kube-apiserver, envtest, postgres, promtool)"; exit 2 ;;
   esac
 done

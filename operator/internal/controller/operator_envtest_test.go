@@ -95,6 +95,9 @@ func testManualBackup(t *testing.T, cfg *rest.Config) {
 			t.Errorf("sidecar env %s = %q, want %q", k, env[k], want)
 		}
 	}
+	if d.Spec.Template.Labels[kccontroller.SidecarLabel] != "true" {
+		t.Errorf("pod template labels = %v, want %s=true for the PodMonitor", d.Spec.Template.Labels, kccontroller.SidecarLabel)
+	}
 	if len(sc.Ports) != 1 || sc.Ports[0].Name != "metrics" || sc.Ports[0].ContainerPort != 8008 {
 		t.Errorf("sidecar ports = %+v, want metrics:8008", sc.Ports)
 	}

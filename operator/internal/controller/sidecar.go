@@ -21,6 +21,9 @@ const (
 	// SidecarHashAnnotation on the pod template holds the hash of the injected sidecar, so
 	// the operator changes the template only when the sidecar it wants changes.
 	SidecarHashAnnotation = "keycloak.org/kcbackup-sidecar"
+	// SidecarLabel marks pod templates that carry the sidecar, so a PodMonitor can select
+	// the pods to scrape.
+	SidecarLabel = "kcbackup.keycloak.org/sidecar"
 
 	tokenVolume    = "kcbackup-token"
 	caVolume       = "kcbackup-ca"
@@ -177,7 +180,7 @@ func orDefaultInt(n, def int32) int32 {
 
 // injected reports whether the template already carries exactly this sidecar.
 func injected(t *corev1.PodTemplateSpec, s sidecarSpec) bool {
-	if t.Annotations[SidecarHashAnnotation] != s.Hash() {
+	if t.Annotations[SidecarHashAnnotation] != s.Hash() || t.Labels[SidecarLabel] != "true" {
 		return false
 	}
 	for _, c := range t.Spec.InitContainers {
@@ -210,6 +213,10 @@ func inject(t *corev1.PodTemplateSpec, s sidecarSpec) {
 		t.Annotations = map[string]string{}
 	}
 	t.Annotations[SidecarHashAnnotation] = s.Hash()
+	if t.Labels == nil {
+		t.Labels = map[string]string{}
+	}
+	t.Labels[SidecarLabel] = "true"
 }
 
 // describeStorage names the storage for events and messages without any secret: its URL.

@@ -1,0 +1,102 @@
+package controller
+
+import (
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+)
+
+func TestLatestTickBetweenCatchesUpOnce(t *testing.T) {
+	sched, err := kcv1.ParseSchedule("0 * * * *")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2026, 1, 1, 0, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name string
+		now  time.Time
+		want time.Time
+		ok   bool
+	}{
+		{"before the first tick", base.Add(10 * time.Minute), time.Time{}, false},
+		{"exactly at the tick", base.Add(30 * time.Minute), base.Add(30 * time.Minute), true},
+		{"five ticks missed: only the newest", base.Add(5*time.Hour + 40*time.Minute), base.Add(5*time.Hour + 30*time.Minute), true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := latestTickBetween(sched, base, tc.now)
+			if ok != tc.ok || !got.Equal(tc.want) {
+				t.Fatalf("latestTickBetween = %v, %v; want %v, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func statefulSet() workload {
+	return workload{Kind: KindStatefulSet, Obj: &appsv1.StatefulSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "pg"},
+		Spec: appsv1.StatefulSetSpec{
+			Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{
+				{Name: "exporter", Image: "exporter"},
+				{Name: "postgres", Image: "postgres", VolumeMounts: []corev1.VolumeMount{
+					{Name: "run", MountPath: "/var/run/postgresql"},
+					{Name: "data", MountPath: "/var/lib/postgresql"},
+					{Name: "pgdata", MountPath: "/var/lib/postgresql/data"},
+				}},
+			}, Volumes: []corev1.Volume{{Name: "run", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}}},
+			VolumeClaimTemplates: []corev1.PersistentVolumeClaim{
+				{ObjectMeta: metav1.ObjectMeta{Name: "data"}}, {ObjectMeta: metav1.ObjectMeta{Name: "pgdata"}},
+			},
+		},
+	}}
+}
+
+func TestLocateDataPicksTheDeepestMountAndTheClaimOfPodZero(t *testing.T) {
+	loc, err := locateData(statefulSet(), "postgres", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if loc.DataDir != defaultDataDir || loc.Mount.Name != "pgdata" {
+		t.Fatalf("location = %+v, want the pgdata mount for %s", loc, defaultDataDir)
+	}
+	if c := loc.Volume.PersistentVolumeClaim; c == nil || c.ClaimName != "pgdata-pg-0" {
+		t.Fatalf("claim = %+v, want pgdata-pg-0", loc.Volume.PersistentVolumeClaim)
+	}
+}
+
+func TestLocateDataRefusesWhatItCannotFind(t *testing.T) {
+	if _, err := locateData(statefulSet(), "postgresql", ""); err == nil {
+		t.Error("an unknown container was accepted")
+	}
+	if _, err := locateData(statefulSet(), "exporter", ""); err == nil {
+		t.Error("a container without a data mount was accepted")
+	}
+}
+
+func TestSidecarHashChangesWithStorageOnly(t *testing.T) {
+	loc := dataLocation{DataDir: "/d/pgdata", Mount: corev1.VolumeMount{Name: "data", MountPath: "/d"}}
+	spec := kcv1.KeycloakBackupSpec{Storage: kcv1.Storage{Volume: &kcv1.VolumeStorage{ClaimName: "a"}}}
+	a, err := buildSidecar("img", &spec, "pg", loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := buildSidecar("img", &spec, "pg", loc)
+	spec.Storage.Volume.ClaimName = "b"
+	b, _ := buildSidecar("img", &spec, "pg", loc)
+	if a.Hash() != again.Hash() || a.Hash() == b.Hash() {
+		t.Fatalf("hashes %s %s %s: want stable for the same spec, different for another claim", a.Hash(), again.Hash(), b.Hash())
+	}
+	tmpl := &corev1.PodTemplateSpec{Spec: corev1.PodSpec{InitContainers: []corev1.Container{{Name: "init-perms"}}}}
+	inject(tmpl, a)
+	inject(tmpl, b)
+	if n := len(tmpl.Spec.InitContainers); n != 2 || tmpl.Spec.InitContainers[0].Name != "init-perms" {
+		t.Fatalf("init containers = %+v, want the user's and one sidecar", tmpl.Spec.InitContainers)
+	}
+	if !injected(tmpl, b) || injected(tmpl, a) {
+		t.Fatal("injected() does not follow the last injection")
+	}
+}

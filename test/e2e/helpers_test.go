@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -126,4 +127,15 @@ func runCmd(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out.String())
 	}
 	return out.String()
+}
+
+// shareArchive lets the postgres user read a file:// archive written by root, as a shared
+// fsGroup does in a pod (restore_command runs as the server's user).
+func shareArchive(t *testing.T, url string) {
+	t.Helper()
+	dir, ok := strings.CutPrefix(url, "file://")
+	if !ok {
+		return
+	}
+	runCmd(t, "chmod", "-R", "a+rX", dir)
 }

@@ -382,16 +382,15 @@ type fakeSidecar struct {
 	srv   *httptest.Server
 	token func() string
 
-	mu         sync.Mutex
-	status     apiclient.Status
-	window     *apiclient.RecoveryWindow
-	jobs       map[string]*apiclient.BackupJob
-	started    int
-	failNext   bool // the next backup fails
-	holdNext   bool // the next backup stays running until released
-	prunes     []apiclient.PruneRequest
-	badTokens  int
-	lastPolled string
+	mu        sync.Mutex
+	status    apiclient.Status
+	window    *apiclient.RecoveryWindow
+	jobs      map[string]*apiclient.BackupJob
+	started   int
+	failNext  bool // the next backup fails
+	holdNext  bool // backups stay running until this is cleared
+	prunes    []apiclient.PruneRequest
+	badTokens int
 }
 
 func newFakeSidecar(t *testing.T, token func() string) *fakeSidecar {
@@ -440,7 +439,6 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 			reply(http.StatusNotFound, apiclient.ErrorBody{Error: "no backup " + id})
 			return
 		}
-		f.lastPolled = id
 		if j.State == apiclient.StateRunning && !f.holdNext {
 			if f.failNext {
 				j.State, j.Error = apiclient.StateFailed, "pg_backup_start: permission denied"

@@ -52,6 +52,7 @@ func TestEnvtestOperator(t *testing.T) {
 	}{
 		{"ManualBackupInjectsSidecarAndCompletesOnce", testManualBackup},
 		{"ManualBackupFailureIsTerminal", testManualBackupFails},
+		{"SecondBackupWaitsForTheRunningOne", testBackupRunning},
 		{"ScheduleBacksUpEachTickCatchesUpOnceAndSuspends", testSchedule},
 		{"RestoreInPlaceStopsRestoresAndRestarts", testRestore},
 		{"RestoreJobFailureLeavesDatabaseStopped", testRestoreJobFails},
@@ -146,9 +147,11 @@ func testManualBackup(t *testing.T, cfg *rest.Config) {
 	if v := e.gauge("kcbackup_operator_last_backup_failed", "once"); v != 0 {
 		t.Errorf("last_backup_failed = %v, want 0", v)
 	}
-	if e.sidecar.badTokens != 0 {
-		t.Errorf("the operator called the sidecar with a wrong token %d times", e.sidecar.badTokens)
-	}
+	e.sidecar.with(func(f *fakeSidecar) {
+		if f.badTokens != 0 {
+			t.Errorf("the operator called the sidecar with a wrong token %d times", f.badTokens)
+		}
+	})
 
 	// One-to-one: reconciling again never takes a second backup.
 	e.poke("once")
@@ -542,5 +545,24 @@ func testDeletion(t *testing.T, cfg *rest.Config) {
 	})
 	if v := e.gauge("kcbackup_operator_last_backup_failed", "gone"); v != -1 {
 		t.Errorf("metrics of a deleted resource remain (last_backup_failed = %v)", v)
+	}
+}
+
+func testBackupRunning(t *testing.T, cfg *rest.Config) {
+	e := newEnv(t, cfg)
+	e.create(postgresDeployment("postgres", dbLabels))
+	e.runPod("postgres-0", dbPods)
+	e.sidecar.with(func(f *fakeSidecar) { f.holdNext = true })
+	e.create(volumeBackup("first"))
+	e.waitPhase("first", kcv1.PhaseBackingUp)
+	e.create(volumeBackup("second"))
+	kb := e.waitCondition("second", kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonWaiting)
+	if msg := kb.Condition(kcv1.ConditionReady).Message; !strings.Contains(msg, "backup-1") {
+		t.Errorf("message %q does not name the running backup", msg)
+	}
+	e.sidecar.with(func(f *fakeSidecar) { f.holdNext = false })
+	first, second := e.waitPhase("first", kcv1.PhaseCompleted), e.waitPhase("second", kcv1.PhaseCompleted)
+	if first.Status.Backups[0].ID != "backup-1" || second.Status.Backups[0].ID != "backup-2" {
+		t.Errorf("backups = %s and %s; want one each, one-to-one", first.Status.Backups[0].ID, second.Status.Backups[0].ID)
 	}
 }

@@ -18,6 +18,8 @@ import (
 // reconcileOnce takes the single base backup of a resource without schedule: start it,
 // follow it, and end Completed or Failed.
 func (r *Reconciler) reconcileOnce(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string) (ctrl.Result, error) {
+	r.Metrics.unscheduled(kb.Namespace, kb.Name) // the schedule may have been removed
+	kb.Status.NextScheduleTime = nil
 	sc, ok, err := r.sidecarClient(ctx, kb, w, token)
 	if err != nil || !ok {
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonWaiting, "waiting for a running pod of "+w.String())

@@ -8,6 +8,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
@@ -161,6 +162,14 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 				Name: "metrics", ContainerPort: apiclient.DefaultPort, Protocol: corev1.ProtocolTCP,
 			}},
 			VolumeMounts: mounts,
+			// Liveness only: a readiness probe would take the database out of its Service
+			// whenever the archive is unreachable, turning a backup outage into a Keycloak one.
+			LivenessProbe: &corev1.Probe{
+				ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+					Path: "/healthz", Port: intstr.FromString("metrics"),
+				}},
+				PeriodSeconds: 20, TimeoutSeconds: 5, FailureThreshold: 3,
+			},
 			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
 				corev1.ResourceCPU:    resource.MustParse("50m"),
 				corev1.ResourceMemory: resource.MustParse("64Mi"),

@@ -188,8 +188,9 @@ type PostgresSpec struct {
 	Port int32 `json:"port,omitempty"`
 
 	// DataDir is PostgreSQL's data directory (PGDATA) inside the container. Defaults to the
-	// container's PGDATA environment variable, else /var/lib/postgresql/data. It must lie on
-	// a volume backed by a PersistentVolumeClaim: a restore writes there.
+	// container's PGDATA environment variable, else /var/lib/postgresql/data. For a restore
+	// it must lie on a volume backed by a PersistentVolumeClaim, below the volume's root
+	// (such as /var/lib/postgresql/data/pgdata): the replaced data is kept beside it.
 	// +optional
 	// +kubebuilder:validation:Pattern=`^/.*`
 	DataDir string `json:"dataDir,omitempty"`

@@ -114,6 +114,21 @@ func testManualBackup(t *testing.T, cfg *rest.Config) {
 	if !slices.Contains(claims, "archive") {
 		t.Errorf("pod volumes claims = %v, want the archive claim", claims)
 	}
+	// PostgreSQL itself runs restore_command (kcbackup wal-fetch) during recovery: its
+	// container sees the binary through an image volume and the archive at the same path.
+	pg := d.Spec.Template.Spec.Containers[0]
+	pgMounts := map[string]string{}
+	for _, m := range pg.VolumeMounts {
+		pgMounts[m.Name] = m.MountPath
+	}
+	if pgMounts["kcbackup-image"] != "/var/run/kcbackup/image" || pgMounts["kcbackup-archive"] != "/var/lib/kcbackup/archive" || pgMounts["data"] == "" {
+		t.Errorf("postgres container mounts = %v, want its data plus the kcbackup image and the archive", pgMounts)
+	}
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Name == "kcbackup-image" && (v.Image == nil || v.Image.Reference != "registry.example/kcbackup:test") {
+			t.Errorf("kcbackup-image volume = %+v, want the sidecar image", v.VolumeSource)
+		}
+	}
 	var tok corev1.Secret
 	if err := e.c.Get(e.ctx, client.ObjectKey{Namespace: e.ns, Name: "postgres-kcbackup-token"}, &tok); err != nil {
 		t.Fatalf("token Secret: %v", err)
@@ -292,7 +307,7 @@ func testRestore(t *testing.T, cfg *rest.Config) {
 		t.Fatal(err)
 	}
 	args := strings.Join(job.Spec.Template.Spec.Containers[0].Args, " ")
-	wantArgs := "restore --storage file:///var/lib/kcbackup/archive --pgdata /var/lib/postgresql/data/pgdata --to " + target + " --move-aside"
+	wantArgs := "restore --storage file:///var/lib/kcbackup/archive --pgdata /var/lib/kcbackup/pgvolume/pgdata --to " + target + " --move-aside"
 	if args != wantArgs {
 		t.Errorf("restore Job args = %q, want %q", args, wantArgs)
 	}
@@ -304,6 +319,9 @@ func testRestore(t *testing.T, cfg *rest.Config) {
 	}
 	if !claims["postgres-data"] || !claims["archive"] {
 		t.Errorf("restore Job claims = %v, want postgres-data and archive", claims)
+	}
+	if cmd := job.Spec.Template.Spec.Containers[0].Command; len(cmd) != 1 || cmd[0] != kccontroller.KcbackupPath {
+		t.Errorf("restore Job command = %v, want %s (the path restore_command will name)", cmd, kccontroller.KcbackupPath)
 	}
 	if u := job.Spec.Template.Spec.Containers[0].SecurityContext.RunAsUser; u == nil || *u != 999 {
 		t.Errorf("restore Job runs as %v, want the data directory's owner 999", u)
@@ -466,6 +484,15 @@ func testMissingSecret(t *testing.T, cfg *rest.Config) {
 				t.Errorf("%s = %+v, want a reference to Secret s3-creds, never a value", v.Name, v)
 			}
 		}
+	}
+	var pgCreds int
+	for _, v := range e.deployment("postgres").Spec.Template.Spec.Containers[0].Env {
+		if strings.HasPrefix(v.Name, "AWS_") && v.ValueFrom != nil && v.ValueFrom.SecretKeyRef != nil && v.ValueFrom.SecretKeyRef.Name == "s3-creds" {
+			pgCreds++
+		}
+	}
+	if pgCreds != 2 {
+		t.Errorf("postgres container has %d credential references, want 2 (for restore_command)", pgCreds)
 	}
 	kb = e.kb("s3")
 	if strings.Contains(describe(kb), "very-secret") {

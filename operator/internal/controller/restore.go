@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"fmt"
+	"path"
+	"strings"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
@@ -19,6 +21,24 @@ import (
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 )
+
+// jobVolumeDir is where the restore Job mounts the whole data claim (without the
+// PostgreSQL container's subPath), so that the data directory is always a subdirectory of
+// the mount: kcbackup restore stages beside it and moves the old one aside on the same volume.
+const jobVolumeDir = "/var/lib/kcbackup/pgvolume"
+
+// jobDataDir returns the data directory as the restore Job sees it. It refuses a data
+// directory at the root of its volume: the previous data could not be kept beside it.
+func jobDataDir(loc dataLocation) (string, error) {
+	mp := strings.TrimRight(loc.Mount.MountPath, "/")
+	rel := strings.TrimPrefix(strings.TrimPrefix(loc.DataDir, mp), "/")
+	p := path.Join(jobVolumeDir, loc.Mount.SubPath, rel)
+	if p == jobVolumeDir {
+		return "", fmt.Errorf("the data directory %s is the root of volume %q; a restore keeps the replaced data beside it on the "+
+			"same volume, so PGDATA must be a subdirectory (for example %s/pgdata)", loc.DataDir, loc.Mount.Name, mp)
+	}
+	return p, nil
+}
 
 // postgresUID is the user the restore Job runs as when neither the PostgreSQL container nor
 // its pod names one: the postgres user of the official image, which owns the data directory.
@@ -153,6 +173,9 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBa
 		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, fmt.Sprintf(
 			"the data directory %s of %s is on volume %q, which is not a PersistentVolumeClaim; a restore needs one", loc.DataDir, db, loc.Mount.Name))
 	}
+	if _, err := jobDataDir(loc); err != nil {
+		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, err.Error())
+	}
 	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
 	if err != nil || !ok {
 		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to check the target against the archive")
@@ -277,9 +300,15 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 	}
 	storageURL := env[0].Value
 	vols, mounts := storageVolumes(&kb.Spec.Storage)
+	binVol, binMount := binaryVolume(r.SidecarImage)
+	vols, mounts = append(vols, binVol), append(mounts, binMount)
 	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: loc.Volume.PersistentVolumeClaim.ClaimName}}})
-	mounts = append(mounts, corev1.VolumeMount{Name: "pgdata", MountPath: loc.Mount.MountPath, SubPath: loc.Mount.SubPath})
+	mounts = append(mounts, corev1.VolumeMount{Name: "pgdata", MountPath: jobVolumeDir})
+	dataDir, err := jobDataDir(loc)
+	if err != nil {
+		return nil, err
+	}
 
 	tmpl := db.Template()
 	podSC := tmpl.Spec.SecurityContext.DeepCopy()
@@ -329,7 +358,9 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 					Containers: []corev1.Container{{
 						Name:  "restore",
 						Image: r.SidecarImage,
-						Args: []string{"restore", "--storage", storageURL, "--pgdata", loc.DataDir,
+						// Run through the image volume: restore_command names this path.
+						Command: []string{KcbackupPath},
+						Args: []string{"restore", "--storage", storageURL, "--pgdata", dataDir,
 							"--to", kb.Spec.RestoreTo, "--move-aside"},
 						Env:          env,
 						VolumeMounts: mounts,

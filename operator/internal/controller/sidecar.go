@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"slices"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
@@ -29,6 +30,8 @@ const (
 	tokenVolume    = "kcbackup-token"
 	caVolume       = "kcbackup-ca"
 	archiveVolume  = "kcbackup-archive"
+	imageVolume    = "kcbackup-image"
+	imageMountDir  = "/var/run/kcbackup/image"
 	tokenMountDir  = "/var/run/kcbackup/token"
 	tokenFile      = tokenMountDir + "/token"
 	caMountDir     = "/var/run/kcbackup/ca"
@@ -36,7 +39,32 @@ const (
 
 	// TokenKey is the key of the token in the token Secret.
 	TokenKey = "token"
+
+	// binaryInImage is where Dockerfile.sidecar installs the kcbackup binary.
+	binaryInImage = "/usr/local/bin/kcbackup"
+	// KcbackupPath is the kcbackup binary as both the PostgreSQL container and the restore
+	// Job see it, through an image volume of the sidecar image. The restore Job runs it from
+	// there, so the restore_command it writes (which names its own executable) works when
+	// PostgreSQL runs it during recovery.
+	KcbackupPath = imageMountDir + binaryInImage
 )
+
+// postgresEnvNames are the variables the operator owns in the PostgreSQL container: those
+// `kcbackup wal-fetch` (PostgreSQL's restore_command) needs to reach the archive.
+var postgresEnvNames = map[string]bool{
+	"KCBACKUP_STORAGE": true, "AWS_REGION": true, "AWS_ENDPOINT_URL_S3": true, "KCBACKUP_S3_FORCE_PATH_STYLE": true,
+	"AWS_ACCESS_KEY_ID": true, "AWS_SECRET_ACCESS_KEY": true, "KCBACKUP_S3_CA_FILE": true,
+}
+
+// ownedVolumes are the pod volumes the operator adds and may replace.
+var ownedVolumes = map[string]bool{tokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true}
+
+// binaryVolume returns the image volume holding the kcbackup binary, and its mount.
+func binaryVolume(image string) (corev1.Volume, corev1.VolumeMount) {
+	return corev1.Volume{Name: imageVolume, VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{
+			Reference: image, PullPolicy: corev1.PullIfNotPresent}}},
+		corev1.VolumeMount{Name: imageVolume, MountPath: imageMountDir, ReadOnly: true}
+}
 
 // TokenSecretName is the name of the Secret holding the sidecar API token of a workload.
 func TokenSecretName(workloadName string) string { return workloadName + "-kcbackup-token" }
@@ -117,6 +145,11 @@ func restrictedSecurityContext() *corev1.SecurityContext {
 type sidecarSpec struct {
 	Container corev1.Container
 	Volumes   []corev1.Volume
+	// PostgresContainer gets PostgresEnv and PostgresMounts, so that restore_command
+	// (kcbackup wal-fetch, run by PostgreSQL during recovery) finds the binary and the archive.
+	PostgresContainer string
+	PostgresEnv       []corev1.EnvVar
+	PostgresMounts    []corev1.VolumeMount
 }
 
 // Hash identifies the sidecar spec; it changes when anything injected changes.
@@ -132,6 +165,7 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 	if err != nil {
 		return sidecarSpec{}, err
 	}
+	pgEnv := slices.Clone(env)
 	pg := spec.Postgres
 	env = append(env,
 		corev1.EnvVar{Name: "KCBACKUP_LISTEN", Value: ":" + strconv.Itoa(apiclient.DefaultPort)},
@@ -145,7 +179,9 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 		env = append(env, secretEnv("PGPASSWORD", pg.PasswordSecret.Name, pg.PasswordSecret.Key))
 	}
 	vols, mounts := storageVolumes(&spec.Storage)
-	vols = append(vols, corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+	binVol, binMount := binaryVolume(image)
+	pgMounts := append(slices.Clone(mounts), binMount)
+	vols = append(vols, binVol, corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 		SecretName: TokenSecretName(workloadName), Items: []corev1.KeyToPath{{Key: TokenKey, Path: "token"}}}}})
 	mounts = append(mounts,
 		corev1.VolumeMount{Name: tokenVolume, MountPath: tokenMountDir, ReadOnly: true},
@@ -176,7 +212,10 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 			}},
 			SecurityContext: restrictedSecurityContext(),
 		},
-		Volumes: vols,
+		Volumes:           vols,
+		PostgresContainer: loc.Container,
+		PostgresEnv:       pgEnv,
+		PostgresMounts:    pgMounts,
 	}, nil
 }
 
@@ -203,7 +242,16 @@ func injected(t *corev1.PodTemplateSpec, s sidecarSpec) bool {
 // inject puts the sidecar into the template, replacing an older one, and leaves everything
 // else as it was.
 func inject(t *corev1.PodTemplateSpec, s sidecarSpec) {
-	ours := map[string]bool{tokenVolume: true, caVolume: true, archiveVolume: true}
+	for i := range t.Spec.Containers {
+		c := &t.Spec.Containers[i]
+		if c.Name != s.PostgresContainer {
+			continue
+		}
+		c.Env = slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return postgresEnvNames[e.Name] })
+		c.Env = append(c.Env, s.PostgresEnv...)
+		c.VolumeMounts = slices.DeleteFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return ownedVolumes[m.Name] })
+		c.VolumeMounts = append(c.VolumeMounts, s.PostgresMounts...)
+	}
 	var inits []corev1.Container
 	for _, c := range t.Spec.InitContainers {
 		if c.Name != SidecarContainerName {
@@ -213,7 +261,7 @@ func inject(t *corev1.PodTemplateSpec, s sidecarSpec) {
 	t.Spec.InitContainers = append(inits, s.Container)
 	var vols []corev1.Volume
 	for _, v := range t.Spec.Volumes {
-		if !ours[v.Name] {
+		if !ownedVolumes[v.Name] {
 			vols = append(vols, v)
 		}
 	}

@@ -78,7 +78,7 @@ func TestLocateDataRefusesWhatItCannotFind(t *testing.T) {
 }
 
 func TestSidecarHashChangesWithStorageOnly(t *testing.T) {
-	loc := dataLocation{DataDir: "/d/pgdata", Mount: corev1.VolumeMount{Name: "data", MountPath: "/d"}}
+	loc := dataLocation{Container: "postgres", DataDir: "/d/pgdata", Mount: corev1.VolumeMount{Name: "data", MountPath: "/d"}}
 	spec := kcv1.KeycloakBackupSpec{Storage: kcv1.Storage{Volume: &kcv1.VolumeStorage{ClaimName: "a"}}}
 	a, err := buildSidecar("img", &spec, "pg", loc)
 	if err != nil {
@@ -90,13 +90,49 @@ func TestSidecarHashChangesWithStorageOnly(t *testing.T) {
 	if a.Hash() != again.Hash() || a.Hash() == b.Hash() {
 		t.Fatalf("hashes %s %s %s: want stable for the same spec, different for another claim", a.Hash(), again.Hash(), b.Hash())
 	}
-	tmpl := &corev1.PodTemplateSpec{Spec: corev1.PodSpec{InitContainers: []corev1.Container{{Name: "init-perms"}}}}
+	tmpl := &corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		InitContainers: []corev1.Container{{Name: "init-perms"}},
+		Containers: []corev1.Container{{Name: "postgres", Env: []corev1.EnvVar{{Name: "POSTGRES_DB", Value: "keycloak"}},
+			VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/d"}}}},
+	}}
 	inject(tmpl, a)
 	inject(tmpl, b)
 	if n := len(tmpl.Spec.InitContainers); n != 2 || tmpl.Spec.InitContainers[0].Name != "init-perms" {
 		t.Fatalf("init containers = %+v, want the user's and one sidecar", tmpl.Spec.InitContainers)
 	}
+	pg := tmpl.Spec.Containers[0]
+	if len(pg.Env) != 2 || pg.Env[0].Name != "POSTGRES_DB" || pg.Env[1].Name != "KCBACKUP_STORAGE" {
+		t.Fatalf("postgres env = %+v, want the user's variable and one KCBACKUP_STORAGE", pg.Env)
+	}
+	if len(pg.VolumeMounts) != 3 {
+		t.Fatalf("postgres mounts = %+v, want data, archive and image once each", pg.VolumeMounts)
+	}
 	if !injected(tmpl, b) || injected(tmpl, a) {
 		t.Fatal("injected() does not follow the last injection")
+	}
+}
+
+func TestJobDataDirIsAlwaysBelowTheVolumeRoot(t *testing.T) {
+	for _, tc := range []struct {
+		name             string
+		mount, sub, data string
+		want             string
+	}{
+		{"subdirectory", "/var/lib/postgresql/data", "", "/var/lib/postgresql/data/pgdata", jobVolumeDir + "/pgdata"},
+		{"subPath mount", "/var/lib/postgresql/data", "pg17", "/var/lib/postgresql/data", jobVolumeDir + "/pg17"},
+		{"volume root", "/var/lib/postgresql/data/", "", "/var/lib/postgresql/data", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := jobDataDir(dataLocation{DataDir: tc.data, Mount: corev1.VolumeMount{Name: "data", MountPath: tc.mount, SubPath: tc.sub}})
+			if tc.want == "" {
+				if err == nil {
+					t.Fatalf("jobDataDir = %q, want a refusal", got)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("jobDataDir = %q, %v; want %q", got, err, tc.want)
+			}
+		})
 	}
 }

@@ -1,7 +1,9 @@
 package walarchive
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"errors"
 	"fmt"
 	"strings"
@@ -55,6 +57,12 @@ type RestorePlan struct {
 	Timeline uint32
 	Target   Target
 	Window   Window
+	// LastXact is the last transaction end in the archive on the path (zero if none).
+	LastXact time.Time
+	// ReplayToEnd is set when no transaction in the archive ended after the target: recovery
+	// then replays all the WAL instead of stopping at a time (PostgreSQL refuses to end
+	// recovery before a time target that no record reaches).
+	ReplayToEnd bool
 }
 
 // PlanRestore picks the backup and checks the target against the recovery window.
@@ -125,7 +133,22 @@ func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.
 		}
 		return RestorePlan{}, fmt.Errorf("no backup on timeline %d's path ends at or before %s with its WAL in the archive", tli, req.Target)
 	}
-	return RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: *w}, nil
+	plan := RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: *w, ReplayToEnd: req.Target.Latest}
+	end, err := a.WALReach(ctx, p, chosen.StartLSN.SegmentNo(a.SegmentSize()))
+	if err != nil {
+		return RestorePlan{}, err
+	}
+	x, ok, err := a.LastXact(ctx, p, chosen.StopLSN.SegmentNo(a.SegmentSize()), end)
+	if err != nil {
+		return RestorePlan{}, err
+	}
+	if ok {
+		plan.LastXact = x.Time
+	}
+	if !req.Target.Latest && (!ok || !x.Time.After(req.Target.Time)) {
+		plan.ReplayToEnd = true
+	}
+	return plan, nil
 }
 
 func containsTLI(list []uint32, t uint32) bool {
@@ -138,3 +161,32 @@ func containsTLI(list []uint32, t uint32) bool {
 }
 
 func fmtT(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// LastXact returns the last commit or abort on the path at or after segment fromSeg,
+// scanning segments backwards from the end of the archive. ok is false when there is none.
+func (a *Archive) LastXact(ctx context.Context, p WALPath, fromSeg uint64, end WALEnd) (XactRecord, bool, error) {
+	seg := a.SegmentSize()
+	var next []byte // the segment after n, already scanned: a record may straddle into it
+	for n := end.LastSegment; n >= fromSeg; n-- {
+		buf := new(bytes.Buffer)
+		name := SegmentName(p.TimelineOfSegment(n), n, seg)
+		if _, err := a.FetchWALFile(ctx, name, buf); err != nil {
+			return XactRecord{}, false, fmt.Errorf("scan %s for its last transaction: %w", name, err)
+		}
+		cur := buf.Bytes()
+		var last XactRecord
+		found := false
+		stream := io.MultiReader(bytes.NewReader(cur), bytes.NewReader(next))
+		if _, err := ScanXacts(stream, n, seg, func(x XactRecord) { last, found = x, true }); err != nil {
+			return XactRecord{}, false, err
+		}
+		if found {
+			return last, true, nil
+		}
+		if n == 0 {
+			break
+		}
+		next = cur
+	}
+	return XactRecord{}, false, nil
+}

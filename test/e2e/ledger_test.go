@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -13,7 +14,9 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/test/harness"
+	"github.com/kcbackup/kcbackup/walarchive"
 )
 
 // ledger inserts one row per transaction, continuously, and remembers when each insert was
@@ -173,4 +176,73 @@ func TestRestoreToRandomTargetsHoldsExactlyTheRowsCommittedByThen(t *testing.T) 
 		}
 		restored.Stop(ctx, "fast")
 	}
+
+	// Step 3: the WAL scanner finds every ledger commit, at its exact commit timestamp.
+	a := openArchive(t, url)
+	p, err := a.Path(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backups, _, _ := a.Backups(ctx)
+	firstSeg := backups[0].StartLSN.SegmentNo(a.SegmentSize())
+	end, err := a.WALReach(ctx, p, firstSeg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stream bytes.Buffer
+	for n := firstSeg; n <= end.LastSegment; n++ {
+		if _, err := a.FetchWALFile(ctx, walarchive.SegmentName(1, n, a.SegmentSize()), &stream); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	streamLen := stream.Len()
+	if scanEnd, err := walarchive.ScanXacts(&stream, firstSeg, a.SegmentSize(), func(x walarchive.XactRecord) {
+		if x.Commit {
+			seen[x.Time.UTC().Format("2006-01-02T15:04:05.000000Z")] = true
+		}
+	}); err != nil {
+		t.Fatal(err)
+	} else {
+		t.Logf("scanned %d bytes of WAL from segment %d to %s: %d commits", streamLen, firstSeg, scanEnd, len(seen))
+	}
+	stamps := strings.Split(query(t, pg, `SELECT string_agg(to_char(pg_xact_commit_timestamp(xmin) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'), ',') FROM ledger`), ",")
+	missing := 0
+	for _, ts := range stamps {
+		if !seen[ts] {
+			missing++
+		}
+	}
+	if missing > 0 || len(stamps) < 1000 {
+		t.Fatalf("the WAL scanner missed %d of %d ledger commits", missing, len(stamps))
+	}
+
+	// Step 4: a target after the last transaction (inside the window) replays everything
+	// and promotes, instead of failing with "recovery ended before the target".
+	out, stderr, code := harness.Kcbackup(t, ctx, nil, "list", "--storage", url, "--json")
+	if code != 0 {
+		t.Fatalf("list: %s", stderr)
+	}
+	var cat apiclient.Catalog
+	harness.DecodeJSON(t, out, &cat)
+	if cat.Window == nil || len(cat.Backups) != 1 {
+		t.Fatalf("list --json = %s", out)
+	}
+	lastCommit := lastCommitTime(t, pg)
+	if !cat.Window.Latest.After(lastCommit) {
+		t.Fatalf("window end %s is not after the last commit %s", cat.Window.Latest, lastCommit)
+	}
+	restored, _ := restoreAndStart(t, nil, url, cat.Window.Latest.Format(time.RFC3339Nano))
+	if got, want := ledgerState(t, restored), ledgerState(t, pg); got != want {
+		t.Fatalf("restore to the window's end: ledger %s; want %s", got, want)
+	}
+}
+
+func lastCommitTime(t *testing.T, pg *harness.Postgres) time.Time {
+	ts := query(t, pg, `SELECT to_char(max(pg_xact_commit_timestamp(xmin)) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') FROM ledger`)
+	v, err := time.Parse(time.RFC3339Nano, ts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
 }

@@ -269,8 +269,11 @@ func writeRecoveryConfig(dir string, o Options) error {
 	cmd := strings.Join(quoted, " ") + " %f %p"
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n# Added by kcbackup restore at %s: backup %s, target %s, timeline %d.\n", o.Now().UTC().Format(time.RFC3339), p.Backup.ID, p.Target, p.Timeline)
+	if p.ReplayToEnd && !p.Target.Latest {
+		fmt.Fprintf(&b, "# No transaction in the archive ended after the target (the last at %s): replay all WAL.\n", p.LastXact.UTC().Format(time.RFC3339Nano))
+	}
 	fmt.Fprintf(&b, "restore_command = %s\n", GUCQuote(cmd))
-	if !p.Target.Latest {
+	if !p.ReplayToEnd {
 		// An explicit offset: the server's TimeZone setting cannot change the instant.
 		fmt.Fprintf(&b, "recovery_target_time = %s\n", GUCQuote(p.Target.Time.UTC().Format("2006-01-02 15:04:05.999999-07:00")))
 		b.WriteString("recovery_target_inclusive = on\n")

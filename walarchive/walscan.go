@@ -1,0 +1,258 @@
+package walarchive
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"time"
+)
+
+// WAL page and record layout of PostgreSQL 15 (src/include/access/xlog_internal.h and
+// xlogrecord.h). kcbackup reads only what it needs to find commit and abort times: the
+// recovery window and the choice between a time target and "replay to the end" depend on
+// the time of the last transaction in the archive.
+const (
+	walPageSize          = 8192
+	walPageMagic         = 0xD110 // XLOG_PAGE_MAGIC for PostgreSQL 15
+	xlpFirstIsContRecord = 0x0001
+	xlpLongHeader        = 0x0002
+	shortPageHeaderLen   = 24
+	longPageHeaderLen    = 40
+	recordHeaderLen      = 24
+	rmXLogID             = 0
+	xlogSwitch           = 0x40
+	rmXactID             = 1
+	xactOpMask           = 0x70
+	xactCommit           = 0x00
+	xactAbort            = 0x20
+	xactCommitPrepared   = 0x30
+	xactAbortPrepared    = 0x40
+)
+
+var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+
+var crc32c = crc32.MakeTable(crc32.Castagnoli)
+
+// XactRecord is a transaction end found in WAL.
+type XactRecord struct {
+	LSN    LSN
+	Commit bool // false for an abort
+	Time   time.Time
+}
+
+// ScanXacts reads WAL from r, which starts at the first byte of segment startSeg, and
+// calls fn for every commit and abort record, in WAL order. It stops without error at the
+// end of valid WAL (zeros, a recycled page, a bad checksum) and returns the LSN where
+// valid WAL ended.
+func ScanXacts(r io.Reader, startSeg, segSize uint64, fn func(XactRecord)) (LSN, error) {
+	s := &walScanner{r: r, pos: SegmentStartLSN(startSeg, segSize), segSize: segSize}
+	return s.run(fn)
+}
+
+type walScanner struct {
+	r       io.Reader
+	segSize uint64
+	page    [walPageSize]byte
+	pageLSN LSN // LSN of the page in s.page
+	pos     LSN // next byte to read
+	loaded  bool
+	prev    LSN
+}
+
+// loadPage reads the page holding s.pos and checks its header; it reports false at the
+// end of the stream or of valid WAL.
+func (s *walScanner) loadPage() (bool, error) {
+	if _, err := io.ReadFull(s.r, s.page[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return false, nil
+		}
+		return false, err
+	}
+	s.pageLSN = s.pos.SegmentStart(walPageSize)
+	magic := binary.LittleEndian.Uint16(s.page[0:])
+	addr := LSN(binary.LittleEndian.Uint64(s.page[8:]))
+	if magic != walPageMagic || addr != s.pageLSN {
+		return false, nil // zeros, a recycled page or another version's WAL: the end
+	}
+	return true, nil
+}
+
+func (s *walScanner) headerLen() uint64 {
+	if binary.LittleEndian.Uint16(s.page[2:])&xlpLongHeader != 0 {
+		return longPageHeaderLen
+	}
+	return shortPageHeaderLen
+}
+
+// read copies len(buf) bytes of record data starting at s.pos, stepping over page headers.
+func (s *walScanner) read(buf []byte) (bool, error) {
+	return s.readFn(uint64(len(buf)), func(p []byte) { buf = buf[copy(buf, p):] })
+}
+
+// readN returns the next n bytes of record data (n from the record itself, so it is
+// collected page by page rather than allocated up front).
+func (s *walScanner) readN(n uint64) ([]byte, bool, error) {
+	var out []byte
+	ok, err := s.readFn(n, func(p []byte) { out = append(out, p...) })
+	return out, ok, err
+}
+
+func (s *walScanner) readFn(n uint64, sink func([]byte)) (bool, error) {
+	for n > 0 {
+		off := uint64(s.pos) % walPageSize
+		if off == 0 {
+			ok, err := s.loadPage()
+			if !ok || err != nil {
+				return false, err
+			}
+			info := binary.LittleEndian.Uint16(s.page[2:])
+			if s.loaded && info&xlpFirstIsContRecord == 0 {
+				return false, nil // the next page does not continue this record
+			}
+			s.pos += LSN(s.headerLen())
+			off = uint64(s.pos) % walPageSize
+		}
+		k := walPageSize - off
+		if k > n {
+			k = n
+		}
+		sink(s.page[off : off+k])
+		n -= k
+		s.pos += LSN(k)
+	}
+	return true, nil
+}
+
+func maxAlign(l LSN) LSN { return (l + 7) &^ 7 }
+
+func (s *walScanner) run(fn func(XactRecord)) (LSN, error) {
+	// The first page: skip the tail of a record that began in the previous segment.
+	ok, err := s.loadPage()
+	if !ok || err != nil {
+		return s.pos, err
+	}
+	info := binary.LittleEndian.Uint16(s.page[2:])
+	remLen := binary.LittleEndian.Uint32(s.page[16:])
+	s.pos += LSN(s.headerLen())
+	s.loaded = true
+	if info&xlpFirstIsContRecord != 0 {
+		if ok, err := s.readFn(uint64(remLen), func([]byte) {}); !ok || err != nil {
+			return s.pos, err
+		}
+		s.pos = maxAlign(s.pos)
+	}
+	var hdr [recordHeaderLen]byte
+	for {
+		// A record header never starts in the last bytes of a page too short for its length word.
+		if walPageSize-uint64(s.pos)%walPageSize < 4 {
+			s.pos = maxAlign(s.pos + LSN(walPageSize-uint64(s.pos)%walPageSize))
+		}
+		start := s.pos
+		if uint64(s.pos)%walPageSize == 0 {
+			// The record starts on a new page: load it here so read() does not treat it as a
+			// continuation.
+			ok, err := s.loadPage()
+			if !ok || err != nil {
+				return start, err
+			}
+			s.pos += LSN(s.headerLen())
+			start = s.pos
+		}
+		if ok, err := s.read(hdr[:]); !ok || err != nil {
+			return start, err
+		}
+		totLen := binary.LittleEndian.Uint32(hdr[0:])
+		prev := LSN(binary.LittleEndian.Uint64(hdr[8:]))
+		if totLen < recordHeaderLen || totLen > 1<<30 || (s.prev != 0 && prev != s.prev) {
+			return start, nil
+		}
+		body, ok, err := s.readN(uint64(totLen - recordHeaderLen))
+		if !ok || err != nil {
+			return start, err
+		}
+		crc := crc32.Update(crc32.Update(0, crc32c, body), crc32c, hdr[:20])
+		if crc != binary.LittleEndian.Uint32(hdr[20:]) {
+			return start, nil
+		}
+		s.prev = start
+		if hdr[17] == rmXLogID && hdr[16]&0xF0 == xlogSwitch {
+			// The rest of the segment is unused; WAL goes on at the next segment.
+			next := SegmentStartLSN(s.pos.SegmentNo(s.segSize)+1, s.segSize)
+			pageEnd := s.pageLSN + walPageSize
+			if _, err := io.CopyN(io.Discard, s.r, int64(next-pageEnd)); err != nil {
+				return next, nil
+			}
+			s.pos = next
+			continue
+		}
+		if hdr[17] == rmXactID {
+			op := hdr[16] & xactOpMask
+			if op == xactCommit || op == xactAbort || op == xactCommitPrepared || op == xactAbortPrepared {
+				if main, err := mainData(body); err == nil && len(main) >= 8 {
+					us := int64(binary.LittleEndian.Uint64(main[:8]))
+					fn(XactRecord{LSN: start, Commit: op == xactCommit || op == xactCommitPrepared, Time: pgEpoch.Add(time.Duration(us) * time.Microsecond)})
+				}
+			}
+		}
+		s.pos = maxAlign(s.pos)
+	}
+}
+
+// mainData returns a record's main data: the block headers are walked to find its length,
+// and it is the last part of the record.
+func mainData(body []byte) ([]byte, error) {
+	pos := 0
+	for pos < len(body) {
+		id := body[pos]
+		switch {
+		case id == 255: // XLR_BLOCK_ID_DATA_SHORT
+			if pos+2 > len(body) {
+				return nil, errors.New("short record")
+			}
+			n := int(body[pos+1])
+			return tailOf(body, n)
+		case id == 254: // XLR_BLOCK_ID_DATA_LONG
+			if pos+5 > len(body) {
+				return nil, errors.New("short record")
+			}
+			n := int(binary.LittleEndian.Uint32(body[pos+1:]))
+			return tailOf(body, n)
+		case id == 253: // XLR_BLOCK_ID_ORIGIN
+			pos += 3
+		case id == 252: // XLR_BLOCK_ID_TOPLEVEL_XID
+			pos += 5
+		case id <= 32: // a block reference
+			if pos+4 > len(body) {
+				return nil, errors.New("short record")
+			}
+			forkFlags := body[pos+1]
+			pos += 4
+			if forkFlags&0x10 != 0 { // BKPBLOCK_HAS_IMAGE
+				if pos+5 > len(body) {
+					return nil, errors.New("short record")
+				}
+				bimgInfo := body[pos+4]
+				pos += 5
+				if bimgInfo&0x01 != 0 && bimgInfo&(0x04|0x08|0x10) != 0 { // hole and compressed
+					pos += 2
+				}
+			}
+			if forkFlags&0x80 == 0 { // !BKPBLOCK_SAME_REL: a RelFileNode follows
+				pos += 12
+			}
+			pos += 4 // BlockNumber
+		default:
+			return nil, fmt.Errorf("unknown block id %d", id)
+		}
+	}
+	return nil, nil // no main data
+}
+
+func tailOf(b []byte, n int) ([]byte, error) {
+	if n > len(b) {
+		return nil, errors.New("main data longer than the record")
+	}
+	return b[len(b)-n:], nil
+}

@@ -3,9 +3,9 @@ package walarchive
 import (
 	"bytes"
 	"context"
-	"io"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 )

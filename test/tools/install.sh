@@ -4,8 +4,8 @@
 # A binary already in the cache is reused. Everything is built from the Go module proxy;
 # nothing is downloaded from anywhere else.
 #
-# Usage: test/tools/install.sh [minio] [etcd] [kube-apiserver] [promtool] [postgres]   (default: all)
-#        test/tools/install.sh kubectl   (only when named)
+# Usage: test/tools/install.sh [postgres] [minio] [etcd] [kube-apiserver] [kubectl] [envtest] [promtool]
+#        (default: all of them)
 set -euo pipefail
 
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
@@ -22,13 +22,37 @@ log() { printf '[install] %s\n' "$*" >&2; }
 build_in_wrapper() {
   local name=$1 out=$2 pkg=$3 body=$4 dir
   dir=$(mktemp -d)
-  trap 'rm -rf "$dir"' RETURN
   printf '%s\n' "$body" >"$dir/go.mod"
   printf 'package tools\n\nimport _ "%s"\n' "$pkg" >"$dir/tools.go"
   log "building $name (this takes a few minutes the first time)"
   (cd "$dir" && go mod tidy >/dev/null 2>&1 || true)
-  (cd "$dir" && go build -trimpath -o "$out.tmp" "$pkg")
+  if ! (cd "$dir" && go build -trimpath -o "$out.tmp" "$pkg"); then
+    rm -rf "$dir" "$out.tmp"
+    return 1
+  fi
+  rm -rf "$dir"
   mv "$out.tmp" "$out"
+}
+
+# build_kube_binary NAME PKG builds a command of k8s.io/kubernetes: that module requires its
+# staging modules at v0.0.0 and replaces them with local directories, so a module outside
+# the repository replaces each with its published v0.x release.
+build_kube_binary() {
+  local name=$1 pkg=$2 out="$CACHE/$1-$KUBE_VERSION" gomod staging replaces m
+  [ -x "$out" ] && return 0
+  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  staging=$(awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&$1 ~ /^k8s\.io\//{print $1}' "$gomod" | sort -u)
+  [ -n "$staging" ] || { log "no staging modules found in $gomod"; return 1; }
+  replaces=""
+  for m in $staging; do replaces+="	$m => $m v0.${KUBE_VERSION#v1.}"$'\n'; done
+  build_in_wrapper "$name" "$out" "$pkg" "module kcbackup.local/${name}build
+
+go 1.25
+
+require k8s.io/kubernetes $KUBE_VERSION
+
+replace (
+$replaces)"
 }
 
 install_minio() {
@@ -51,47 +75,10 @@ go 1.24
 require go.etcd.io/etcd/server/v3 $ETCD_VERSION"
 }
 
-install_kube_apiserver() {
-  local out="$CACHE/kube-apiserver-$KUBE_VERSION" gomod staging replaces m
-  [ -x "$out" ] && return 0
-  # k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local
-  # directories; a module outside the repository must replace each with its published release.
-  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  staging=$(awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&$1 ~ /^k8s\.io\//{print $1}' "$gomod" | sort -u)
-  [ -n "$staging" ] || { log "no staging modules found in $gomod"; return 1; }
-  replaces=""
-  for m in $staging; do replaces+="	$m => $m v0.${KUBE_VERSION#v1.}"$'\n'; done
-  build_in_wrapper kube-apiserver "$out" k8s.io/kubernetes/cmd/kube-apiserver "module kcbackup.local/kubebuild
+install_kube_apiserver() { build_kube_binary kube-apiserver k8s.io/kubernetes/cmd/kube-apiserver; }
 
-go 1.25
-
-require k8s.io/kubernetes $KUBE_VERSION
-
-replace (
-$replaces)"
-}
-
-# install_kubectl builds kubectl from k8s.io/kubernetes the way install_kube_apiserver builds
-# the API server (the tests run `kubectl apply --dry-run=server -k deploy/` against envtest).
-install_kubectl() {
-  local out="$CACHE/kubectl-$KUBE_VERSION" gomod staging replaces m dir=""
-  [ -x "$out" ] && return 0
-  gomod=$(go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
-  staging=$(awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&$1 ~ /^k8s\.io\//{print $1}' "$gomod" | sort -u)
-  [ -n "$staging" ] || { log "no staging modules found in $gomod"; return 1; }
-  replaces=""
-  for m in $staging; do replaces+="	$m => $m v0.${KUBE_VERSION#v1.}"$'\n'; done
-  build_in_wrapper kubectl "$out" k8s.io/kubernetes/cmd/kubectl "module kcbackup.local/kubectlbuild
-
-go 1.25
-
-require k8s.io/kubernetes $KUBE_VERSION
-
-replace (
-$replaces)"
-  # build_in_wrapper leaves a RETURN trap naming its local dir; clear it here.
-  trap - RETURN
-}
+# kubectl: the tests run `kubectl apply --dry-run=server -k deploy/` against envtest.
+install_kubectl() { build_kube_binary kubectl k8s.io/kubernetes/cmd/kubectl; }
 
 install_envtest() {
   install_etcd
@@ -115,7 +102,7 @@ install_promtool() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(postgres minio envtest promtool)
+[ ${#targets[@]} -gt 0 ] || targets=(postgres minio envtest kubectl promtool)
 for t in "${targets[@]}"; do
   case $t in
     minio) install_minio ;;
@@ -125,6 +112,6 @@ for t in "${targets[@]}"; do
     postgres) install_postgres ;;
     promtool) install_promtool ;;
     kubectl) install_kubectl ;;
-    *) log "unknown component $t (expected minio, etcd, kube-apiserver, envtest, postgres, promtool)"; exit 2 ;;
+    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, promtool)"; exit 2 ;;
   esac
 done

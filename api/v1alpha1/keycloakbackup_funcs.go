@@ -205,3 +205,8 @@ func (kb *KeycloakBackup) SetCondition(typ string, status metav1.ConditionStatus
 func (kb *KeycloakBackup) Condition(typ string) *metav1.Condition {
 	return meta.FindStatusCondition(kb.Status.Conditions, typ)
 }
+
+// SidecarPodLabel is the label the operator puts (with the value "true") on the pod
+// template of every workload it gives the kcbackup sidecar; deploy/monitoring's PodMonitor
+// selects on it.
+const SidecarPodLabel = "kcbackup.keycloak.org/sidecar"

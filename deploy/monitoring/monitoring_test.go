@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"github.com/kcbackup/kcbackup/api/v1alpha1"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -540,7 +541,8 @@ func TestMonitorsScrapeWhatTheRulesSelect(t *testing.T) {
 	if pm.Kind != "PodMonitor" {
 		t.Errorf("podmonitor.yaml kind is %q", pm.Kind)
 	}
-	wantLabels := map[string]string{"app.kubernetes.io/component": "postgres", "kcbackup.keycloak.org/sidecar": "true"}
+	// Exactly the label the operator sets on the pods it gives the sidecar.
+	wantLabels := map[string]string{v1alpha1.SidecarPodLabel: "true"}
 	if !reflect.DeepEqual(pm.Spec.Selector.MatchLabels, wantLabels) {
 		t.Errorf("PodMonitor selects %v, want %v", pm.Spec.Selector.MatchLabels, wantLabels)
 	}

@@ -25,7 +25,7 @@ const (
 	SidecarHashAnnotation = "keycloak.org/kcbackup-sidecar"
 	// SidecarLabel marks pod templates that carry the sidecar, so a PodMonitor can select
 	// the pods to scrape.
-	SidecarLabel = "kcbackup.keycloak.org/sidecar"
+	SidecarLabel = kcv1.SidecarPodLabel
 
 	tokenVolume    = "kcbackup-token"
 	caVolume       = "kcbackup-ca"

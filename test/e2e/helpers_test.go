@@ -139,3 +139,12 @@ func shareArchive(t *testing.T, url string) {
 	}
 	runCmd(t, "chmod", "-R", "a+rX", dir)
 }
+
+// setEnv sets KEY=VALUE pairs in the test process for the test's duration.
+func setEnv(t *testing.T, env []string) {
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			t.Setenv(k, v)
+		}
+	}
+}

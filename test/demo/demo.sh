@@ -17,16 +17,17 @@ DEMO=$ROOT/demo
 [ -x "$KCBACKUP" ] || { echo "bin/kcbackup is missing: run make build" >&2; exit 1; }
 [ -x "$PGBIN/postgres" ] || { echo "installing postgresql-15 (Debian)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# setpriv execs in place (unlike runuser), so a background PID is the program's own.
+as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 ms() { date +%s%3N; }
 
-PIDS=()
 cleanup() {
   set +e
   [ -n "${SIDECAR_PID:-}" ] && kill "$SIDECAR_PID" 2>/dev/null && wait "$SIDECAR_PID" 2>/dev/null
+  pkill -f -- "--spool $DEMO/spool" 2>/dev/null
   for d in "$DEMO/primary" "$DEMO/restored"; do
     [ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m fast stop >/dev/null 2>&1
   done

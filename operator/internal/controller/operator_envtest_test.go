@@ -105,6 +105,21 @@ func testManualBackup(t *testing.T, cfg *rest.Config) {
 	if sc.SecurityContext == nil || sc.SecurityContext.ReadOnlyRootFilesystem == nil || !*sc.SecurityContext.ReadOnlyRootFilesystem {
 		t.Errorf("sidecar has no read-only root filesystem")
 	}
+	// With a read-only root, the spool (KCBACKUP_SPOOL) must be on a writable emptyDir.
+	spoolOK := false
+	for _, m := range sc.VolumeMounts {
+		if m.MountPath != env["KCBACKUP_SPOOL"] || m.ReadOnly {
+			continue
+		}
+		for _, v := range d.Spec.Template.Spec.Volumes {
+			if v.Name == m.Name && v.EmptyDir != nil {
+				spoolOK = true
+			}
+		}
+	}
+	if !spoolOK {
+		t.Errorf("sidecar spool %q is not a writable emptyDir mount", env["KCBACKUP_SPOOL"])
+	}
 	var claims []string
 	for _, v := range d.Spec.Template.Spec.Volumes {
 		if v.PersistentVolumeClaim != nil {

@@ -28,6 +28,8 @@ const (
 	SidecarLabel = kcv1.SidecarPodLabel
 
 	tokenVolume    = "kcbackup-token"
+	spoolVolume    = "kcbackup-spool"
+	spoolMountDir  = "/var/lib/kcbackup/spool"
 	caVolume       = "kcbackup-ca"
 	archiveVolume  = "kcbackup-archive"
 	imageVolume    = "kcbackup-image"
@@ -171,6 +173,8 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 		corev1.EnvVar{Name: "KCBACKUP_LISTEN", Value: ":" + strconv.Itoa(apiclient.DefaultPort)},
 		corev1.EnvVar{Name: "KCBACKUP_TOKEN_FILE", Value: tokenFile},
 		corev1.EnvVar{Name: "KCBACKUP_PGDATA", Value: loc.DataDir},
+		// The root filesystem is read-only: WAL waiting for upload goes to an emptyDir.
+		corev1.EnvVar{Name: "KCBACKUP_SPOOL", Value: spoolMountDir},
 		corev1.EnvVar{Name: "PGHOST", Value: "localhost"},
 		corev1.EnvVar{Name: "PGPORT", Value: strconv.Itoa(int(orDefaultInt(pg.Port, 5432)))},
 		corev1.EnvVar{Name: "PGUSER", Value: orDefault(pg.User, "postgres")},
@@ -183,7 +187,9 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 	pgMounts := append(slices.Clone(mounts), binMount)
 	vols = append(vols, binVol, corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 		SecretName: TokenSecretName(workloadName), Items: []corev1.KeyToPath{{Key: TokenKey, Path: "token"}}}}})
+	vols = append(vols, corev1.Volume{Name: spoolVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 	mounts = append(mounts,
+		corev1.VolumeMount{Name: spoolVolume, MountPath: spoolMountDir},
 		corev1.VolumeMount{Name: tokenVolume, MountPath: tokenMountDir, ReadOnly: true},
 		// The data volume, read-only, only to report disk usage.
 		corev1.VolumeMount{Name: loc.Mount.Name, MountPath: loc.Mount.MountPath, SubPath: loc.Mount.SubPath, ReadOnly: true})

@@ -119,19 +119,31 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 }
 
 // retry retries op while it fails with anything but "not in the archive", corruption or a
-// bad name, for up to --retry-for.
+// bad name, for at least --retry-for: the last attempt is made at the deadline.
 func (o *walFetchOptions) retry(ctx context.Context, op func() error) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 250 * time.Millisecond
 	bo.MaxInterval = 5 * time.Second
-	_, err := backoff.Retry(ctx, func() (struct{}, error) {
+	deadline := time.Now().Add(o.retryFor)
+	for {
 		err := op()
 		if err == nil || errors.Is(err, walarchive.ErrWALNotInArchive) || errors.Is(err, walarchive.ErrCorrupt) || errors.Is(err, walarchive.ErrNoIdentity) {
-			return struct{}{}, backoff.Permanent(err)
+			return err
 		}
-		return struct{}{}, err
-	}, backoff.WithBackOff(bo), backoff.WithMaxElapsedTime(o.retryFor))
-	return err
+		left := time.Until(deadline)
+		if left <= 0 {
+			return err
+		}
+		wait := bo.NextBackOff()
+		if wait > left {
+			wait = left
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+	}
 }
 
 // fetchTo writes the file to dest through a temporary name in dest's directory.

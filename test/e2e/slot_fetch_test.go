@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/kcbackup/kcbackup/test/harness"
+	"github.com/kcbackup/kcbackup/walarchive"
+)
+
+// RELIABILITY 1: WAL written, checkpointed and switched away after the slot exists but
+// before the first START_REPLICATION is still archived.
+func TestCheckpointAndSwitchBeforeFirstStreamLoseNothing(t *testing.T) {
+	url := fileArchive(t)
+	pg := harness.StartPostgres(t, pgSettings(map[string]string{"wal_keep_size": "0"}))
+	exec1(t, pg, "SELECT pg_create_physical_replication_slot('kcbackup', true)")
+	start := slotRestart(t, pg)
+	for i := 0; i < 5; i++ {
+		exec1(t, pg, "CREATE TABLE IF NOT EXISTS early (n int); INSERT INTO early SELECT generate_series(1, 20000)")
+		exec1(t, pg, "SELECT pg_switch_wal()")
+		exec1(t, pg, "CHECKPOINT")
+	}
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url})
+	flush := flushLSN(t, pg)
+	waitArchived(t, sc, flush, 30*time.Second)
+	assertNoGap(t, nil, url, pg, 1, start.SegmentNo(1<<20), flush)
+}
+
+// RELIABILITY 18: "not found" only when the file is absent; storage errors are retried and
+// then stop recovery (exit 255); no partial file is ever left at the destination.
+func TestWALFetchAnswersNotFoundOnlyWhenTheFileIsAbsent(t *testing.T) {
+	ctx := context.Background()
+	minio := harness.StartMinIO(t)
+	env := append(minio.Env(), "KCBACKUP_S3_FORCE_PATH_STYLE=true")
+	url := "s3://" + minio.NewBucket(t) + "/db"
+	pg := harness.StartPostgres(t, pgSettings(nil))
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: env})
+	exec1(t, pg, "CREATE TABLE t AS SELECT generate_series(1, 100000) AS n")
+	flush := flushLSN(t, pg)
+	waitArchived(t, sc, flush, 30*time.Second)
+	present := walarchive.SegmentName(1, flush.SegmentNo(1<<20)-1, 1<<20)
+	absent := walarchive.SegmentName(1, flush.SegmentNo(1<<20)+100, 1<<20)
+	dir := t.TempDir()
+
+	if _, stderr, code := harness.Kcbackup(t, ctx, env, "wal-fetch", "--storage", url, present, filepath.Join(dir, "a")); code != 0 {
+		t.Fatalf("present segment: exit %d %s", code, stderr)
+	}
+	if st, err := os.Stat(filepath.Join(dir, "a")); err != nil || st.Size() != 1<<20 {
+		t.Fatalf("fetched segment: %v", err)
+	}
+	if _, _, code := harness.Kcbackup(t, ctx, env, "wal-fetch", "--storage", url, absent, filepath.Join(dir, "b")); code != 1 {
+		t.Fatalf("absent segment: exit %d; want 1", code)
+	}
+	if _, _, code := harness.Kcbackup(t, ctx, env, "wal-fetch", "--storage", url, "00000009.history", filepath.Join(dir, "h")); code != 1 {
+		t.Fatalf("absent history file: exit %d; want 1", code)
+	}
+	// The store goes away: a present file and an absent one both fail recovery (255), after
+	// retrying, and nothing is left at the destination.
+	sc.Kill()
+	if err := minio.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{present, absent} {
+		started := time.Now()
+		_, stderr, code := harness.Kcbackup(t, ctx, env, "wal-fetch", "--storage", url, "--retry-for", "3s", name, filepath.Join(dir, "c"))
+		if code != 255 || time.Since(started) < 3*time.Second {
+			t.Fatalf("%s with the store down: exit %d after %s (%s); want 255 after retrying for 3s", name, code, time.Since(started), stderr)
+		}
+	}
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		if e.Name() != "a" {
+			t.Fatalf("wal-fetch left %s behind", e.Name())
+		}
+	}
+	// A storage error that clears within --retry-for is retried to success.
+	go func() { time.Sleep(2 * time.Second); minio.Start(ctx) }()
+	if _, stderr, code := harness.Kcbackup(t, ctx, env, "wal-fetch", "--storage", url, "--retry-for", "60s", present, filepath.Join(dir, "d")); code != 0 {
+		t.Fatalf("fetch across a short outage: exit %d %s", code, stderr)
+	}
+	if strings.Contains(sc.Log(), minio.SecretKey()) {
+		t.Fatal("the S3 secret appears in the sidecar's log")
+	}
+}

@@ -1,0 +1,185 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/kcbackup/kcbackup/test/harness"
+	"github.com/kcbackup/kcbackup/walarchive"
+)
+
+// catchupPhase builds a WAL backlog while the sidecar is stopped (its slot keeps the WAL on
+// the server), starts the sidecar again and measures how fast it drains the backlog to MinIO.
+func (e *env) catchupPhase(t *benchTB, res *Results) error {
+	ctx := e.ctx
+	// Step 1: a cluster whose sidecar has archived everything so far, then stops.
+	pg := e.startCluster(t, e.cfg.LagScale, nil)
+	url := e.newArchive(t, "catchup")
+	firstLSN, err := currentLSN(ctx, pg)
+	if err != nil {
+		return err
+	}
+	sc := e.startSidecar(t, pg, url)
+	cur, err := currentLSN(ctx, pg)
+	if err != nil {
+		return err
+	}
+	if _, err := waitArchived(ctx, sc, cur, time.Minute); err != nil {
+		return err
+	}
+	if err := sc.Stop(30 * time.Second); err != nil {
+		return fmt.Errorf("stop the sidecar: %w", err)
+	}
+
+	// Step 2: the backlog.
+	start, _, err := e.generateWAL(t, pg, int64(e.cfg.CatchupMiB)<<20)
+	if err != nil {
+		return err
+	}
+	flush, err := queryFlushLSN(ctx, pg)
+	if err != nil {
+		return err
+	}
+
+	// Step 3: drain it.
+	progress("%s: starting the sidecar on a backlog of %d MiB", t.Name(), int64(flush-start)>>20)
+	began := time.Now()
+	if err := sc.Start(); err != nil {
+		return err
+	}
+	if _, err := waitArchived(ctx, sc, flush, 60*time.Minute); err != nil {
+		return err
+	}
+	took := time.Since(began)
+	backlog := int64(flush - start)
+	res.Catchup = &CatchupResult{BacklogBytes: backlog, Seconds: took.Seconds(), MiBPerSecond: float64(backlog) / (1 << 20) / took.Seconds()}
+	progress("%s: drained %d MiB in %s (%.1f MiB/s)", t.Name(), backlog>>20, took.Round(time.Millisecond), res.Catchup.MiBPerSecond)
+
+	// Step 4: stored bytes per WAL byte of this archive; the wal-fetch phase reads it next.
+	last, err := archivedLSN(ctx, sc)
+	if err != nil {
+		return err
+	}
+	if err := sc.Stop(30 * time.Second); err != nil {
+		return fmt.Errorf("stop the sidecar: %w", err)
+	}
+	ratio, err := storedRatio(ctx, "catch-up run (pgbench)", url, int64(last-firstLSN))
+	if err != nil {
+		return err
+	}
+	res.Storage = append(res.Storage, ratio)
+	e.catchupURL = url
+	return nil
+}
+
+// queryFlushLSN returns pg_current_wal_flush_lsn().
+func queryFlushLSN(ctx context.Context, pg *harness.Postgres) (walarchive.LSN, error) {
+	s, err := pg.QueryString(ctx, "SELECT pg_current_wal_flush_lsn()")
+	if err != nil {
+		return 0, err
+	}
+	return walarchive.ParseLSN(s)
+}
+
+// walFetchPhase times `kcbackup wal-fetch` per segment from the catch-up archive: first
+// without prefetch, then with --prefetch 8 (the first call starts the background
+// prefetch; the later calls are measured).
+func (e *env) walFetchPhase(t *benchTB, res *Results) error {
+	ctx := e.ctx
+	if e.catchupURL == "" {
+		return fmt.Errorf("the wal-fetch phase reads the catch-up archive: run the catchup phase too")
+	}
+	url := e.catchupURL
+	st, err := walarchive.OpenStorage(ctx, url)
+	if err != nil {
+		return err
+	}
+	objs, err := st.List(ctx, "wal/00000001/")
+	if err != nil {
+		return fmt.Errorf("list the catch-up archive: %w", err)
+	}
+	var names []string
+	for _, o := range objs {
+		name := path.Base(o.Key)
+		if len(name) == 24 && !strings.Contains(name, ".") {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	if len(names) > e.cfg.WALFetchSegments {
+		names = names[:e.cfg.WALFetchSegments]
+	}
+	if len(names) < 2 {
+		return fmt.Errorf("the catch-up archive holds %d complete segments; need at least 2", len(names))
+	}
+	dir := t.TempDir()
+	fetch := func(name string, extra ...string) (time.Duration, error) {
+		dest := filepath.Join(dir, name)
+		args := append([]string{"wal-fetch", "--storage", url}, extra...)
+		began := time.Now()
+		if _, err := e.kcbackup(ctx, nil, append(args, name, dest)...); err != nil {
+			return 0, err
+		}
+		took := time.Since(began)
+		if err := os.Remove(dest); err != nil {
+			return 0, fmt.Errorf("wal-fetch %s wrote no file: %w", name, err)
+		}
+		time.Sleep(e.cfg.WALFetchGap)
+		return took, nil
+	}
+
+	// Step 1: one download per call.
+	progress("%s: %d segments without prefetch", t.Name(), len(names))
+	var plain []float64
+	for _, n := range names {
+		d, err := fetch(n)
+		if err != nil {
+			return err
+		}
+		plain = append(plain, d.Seconds())
+	}
+
+	// Step 2: with prefetch; the first call only starts the prefetcher.
+	progress("%s: %d segments with --prefetch 8", t.Name(), len(names))
+	pdir := filepath.Join(dir, "prefetch")
+	var pre []float64
+	for i, n := range names {
+		d, err := fetch(n, "--prefetch", "8", "--prefetch-dir", pdir)
+		if err != nil {
+			return err
+		}
+		if i > 0 {
+			pre = append(pre, d.Seconds())
+		}
+	}
+	waitPrefetchIdle(filepath.Join(pdir, "*.inprogress"), time.Minute)
+	res.WALFetch = &WALFetchResult{
+		Segments:        len(names),
+		GapSeconds:      e.cfg.WALFetchGap.Seconds(),
+		PlainP50:        percentile(plain, 0.5),
+		PlainP99:        percentile(plain, 0.99),
+		PrefetchedP50:   percentile(pre, 0.5),
+		PrefetchedP99:   percentile(pre, 0.99),
+		PrefetchedCalls: len(pre),
+	}
+	return nil
+}
+
+// waitPrefetchIdle waits until no file matches pattern (the markers of downloads in
+// progress), so no prefetch worker writes into a directory after it is removed.
+func waitPrefetchIdle(pattern string, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		m, _ := filepath.Glob(pattern)
+		if len(m) == 0 {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -1,0 +1,234 @@
+// Command bench measures kcbackup side by side with the standard PostgreSQL tools: archive
+// lag under load (against pg_receivewal and archive_command), catch-up rate, base backup
+// time (against pg_basebackup), restore and replay time (against a cp restore_command),
+// wal-fetch latency, stored bytes per WAL byte, pgbench TPS with and without the sidecar
+// and the sidecar's memory and CPU.
+//
+// It starts everything it needs on loopback addresses (PostgreSQL 15 clusters, MinIO, the
+// kcbackup binary) through test/harness, one fresh cluster per measurement, and removes all
+// of it when it ends, even on error or SIGINT. Every figure printed is measured in the run.
+// It prints one table to stdout and writes results.json and results.md to -out; progress
+// goes to stderr.
+//
+//	go run ./test/bench            # full run, about 30 minutes on 2 cores
+//	go run ./test/bench -quick     # smoke run with small sizes, a few minutes
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/kcbackup/kcbackup/test/harness"
+)
+
+// Config holds the sizes and durations of one benchmark run.
+type Config struct {
+	// LagDuration is how long pgbench runs in each archive-lag (and TPS) run.
+	LagDuration time.Duration
+	// LagScale is pgbench's scale factor for the lag runs.
+	LagScale int
+	// Clients and Jobs are pgbench's -c and -j for every load.
+	Clients, Jobs int
+	// PartialInterval is kcbackup run's --partial-interval.
+	PartialInterval time.Duration
+	// ArchiveTimeout is archive_timeout for the archive_command runs.
+	ArchiveTimeout time.Duration
+	// DrainWindow is how long, after the load, the lag runs keep watching the durable
+	// position; samples not durable by then count as unresolved.
+	DrainWindow time.Duration
+	// CatchupMiB is the WAL backlog, in MiB, the catch-up run creates.
+	CatchupMiB int
+	// BackupScale is pgbench's scale factor for the base backup run.
+	BackupScale int
+	// RestoreWALMiB is how much WAL, in MiB, is generated after the base backup of the
+	// restore run.
+	RestoreWALMiB int
+	// WALFetchSegments is how many segments the wal-fetch runs fetch.
+	WALFetchSegments int
+	// WALFetchGap is a pause between wal-fetch calls, standing in for replay time.
+	WALFetchGap time.Duration
+	// OutDir receives results.json and results.md.
+	OutDir string
+	// Only lists the phases to run; empty means all.
+	Only []string
+}
+
+// phases are the measurements in the order they run.
+var phaseNames = []string{"lag", "catchup", "walfetch", "basebackup", "restore"}
+
+// Validate checks the configuration's bounds.
+func (c Config) Validate() error {
+	switch {
+	case c.LagDuration < 5*time.Second:
+		return fmt.Errorf("-lag-duration %s: expected at least 5s", c.LagDuration)
+	case c.LagScale < 1 || c.BackupScale < 1:
+		return errors.New("-lag-scale and -backup-scale must be at least 1")
+	case c.Clients < 1 || c.Jobs < 1 || c.Jobs > c.Clients:
+		return fmt.Errorf("-clients %d -jobs %d: expected 1 <= jobs <= clients", c.Clients, c.Jobs)
+	case c.PartialInterval < 0 || c.ArchiveTimeout < time.Second || c.DrainWindow < time.Second:
+		return errors.New("-partial-interval must be >= 0, -archive-timeout and -drain-window >= 1s")
+	case c.CatchupMiB < 64 || c.RestoreWALMiB < 64:
+		return errors.New("-catchup-mib and -restore-wal-mib must be at least 64")
+	case c.WALFetchSegments < 2:
+		return errors.New("-walfetch-segments must be at least 2")
+	case c.OutDir == "":
+		return errors.New("-out is required")
+	}
+	for _, p := range c.Only {
+		if !contains(phaseNames, p) {
+			return fmt.Errorf("-only %q: expected a comma-separated list of %s", p, strings.Join(phaseNames, ", "))
+		}
+	}
+	return nil
+}
+
+// runs reports whether the phase is selected.
+func (c Config) runs(phase string) bool { return len(c.Only) == 0 || contains(c.Only, phase) }
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = Run(ctx, cfg)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// parseFlags builds the Config; -quick changes the defaults of the flags not given.
+func parseFlags(args []string) (Config, error) {
+	var c Config
+	var only string
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	quick := fs.Bool("quick", false, "smoke run with small sizes (a few minutes); explicit flags still win")
+	fs.DurationVar(&c.LagDuration, "lag-duration", 60*time.Second, "pgbench duration of each lag and TPS run")
+	fs.IntVar(&c.LagScale, "lag-scale", 20, "pgbench scale of the lag runs")
+	fs.IntVar(&c.Clients, "clients", 4, "pgbench -c")
+	fs.IntVar(&c.Jobs, "jobs", 2, "pgbench -j")
+	fs.DurationVar(&c.PartialInterval, "partial-interval", time.Second, "kcbackup run --partial-interval")
+	fs.DurationVar(&c.ArchiveTimeout, "archive-timeout", 60*time.Second, "archive_timeout of the archive_command runs")
+	fs.DurationVar(&c.DrainWindow, "drain-window", 0, "how long to watch the durable position after the load (default archive-timeout + 10s)")
+	fs.IntVar(&c.CatchupMiB, "catchup-mib", 2048, "WAL backlog of the catch-up run, MiB")
+	fs.IntVar(&c.BackupScale, "backup-scale", 100, "pgbench scale of the base backup run")
+	fs.IntVar(&c.RestoreWALMiB, "restore-wal-mib", 1024, "WAL generated after the base backup of the restore run, MiB")
+	fs.IntVar(&c.WALFetchSegments, "walfetch-segments", 200, "segments fetched in each wal-fetch run (at most what the catch-up archive holds)")
+	fs.DurationVar(&c.WALFetchGap, "walfetch-gap", 0, "pause between wal-fetch calls")
+	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
+	fs.StringVar(&only, "only", "", "comma-separated phases to run: "+strings.Join(phaseNames, ","))
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *quick {
+		quickDefaults := map[string]func(){
+			"lag-duration":      func() { c.LagDuration = 15 * time.Second },
+			"lag-scale":         func() { c.LagScale = 5 },
+			"drain-window":      func() { c.DrainWindow = 15 * time.Second },
+			"catchup-mib":       func() { c.CatchupMiB = 512 },
+			"backup-scale":      func() { c.BackupScale = 10 },
+			"restore-wal-mib":   func() { c.RestoreWALMiB = 256 },
+			"walfetch-segments": func() { c.WALFetchSegments = 30 },
+		}
+		for name, apply := range quickDefaults {
+			if !set[name] {
+				apply()
+			}
+		}
+	}
+	if c.DrainWindow == 0 {
+		c.DrainWindow = c.ArchiveTimeout + 10*time.Second
+	}
+	if only != "" {
+		c.Only = strings.Split(only, ",")
+	}
+	return c, c.Validate()
+}
+
+// Run runs the selected phases one after another, each on fresh clusters, then prints
+// and writes the results. A failed phase is reported and the others still run; the error
+// returned then names every failure.
+func Run(ctx context.Context, cfg Config) error {
+	// Step 1: the components shared by every phase: the kcbackup binary and MinIO.
+	root := newBenchTB(ctx, "setup")
+	defer root.runCleanups()
+	started := time.Now()
+	res := &Results{StartedAt: started.UTC(), Config: cfg}
+	var e *env
+	if err := guard("setup", func() error {
+		var err error
+		e, err = newEnv(ctx, root, cfg)
+		return err
+	}); err != nil {
+		return err
+	}
+
+	// Step 2: the phases, sequentially, never two clusters under load at once.
+	phases := []struct {
+		name string
+		run  func(t *benchTB) error
+	}{
+		{"lag", func(t *benchTB) error { return e.lagPhase(t, res) }},
+		{"catchup", func(t *benchTB) error { return e.catchupPhase(t, res) }},
+		{"walfetch", func(t *benchTB) error { return e.walFetchPhase(t, res) }},
+		{"basebackup", func(t *benchTB) error { return e.baseBackupPhase(t, res) }},
+		{"restore", func(t *benchTB) error { return e.restorePhase(t, res) }},
+	}
+	var errs []error
+	for _, p := range phases {
+		if !cfg.runs(p.name) {
+			continue
+		}
+		if ctx.Err() != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", p.name, ctx.Err()))
+			break
+		}
+		progress("=== phase %s", p.name)
+		t := newBenchTB(ctx, p.name)
+		phaseStart := time.Now()
+		err := guard(p.name, func() error { return p.run(t) })
+		t.runCleanups()
+		if err != nil {
+			progress("phase %s failed: %v", p.name, err)
+			res.Errors = append(res.Errors, p.name+": "+err.Error())
+			errs = append(errs, err)
+		}
+		progress("=== phase %s done in %s", p.name, time.Since(phaseStart).Round(time.Second))
+	}
+	res.Duration = time.Since(started).Round(time.Second).String()
+
+	// Step 3: the table on stdout, JSON and Markdown in the output directory.
+	table := buildTable(res)
+	fmt.Print(table.text())
+	if err := writeResults(cfg.OutDir, res, table); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// progress prints a timestamped line to stderr.
+func progress(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}

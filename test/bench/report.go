@@ -1,0 +1,300 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// Results is everything one run measured; it is written as results.json. Times are in
+// seconds; a nil figure was not measured (or, for lag percentiles, fell on a sample the
+// archive never reached within the drain window).
+type Results struct {
+	StartedAt  time.Time         `json:"startedAt"`
+	Duration   string            `json:"duration"`
+	Config     Config            `json:"config"`
+	Lag        []LagResult       `json:"lag"`
+	Sidecar    *SidecarUsage     `json:"sidecar,omitempty"`
+	Catchup    *CatchupResult    `json:"catchup,omitempty"`
+	BaseBackup *BaseBackupResult `json:"baseBackup,omitempty"`
+	Restore    *RestoreResult    `json:"restore,omitempty"`
+	WALFetch   *WALFetchResult   `json:"walFetch,omitempty"`
+	Storage    []StorageRatio    `json:"storage,omitempty"`
+	Errors     []string          `json:"errors,omitempty"`
+}
+
+// LagResult is one lag run: archive lag percentiles and pgbench's TPS.
+type LagResult struct {
+	Method     string   `json:"method"`
+	TPS        float64  `json:"tps"`
+	Samples    int      `json:"samples"`
+	Unresolved int      `json:"unresolved"`
+	WALBytes   int64    `json:"walBytes"`
+	P50        *float64 `json:"p50Seconds"`
+	P99        *float64 `json:"p99Seconds"`
+	Max        *float64 `json:"maxSeconds"`
+}
+
+// SidecarUsage is the sidecar's resource use during its lag run.
+type SidecarUsage struct {
+	PeakRSSBytes int64   `json:"peakRSSBytes"`
+	CPUSeconds   float64 `json:"cpuSeconds"`
+	WallSeconds  float64 `json:"wallSeconds"`
+}
+
+// CatchupResult is the drain of a WAL backlog.
+type CatchupResult struct {
+	BacklogBytes int64   `json:"backlogBytes"`
+	Seconds      float64 `json:"seconds"`
+	MiBPerSecond float64 `json:"mibPerSecond"`
+}
+
+// BaseBackupResult is the wall time and size of one base backup per tool.
+type BaseBackupResult struct {
+	Scale           int     `json:"scale"`
+	DatabaseBytes   int64   `json:"databaseBytes"`
+	PlainSeconds    float64 `json:"pgBasebackupSeconds"`
+	PlainBytes      int64   `json:"pgBasebackupBytes"`
+	GzipSeconds     float64 `json:"pgBasebackupGzipSeconds"`
+	GzipBytes       int64   `json:"pgBasebackupGzipBytes"`
+	KcbackupSeconds float64 `json:"kcbackupSeconds"`
+	KcbackupBytes   int64   `json:"kcbackupBytes"`
+}
+
+// RestoreResult is the wall time of restore plus replay to the end of the archive.
+type RestoreResult struct {
+	WALBytes                 int64   `json:"walBytes"`
+	KcbackupSeconds          float64 `json:"kcbackupSeconds"`
+	KcbackupRestoreSeconds   float64 `json:"kcbackupRestoreSeconds"`
+	NoPrefetchSeconds        float64 `json:"kcbackupNoPrefetchSeconds"`
+	NoPrefetchRestoreSeconds float64 `json:"kcbackupNoPrefetchRestoreSeconds"`
+	CpSeconds                float64 `json:"cpRecoverySeconds"`
+	CpCopySeconds            float64 `json:"cpRecoveryCopySeconds"`
+}
+
+// WALFetchResult is the latency of single wal-fetch calls.
+type WALFetchResult struct {
+	Segments        int      `json:"segments"`
+	GapSeconds      float64  `json:"gapSeconds"`
+	PlainP50        *float64 `json:"plainP50Seconds"`
+	PlainP99        *float64 `json:"plainP99Seconds"`
+	PrefetchedP50   *float64 `json:"prefetchedP50Seconds"`
+	PrefetchedP99   *float64 `json:"prefetchedP99Seconds"`
+	PrefetchedCalls int      `json:"prefetchedCalls"`
+}
+
+// StorageRatio is the stored size of an archive's WAL per WAL byte archived.
+type StorageRatio struct {
+	Workload    string  `json:"workload"`
+	WALBytes    int64   `json:"walBytes"`
+	StoredBytes int64   `json:"storedBytes"`
+	Objects     int     `json:"objects"`
+	Ratio       float64 `json:"ratio"`
+}
+
+// row is one line of the results table.
+type row struct{ measurement, method, figure, target, verdict string }
+
+// table is the results table, printed as text and as Markdown.
+type table struct {
+	header string
+	rows   []row
+	notes  []string
+}
+
+const notMeasured = "not measured"
+
+// verdict turns a comparison into the table's wording.
+func verdict(ok bool) string {
+	if ok {
+		return "met"
+	}
+	return "MISSED"
+}
+
+// buildTable lays the results out side by side, with each target beside its figure.
+func buildTable(r *Results) table {
+	c := r.Config
+	t := table{header: fmt.Sprintf("kcbackup benchmark, %s, run took %s (pgbench -c %d -j %d)",
+		r.StartedAt.Format(time.RFC3339), r.Duration, c.Clients, c.Jobs)}
+	add := func(m, meth, fig, target, v string) { t.rows = append(t.rows, row{m, meth, fig, target, v}) }
+
+	// Archive lag and TPS.
+	lagName := fmt.Sprintf("Archive lag p50/p99/max (-s %d, %s)", c.LagScale, c.LagDuration)
+	byMethod := map[string]LagResult{}
+	for _, l := range r.Lag {
+		byMethod[l.Method] = l
+	}
+	for _, m := range []string{methodKcbackup, methodReceive, methodReceiveSync, methodArchiveCmd} {
+		l, ok := byMethod[m]
+		target, v := "", ""
+		if m == methodKcbackup {
+			target, v = "p99 <= 1 s", notMeasured
+		}
+		if !ok {
+			add(lagName, m, notMeasured, target, v)
+			continue
+		}
+		fig := fmt.Sprintf("%s / %s / %s", fmtSec(l.P50), fmtSec(l.P99), fmtSec(l.Max))
+		if l.Unresolved > 0 {
+			fig += fmt.Sprintf(" (%d of %d samples not durable %s after the load)", l.Unresolved, l.Samples, c.DrainWindow)
+		}
+		if m == methodKcbackup {
+			v = verdict(l.P99 != nil && *l.P99 <= 1)
+		}
+		add(lagName, m, fig, target, v)
+	}
+	tpsName := fmt.Sprintf("pgbench TPS (-s %d, %s)", c.LagScale, c.LagDuration)
+	base, haveBase := byMethod[methodNone]
+	for _, m := range []string{methodNone, methodKcbackup, methodReceive, methodReceiveSync, methodArchiveCmd} {
+		l, ok := byMethod[m]
+		target, v := "", ""
+		if m == methodKcbackup {
+			target, v = ">= 95% of no archiving", notMeasured
+		}
+		if !ok {
+			add(tpsName, m, notMeasured, target, v)
+			continue
+		}
+		fig := fmt.Sprintf("%.0f", l.TPS)
+		if haveBase && m != methodNone && base.TPS > 0 {
+			fig += fmt.Sprintf(" (%.1f%%)", 100*l.TPS/base.TPS)
+			if m == methodKcbackup {
+				v = verdict(l.TPS >= 0.95*base.TPS)
+			}
+		}
+		add(tpsName, m, fig, target, v)
+	}
+	if s := r.Sidecar; s != nil {
+		add("Sidecar peak RSS (VmHWM, lag run)", methodKcbackup, fmt.Sprintf("%.1f MiB", float64(s.PeakRSSBytes)/(1<<20)), "<= 100 MiB",
+			verdict(s.PeakRSSBytes <= 100<<20))
+		add("Sidecar CPU (utime+stime, lag run)", methodKcbackup, fmt.Sprintf("%.1f s in %.0f s (%.0f%% of a core)", s.CPUSeconds, s.WallSeconds, 100*s.CPUSeconds/s.WallSeconds), "", "")
+	} else {
+		add("Sidecar peak RSS (VmHWM, lag run)", methodKcbackup, notMeasured, "<= 100 MiB", notMeasured)
+	}
+
+	// Catch-up.
+	if cu := r.Catchup; cu != nil {
+		add("Catch-up drain to MinIO", methodKcbackup, fmt.Sprintf("%.1f MiB/s (%d MiB in %.1f s)", cu.MiBPerSecond, cu.BacklogBytes>>20, cu.Seconds), "", "")
+	} else {
+		add("Catch-up drain to MinIO", methodKcbackup, notMeasured, "", "")
+	}
+
+	// Base backup.
+	bbName := fmt.Sprintf("Base backup wall time (-s %d, -c fast)", c.BackupScale)
+	if b := r.BaseBackup; b != nil {
+		bbName = fmt.Sprintf("Base backup wall time (-s %d, %d MiB, -c fast)", b.Scale, b.DatabaseBytes>>20)
+		add(bbName, "pg_basebackup -Ft -X none (local)", fmt.Sprintf("%.1f s, %d MiB", b.PlainSeconds, b.PlainBytes>>20), "", "")
+		add(bbName, "pg_basebackup -Ft -X none -z (local)", fmt.Sprintf("%.1f s, %d MiB (%.2fx plain)", b.GzipSeconds, b.GzipBytes>>20, b.GzipSeconds/b.PlainSeconds), "", "")
+		add(bbName, "kcbackup backup (zstd, MinIO)", fmt.Sprintf("%.1f s, %d MiB (%.2fx plain)", b.KcbackupSeconds, b.KcbackupBytes>>20, b.KcbackupSeconds/b.PlainSeconds),
+			"<= 1.1x pg_basebackup -Ft", verdict(b.KcbackupSeconds <= 1.1*b.PlainSeconds))
+	} else {
+		add(bbName, "kcbackup backup (zstd, MinIO)", notMeasured, "<= 1.1x pg_basebackup -Ft", notMeasured)
+	}
+
+	// Restore.
+	rsName := fmt.Sprintf("Restore + replay to latest (>= %d MiB WAL)", c.RestoreWALMiB)
+	if rs := r.Restore; rs != nil {
+		rsName = fmt.Sprintf("Restore + replay to latest (%d MiB WAL)", rs.WALBytes>>20)
+		add(rsName, "pg_basebackup copy + restore_command cp", fmt.Sprintf("%.1f s (copy %.1f s)", rs.CpSeconds, rs.CpCopySeconds), "", "")
+		add(rsName, "kcbackup restore, prefetch 8", fmt.Sprintf("%.1f s (restore %.1f s) = %.2fx cp", rs.KcbackupSeconds, rs.KcbackupRestoreSeconds, rs.KcbackupSeconds/rs.CpSeconds),
+			"<= 1.2x cp recovery", verdict(rs.KcbackupSeconds <= 1.2*rs.CpSeconds))
+		add(rsName, "kcbackup restore, prefetch 0", fmt.Sprintf("%.1f s (restore %.1f s); prefetch 8 is %.2fx faster", rs.NoPrefetchSeconds, rs.NoPrefetchRestoreSeconds, rs.NoPrefetchSeconds/rs.KcbackupSeconds),
+			">= 3x slower than prefetch 8", verdict(rs.NoPrefetchSeconds >= 3*rs.KcbackupSeconds))
+	} else {
+		add(rsName, "kcbackup restore", notMeasured, "<= 1.2x cp; >= 3x vs prefetch 0", notMeasured)
+	}
+
+	// wal-fetch.
+	if w := r.WALFetch; w != nil {
+		name := fmt.Sprintf("wal-fetch latency p50/p99 (%d segments)", w.Segments)
+		add(name, "not prefetched", fmt.Sprintf("%s / %s", fmtMs(w.PlainP50), fmtMs(w.PlainP99)), "", "")
+		add(name, "--prefetch 8 (later calls)", fmt.Sprintf("%s / %s", fmtMs(w.PrefetchedP50), fmtMs(w.PrefetchedP99)), "p50 <= 5 ms",
+			verdict(w.PrefetchedP50 != nil && *w.PrefetchedP50 <= 0.005))
+	} else {
+		add("wal-fetch latency p50/p99", "--prefetch 8", notMeasured, "p50 <= 5 ms", notMeasured)
+	}
+
+	// Storage.
+	for _, s := range r.Storage {
+		add("Stored bytes per WAL byte", s.Workload, fmt.Sprintf("%.3f (%d MiB stored for %d MiB WAL, %d objects)", s.Ratio, s.StoredBytes>>20, s.WALBytes>>20, s.Objects), "", "")
+	}
+	if len(r.Storage) == 0 {
+		add("Stored bytes per WAL byte", methodKcbackup, notMeasured, "", "")
+	}
+
+	t.notes = append(t.notes,
+		fmt.Sprintf("Lag: pg_current_wal_lsn() and each method's durable position sampled every %s; lag of a sample = first later time the durable position reached it. Durable: kcbackup archivedLSN (/v1/status, --partial-interval %s); pg_receivewal flush_lsn in pg_stat_replication; archive_command end of last_archived_wal (archive_timeout %s).", sampleInterval, c.PartialInterval, c.ArchiveTimeout),
+		"Restore times run from the start of the restore (or of copying the base backup) to pg_is_in_recovery() = false.",
+	)
+	if w := r.WALFetch; w != nil {
+		t.notes = append(t.notes, fmt.Sprintf("wal-fetch calls run back to back (gap %s), each a new process, as restore_command runs it.", time.Duration(w.GapSeconds*float64(time.Second))))
+	}
+	for _, e := range r.Errors {
+		t.notes = append(t.notes, "ERROR "+e)
+	}
+	return t
+}
+
+// fmtMs formats optional seconds as milliseconds.
+func fmtMs(v *float64) string {
+	if v == nil {
+		return "n/a"
+	}
+	return fmt.Sprintf("%.1f ms", *v*1000)
+}
+
+// text renders the table for a terminal.
+func (t table) text() string {
+	var b strings.Builder
+	b.WriteString("\n" + t.header + "\n\n")
+	tw := tabwriter.NewWriter(&b, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEASUREMENT\tMETHOD\tFIGURE\tTARGET\tRESULT")
+	for _, r := range t.rows {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", r.measurement, r.method, r.figure, r.target, r.verdict)
+	}
+	tw.Flush()
+	b.WriteString("\n")
+	for _, n := range t.notes {
+		b.WriteString("* " + n + "\n")
+	}
+	return b.String()
+}
+
+// markdown renders the table as GitHub Markdown.
+func (t table) markdown() string {
+	var b strings.Builder
+	b.WriteString(t.header + "\n\n| Measurement | Method | Figure | Target | Result |\n|---|---|---|---|---|\n")
+	esc := func(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+	for _, r := range t.rows {
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", esc(r.measurement), esc(r.method), esc(r.figure), esc(r.target), esc(r.verdict))
+	}
+	b.WriteString("\n")
+	for _, n := range t.notes {
+		b.WriteString("- " + n + "\n")
+	}
+	return b.String()
+}
+
+// writeResults writes results.json and results.md into dir.
+func writeResults(dir string, r *Results, t table) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode results: %w", err)
+	}
+	for name, data := range map[string][]byte{"results.json": append(js, '\n'), "results.md": []byte(t.markdown())} {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o644); err != nil {
+			return fmt.Errorf("write %s: %w", p, err)
+		}
+	}
+	progress("wrote %s and %s", filepath.Join(dir, "results.json"), filepath.Join(dir, "results.md"))
+	return nil
+}

@@ -32,7 +32,10 @@ type Identity struct {
 	PostgresVersion  int         `json:"postgresVersion"`
 	WALSegmentSize   uint64      `json:"walSegmentSize"`
 	Compression      Compression `json:"compression"`
-	CreatedAt        time.Time   `json:"createdAt"`
+	// EncryptionKeyID is the fingerprint of the key the archive's objects are encrypted
+	// with (AES-256-GCM); empty when the archive is not encrypted.
+	EncryptionKeyID string    `json:"encryptionKeyID,omitempty"`
+	CreatedAt       time.Time `json:"createdAt"`
 }
 
 // Validate checks an identity read from storage or built from a server.
@@ -59,14 +62,41 @@ func (id Identity) Validate() error {
 type Archive struct {
 	Storage  storage.Storage
 	Identity Identity
+	// Key encrypts and decrypts the archive's objects (nil for an unencrypted archive).
+	Key Key
 }
 
 // SegmentSize is the archive's WAL segment size.
 func (a *Archive) SegmentSize() uint64 { return a.Identity.WALSegmentSize }
 
-// OpenArchive reads the identity of an existing archive.
-func OpenArchive(ctx context.Context, st storage.Storage) (*Archive, error) {
-	data, err := getSmall(ctx, st, IdentityKey)
+// OpenArchive reads the identity of an existing archive and checks the key against it:
+// an encrypted archive needs its key, an unencrypted one refuses a key.
+func OpenArchive(ctx context.Context, st storage.Storage, key Key) (*Archive, error) {
+	a, err := readIdentity(ctx, st)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkKey(a.Identity, key); err != nil {
+		return nil, err
+	}
+	a.Key = key
+	return a, nil
+}
+
+func checkKey(id Identity, key Key) error {
+	switch {
+	case id.EncryptionKeyID == "" && key != nil:
+		return errors.New("this archive is not encrypted: do not give an encryption key (encryption is chosen when an archive is created)")
+	case id.EncryptionKeyID != "" && key == nil:
+		return fmt.Errorf("this archive is encrypted (key ID %s): give its key with --encryption-key-file or KCBACKUP_ENCRYPTION_KEY_FILE: %w", id.EncryptionKeyID, ErrWrongKey)
+	case id.EncryptionKeyID != "" && key.ID() != id.EncryptionKeyID:
+		return fmt.Errorf("this archive is encrypted with key ID %s, not with the given key (%s): %w", id.EncryptionKeyID, key.ID(), ErrWrongKey)
+	}
+	return nil
+}
+
+func readIdentity(ctx context.Context, st storage.Storage) (*Archive, error) {
+	data, err := getSmall(ctx, st, IdentityKey, nil)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, ErrNoIdentity
 	}
@@ -86,24 +116,31 @@ func OpenArchive(ctx context.Context, st storage.Storage) (*Archive, error) {
 // InitArchive opens the archive for the cluster want describes, creating the identity
 // on first use. An archive that belongs to another cluster (system identifier, PostgreSQL
 // major version or WAL segment size differ) is refused.
-func InitArchive(ctx context.Context, st storage.Storage, want Identity) (*Archive, error) {
+func InitArchive(ctx context.Context, st storage.Storage, want Identity, key Key) (*Archive, error) {
 	want.FormatVersion = FormatVersion
+	want.EncryptionKeyID = ""
+	if key != nil {
+		if _, err := key.aead(); err != nil {
+			return nil, err
+		}
+		want.EncryptionKeyID = key.ID()
+	}
 	if want.Compression == "" {
 		want.Compression = CompressionZstd
 	}
 	if err := want.Validate(); err != nil {
 		return nil, err
 	}
-	a, err := OpenArchive(ctx, st)
+	a, err := readIdentity(ctx, st)
 	if errors.Is(err, ErrNoIdentity) {
 		if want.CreatedAt.IsZero() {
 			want.CreatedAt = time.Now().UTC()
 		}
 		data, _ := json.MarshalIndent(want, "", "  ")
-		if err := putSmall(ctx, st, IdentityKey, data, CompressionNone); err != nil {
+		if err := putSmall(ctx, st, IdentityKey, data, CompressionNone, nil); err != nil {
 			return nil, fmt.Errorf("write archive identity: %w", err)
 		}
-		return &Archive{Storage: st, Identity: want}, nil
+		return &Archive{Storage: st, Identity: want, Key: key}, nil
 	}
 	if err != nil {
 		return nil, err
@@ -117,6 +154,10 @@ func InitArchive(ctx context.Context, st storage.Storage, want Identity) (*Archi
 	case have.WALSegmentSize != want.WALSegmentSize:
 		return nil, fmt.Errorf("this archive holds %d-byte WAL segments, but the server uses %d-byte segments", have.WALSegmentSize, want.WALSegmentSize)
 	}
+	if err := checkKey(have, key); err != nil {
+		return nil, err
+	}
+	a.Key = key
 	return a, nil
 }
 
@@ -163,15 +204,16 @@ func (a *Archive) PutImmutable(ctx context.Context, key string, r io.ReadSeeker)
 
 // Put frames, compresses and stores the stream under key, replacing what was there.
 func (a *Archive) Put(ctx context.Context, key string, r io.Reader) (PutResult, error) {
-	return PutObject(ctx, a.Storage, key, r, a.Identity.Compression)
+	return PutObject(ctx, a.Storage, key, r, a.Identity.Compression, a.Key)
 }
 
-// PutObject frames, compresses and stores a stream of any length under key in bounded memory.
-func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader, c Compression) (PutResult, error) {
+// PutObject frames, compresses (and with a key, encrypts) and stores a stream of any length
+// under key in bounded memory.
+func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader, c Compression, k Key) (PutResult, error) {
 	pr, pw := io.Pipe()
 	var res PutResult
 	go func() {
-		ow, err := NewObjectWriter(pw, c)
+		ow, err := NewObjectWriterKey(pw, c, k)
 		if err == nil {
 			_, err = io.Copy(ow, r)
 			if cerr := ow.Close(); err == nil {
@@ -192,17 +234,22 @@ func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader,
 // Get verifies and copies the object's payload to w. Bytes reach w before verification
 // ends: write to a temporary place and keep it only when Get returns nil.
 func (a *Archive) Get(ctx context.Context, key string, w io.Writer) (int64, error) {
-	return GetObject(ctx, a.Storage, key, w)
+	return GetObject(ctx, a.Storage, key, w, a.Key)
+}
+
+// Reader starts verifying (and decrypting) an object read from r.
+func (a *Archive) Reader(r io.Reader, key string) (*ObjectReader, error) {
+	return NewObjectReaderKey(r, key, a.Key)
 }
 
 // GetObject verifies and copies an object's payload to w; see Archive.Get.
-func GetObject(ctx context.Context, st storage.Storage, key string, w io.Writer) (int64, error) {
+func GetObject(ctx context.Context, st storage.Storage, key string, w io.Writer, k Key) (int64, error) {
 	rc, err := st.Get(ctx, key)
 	if err != nil {
 		return 0, err
 	}
 	defer rc.Close()
-	or, err := NewObjectReader(rc, key)
+	or, err := NewObjectReaderKey(rc, key, k)
 	if err != nil {
 		return 0, err
 	}
@@ -237,14 +284,14 @@ func hashReader(r io.ReadSeeker) ([32]byte, error) {
 	return s, nil
 }
 
-func putSmall(ctx context.Context, st storage.Storage, key string, data []byte, c Compression) error {
-	_, err := PutObject(ctx, st, key, bytes.NewReader(data), c)
+func putSmall(ctx context.Context, st storage.Storage, key string, data []byte, c Compression, k Key) error {
+	_, err := PutObject(ctx, st, key, bytes.NewReader(data), c, k)
 	return err
 }
 
-func getSmall(ctx context.Context, st storage.Storage, key string) ([]byte, error) {
+func getSmall(ctx context.Context, st storage.Storage, key string, k Key) ([]byte, error) {
 	var b bytes.Buffer
-	_, err := GetObject(ctx, st, key, &b)
+	_, err := GetObject(ctx, st, key, &b, k)
 	return b.Bytes(), err
 }
 
@@ -254,12 +301,12 @@ func (a *Archive) PutJSON(ctx context.Context, key string, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", key, err)
 	}
-	return putSmall(ctx, a.Storage, key, data, CompressionNone)
+	return putSmall(ctx, a.Storage, key, data, CompressionNone, a.Key)
 }
 
 // GetJSON reads and verifies a framed JSON object into v.
 func (a *Archive) GetJSON(ctx context.Context, key string, v any) error {
-	data, err := getSmall(ctx, a.Storage, key)
+	data, err := getSmall(ctx, a.Storage, key, a.Key)
 	if err != nil {
 		return err
 	}
@@ -280,7 +327,7 @@ func (a *Archive) History(ctx context.Context, tli uint32) (TimelineHistory, err
 	if tli == 1 {
 		return nil, nil
 	}
-	data, err := getSmall(ctx, a.Storage, HistoryKey(tli))
+	data, err := getSmall(ctx, a.Storage, HistoryKey(tli), a.Key)
 	if err != nil {
 		return nil, fmt.Errorf("read history of timeline %d: %w", tli, err)
 	}

@@ -19,10 +19,10 @@ func testIdentity() Identity {
 func TestInitArchiveRefusesAnotherCluster(t *testing.T) {
 	ctx := context.Background()
 	st := memory.New()
-	if _, err := InitArchive(ctx, st, testIdentity()); err != nil {
+	if _, err := InitArchive(ctx, st, testIdentity(), nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := InitArchive(ctx, st, testIdentity()); err != nil {
+	if _, err := InitArchive(ctx, st, testIdentity(), nil); err != nil {
 		t.Fatalf("same cluster refused: %v", err)
 	}
 	for _, tc := range []struct {
@@ -35,7 +35,7 @@ func TestInitArchiveRefusesAnotherCluster(t *testing.T) {
 	} {
 		id := testIdentity()
 		tc.mutate(&id)
-		if _, err := InitArchive(ctx, st, id); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, err := InitArchive(ctx, st, id, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("InitArchive with %+v: err = %v; want one mentioning %q", id, err, tc.want)
 		}
 	}
@@ -44,19 +44,19 @@ func TestInitArchiveRefusesAnotherCluster(t *testing.T) {
 func TestOpenArchiveReportsMissingAndCorruptIdentity(t *testing.T) {
 	ctx := context.Background()
 	st := memory.New()
-	if _, err := OpenArchive(ctx, st); !errors.Is(err, ErrNoIdentity) {
+	if _, err := OpenArchive(ctx, st, nil); !errors.Is(err, ErrNoIdentity) {
 		t.Fatalf("empty storage: err = %v; want ErrNoIdentity", err)
 	}
-	InitArchive(ctx, st, testIdentity())
+	InitArchive(ctx, st, testIdentity(), nil)
 	st.Corrupt(IdentityKey, 20)
-	if _, err := OpenArchive(ctx, st); !errors.Is(err, ErrCorrupt) {
+	if _, err := OpenArchive(ctx, st, nil); !errors.Is(err, ErrCorrupt) {
 		t.Fatalf("corrupt identity: err = %v; want ErrCorrupt", err)
 	}
 }
 
 func TestPutImmutableAcceptsSameBytesAndKeepsStoredOnConflict(t *testing.T) {
 	ctx := context.Background()
-	a, _ := InitArchive(ctx, memory.New(), testIdentity())
+	a, _ := InitArchive(ctx, memory.New(), testIdentity(), nil)
 	key := SegmentKey(1, 3, seg1M)
 	first := bytes.Repeat([]byte{1}, seg1M)
 	if _, err := a.PutImmutable(ctx, key, bytes.NewReader(first)); err != nil {
@@ -78,7 +78,7 @@ func TestPutImmutableAcceptsSameBytesAndKeepsStoredOnConflict(t *testing.T) {
 
 func TestFetchWALFileServesPartialPaddedAndReportsAbsence(t *testing.T) {
 	ctx := context.Background()
-	a, _ := InitArchive(ctx, memory.New(), testIdentity())
+	a, _ := InitArchive(ctx, memory.New(), testIdentity(), nil)
 	tail := bytes.Repeat([]byte{7}, 1000)
 	if _, err := a.Put(ctx, PartialKey(1, 5, seg1M), bytes.NewReader(tail)); err != nil {
 		t.Fatal(err)
@@ -111,7 +111,7 @@ func TestFetchWALFileServesPartialPaddedAndReportsAbsence(t *testing.T) {
 func TestFetchWALFileReportsCorruptionNotAbsence(t *testing.T) {
 	ctx := context.Background()
 	st := memory.New()
-	a, _ := InitArchive(ctx, st, testIdentity())
+	a, _ := InitArchive(ctx, st, testIdentity(), nil)
 	key := SegmentKey(1, 2, seg1M)
 	a.PutImmutable(ctx, key, bytes.NewReader(bytes.Repeat([]byte{3}, seg1M)))
 	info, _ := st.Stat(ctx, key)

@@ -85,6 +85,7 @@ var (
 // trailer; it does not close the underlying writer.
 type ObjectWriter struct {
 	w      io.Writer
+	seal   *sealWriter
 	comp   io.Writer // w itself, or the zstd encoder writing to w
 	enc    *zstd.Encoder
 	sum    hash.Hash
@@ -93,8 +94,13 @@ type ObjectWriter struct {
 	cw     countingWriter
 }
 
-// NewObjectWriter starts an object on w with the given compression.
+// NewObjectWriter starts an unencrypted object on w with the given compression.
 func NewObjectWriter(w io.Writer, c Compression) (*ObjectWriter, error) {
+	return NewObjectWriterKey(w, c, nil)
+}
+
+// NewObjectWriterKey starts an object on w; with a key, the body and trailer are encrypted.
+func NewObjectWriterKey(w io.Writer, c Compression, key Key) (*ObjectWriter, error) {
 	code, err := c.code()
 	if err != nil {
 		return nil, err
@@ -102,8 +108,18 @@ func NewObjectWriter(w io.Writer, c Compression) (*ObjectWriter, error) {
 	ow := &ObjectWriter{sum: sha256.New()}
 	ow.cw = countingWriter{w: w}
 	ow.w = &ow.cw
-	if _, err := ow.w.Write([]byte{objectMagic[0], objectMagic[1], objectMagic[2], objectMagic[3], objectVersion, code, 0, 0}); err != nil {
+	header := []byte{objectMagic[0], objectMagic[1], objectMagic[2], objectMagic[3], objectVersion, code, 0, 0}
+	if key != nil {
+		header[6] = encryptAESG
+	}
+	if _, err := ow.w.Write(header); err != nil {
 		return nil, fmt.Errorf("write object header: %w", err)
+	}
+	if key != nil {
+		if ow.seal, err = newSealWriter(&ow.cw, key, header); err != nil {
+			return nil, fmt.Errorf("start encryption: %w", err)
+		}
+		ow.w = ow.seal
 	}
 	ow.comp = ow.w
 	if c == CompressionZstd {
@@ -147,6 +163,11 @@ func (ow *ObjectWriter) Close() error {
 	if _, err := ow.w.Write(trailer); err != nil {
 		return fmt.Errorf("write object trailer: %w", err)
 	}
+	if ow.seal != nil {
+		if err := ow.seal.Close(); err != nil {
+			return fmt.Errorf("finish encryption: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -188,8 +209,15 @@ type ObjectReader struct {
 	err   error
 }
 
-// NewObjectReader starts reading the object named name (used in errors) from r.
+// NewObjectReader starts reading the unencrypted object named name (used in errors) from r.
 func NewObjectReader(r io.Reader, name string) (*ObjectReader, error) {
+	return NewObjectReaderKey(r, name, nil)
+}
+
+// NewObjectReaderKey starts reading an object with a key. It fails closed: an encrypted
+// object without the right key, and an unencrypted object when a key is given, are refused
+// with ErrWrongKey.
+func NewObjectReaderKey(r io.Reader, name string, key Key) (*ObjectReader, error) {
 	var hdr [objectHeaderLen]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
@@ -202,6 +230,20 @@ func NewObjectReader(r io.Reader, name string) (*ObjectReader, error) {
 	}
 	if hdr[4] != objectVersion {
 		return nil, fmt.Errorf("%s: unsupported object format version %d (this kcbackup reads version %d)", name, hdr[4], objectVersion)
+	}
+	switch hdr[6] {
+	case 0:
+		if key != nil {
+			return nil, fmt.Errorf("%s is not encrypted, but this archive's objects must be: %w", name, ErrWrongKey)
+		}
+	case encryptAESG:
+		dr, err := newOpenReader(r, key, hdr[:], name)
+		if err != nil {
+			return nil, err
+		}
+		r = dr
+	default:
+		return nil, fmt.Errorf("%s: %w: unknown encryption code %d", name, ErrCorrupt, hdr[6])
 	}
 	or := &ObjectReader{name: name, split: newTrailerSplitter(r), sum: sha256.New()}
 	switch hdr[5] {

@@ -16,7 +16,7 @@ import (
 func fakeArchive(t *testing.T, first, last uint64, backups ...BackupRecord) *Archive {
 	t.Helper()
 	ctx := context.Background()
-	a, err := InitArchive(ctx, memory.New(), testIdentity())
+	a, err := InitArchive(ctx, memory.New(), testIdentity(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -87,7 +87,7 @@ func openArchive(t *testing.T, url string) *walarchive.Archive {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := walarchive.OpenArchive(context.Background(), st)
+	a, err := walarchive.OpenArchive(context.Background(), st, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -32,6 +32,8 @@ type Options struct {
 	Storage storage.Storage
 	// Compression for a new archive (an existing archive keeps its own).
 	Compression walarchive.Compression
+	// Key encrypts a new archive and must match an existing encrypted one.
+	Key walarchive.Key
 	// FastCheckpoint starts the backup at once instead of after a spread checkpoint.
 	FastCheckpoint bool
 	// WaitArchived blocks until WAL up to lsn is in the archive. When nil, the archive is
@@ -88,7 +90,7 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 	archive, err := walarchive.InitArchive(ctx, o.Storage, walarchive.Identity{
 		SystemIdentifier: info.SystemIdentifier, PostgresVersion: info.MajorVersion,
 		WALSegmentSize: info.WALSegmentSize, Compression: o.Compression,
-	})
+	}, o.Key)
 	if err != nil {
 		return walarchive.BackupRecord{}, err
 	}

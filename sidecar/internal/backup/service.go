@@ -27,6 +27,7 @@ type Archiver interface {
 type ServiceConfig struct {
 	PG       *pgconn.Config
 	Storage  storage.Storage
+	Key      walarchive.Key
 	Streamer Archiver
 	Logger   *slog.Logger
 	Metrics  *metrics.Metrics
@@ -83,7 +84,7 @@ func (s *Service) take(job *apiclient.BackupJob, idReady chan struct{}) {
 	signal := func() { once.Do(func() { close(idReady) }) }
 	defer signal()
 	rec, err := Take(context.Background(), Options{
-		PG: s.cfg.PG, Storage: s.cfg.Storage, FastCheckpoint: true,
+		PG: s.cfg.PG, Storage: s.cfg.Storage, Key: s.cfg.Key, FastCheckpoint: true,
 		WaitArchived: s.cfg.Streamer.WaitArchived, Logger: s.cfg.Logger,
 		OnID: func(id string) {
 			s.mu.Lock()

@@ -28,15 +28,19 @@ func requireStorage(url string) error {
 	return nil
 }
 
-func openArchive(ctx context.Context, url string) (*walarchive.Archive, error) {
+func openArchive(ctx context.Context, g *globalOptions, url string) (*walarchive.Archive, error) {
 	if err := requireStorage(url); err != nil {
+		return nil, err
+	}
+	key, err := g.key()
+	if err != nil {
 		return nil, err
 	}
 	st, err := walarchive.OpenStorage(ctx, url)
 	if err != nil {
 		return nil, err
 	}
-	a, err := walarchive.OpenArchive(ctx, st)
+	a, err := walarchive.OpenArchive(ctx, st, key)
 	if errors.Is(err, walarchive.ErrNoIdentity) {
 		return nil, fmt.Errorf("%s holds no kcbackup archive yet (start `kcbackup run` against it first)", url)
 	}
@@ -81,7 +85,11 @@ cluster: a second one is refused.`,
 			if err != nil {
 				return err
 			}
-			opts := backup.Options{PG: pgcfg, Storage: st, FastCheckpoint: !spread, WALTimeout: walTimeout, Logger: log}
+			key, err := g.key()
+			if err != nil {
+				return err
+			}
+			opts := backup.Options{PG: pgcfg, Storage: st, Key: key, FastCheckpoint: !spread, WALTimeout: walTimeout, Logger: log}
 			if isTerminal(g.stderr) {
 				opts.Progress = progressPrinter(g.stderr)
 			}
@@ -147,7 +155,7 @@ func newListCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			a, err := openArchive(ctx, storageURL)
+			a, err := openArchive(ctx, g, storageURL)
 			if err != nil {
 				return err
 			}
@@ -248,7 +256,7 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 			if err := restore.CheckDestination(pgdata, moveAside); err != nil {
 				return err
 			}
-			a, err := openArchive(ctx, storageURL)
+			a, err := openArchive(ctx, g, storageURL)
 			if err != nil {
 				return err
 			}
@@ -266,7 +274,7 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 				plan.Backup.ID, plan.Backup.StopTime.UTC().Format(time.RFC3339), target, plan.Timeline, pgdata)
 			res, err := restore.Run(ctx, restore.Options{
 				Archive: a, Plan: plan, StorageURL: storageURL, PGData: pgdata, MoveAside: moveAside,
-				UID: uid, GID: gid, Kcbackup: self, Prefetch: prefetch,
+				UID: uid, GID: gid, Kcbackup: self, Prefetch: prefetch, KeyFile: g.keyFileAbs(),
 			})
 			if err != nil {
 				return err
@@ -348,7 +356,7 @@ func newVerifyCmd(g *globalOptions) *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
-			a, err := openArchive(ctx, storageURL)
+			a, err := openArchive(ctx, g, storageURL)
 			if err != nil {
 				return err
 			}
@@ -391,7 +399,7 @@ a backup a kept backup or the recovery window needs; history files are always ke
 			if err := r.Validate(); err != nil {
 				return err
 			}
-			a, err := openArchive(ctx, storageURL)
+			a, err := openArchive(ctx, g, storageURL)
 			if err != nil {
 				return err
 			}

@@ -11,10 +11,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+
+	"github.com/kcbackup/kcbackup/walarchive"
 )
 
 // ExitError carries a specific exit status.
@@ -48,6 +51,7 @@ func Execute(ctx context.Context, version string, args []string, stdout, stderr 
 type globalOptions struct {
 	logLevel  string
 	logFormat string
+	keyFile   string
 	stdout    io.Writer
 	stderr    io.Writer
 }
@@ -74,6 +78,7 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
+	root.PersistentFlags().StringVar(&g.keyFile, "encryption-key-file", "", "file with the archive's 32-byte AES-256 key (raw, hex or base64): encrypts a new archive, required for an encrypted one")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
 		return bindEnv(cmd)
 	}
@@ -108,6 +113,29 @@ func bindEnv(cmd *cobra.Command) error {
 	cmd.Flags().VisitAll(visit)
 	cmd.InheritedFlags().VisitAll(visit)
 	return firstErr
+}
+
+// key loads the encryption key, if one is configured.
+func (g *globalOptions) key() (walarchive.Key, error) {
+	if g.keyFile == "" {
+		return nil, nil
+	}
+	k, err := walarchive.LoadKeyFile(g.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--encryption-key-file: %w", err)
+	}
+	return k, nil
+}
+
+// keyFileAbs is the key file's absolute path, for restore_command.
+func (g *globalOptions) keyFileAbs() string {
+	if g.keyFile == "" {
+		return ""
+	}
+	if abs, err := filepath.Abs(g.keyFile); err == nil {
+		return abs
+	}
+	return g.keyFile
 }
 
 func (g *globalOptions) logger() (*slog.Logger, error) {

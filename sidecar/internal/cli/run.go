@@ -94,6 +94,10 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	if err != nil {
 		return err
 	}
+	key, err := g.key()
+	if err != nil {
+		return err
+	}
 	st, err := walarchive.OpenStorage(ctx, o.storage)
 	if err != nil {
 		return err
@@ -103,13 +107,13 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	// Step 2: build the streamer, the backup service and the API.
 	s, err := streamer.New(streamer.Config{
 		PG: pgcfg, Slot: o.slot, PartialInterval: o.partialInterval, SpoolDir: o.spool,
-		SpoolMaxBytes: o.spoolMaxMB << 20, Storage: st, Compression: comp, PGDataDir: o.pgdata,
+		SpoolMaxBytes: o.spoolMaxMB << 20, Storage: st, Compression: comp, Key: key, PGDataDir: o.pgdata,
 		Logger: log, Metrics: m,
 	})
 	if err != nil {
 		return err
 	}
-	bk := backup.NewService(backup.ServiceConfig{PG: pgcfg, Storage: st, Streamer: s, Logger: log, Metrics: m})
+	bk := backup.NewService(backup.ServiceConfig{PG: pgcfg, Storage: st, Key: key, Streamer: s, Logger: log, Metrics: m})
 	srv := server.New(server.Config{
 		Addr: o.listen, Token: token, Registry: m.Registry, Logger: log, Backups: bk,
 		Status: func() apiclient.Status { return statusOf(s.Status()) },

@@ -27,6 +27,7 @@ const (
 )
 
 type walFetchOptions struct {
+	g           *globalOptions
 	storage     string
 	retryFor    time.Duration
 	prefetch    int
@@ -35,7 +36,7 @@ type walFetchOptions struct {
 }
 
 func newWALFetchCmd(g *globalOptions) *cobra.Command {
-	o := &walFetchOptions{}
+	o := &walFetchOptions{g: g}
 	cmd := &cobra.Command{
 		Use:   "wal-fetch --storage URL WALFILE DEST",
 		Short: "Fetch one WAL file from the archive (for restore_command = '... %f %p')",
@@ -76,13 +77,17 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	if o.prefetch > 0 && o.prefetchDir == "" {
 		return &ExitError{Code: exitFatal, Err: errors.New("--prefetch needs --prefetch-dir")}
 	}
+	key, err := o.g.key()
+	if err != nil {
+		return &ExitError{Code: exitFatal, Err: err}
+	}
 	st, err := walarchive.OpenStorage(ctx, o.storage)
 	if err != nil {
 		return &ExitError{Code: exitFatal, Err: err}
 	}
 	var archive *walarchive.Archive
 	err = o.retry(ctx, func() error {
-		archive, err = walarchive.OpenArchive(ctx, st)
+		archive, err = walarchive.OpenArchive(ctx, st, key)
 		return err
 	})
 	if err != nil {
@@ -127,7 +132,8 @@ func (o *walFetchOptions) retry(ctx context.Context, op func() error) error {
 	deadline := time.Now().Add(o.retryFor)
 	for {
 		err := op()
-		if err == nil || errors.Is(err, walarchive.ErrWALNotInArchive) || errors.Is(err, walarchive.ErrCorrupt) || errors.Is(err, walarchive.ErrNoIdentity) {
+		if err == nil || errors.Is(err, walarchive.ErrWALNotInArchive) || errors.Is(err, walarchive.ErrCorrupt) ||
+			errors.Is(err, walarchive.ErrNoIdentity) || errors.Is(err, walarchive.ErrWrongKey) {
 			return err
 		}
 		left := time.Until(deadline)
@@ -223,6 +229,7 @@ func (o *walFetchOptions) startPrefetch(a *walarchive.Archive, f walarchive.WALF
 		return
 	}
 	args := []string{"wal-fetch", "--prefetch-worker", "--storage", o.storage, "--prefetch-dir", o.prefetchDir,
+		"--encryption-key-file", o.g.keyFileAbs(),
 		"--retry-for", o.retryFor.String(), joinNames(names), "-"}
 	cmd := exec.Command(self, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}

@@ -37,7 +37,9 @@ type Options struct {
 	Kcbackup string
 	// Prefetch is how many segments wal-fetch downloads ahead (0 disables prefetch).
 	Prefetch int
-	Now      func() time.Time
+	// KeyFile is the encryption key file restore_command passes on ("" when unencrypted).
+	KeyFile string
+	Now     func() time.Time
 }
 
 // Result says what a restore did.
@@ -150,7 +152,7 @@ func extractObject(ctx context.Context, a *walarchive.Archive, b walarchive.Back
 		return 0, fmt.Errorf("restore %s: %w", key, err)
 	}
 	defer rc.Close()
-	or, err := walarchive.NewObjectReader(rc, key)
+	or, err := a.Reader(rc, key)
 	if err != nil {
 		return 0, err
 	}
@@ -259,6 +261,9 @@ func writeFile(path string, r io.Reader, mode os.FileMode) error {
 func writeRecoveryConfig(dir string, o Options) error {
 	p := o.Plan
 	fetch := []string{o.Kcbackup, "wal-fetch", "--storage", o.StorageURL}
+	if o.KeyFile != "" {
+		fetch = append(fetch, "--encryption-key-file", o.KeyFile)
+	}
 	if o.Prefetch > 0 {
 		fetch = append(fetch, "--prefetch", fmt.Sprint(o.Prefetch), "--prefetch-dir", "pg_wal/kcbackup-prefetch/"+p.Backup.ID+"-"+o.Now().UTC().Format("20060102T150405"))
 	}

@@ -47,6 +47,8 @@ type Config struct {
 	Storage storage.Storage
 	// Compression is used when the archive is created; an existing archive keeps its own.
 	Compression walarchive.Compression
+	// Key, when set, encrypts the archive (chosen when it is created; must match after).
+	Key walarchive.Key
 	// PGDataDir, when set, is the data directory whose volume usage is reported.
 	PGDataDir string
 	Logger    *slog.Logger
@@ -316,9 +318,9 @@ func (s *Streamer) session(ctx context.Context) error {
 	archive, err := walarchive.InitArchive(ctx, s.cfg.Storage, walarchive.Identity{
 		SystemIdentifier: info.SystemIdentifier, PostgresVersion: info.MajorVersion,
 		WALSegmentSize: info.WALSegmentSize, Compression: s.cfg.Compression,
-	})
+	}, s.cfg.Key)
 	if err != nil {
-		if errors.Is(err, walarchive.ErrCorrupt) || !isStorageError(err) {
+		if errors.Is(err, walarchive.ErrCorrupt) || errors.Is(err, walarchive.ErrWrongKey) || !isStorageError(err) {
 			return permanentError{fmt.Errorf("open archive: %w", err)}
 		}
 		return fmt.Errorf("open archive: %w", err)

@@ -20,6 +20,9 @@ const FormatVersion = 1
 // ErrNoIdentity is returned by OpenArchive when the storage holds no archive yet.
 var ErrNoIdentity = errors.New("no kcbackup archive here (identity.json is missing)")
 
+// ErrIdentityMismatch is returned (wrapped) when an archive belongs to another cluster.
+var ErrIdentityMismatch = errors.New("the archive belongs to another cluster")
+
 // ErrConflict is returned when an object that must never change (a complete segment, a
 // history file) is already stored with different content. The stored object is kept.
 var ErrConflict = errors.New("a different object is already stored under this key")
@@ -86,7 +89,7 @@ func OpenArchive(ctx context.Context, st storage.Storage, key Key) (*Archive, er
 func checkKey(id Identity, key Key) error {
 	switch {
 	case id.EncryptionKeyID == "" && key != nil:
-		return errors.New("this archive is not encrypted: do not give an encryption key (encryption is chosen when an archive is created)")
+		return fmt.Errorf("this archive is not encrypted: do not give an encryption key (encryption is chosen when an archive is created): %w", ErrWrongKey)
 	case id.EncryptionKeyID != "" && key == nil:
 		return fmt.Errorf("this archive is encrypted (key ID %s): give its key with --encryption-key-file or KCBACKUP_ENCRYPTION_KEY_FILE: %w", id.EncryptionKeyID, ErrWrongKey)
 	case id.EncryptionKeyID != "" && key.ID() != id.EncryptionKeyID:
@@ -148,11 +151,11 @@ func InitArchive(ctx context.Context, st storage.Storage, want Identity, key Key
 	have := a.Identity
 	switch {
 	case have.SystemIdentifier != want.SystemIdentifier:
-		return nil, fmt.Errorf("this archive belongs to the cluster with system identifier %s, but the server has %s: point this server at its own archive (a different bucket prefix or directory)", have.SystemIdentifier, want.SystemIdentifier)
+		return nil, fmt.Errorf("this archive belongs to the cluster with system identifier %s, but the server has %s: point this server at its own archive (a different bucket prefix or directory): %w", have.SystemIdentifier, want.SystemIdentifier, ErrIdentityMismatch)
 	case have.PostgresVersion != want.PostgresVersion:
-		return nil, fmt.Errorf("this archive holds PostgreSQL %d WAL, but the server runs PostgreSQL %d: use a new archive after a major upgrade", have.PostgresVersion, want.PostgresVersion)
+		return nil, fmt.Errorf("this archive holds PostgreSQL %d WAL, but the server runs PostgreSQL %d: use a new archive after a major upgrade: %w", have.PostgresVersion, want.PostgresVersion, ErrIdentityMismatch)
 	case have.WALSegmentSize != want.WALSegmentSize:
-		return nil, fmt.Errorf("this archive holds %d-byte WAL segments, but the server uses %d-byte segments", have.WALSegmentSize, want.WALSegmentSize)
+		return nil, fmt.Errorf("this archive holds %d-byte WAL segments, but the server uses %d-byte segments: %w", have.WALSegmentSize, want.WALSegmentSize, ErrIdentityMismatch)
 	}
 	if err := checkKey(have, key); err != nil {
 		return nil, err

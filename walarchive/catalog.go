@@ -265,37 +265,35 @@ func (a *Archive) WALReach(ctx context.Context, p WALPath, fromSeg uint64) (WALE
 			}
 		}
 	}
+	onPath := func(n uint64) (entry, bool) {
+		e, ok := have[[2]uint64{uint64(p.TimelineOfSegment(n)), n}]
+		return e, ok
+	}
+	// Step 1: the continuous run of complete segments from fromSeg, ending at the first
+	// missing segment or at a partial (the live tail, or a segment cut short).
 	end := WALEnd{End: SegmentStartLSN(fromSeg, seg)}
-	found := false
-	for n := fromSeg; n <= maxSeg; n++ {
-		tli := p.TimelineOfSegment(n)
-		e, ok := have[[2]uint64{uint64(tli), n}]
+	n := fromSeg
+	for ; n <= maxSeg; n++ {
+		e, ok := onPath(n)
 		if !ok {
-			// The segment of a timeline switch may exist only under the parent as a
-			// partial (the child's copy was never streamed); recovery cannot use it.
-			end.Missing = SegmentName(tli, n, seg)
-			if !found {
-				return end, nil
-			}
-			// A hole is only a hole if something exists after it.
-			for m := n + 1; m <= maxSeg; m++ {
-				if _, ok := have[[2]uint64{uint64(p.TimelineOfSegment(m)), m}]; ok {
-					return end, nil
-				}
-			}
-			end.Missing = ""
-			return end, nil
+			break
 		}
-		found = true
 		end.LastSegment, end.Partial = n, e.partial
 		if e.mod.After(end.LastModified) {
 			end.LastModified = e.mod
 		}
 		if e.partial {
 			end.End = SegmentStartLSN(n, seg)
-			return end, nil
+			break
 		}
 		end.End = SegmentStartLSN(n+1, seg)
+	}
+	// Step 2: WAL on the path after the run means the run ended at a hole, not at the end.
+	for m := n + 1; m <= maxSeg; m++ {
+		if _, ok := onPath(m); ok {
+			end.Missing = SegmentName(p.TimelineOfSegment(n), n, seg)
+			break
+		}
 	}
 	return end, nil
 }

@@ -150,3 +150,27 @@ func TestPruneKeepsWhatRetainedBackupsNeed(t *testing.T) {
 		t.Fatalf("keep-within 1m keeps %+v; want the newest", plan.Keep)
 	}
 }
+
+func TestWALReachReportsHolesIncludingAPartialInTheMiddle(t *testing.T) {
+	ctx := context.Background()
+	a := fakeArchive(t, 2, 9)
+	p, _ := a.Path(ctx, 1)
+	end, err := a.WALReach(ctx, p, 2)
+	if err != nil || end.End != SegmentStartLSN(10, seg1M) || end.Missing != "" || end.Partial {
+		t.Fatalf("continuous 2..9: %+v, %v", end, err)
+	}
+	// The live tail: a partial at the end is not a hole.
+	a.Put(ctx, PartialKey(1, 10, seg1M), bytes.NewReader([]byte{1}))
+	if end, _ := a.WALReach(ctx, p, 2); !end.Partial || end.LastSegment != 10 || end.Missing != "" {
+		t.Fatalf("with a tail partial: %+v", end)
+	}
+	// A partial followed by more WAL, and a missing segment, are holes.
+	a.PutImmutable(ctx, SegmentKey(1, 12, seg1M), bytes.NewReader(make([]byte, seg1M)))
+	if end, _ := a.WALReach(ctx, p, 2); end.Missing != SegmentName(1, 10, seg1M) {
+		t.Fatalf("partial in the middle: Missing = %q", end.Missing)
+	}
+	a.Storage.Delete(ctx, SegmentKey(1, 5, seg1M))
+	if end, _ := a.WALReach(ctx, p, 2); end.Missing != SegmentName(1, 5, seg1M) || end.End != SegmentStartLSN(5, seg1M) {
+		t.Fatalf("missing segment 5: %+v", end)
+	}
+}

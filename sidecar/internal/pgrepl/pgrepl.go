@@ -170,6 +170,9 @@ func ParseSize(s string) (uint64, error) {
 	return 0, fmt.Errorf("invalid size %q: expected a number followed by B, kB, MB, GB or TB", s)
 }
 
+// ErrNotPhysicalSlot is returned when the slot name belongs to a logical slot.
+var ErrNotPhysicalSlot = errors.New("the replication slot is not a physical slot")
+
 // SlotInfo is a physical replication slot's state.
 type SlotInfo struct {
 	Exists     bool
@@ -198,7 +201,7 @@ func ParseReadSlotRow(row [][]byte) (SlotInfo, error) {
 		return SlotInfo{}, nil
 	}
 	if string(row[0]) != "physical" {
-		return SlotInfo{}, fmt.Errorf("replication slot is a %s slot; kcbackup needs a physical slot (choose another --slot name)", row[0])
+		return SlotInfo{}, fmt.Errorf("replication slot is a %s slot; kcbackup needs a physical slot (choose another --slot name): %w", row[0], ErrNotPhysicalSlot)
 	}
 	info := SlotInfo{Exists: true}
 	if row[1] != nil {

@@ -1,7 +1,6 @@
 package streamer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -320,7 +319,8 @@ func (s *Streamer) session(ctx context.Context) error {
 		WALSegmentSize: info.WALSegmentSize, Compression: s.cfg.Compression,
 	}, s.cfg.Key)
 	if err != nil {
-		if errors.Is(err, walarchive.ErrCorrupt) || errors.Is(err, walarchive.ErrWrongKey) || !isStorageError(err) {
+		// Another cluster's archive, a wrong key or a corrupt identity: retrying cannot help.
+		if errors.Is(err, walarchive.ErrIdentityMismatch) || errors.Is(err, walarchive.ErrWrongKey) || errors.Is(err, walarchive.ErrCorrupt) {
 			return permanentError{fmt.Errorf("open archive: %w", err)}
 		}
 		return fmt.Errorf("open archive: %w", err)
@@ -332,16 +332,10 @@ func (s *Streamer) session(ctx context.Context) error {
 
 	// Step 3: the slot holds every byte not yet archived; create it (reserving WAL) if missing.
 	slot, err := pgrepl.ReadSlot(ctx, conn, s.cfg.Slot)
+	if errors.Is(err, pgrepl.ErrNotPhysicalSlot) {
+		return permanentError{err}
+	}
 	if err != nil {
-		var perr *pgconn.PgError
-		if errors.As(err, &perr) || err != nil && !errors.Is(err, context.Canceled) {
-			if errors.As(err, &perr) {
-				return err
-			}
-		}
-		if isPermanentSlotError(err) {
-			return permanentError{err}
-		}
 		return err
 	}
 	if !slot.Exists {
@@ -392,10 +386,6 @@ func (s *Streamer) session(ctx context.Context) error {
 		s.log.Info("timeline ended; following the next one", "timeline", tli, "next_timeline", next, "switch_point", nextStart)
 		tli, start = next, nextStart.SegmentStart(s.segSize)
 	}
-}
-
-func isPermanentSlotError(err error) bool {
-	return err != nil && bytes.Contains([]byte(err.Error()), []byte("needs a physical slot"))
 }
 
 // startPosition returns the timeline and segment-aligned LSN to stream from: the segment
@@ -571,10 +561,6 @@ func (s *Streamer) noteStorage(kind string, err error) {
 	}
 	s.storageUp = true
 	s.m.StorageUp.Set(1)
-}
-
-func isStorageError(err error) bool {
-	return !errors.Is(err, walarchive.ErrNoIdentity) && !bytes.Contains([]byte(err.Error()), []byte("this archive"))
 }
 
 func (s *Streamer) setStreaming(v bool) {

@@ -55,3 +55,17 @@ type benchErr struct {
 }
 
 func (b *benchErr) Error() string { return b.err.Error() + "\n" + b.out }
+
+// archivedCluster starts a cluster with pgbench tables (scale 1) and a sidecar archiving it
+// to a new file:// archive, and returns them with the slot's first segment.
+func archivedCluster(t *testing.T, partialInterval string) (*harness.Postgres, string, *harness.Sidecar, uint64) {
+	t.Helper()
+	pg := harness.StartPostgres(t, pgSettings(nil))
+	url := fileArchive(t)
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", partialInterval}})
+	first := slotRestart(t, pg).SegmentNo(1 << 20)
+	if _, err := pg.Pgbench(context.Background(), "-i", "-s", "1"); err != nil {
+		t.Fatal(err)
+	}
+	return pg, url, sc, first
+}

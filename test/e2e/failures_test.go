@@ -14,14 +14,7 @@ import (
 )
 
 func TestSidecarKilledMidSegmentResumesWithoutGap(t *testing.T) {
-	ctx := context.Background()
-	pg := harness.StartPostgres(t, pgSettings(nil))
-	url := fileArchive(t)
-	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
-	start := slotRestart(t, pg)
-	if _, err := pg.Pgbench(ctx, "-i", "-s", "1"); err != nil {
-		t.Fatal(err)
-	}
+	pg, url, sc, first := archivedCluster(t, "200ms")
 	bench := pgbenchFor(t, pg, "8")
 	var before walarchive.LSN
 	for i := 0; i < 3; i++ {
@@ -45,7 +38,7 @@ func TestSidecarKilledMidSegmentResumesWithoutGap(t *testing.T) {
 	if after := slotRestart(t, pg); after < before {
 		t.Fatalf("slot regressed from %s to %s", before, after)
 	}
-	assertNoGap(t, nil, url, pg, 1, start.SegmentNo(1<<20), flush)
+	assertNoGap(t, nil, url, pg, 1, first, flush)
 }
 
 func TestObjectStoreOutageUnderLoadDrainsWithoutGap(t *testing.T) {
@@ -111,13 +104,7 @@ func TestObjectStoreOutageUnderLoadDrainsWithoutGap(t *testing.T) {
 
 func TestServerCrashAndRestartKeepsArchivingWithoutGap(t *testing.T) {
 	ctx := context.Background()
-	pg := harness.StartPostgres(t, pgSettings(nil))
-	url := fileArchive(t)
-	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
-	start := slotRestart(t, pg)
-	if _, err := pg.Pgbench(ctx, "-i", "-s", "1"); err != nil {
-		t.Fatal(err)
-	}
+	pg, url, sc, first := archivedCluster(t, "200ms")
 	bench := pgbenchFor(t, pg, "4")
 	time.Sleep(2 * time.Second)
 	if err := pg.Stop(ctx, "immediate"); err != nil {
@@ -130,7 +117,7 @@ func TestServerCrashAndRestartKeepsArchivingWithoutGap(t *testing.T) {
 	exec1(t, pg, "CREATE TABLE after_crash AS SELECT generate_series(1, 50000) AS n")
 	flush := flushLSN(t, pg)
 	waitArchived(t, sc, flush, time.Minute)
-	assertNoGap(t, nil, url, pg, 1, start.SegmentNo(1<<20), flush)
+	assertNoGap(t, nil, url, pg, 1, first, flush)
 }
 
 func TestPromotionArchivesHistoryFirstAndFollowsNewTimeline(t *testing.T) {

@@ -18,7 +18,8 @@ func TestArchiveKeepsUpUnderLoadAndWALIsByteIdentical(t *testing.T) {
 	url := fileArchive(t)
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "1s"}})
 
-	startLSN := lsn(t, query(t, pg, "SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = 'kcbackup'"))
+	startLSN := slotRestart(t, pg)
+	first := startLSN.SegmentNo(1 << 20)
 	if _, err := pg.Pgbench(ctx, "-i", "-s", "2"); err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +65,15 @@ func TestArchiveKeepsUpUnderLoadAndWALIsByteIdentical(t *testing.T) {
 	if v, err := sc.Metric(`kcbackup_uploads_total{kind="segment"}`); err != nil || v < 10 {
 		t.Fatalf("segment uploads metric = %v, %v", v, err)
 	}
+	// SIGTERM: exit 0 after uploading everything and reporting the final flush position,
+	// so the slot stands exactly at the end of the archive.
+	exec1(t, pg, "CREATE TABLE last_words AS SELECT generate_series(1, 1000) AS n")
+	final := flushLSN(t, pg)
 	if err := sc.Stop(30 * time.Second); err != nil {
 		t.Fatalf("SIGTERM: %v\n%s", err, sc.Log())
 	}
+	if got := slotRestart(t, pg); got < final {
+		t.Fatalf("after SIGTERM the slot is at %s; the final flush position %s was not reported", got, final)
+	}
+	assertNoGap(t, nil, url, pg, 1, first, final)
 }

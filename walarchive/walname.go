@@ -1,6 +1,7 @@
 package walarchive
 
 import (
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -92,9 +93,26 @@ type WALFile struct {
 	SegNo    uint64 // segment files, partials and backup labels
 }
 
+// ErrInvalidName is matched (errors.Is) by every error ParseWALFileName returns.
+var ErrInvalidName = errors.New("invalid WAL file name")
+
+type nameError struct{ err error }
+
+func (e nameError) Error() string        { return e.err.Error() }
+func (e nameError) Is(target error) bool { return target == ErrInvalidName }
+
 // ParseWALFileName parses any name restore_command may be asked for: a segment, a
-// "<segment>.partial", a "<tli>.history" or a "<segment>.<offset>.backup".
+// "<segment>.partial", a "<tli>.history" or a "<segment>.<offset>.backup". Its errors match
+// ErrInvalidName.
 func ParseWALFileName(name string, segSize uint64) (WALFile, error) {
+	f, err := parseWALFileName(name, segSize)
+	if err != nil {
+		return WALFile{}, nameError{err}
+	}
+	return f, nil
+}
+
+func parseWALFileName(name string, segSize uint64) (WALFile, error) {
 	switch {
 	case strings.HasSuffix(name, ".history"):
 		tli, err := ParseHistoryFileName(name)

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/user"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -206,7 +208,7 @@ func humanBytes(n uint64) string {
 // ---- restore ----
 
 func newRestoreCmd(g *globalOptions) *cobra.Command {
-	var storageURL, pgdata, to, backupID, timeline, owner string
+	var storageURL, pgdata, to, backupID, timeline, owner, fetchVia, fetchToken string
 	var moveAside bool
 	var prefetch int
 	cmd := &cobra.Command{
@@ -249,6 +251,14 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 			if prefetch < 0 || prefetch > 64 {
 				return fmt.Errorf("invalid --prefetch %d: expected 0 to 64", prefetch)
 			}
+			if fetchVia != "" {
+				if u, err := url.Parse(fetchVia); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+					return fmt.Errorf("invalid --fetch-via %q: expected http://host:port, the sidecar's API", fetchVia)
+				}
+				if fetchToken == "" || !filepath.IsAbs(fetchToken) {
+					return fmt.Errorf("--fetch-via needs --fetch-token-file: the absolute path of the API token file as PostgreSQL will see it")
+				}
+			}
 			uid, gid, err := resolveOwner(owner, pgdata)
 			if err != nil {
 				return err
@@ -275,6 +285,7 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 			res, err := restore.Run(ctx, restore.Options{
 				Archive: a, Plan: plan, StorageURL: storageURL, PGData: pgdata, MoveAside: moveAside,
 				UID: uid, GID: gid, Kcbackup: self, Prefetch: prefetch, KeyFile: g.keyFileAbs(),
+				FetchVia: fetchVia, FetchTokenFile: fetchToken,
 			})
 			if err != nil {
 				return err
@@ -297,6 +308,8 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 	f.BoolVar(&moveAside, "move-aside", false, "move a non-empty --pgdata aside (to DIR.kcbackup-replaced-<time>) instead of refusing")
 	f.StringVar(&owner, "owner", "", "user[:group] to own the restored files (default: the owner of --pgdata or its parent when run as root)")
 	f.IntVar(&prefetch, "prefetch", 8, "segments wal-fetch downloads ahead during recovery (0 disables)")
+	f.StringVar(&fetchVia, "fetch-via", "", "make restore_command fetch WAL through the sidecar's API at this URL (e.g. http://127.0.0.1:8008): PostgreSQL then needs no storage credentials")
+	f.StringVar(&fetchToken, "fetch-token-file", "", "with --fetch-via: absolute path of the API token file, as PostgreSQL will read it")
 	return cmd
 }
 

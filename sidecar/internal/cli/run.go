@@ -18,6 +18,7 @@ import (
 	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
 	"github.com/kcbackup/kcbackup/sidecar/internal/server"
 	"github.com/kcbackup/kcbackup/sidecar/internal/streamer"
+	"github.com/kcbackup/kcbackup/sidecar/internal/walcache"
 	"github.com/kcbackup/kcbackup/walarchive"
 )
 
@@ -32,6 +33,7 @@ type runOptions struct {
 	tokenFile       string
 	pgdata          string
 	compression     string
+	walPrefetch     int
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -46,8 +48,10 @@ passes what is durable in the archive, so the slot keeps on the server whatever 
 archived yet. SIGTERM stops receiving, uploads the rest and exits 0.
 
 HTTP API on --listen: /metrics, /healthz, /readyz without authentication; /v1/status,
-/v1/backups and /v1/prune with 'Authorization: Bearer <token>', the token read from
---token-file or the KCBACKUP_TOKEN environment variable (with neither, /v1 is disabled).
+/v1/backups, /v1/prune and /v1/wal/<file> (restore_command through the sidecar, with
+--wal-prefetch segments prefetched into memory) with 'Authorization: Bearer <token>', the
+token read from --token-file or the KCBACKUP_TOKEN environment variable (with neither, /v1
+is disabled).
 
 For synchronous archiving (no committed transaction missing from the archive), set
 --partial-interval 0 and add kcbackup to synchronous_standby_names.`,
@@ -65,6 +69,7 @@ For synchronous archiving (no committed transaction missing from the archive), s
 	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API bearer token (or set KCBACKUP_TOKEN)")
 	f.StringVar(&o.pgdata, "pgdata", "", "PostgreSQL data directory, to report its volume's free space (optional)")
 	f.StringVar(&o.compression, "compression", "zstd", "compression for a new archive: zstd or none")
+	f.IntVar(&o.walPrefetch, "wal-prefetch", 4, "segments GET /v1/wal prefetches into memory after each one served (restore through the sidecar; memory: this many segments)")
 	return cmd
 }
 
@@ -76,6 +81,9 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	// Step 1: validate every input before touching anything.
 	if o.storage == "" {
 		return errors.New("--storage (or KCBACKUP_STORAGE) is required: " + walarchive.StorageURLForms)
+	}
+	if o.walPrefetch < 0 || o.walPrefetch > 64 {
+		return fmt.Errorf("invalid --wal-prefetch %d: expected 0 to 64", o.walPrefetch)
 	}
 	comp, err := walarchive.ParseCompression(o.compression)
 	if err != nil {
@@ -114,8 +122,18 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 		return err
 	}
 	bk := backup.NewService(backup.ServiceConfig{PG: pgcfg, Storage: st, Key: key, Streamer: s, Logger: log, Metrics: m})
+	wal := walcache.New(walcache.Config{
+		Ahead: o.walPrefetch,
+		Open: func(ctx context.Context) (*walarchive.Archive, error) {
+			if a := s.Archive(); a != nil {
+				return a, nil
+			}
+			return walarchive.OpenArchive(ctx, st, key)
+		},
+		OnServe: func(src walcache.Source) { m.WALServed.WithLabelValues(string(src)).Inc() },
+	})
 	srv := server.New(server.Config{
-		Addr: o.listen, Token: token, Registry: m.Registry, Logger: log, Backups: bk,
+		Addr: o.listen, Token: token, Registry: m.Registry, Logger: log, Backups: bk, WAL: wal,
 		Status: func() apiclient.Status { return statusOf(s.Status()) },
 		Ready: func() error {
 			st := s.Status()

@@ -2,11 +2,16 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -14,6 +19,7 @@ import (
 	"github.com/cenkalti/backoff/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/walarchive"
 )
 
@@ -33,6 +39,8 @@ type walFetchOptions struct {
 	prefetch    int
 	prefetchDir string
 	prefetchRun bool
+	sidecar     string
+	tokenFile   string
 }
 
 func newWALFetchCmd(g *globalOptions) *cobra.Command {
@@ -44,6 +52,10 @@ func newWALFetchCmd(g *globalOptions) *cobra.Command {
 to DEST, verified, through a temporary name and a rename, so a partial file is never left
 at DEST. A segment archived only as the live tail (.partial) is served padded to the full
 segment size; PostgreSQL replays up to the end of valid WAL.
+
+With --sidecar URL, the file is fetched through the running sidecar's API (GET /v1/wal/...),
+which verifies it and keeps the next segments prefetched in memory; PostgreSQL's container
+then needs no storage credentials, only the API token.
 
 Exit status: 0 when DEST was written; 1 when the archive truly has no such file; 255 when
 the storage kept failing for --retry-for or an object failed verification, which makes
@@ -64,10 +76,15 @@ files from an earlier restore are never used.`,
 	f.StringVar(&o.prefetchDir, "prefetch-dir", "", "directory for prefetched segments (needed with --prefetch)")
 	f.BoolVar(&o.prefetchRun, "prefetch-worker", false, "internal: run as the background prefetcher")
 	_ = f.MarkHidden("prefetch-worker")
+	f.StringVar(&o.sidecar, "sidecar", "", "fetch through the kcbackup sidecar's API at this URL (e.g. http://127.0.0.1:8008) instead of --storage; it verifies and prefetches in memory")
+	f.StringVar(&o.tokenFile, "token-file", "", "with --sidecar: file holding the API bearer token (or set KCBACKUP_TOKEN)")
 	return cmd
 }
 
 func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
+	if o.sidecar != "" {
+		return o.runViaSidecar(ctx, name, dest)
+	}
 	if o.storage == "" {
 		return &ExitError{Code: exitFatal, Err: errors.New("--storage (or KCBACKUP_STORAGE) is required: " + walarchive.StorageURLForms)}
 	}
@@ -288,4 +305,81 @@ func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Arch
 		}()
 	}
 	wg.Wait()
+}
+
+// runViaSidecar fetches through the sidecar's GET /v1/wal/{name}.
+func (o *walFetchOptions) runViaSidecar(ctx context.Context, name, dest string) error {
+	u, err := url.Parse(o.sidecar)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return &ExitError{Code: exitFatal, Err: fmt.Errorf("invalid --sidecar %q: expected http://host:port or https://host:port", o.sidecar)}
+	}
+	token, err := readToken(o.tokenFile)
+	if err != nil {
+		return &ExitError{Code: exitFatal, Err: err}
+	}
+	if token == "" {
+		return &ExitError{Code: exitFatal, Err: errors.New("--sidecar needs the API token: --token-file or KCBACKUP_TOKEN")}
+	}
+	client := &http.Client{Timeout: 2 * time.Minute}
+	err = o.retry(ctx, func() error {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(o.sidecar, "/")+"/v1/wal/"+url.PathEscape(name), nil)
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("sidecar at %s: %w", o.sidecar, err)
+		}
+		defer resp.Body.Close()
+		switch resp.StatusCode {
+		case http.StatusOK:
+			return writeAtomically(dest, name, resp.Body, resp.ContentLength)
+		case http.StatusNotFound:
+			return fmt.Errorf("%s: %w", name, walarchive.ErrWALNotInArchive)
+		default:
+			var body apiclient.ErrorBody
+			_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&body)
+			err := fmt.Errorf("sidecar at %s answered %s: %s", o.sidecar, resp.Status, body.Error)
+			if resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden ||
+				resp.StatusCode == http.StatusBadRequest || resp.StatusCode == http.StatusInternalServerError {
+				return fmt.Errorf("%w: %w", walarchive.ErrCorrupt, err) // retrying cannot help
+			}
+			return err
+		}
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, walarchive.ErrWALNotInArchive):
+		return &ExitError{Code: exitNotFound}
+	default:
+		return &ExitError{Code: exitFatal, Err: fmt.Errorf("fetch %s: %w", name, err)}
+	}
+}
+
+// writeAtomically writes r to dest through a temporary file beside it; with want >= 0 the
+// length must match.
+func writeAtomically(dest, name string, r io.Reader, want int64) error {
+	tmp, err := os.CreateTemp(filepath.Dir(dest), ".kcbackup-fetch-"+name+"-*")
+	if err != nil {
+		return fmt.Errorf("create temporary file beside %s: %w", dest, err)
+	}
+	n, err := io.Copy(tmp, r)
+	if err == nil && want >= 0 && n != want {
+		err = fmt.Errorf("short response: %d of %d bytes", n, want)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), dest)
+	}
+	if err != nil {
+		os.Remove(tmp.Name())
+	}
+	return err
 }

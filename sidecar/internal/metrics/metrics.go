@@ -36,6 +36,7 @@ type Metrics struct {
 	RecoveryWindowStart prometheus.Gauge
 	RecoveryWindowEnd   prometheus.Gauge
 	ArchiveGaps         prometheus.Counter
+	WALServed           *prometheus.CounterVec
 }
 
 // Upload kinds (label "kind").
@@ -84,13 +85,15 @@ func New() *Metrics {
 		RecoveryWindowEnd:   g("recovery_window_end_timestamp_seconds", "Latest time the archive can restore to."),
 		ArchiveGaps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "archive_gaps_total",
 			Help: "Times streaming had to skip WAL the server no longer had (the archive has a gap; take a new base backup)."}),
+		WALServed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kcbackup", Name: "wal_served_total",
+			Help: "WAL files served to restore_command through the sidecar, by source (cache: prefetched, archive: fetched on demand)."}, []string{"source"}),
 	}
 	m.Registry.MustRegister(
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 		m.Up, m.StorageUp, m.ArchivedLSN, m.ServerFlushLSN, m.ArchiveLagBytes, m.ArchiveLagSeconds, m.LastArchivedSegment,
 		m.Uploads, m.UploadErrors, m.UploadedBytes, m.ReceivedWALBytes, m.SlotRetainedBytes, m.PGDataVolumeFree,
 		m.PGDataVolumeSize, m.SpoolBytes, m.Timeline, m.BackupRunning, m.Backups, m.BackupLastSuccess, m.BackupLastFailure,
-		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.ArchiveGaps,
+		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.ArchiveGaps, m.WALServed,
 	)
 	for _, k := range []string{KindSegment, KindPartial, KindHistory, KindBackup} {
 		m.Uploads.WithLabelValues(k)

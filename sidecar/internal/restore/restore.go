@@ -39,7 +39,11 @@ type Options struct {
 	Prefetch int
 	// KeyFile is the encryption key file restore_command passes on ("" when unencrypted).
 	KeyFile string
-	Now     func() time.Time
+	// FetchVia, when set, makes restore_command fetch through the sidecar's API at this URL
+	// (with the token in FetchTokenFile) instead of from the storage directly.
+	FetchVia       string
+	FetchTokenFile string
+	Now            func() time.Time
 }
 
 // Result says what a restore did.
@@ -264,7 +268,10 @@ func writeRecoveryConfig(dir string, o Options) error {
 	if o.KeyFile != "" {
 		fetch = append(fetch, "--encryption-key-file", o.KeyFile)
 	}
-	if o.Prefetch > 0 {
+	if o.FetchVia != "" {
+		// The sidecar verifies, decrypts and prefetches; PostgreSQL needs only the token.
+		fetch = []string{o.Kcbackup, "wal-fetch", "--sidecar", o.FetchVia, "--token-file", o.FetchTokenFile}
+	} else if o.Prefetch > 0 {
 		fetch = append(fetch, "--prefetch", fmt.Sprint(o.Prefetch), "--prefetch-dir", "pg_wal/kcbackup-prefetch/"+p.Backup.ID+"-"+o.Now().UTC().Format("20060102T150405"))
 	}
 	var quoted []string

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/kcbackup/kcbackup/sidecar/apiclient"
+	"github.com/kcbackup/kcbackup/walarchive"
 )
 
 // Backups is what the API needs of the backup machinery.
@@ -32,6 +33,13 @@ type Backups interface {
 	Catalog(ctx context.Context) (apiclient.Catalog, error)
 	// Prune applies retention.
 	Prune(ctx context.Context, req apiclient.PruneRequest) (apiclient.PruneResult, error)
+}
+
+// WALSource serves WAL files to restore_command (GET /v1/wal/{name}).
+type WALSource interface {
+	// Fetch returns the verified file; an error wrapping walarchive.ErrWALNotInArchive
+	// means it truly is not in the archive.
+	Fetch(ctx context.Context, name string) ([]byte, error)
 }
 
 // RunningJobError is returned by Backups.Start when a backup is already running.
@@ -53,7 +61,9 @@ type Config struct {
 	// Ready returns nil when the sidecar is streaming and the storage is up.
 	Ready   func() error
 	Backups Backups
-	Logger  *slog.Logger
+	// WAL serves restore_command through the sidecar (nil disables /v1/wal).
+	WAL    WALSource
+	Logger *slog.Logger
 }
 
 // Server serves the API.
@@ -110,6 +120,7 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, job)
 	}))
 	mux.Handle("POST /v1/prune", s.auth(s.prune))
+	mux.Handle("GET /v1/wal/{name}", s.auth(s.wal))
 	return mux
 }
 
@@ -139,6 +150,31 @@ func (s *Server) startBackup(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, err.Error(), "")
 	default:
 		writeJSON(w, http.StatusAccepted, job)
+	}
+}
+
+// wal serves one WAL file: 200 with its verified bytes, 404 only when the archive truly
+// lacks it, 400 for a malformed name, 500 for a corrupt object, 502 for a storage error.
+func (s *Server) wal(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.WAL == nil {
+		writeError(w, http.StatusNotFound, "this sidecar does not serve WAL", "")
+		return
+	}
+	name := r.PathValue("name")
+	data, err := s.cfg.WAL.Fetch(r.Context(), name)
+	switch {
+	case err == nil:
+		w.Header().Set("Content-Type", "application/octet-stream")
+		w.Header().Set("Content-Length", fmt.Sprint(len(data)))
+		_, _ = w.Write(data)
+	case errors.Is(err, walarchive.ErrWALNotInArchive):
+		writeError(w, http.StatusNotFound, err.Error(), "")
+	case errors.Is(err, walarchive.ErrInvalidName):
+		writeError(w, http.StatusBadRequest, err.Error(), "")
+	case errors.Is(err, walarchive.ErrCorrupt) || errors.Is(err, walarchive.ErrWrongKey):
+		writeError(w, http.StatusInternalServerError, err.Error(), "")
+	default:
+		writeError(w, http.StatusBadGateway, "storage error: "+err.Error(), "")
 	}
 }
 

@@ -129,15 +129,19 @@ func testManualBackup(t *testing.T, cfg *rest.Config) {
 	if !slices.Contains(claims, "archive") {
 		t.Errorf("pod volumes claims = %v, want the archive claim", claims)
 	}
-	// PostgreSQL itself runs restore_command (kcbackup wal-fetch) during recovery: its
-	// container sees the binary through an image volume and the archive at the same path.
+	// PostgreSQL itself runs restore_command (kcbackup wal-fetch --sidecar) during recovery:
+	// its container sees the binary through an image volume and the API token, and nothing
+	// of the storage (no archive volume, no credentials).
 	pg := d.Spec.Template.Spec.Containers[0]
 	pgMounts := map[string]string{}
 	for _, m := range pg.VolumeMounts {
 		pgMounts[m.Name] = m.MountPath
 	}
-	if pgMounts["kcbackup-image"] != "/var/run/kcbackup/image" || pgMounts["kcbackup-archive"] != "/var/lib/kcbackup/archive" || pgMounts["data"] == "" {
-		t.Errorf("postgres container mounts = %v, want its data plus the kcbackup image and the archive", pgMounts)
+	if pgMounts["kcbackup-image"] != "/var/run/kcbackup/image" || pgMounts["kcbackup-token"] != "/var/run/kcbackup/token" || pgMounts["data"] == "" {
+		t.Errorf("postgres container mounts = %v, want its data plus the kcbackup image and the token", pgMounts)
+	}
+	if _, ok := pgMounts["kcbackup-archive"]; ok {
+		t.Errorf("postgres container mounts the archive: %v", pgMounts)
 	}
 	for _, v := range d.Spec.Template.Spec.Volumes {
 		if v.Name == "kcbackup-image" && (v.Image == nil || v.Image.Reference != "registry.example/kcbackup:test") {
@@ -322,7 +326,8 @@ func testRestore(t *testing.T, cfg *rest.Config) {
 		t.Fatal(err)
 	}
 	args := strings.Join(job.Spec.Template.Spec.Containers[0].Args, " ")
-	wantArgs := "restore --storage file:///var/lib/kcbackup/archive --pgdata /var/lib/kcbackup/pgvolume/pgdata --to " + target + " --move-aside"
+	wantArgs := "restore --storage file:///var/lib/kcbackup/archive --pgdata /var/lib/kcbackup/pgvolume/pgdata --to " + target +
+		" --move-aside --fetch-via http://127.0.0.1:8008 --fetch-token-file /var/run/kcbackup/token/token"
 	if args != wantArgs {
 		t.Errorf("restore Job args = %q, want %q", args, wantArgs)
 	}
@@ -506,8 +511,8 @@ func testMissingSecret(t *testing.T, cfg *rest.Config) {
 			pgCreds++
 		}
 	}
-	if pgCreds != 2 {
-		t.Errorf("postgres container has %d credential references, want 2 (for restore_command)", pgCreds)
+	if pgCreds != 0 {
+		t.Errorf("postgres container has %d credential references, want none (restore_command fetches through the sidecar)", pgCreds)
 	}
 	kb = e.kb("s3")
 	if strings.Contains(describe(kb), "very-secret") {

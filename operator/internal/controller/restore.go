@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 )
 
 // jobVolumeDir is where the restore Job mounts the whole data claim (without the
@@ -360,8 +361,12 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 						Image: r.SidecarImage,
 						// Run through the image volume: restore_command names this path.
 						Command: []string{KcbackupPath},
+						// restore_command fetches through the sidecar beside PostgreSQL, with the
+						// token mounted in both; PostgreSQL never sees storage credentials.
 						Args: []string{"restore", "--storage", storageURL, "--pgdata", dataDir,
-							"--to", kb.Spec.RestoreTo, "--move-aside"},
+							"--to", kb.Spec.RestoreTo, "--move-aside",
+							"--fetch-via", fmt.Sprintf("http://127.0.0.1:%d", apiclient.DefaultPort),
+							"--fetch-token-file", tokenFile},
 						Env:          env,
 						VolumeMounts: mounts,
 						Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{

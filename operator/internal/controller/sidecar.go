@@ -51,15 +51,15 @@ const (
 	KcbackupPath = imageMountDir + binaryInImage
 )
 
-// postgresEnvNames are the variables the operator owns in the PostgreSQL container: those
-// `kcbackup wal-fetch` (PostgreSQL's restore_command) needs to reach the archive.
+// postgresEnvNames are storage variables earlier operator versions put into the PostgreSQL
+// container; inject removes them, since restore_command now fetches through the sidecar.
 var postgresEnvNames = map[string]bool{
 	"KCBACKUP_STORAGE": true, "AWS_REGION": true, "AWS_ENDPOINT_URL_S3": true, "KCBACKUP_S3_FORCE_PATH_STYLE": true,
 	"AWS_ACCESS_KEY_ID": true, "AWS_SECRET_ACCESS_KEY": true, "KCBACKUP_S3_CA_FILE": true,
 }
 
 // ownedVolumes are the pod volumes the operator adds and may replace.
-var ownedVolumes = map[string]bool{tokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true}
+var ownedVolumes = map[string]bool{tokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true, spoolVolume: true}
 
 // binaryVolume returns the image volume holding the kcbackup binary, and its mount.
 func binaryVolume(image string) (corev1.Volume, corev1.VolumeMount) {
@@ -148,7 +148,9 @@ type sidecarSpec struct {
 	Container corev1.Container
 	Volumes   []corev1.Volume
 	// PostgresContainer gets PostgresEnv and PostgresMounts, so that restore_command
-	// (kcbackup wal-fetch, run by PostgreSQL during recovery) finds the binary and the archive.
+	// (kcbackup wal-fetch --sidecar, run by PostgreSQL during recovery) finds the binary and
+	// the API token. It fetches WAL through the sidecar, so PostgreSQL's container holds no
+	// storage settings or credentials.
 	PostgresContainer string
 	PostgresEnv       []corev1.EnvVar
 	PostgresMounts    []corev1.VolumeMount
@@ -167,7 +169,7 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 	if err != nil {
 		return sidecarSpec{}, err
 	}
-	pgEnv := slices.Clone(env)
+	var pgEnv []corev1.EnvVar
 	pg := spec.Postgres
 	env = append(env,
 		corev1.EnvVar{Name: "KCBACKUP_LISTEN", Value: ":" + strconv.Itoa(apiclient.DefaultPort)},
@@ -184,7 +186,7 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 	}
 	vols, mounts := storageVolumes(&spec.Storage)
 	binVol, binMount := binaryVolume(image)
-	pgMounts := append(slices.Clone(mounts), binMount)
+	pgMounts := []corev1.VolumeMount{binMount, {Name: tokenVolume, MountPath: tokenMountDir, ReadOnly: true}}
 	vols = append(vols, binVol, corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
 		SecretName: TokenSecretName(workloadName), Items: []corev1.KeyToPath{{Key: TokenKey, Path: "token"}}}}})
 	vols = append(vols, corev1.Volume{Name: spoolVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})

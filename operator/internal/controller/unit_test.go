@@ -101,11 +101,12 @@ func TestSidecarHashChangesWithStorageOnly(t *testing.T) {
 		t.Fatalf("init containers = %+v, want the user's and one sidecar", tmpl.Spec.InitContainers)
 	}
 	pg := tmpl.Spec.Containers[0]
-	if len(pg.Env) != 2 || pg.Env[0].Name != "POSTGRES_DB" || pg.Env[1].Name != "KCBACKUP_STORAGE" {
-		t.Fatalf("postgres env = %+v, want the user's variable and one KCBACKUP_STORAGE", pg.Env)
+	// PostgreSQL gets no storage settings (restore_command goes through the sidecar).
+	if len(pg.Env) != 1 || pg.Env[0].Name != "POSTGRES_DB" {
+		t.Fatalf("postgres env = %+v, want only the user's variable", pg.Env)
 	}
 	if len(pg.VolumeMounts) != 3 {
-		t.Fatalf("postgres mounts = %+v, want data, archive and image once each", pg.VolumeMounts)
+		t.Fatalf("postgres mounts = %+v, want data, image and token once each", pg.VolumeMounts)
 	}
 	if !injected(tmpl, b) || injected(tmpl, a) {
 		t.Fatal("injected() does not follow the last injection")

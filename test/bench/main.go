@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -61,7 +62,7 @@ type Config struct {
 	Only []string
 }
 
-// phases are the measurements in the order they run.
+// phaseNames are the measurements in the order they run.
 var phaseNames = []string{"lag", "catchup", "walfetch", "basebackup", "restore"}
 
 // Validate checks the configuration's bounds.
@@ -83,7 +84,7 @@ func (c Config) Validate() error {
 		return errors.New("-out is required")
 	}
 	for _, p := range c.Only {
-		if !contains(phaseNames, p) {
+		if !slices.Contains(phaseNames, p) {
 			return fmt.Errorf("-only %q: expected a comma-separated list of %s", p, strings.Join(phaseNames, ", "))
 		}
 	}
@@ -91,16 +92,7 @@ func (c Config) Validate() error {
 }
 
 // runs reports whether the phase is selected.
-func (c Config) runs(phase string) bool { return len(c.Only) == 0 || contains(c.Only, phase) }
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}
+func (c Config) runs(phase string) bool { return len(c.Only) == 0 || slices.Contains(c.Only, phase) }
 
 func main() {
 	cfg, err := parseFlags(os.Args[1:])

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -84,5 +85,53 @@ func TestWALFetchAnswersNotFoundOnlyWhenTheFileIsAbsent(t *testing.T) {
 	}
 	if strings.Contains(sc.Log(), minio.SecretKey()) {
 		t.Fatal("the S3 secret appears in the sidecar's log")
+	}
+}
+
+func TestWALFetchPrefetchesTheNextSegmentsAndServesThemIdentically(t *testing.T) {
+	ctx := context.Background()
+	pg, url, sc, _ := archivedCluster(t, "200ms")
+	exec1(t, pg, "CREATE TABLE t AS SELECT generate_series(1, 300000) AS n")
+	flush := flushLSN(t, pg)
+	waitArchived(t, sc, flush, 30*time.Second)
+	shareArchive(t, url)
+	first := flush.SegmentNo(1<<20) - 6
+	name := func(n uint64) string { return walarchive.SegmentName(1, n, 1<<20) }
+	dir := t.TempDir()
+	pre := filepath.Join(dir, "prefetch")
+	fetch := func(n uint64, extra ...string) {
+		args := append([]string{"wal-fetch", "--storage", url}, extra...)
+		args = append(args, name(n), filepath.Join(dir, name(n)))
+		if _, stderr, code := harness.Kcbackup(t, ctx, nil, args...); code != 0 {
+			t.Fatalf("wal-fetch %s: exit %d %s", name(n), code, stderr)
+		}
+	}
+	fetch(first, "--prefetch", "3", "--prefetch-dir", pre)
+	deadline := time.Now().Add(30 * time.Second)
+	for n := first + 1; n <= first+3; n++ {
+		for {
+			if _, err := os.Stat(filepath.Join(pre, name(n))); err == nil {
+				break
+			}
+			if time.Now().After(deadline) {
+				entries, _ := os.ReadDir(pre)
+				t.Fatalf("segment %s was not prefetched (prefetch dir: %v)", name(n), entries)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	// The next call takes the prefetched file; it is the same as a direct fetch.
+	fetch(first+1, "--prefetch", "3", "--prefetch-dir", pre)
+	if _, err := os.Stat(filepath.Join(pre, name(first+1))); err == nil {
+		t.Fatal("the prefetched segment was not moved into place")
+	}
+	direct := t.TempDir()
+	if _, stderr, code := harness.Kcbackup(t, ctx, nil, "wal-fetch", "--storage", url, name(first+1), filepath.Join(direct, "x")); code != 0 {
+		t.Fatal(stderr)
+	}
+	a, _ := os.ReadFile(filepath.Join(dir, name(first+1)))
+	b, _ := os.ReadFile(filepath.Join(direct, "x"))
+	if len(a) != 1<<20 || !bytes.Equal(a, b) {
+		t.Fatalf("prefetched segment differs from a direct fetch (%d bytes)", len(a))
 	}
 }

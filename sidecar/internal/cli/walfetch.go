@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -94,6 +95,12 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	if o.prefetch > 0 && o.prefetchDir == "" {
 		return &ExitError{Code: exitFatal, Err: errors.New("--prefetch needs --prefetch-dir")}
 	}
+	// Step 1: a prefetched complete segment is moved into place before anything else is
+	// opened: this path is what keeps replay from waiting on downloads.
+	if o.prefetch > 0 && !o.prefetchRun && looksLikeSegment(name) && o.takePrefetched(name, dest) {
+		o.startPrefetch(name)
+		return nil
+	}
 	key, err := o.g.key()
 	if err != nil {
 		return &ExitError{Code: exitFatal, Err: err}
@@ -110,21 +117,15 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	if err != nil {
 		return &ExitError{Code: exitFatal, Err: err}
 	}
-	if o.prefetchRun {
-		o.prefetchWorker(ctx, archive, name)
-		return nil
-	}
 	f, err := walarchive.ParseWALFileName(name, archive.SegmentSize())
 	if err != nil {
 		return &ExitError{Code: exitFatal, Err: err}
 	}
-
-	// Step 1: a prefetched complete segment is moved into place at once.
-	if o.prefetch > 0 && f.Kind == walarchive.WALFileSegment {
-		defer o.startPrefetch(archive, f)
-		if o.takePrefetched(name, dest) {
-			return nil
+	if o.prefetchRun {
+		if f.Kind == walarchive.WALFileSegment {
+			o.prefetchWorker(ctx, archive, f)
 		}
+		return nil
 	}
 	// Step 2: fetch it, retrying storage errors; "not found" is answered only when true.
 	err = o.retry(ctx, func() error {
@@ -132,12 +133,28 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	})
 	switch {
 	case err == nil:
+		if o.prefetch > 0 && f.Kind == walarchive.WALFileSegment {
+			o.startPrefetch(name)
+		}
 		return nil
 	case errors.Is(err, walarchive.ErrWALNotInArchive):
 		return &ExitError{Code: exitNotFound}
 	default:
 		return &ExitError{Code: exitFatal, Err: fmt.Errorf("fetch %s: %w", name, err)}
 	}
+}
+
+// looksLikeSegment reports whether name has the form of a WAL segment (24 hex digits).
+func looksLikeSegment(name string) bool {
+	if len(name) != 24 {
+		return false
+	}
+	for _, c := range name {
+		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
 
 // retry retries op while it fails with anything but "not in the archive", corruption or a
@@ -215,93 +232,59 @@ func (o *walFetchOptions) takePrefetched(name, dest string) bool {
 	}
 }
 
-// startPrefetch launches a detached worker for the next segments not yet present or in
-// progress. It never fails the current fetch.
-func (o *walFetchOptions) startPrefetch(a *walarchive.Archive, f walarchive.WALFile) {
+// startPrefetch launches a detached worker that prefetches the segments after served. It
+// never fails the current fetch.
+func (o *walFetchOptions) startPrefetch(served string) {
 	if err := os.MkdirAll(o.prefetchDir, 0o700); err != nil {
-		return
-	}
-	var names []string
-	for i := 1; i <= o.prefetch; i++ {
-		n := walarchive.SegmentName(f.Timeline, f.SegNo+uint64(i), a.SegmentSize())
-		p := filepath.Join(o.prefetchDir, n)
-		if _, err := os.Stat(p); err == nil {
-			continue
-		}
-		m, err := os.OpenFile(p+".inprogress", os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			if st, serr := os.Stat(p + ".inprogress"); serr == nil && time.Since(st.ModTime()) > 2*time.Minute {
-				os.Remove(p + ".inprogress") // a worker that died; the next fetch retries
-			}
-			continue
-		}
-		m.Close()
-		names = append(names, n)
-	}
-	if len(names) == 0 {
 		return
 	}
 	self, err := os.Executable()
 	if err != nil {
 		return
 	}
-	args := []string{"wal-fetch", "--prefetch-worker", "--storage", o.storage, "--prefetch-dir", o.prefetchDir,
-		"--encryption-key-file", o.g.keyFileAbs(),
-		"--retry-for", o.retryFor.String(), joinNames(names), "-"}
+	args := []string{"wal-fetch", "--prefetch-worker", "--storage", o.storage, "--prefetch", strconv.Itoa(o.prefetch),
+		"--prefetch-dir", o.prefetchDir, "--encryption-key-file", o.g.keyFileAbs(), "--retry-for", o.retryFor.String(), served, "-"}
 	cmd := exec.Command(self, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if cmd.Start() == nil {
 		_ = cmd.Process.Release()
-	} else {
-		for _, n := range names {
-			os.Remove(filepath.Join(o.prefetchDir, n) + ".inprogress")
-		}
 	}
 }
 
-func joinNames(names []string) string {
-	s := ""
-	for i, n := range names {
-		if i > 0 {
-			s += ","
-		}
-		s += n
-	}
-	return s
-}
-
-// prefetchWorker downloads the named complete segments in parallel into the prefetch
-// directory. Missing segments (the end of the archive) are simply skipped.
-func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Archive, list string) {
-	var names []string
-	start := 0
-	for i := 0; i <= len(list); i++ {
-		if i == len(list) || list[i] == ',' {
-			names = append(names, list[start:i])
-			start = i + 1
-		}
-	}
+// prefetchWorker downloads, in parallel, the complete segments after served that are
+// neither present nor claimed by another worker (claims are .inprogress files; a claim
+// older than two minutes is from a worker that died and is taken over). Segments not in
+// the archive (its end) are skipped; partials are never prefetched, as they may grow.
+func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Archive, served walarchive.WALFile) {
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
-	for _, n := range names {
-		f, err := walarchive.ParseWALFileName(n, a.SegmentSize())
-		p := filepath.Join(o.prefetchDir, n)
-		if err != nil || f.Kind != walarchive.WALFileSegment {
-			os.Remove(p + ".inprogress")
+	for i := 1; i <= o.prefetch; i++ {
+		segno := served.SegNo + uint64(i)
+		name := walarchive.SegmentName(served.Timeline, segno, a.SegmentSize())
+		p := filepath.Join(o.prefetchDir, name)
+		if _, err := os.Stat(p); err == nil {
 			continue
 		}
+		marker := p + ".inprogress"
+		m, err := os.OpenFile(marker, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+		if err != nil {
+			if st, serr := os.Stat(marker); serr == nil && time.Since(st.ModTime()) > 2*time.Minute {
+				os.Remove(marker)
+			}
+			continue
+		}
+		m.Close()
 		wg.Add(1)
 		sem <- struct{}{}
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			defer os.Remove(p + ".inprogress")
-			// Only complete segments: a partial may grow, so it is never cached.
-			key := walarchive.SegmentKey(f.Timeline, f.SegNo, a.SegmentSize())
+			defer os.Remove(marker)
+			key := walarchive.SegmentKey(served.Timeline, segno, a.SegmentSize())
 			if _, err := a.Storage.Stat(ctx, key); err != nil {
 				return
 			}
-			_ = o.retry(ctx, func() error { return fetchTo(ctx, a, n, p) })
+			_ = o.retry(ctx, func() error { return fetchTo(ctx, a, name, p) })
 		}()
 	}
 	wg.Wait()

@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/kcbackup/kcbackup/walarchive"
 )
 
@@ -125,6 +127,11 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	if err := chownTree(staging, o.UID, o.GID); err != nil {
 		return Result{}, err
+	}
+	// Files are written without an fsync each; one syncfs makes them all durable before
+	// the restored directory is moved into place.
+	if err := syncFS(staging); err != nil {
+		return Result{}, fmt.Errorf("sync restored files: %w", err)
 	}
 	// Step 3: move the previous data aside (never delete it), then the staged data in.
 	if entries, err := os.ReadDir(o.PGData); err == nil {
@@ -253,11 +260,17 @@ func writeFile(path string, r io.Reader, mode os.FileMode) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
+	return f.Close()
+}
+
+// syncFS flushes the file system holding dir (syncfs(2)): every file extracted there.
+func syncFS(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
 		return err
 	}
-	return f.Close()
+	defer d.Close()
+	return unix.Syncfs(int(d.Fd()))
 }
 
 // writeRecoveryConfig appends the recovery settings to postgresql.auto.conf (read last, so

@@ -45,12 +45,21 @@ func (a *Archive) HasWAL(ctx context.Context, tli uint32, start, stop LSN) (bool
 	return true, "", nil
 }
 
-// WaitForWAL polls the archive until HasWAL holds or ctx ends.
+// WaitForWAL polls the archive until HasWAL holds or ctx ends. Segments found are not
+// checked again, so a long range costs one lookup per segment plus the tail.
 func (a *Archive) WaitForWAL(ctx context.Context, tli uint32, start, stop LSN) error {
+	from := start
 	for {
-		ok, missing, err := a.HasWAL(ctx, tli, start, stop)
+		ok, missing, err := a.HasWAL(ctx, tli, from, stop)
 		if err == nil && ok {
 			return nil
+		}
+		if err == nil && missing != "" {
+			if _, segno, perr := ParseSegmentName(missing[:24], a.SegmentSize()); perr == nil {
+				if s := SegmentStartLSN(segno, a.SegmentSize()); s > from {
+					from = s
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -58,7 +67,7 @@ func (a *Archive) WaitForWAL(ctx context.Context, tli uint32, start, stop LSN) e
 				return err
 			}
 			return fmt.Errorf("%s is missing: %w", missing, ctx.Err())
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(100 * time.Millisecond):
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"net/http"
 	"os"
@@ -240,4 +241,53 @@ func pgEnv(pg *harness.Postgres, user, password string) []string {
 		}
 	}
 	return append(env, "PGUSER="+user, "PGPASSWORD="+password)
+}
+
+// A reconnect while uploads are queued (store down, then the server crashes) must never
+// let the new session's copy of a segment clobber the queued one: every complete segment
+// in the archive equals the server's, and there is no gap.
+func TestServerCrashWhileTheStoreIsDownKeepsEverySegmentIntact(t *testing.T) {
+	ctx := context.Background()
+	minio := harness.StartMinIO(t)
+	env := append(minio.Env(), "KCBACKUP_S3_FORCE_PATH_STYLE=true")
+	setEnv(t, env)
+	url := "s3://" + minio.NewBucket(t) + "/db"
+	pg := harness.StartPostgres(t, pgSettings(nil))
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: env, Args: []string{"--partial-interval", "200ms"}})
+	first := slotRestart(t, pg).SegmentNo(1 << 20)
+	if _, err := pg.Pgbench(ctx, "-i", "-s", "1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := minio.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pg.Pgbench(ctx, "-T", "4", "-c", "2"); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := sc.Metric("kcbackup_spool_bytes"); v < 2<<20 {
+		t.Fatalf("spool holds %v bytes; the test needs queued segments", v)
+	}
+	if err := pg.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exec1(t, pg, "CREATE TABLE after AS SELECT generate_series(1, 50000) AS n")
+	if err := minio.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	flush := flushLSN(t, pg)
+	waitArchived(t, sc, flush, 2*time.Minute)
+	a := openArchive(t, url)
+	dir := t.TempDir()
+	fetchAll(t, env, url, 1, first, flush.SegmentNo(1<<20)-1, 1<<20, dir)
+	for n := first; n < flush.SegmentNo(1<<20); n++ {
+		name := walarchive.SegmentName(1, n, a.SegmentSize())
+		got, _ := os.ReadFile(filepath.Join(dir, name))
+		if want := serverFile(t, pg, "pg_wal/"+name); !bytes.Equal(got, want) {
+			t.Fatalf("archived %s differs from the server's", name)
+		}
+	}
+	assertNoGap(t, env, url, pg, 1, first, flush)
 }

@@ -27,6 +27,7 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 	}
 	var lastSentFlush walarchive.LSN
 	nextStatus := time.Time{}
+	nextMetrics := time.Time{}
 	sendStatus := func() error {
 		s.mu.Lock()
 		flush := s.archived
@@ -69,6 +70,12 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 					return 0, 0, err
 				}
 			}
+		}
+		// Gauges (lag, spool, slot retention) stay fresh between status messages, which
+		// are rare while nothing is archived (an outage is exactly when they matter).
+		if now := time.Now(); now.After(nextMetrics) {
+			s.updateLagMetrics(lastSentFlush)
+			nextMetrics = now.Add(time.Second)
 		}
 		// Back-pressure: past the spool limit, stop reading; the slot keeps the WAL.
 		if s.spoolBytes() > s.cfg.SpoolMaxBytes {
@@ -167,7 +174,12 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 // openSegment starts receiving segment segno of timeline tli into the spool.
 func (s *Streamer) openSegment(tli uint32, segno uint64) (*segment, error) {
 	name := walarchive.SegmentName(tli, segno, s.segSize)
-	p := filepath.Join(s.cfg.SpoolDir, name+".receiving")
+	// A unique file per opening: after a reconnect the same segment is received again
+	// while the previous session's copy may still wait in the upload queue.
+	s.mu.Lock()
+	s.spoolSeq++
+	p := filepath.Join(s.cfg.SpoolDir, fmt.Sprintf("%s.%d", name, s.spoolSeq))
+	s.mu.Unlock()
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("spool segment %s: %w", name, err)
@@ -188,6 +200,19 @@ func (s *Streamer) writeSegment(seg *segment, p []byte) error {
 	seg.written += uint64(len(p))
 	s.mu.Unlock()
 	return nil
+}
+
+// abandonCurrent drops the segment a failed session was receiving: it is incomplete, and
+// the slot keeps its WAL for the next session to receive again.
+func (s *Streamer) abandonCurrent() {
+	s.mu.Lock()
+	cur := s.cur
+	s.cur = nil
+	s.mu.Unlock()
+	if cur != nil {
+		cur.f.Close()
+		os.Remove(cur.path) // an upload reading it keeps its own descriptor
+	}
 }
 
 // endSegment hands a segment that will receive no more bytes to the uploader.

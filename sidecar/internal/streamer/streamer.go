@@ -164,6 +164,7 @@ type Streamer struct {
 	lastPartialAt time.Time
 	draining      bool
 	samples       []sample
+	spoolSeq      uint64
 
 	wake        chan struct{} // new work for the uploader
 	archivedSig chan struct{} // the archived position moved
@@ -308,6 +309,7 @@ func (s *Streamer) session(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
+	defer s.abandonCurrent()
 	info, err := pgrepl.IdentifyServer(ctx, conn)
 	if err != nil {
 		return pgrepl.Explain(err)

@@ -103,10 +103,13 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 		f.Close()
 		s.noteStorage(metrics.KindSegment, err)
 		if errors.Is(err, walarchive.ErrConflict) {
-			// Never overwrite: the stored object is kept and the conflict is reported,
-			// but archiving must go on. WAL the server streamed is the truth.
-			s.log.Error("archived segment differs from the server's; the stored object is kept", "key", key, "err", err)
-		} else if err != nil {
+			// Never overwrite, and never acknowledge WAL whose archived copy differs: the
+			// stored object is kept, archiving stops here (the slot keeps the WAL on the
+			// server), readiness fails and upload errors count until someone looks.
+			s.log.Error("archived segment differs from the server's; the stored object is kept and archiving is stalled", "key", key, "err", err)
+			return err
+		}
+		if err != nil {
 			return err
 		}
 		s.countUpload(metrics.KindSegment, res)

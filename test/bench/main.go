@@ -16,6 +16,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -87,6 +88,9 @@ func (c Config) Validate() error {
 		if !slices.Contains(phaseNames, p) {
 			return fmt.Errorf("-only %q: expected a comma-separated list of %s", p, strings.Join(phaseNames, ", "))
 		}
+	}
+	if c.runs("walfetch") && !c.runs("catchup") {
+		return errors.New("-only walfetch needs catchup too: wal-fetch reads the catch-up archive")
 	}
 	return nil
 }
@@ -223,4 +227,23 @@ func Run(ctx context.Context, cfg Config) error {
 // progress prints a timestamped line to stderr.
 func progress(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "%s "+format+"\n", append([]any{time.Now().Format("15:04:05")}, args...)...)
+}
+
+// MarshalJSON writes the durations in Go's readable form ("1m0s") rather than nanoseconds.
+func (c Config) MarshalJSON() ([]byte, error) {
+	return json.Marshal(map[string]any{
+		"lagDuration":      c.LagDuration.String(),
+		"lagScale":         c.LagScale,
+		"clients":          c.Clients,
+		"jobs":             c.Jobs,
+		"partialInterval":  c.PartialInterval.String(),
+		"archiveTimeout":   c.ArchiveTimeout.String(),
+		"drainWindow":      c.DrainWindow.String(),
+		"catchupMiB":       c.CatchupMiB,
+		"backupScale":      c.BackupScale,
+		"restoreWALMiB":    c.RestoreWALMiB,
+		"walFetchSegments": c.WALFetchSegments,
+		"walFetchGap":      c.WALFetchGap.String(),
+		"only":             c.Only,
+	})
 }

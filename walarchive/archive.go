@@ -213,7 +213,7 @@ func (a *Archive) Put(ctx context.Context, key string, r io.Reader) (PutResult, 
 // PutObject frames, compresses (and with a key, encrypts) and stores a stream of any length
 // under key in bounded memory.
 func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader, c Compression, k Key) (PutResult, error) {
-	pr, pw := io.Pipe()
+	pr, pw := Pipe(4 << 20)
 	var res PutResult
 	go func() {
 		ow, err := NewObjectWriterKey(pw, c, k)

@@ -68,7 +68,7 @@ var (
 	encoderPool = sync.Pool{New: func() any {
 		// SpeedFastest: WAL and base backups compress well even at the fastest level, and
 		// the CPU it saves belongs to PostgreSQL on the same node.
-		e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithLowerEncoderMem(true))
+		e, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedFastest))
 		if err != nil {
 			panic(err) // only on invalid options, which are constant
 		}

@@ -45,10 +45,12 @@ func (a *Archive) HasWAL(ctx context.Context, tli uint32, start, stop LSN) (bool
 	return true, "", nil
 }
 
-// WaitForWAL polls the archive until HasWAL holds or ctx ends. Segments found are not
+// WaitForWAL polls the archive (from every 20 ms, backing off to 500 ms) until HasWAL
+// holds or ctx ends. Segments found are not
 // checked again, so a long range costs one lookup per segment plus the tail.
 func (a *Archive) WaitForWAL(ctx context.Context, tli uint32, start, stop LSN) error {
 	from := start
+	wait := 20 * time.Millisecond // the last segment usually lands within moments
 	for {
 		ok, missing, err := a.HasWAL(ctx, tli, from, stop)
 		if err == nil && ok {
@@ -67,7 +69,10 @@ func (a *Archive) WaitForWAL(ctx context.Context, tli uint32, start, stop LSN) e
 				return err
 			}
 			return fmt.Errorf("%s is missing: %w", missing, ctx.Err())
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(wait):
+		}
+		if wait < 500*time.Millisecond {
+			wait *= 2
 		}
 	}
 }

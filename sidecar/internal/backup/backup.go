@@ -154,7 +154,7 @@ type archiveSink struct {
 	total    int64
 	raw      uint64
 
-	cur     *io.PipeWriter
+	cur     *walarchive.PipeWriter
 	curObj  walarchive.BackupObject
 	curDone chan putOutcome
 	objects []walarchive.BackupObject
@@ -192,7 +192,7 @@ func (s *archiveSink) open(obj walarchive.BackupObject) error {
 			return fmt.Errorf("the server sent archive %q twice", obj.Name)
 		}
 	}
-	pr, pw := io.Pipe()
+	pr, pw := walarchive.Pipe(4 << 20)
 	s.cur, s.curObj, s.curDone = pw, obj, make(chan putOutcome, 1)
 	key := s.prefix + obj.Name
 	s.stored = append(s.stored, key)

@@ -232,10 +232,18 @@ func (o *walFetchOptions) takePrefetched(name, dest string) bool {
 	}
 }
 
-// startPrefetch launches a detached worker that prefetches the segments after served. It
-// never fails the current fetch.
+// segSizeFile, in a prefetch directory, records the archive's segment size so a fetch can
+// tell which segments come next without opening the archive.
+const segSizeFile = ".segment-size"
+
+// startPrefetch launches a detached worker that prefetches the segments after served,
+// unless earlier workers already hold or claim most of them (a fork costs more than the
+// rest of a prefetched fetch). It never fails the current fetch.
 func (o *walFetchOptions) startPrefetch(served string) {
 	if err := os.MkdirAll(o.prefetchDir, 0o700); err != nil {
+		return
+	}
+	if !o.prefetchNeeded(served) {
 		return
 	}
 	self, err := os.Executable()
@@ -251,11 +259,41 @@ func (o *walFetchOptions) startPrefetch(served string) {
 	}
 }
 
+// prefetchNeeded reports whether at least half of the next --prefetch segments after served
+// are neither prefetched nor claimed (or the segment size is not known yet).
+func (o *walFetchOptions) prefetchNeeded(served string) bool {
+	b, err := os.ReadFile(filepath.Join(o.prefetchDir, segSizeFile))
+	if err != nil {
+		return true
+	}
+	segSize, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	if err != nil || walarchive.ValidateSegmentSize(segSize) != nil {
+		return true
+	}
+	tli, segno, err := walarchive.ParseSegmentName(served, segSize)
+	if err != nil {
+		return true
+	}
+	missing := 0
+	for i := 1; i <= o.prefetch; i++ {
+		p := filepath.Join(o.prefetchDir, walarchive.SegmentName(tli, segno+uint64(i), segSize))
+		if _, err := os.Stat(p); err == nil {
+			continue
+		}
+		if _, err := os.Stat(p + ".inprogress"); err == nil {
+			continue
+		}
+		missing++
+	}
+	return missing*2 >= o.prefetch
+}
+
 // prefetchWorker downloads, in parallel, the complete segments after served that are
 // neither present nor claimed by another worker (claims are .inprogress files; a claim
 // older than two minutes is from a worker that died and is taken over). Segments not in
 // the archive (its end) are skipped; partials are never prefetched, as they may grow.
 func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Archive, served walarchive.WALFile) {
+	_ = writeAtomically(filepath.Join(o.prefetchDir, segSizeFile), segSizeFile, strings.NewReader(strconv.FormatUint(a.SegmentSize(), 10)), -1)
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
 	for i := 1; i <= o.prefetch; i++ {

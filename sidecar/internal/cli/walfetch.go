@@ -188,31 +188,10 @@ func (o *walFetchOptions) retry(ctx context.Context, op func() error) error {
 
 // fetchTo writes the file to dest through a temporary name in dest's directory.
 func fetchTo(ctx context.Context, a *walarchive.Archive, name, dest string) error {
-	tmp, err := os.CreateTemp(filepath.Dir(dest), ".kcbackup-fetch-"+name+"-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file beside %s: %w", dest, err)
-	}
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	if _, err := a.FetchWALFile(ctx, name, tmp); err != nil {
+	return writeAtomically(dest, name, func(w io.Writer) error {
+		_, err := a.FetchWALFile(ctx, name, w)
 		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), dest); err != nil {
-		return fmt.Errorf("move %s into place: %w", name, err)
-	}
-	ok = true
-	return nil
+	})
 }
 
 // takePrefetched moves a prefetched segment to dest, waiting briefly for one in progress.
@@ -293,7 +272,10 @@ func (o *walFetchOptions) prefetchNeeded(served string) bool {
 // older than two minutes is from a worker that died and is taken over). Segments not in
 // the archive (its end) are skipped; partials are never prefetched, as they may grow.
 func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Archive, served walarchive.WALFile) {
-	_ = writeAtomically(filepath.Join(o.prefetchDir, segSizeFile), segSizeFile, strings.NewReader(strconv.FormatUint(a.SegmentSize(), 10)), -1)
+	_ = writeAtomically(filepath.Join(o.prefetchDir, segSizeFile), segSizeFile, func(w io.Writer) error {
+		_, err := io.WriteString(w, strconv.FormatUint(a.SegmentSize(), 10))
+		return err
+	})
 	sem := make(chan struct{}, 4)
 	var wg sync.WaitGroup
 	for i := 1; i <= o.prefetch; i++ {
@@ -355,7 +337,13 @@ func (o *walFetchOptions) runViaSidecar(ctx context.Context, name, dest string) 
 		defer resp.Body.Close()
 		switch resp.StatusCode {
 		case http.StatusOK:
-			return writeAtomically(dest, name, resp.Body, resp.ContentLength)
+			return writeAtomically(dest, name, func(w io.Writer) error {
+				n, err := io.Copy(w, resp.Body)
+				if err == nil && resp.ContentLength >= 0 && n != resp.ContentLength {
+					err = fmt.Errorf("short response from the sidecar: %d of %d bytes", n, resp.ContentLength)
+				}
+				return err
+			})
 		case http.StatusNotFound:
 			return fmt.Errorf("%s: %w", name, walarchive.ErrWALNotInArchive)
 		default:
@@ -379,17 +367,14 @@ func (o *walFetchOptions) runViaSidecar(ctx context.Context, name, dest string) 
 	}
 }
 
-// writeAtomically writes r to dest through a temporary file beside it; with want >= 0 the
-// length must match.
-func writeAtomically(dest, name string, r io.Reader, want int64) error {
+// writeAtomically has fill write the file into a temporary file beside dest, fsyncs it
+// and renames it to dest, so a partial file is never left at dest.
+func writeAtomically(dest, name string, fill func(io.Writer) error) error {
 	tmp, err := os.CreateTemp(filepath.Dir(dest), ".kcbackup-fetch-"+name+"-*")
 	if err != nil {
 		return fmt.Errorf("create temporary file beside %s: %w", dest, err)
 	}
-	n, err := io.Copy(tmp, r)
-	if err == nil && want >= 0 && n != want {
-		err = fmt.Errorf("short response: %d of %d bytes", n, want)
-	}
+	err = fill(tmp)
 	if err == nil {
 		err = tmp.Sync()
 	}

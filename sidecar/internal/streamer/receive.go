@@ -248,6 +248,17 @@ func (s *Streamer) noteReceived(pos, serverEnd walarchive.LSN, n int) {
 	} else {
 		s.samples = append(s.samples, sample{end: pos, at: now})
 	}
+	// A long outage must not grow this without bound: keep every other sample (the oldest
+	// stays, so the lag is never under-reported).
+	if len(s.samples) > 8192 {
+		kept := s.samples[:0]
+		for i, smp := range s.samples {
+			if i%2 == 0 || i == len(s.samples)-1 {
+				kept = append(kept, smp)
+			}
+		}
+		s.samples = kept
+	}
 	s.mu.Unlock()
 	s.m.ReceivedWALBytes.Add(float64(n))
 	s.m.ServerFlushLSN.Set(float64(s.serverFlushLSN()))

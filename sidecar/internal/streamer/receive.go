@@ -248,16 +248,18 @@ func (s *Streamer) noteReceived(pos, serverEnd walarchive.LSN, n int) {
 	} else {
 		s.samples = append(s.samples, sample{end: pos, at: now})
 	}
-	// A long outage must not grow this without bound: keep every other sample (the oldest
-	// stays, so the lag is never under-reported).
+	// A long outage must not grow this without bound: merge neighbours, keeping the earlier
+	// time with the later end, so no byte is ever reported younger than it is.
 	if len(s.samples) > 8192 {
-		kept := s.samples[:0]
-		for i, smp := range s.samples {
-			if i%2 == 0 || i == len(s.samples)-1 {
-				kept = append(kept, smp)
+		merged := s.samples[:0]
+		for i := 0; i < len(s.samples); i += 2 {
+			m := s.samples[i]
+			if i+1 < len(s.samples) {
+				m.end = s.samples[i+1].end
 			}
+			merged = append(merged, m)
 		}
-		s.samples = kept
+		s.samples = merged
 	}
 	s.mu.Unlock()
 	s.m.ReceivedWALBytes.Add(float64(n))

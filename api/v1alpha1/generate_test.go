@@ -12,9 +12,6 @@ import (
 // role into a temporary directory and fails when the committed copies differ: run
 // `make generate` (operator/hack/generate.sh) after changing a type or a marker.
 func TestGeneratedFilesAreUpToDate(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs controller-gen; skipped with -short")
-	}
 	root, err := filepath.Abs("../..")
 	if err != nil {
 		t.Fatal(err)

@@ -50,7 +50,9 @@ func TestObjectStoreOutageUnderLoadDrainsWithoutGap(t *testing.T) {
 	setEnv(t, env) // the test opens the archive itself too
 	url := "s3://" + bucket + "/cluster-a"
 	pg := harness.StartPostgres(t, pgSettings(nil))
-	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: env, Args: []string{"--partial-interval", "500ms"}})
+	// A small spool, so receiving pauses during the outage and only the server still knows
+	// how much WAL the slot holds.
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: env, Args: []string{"--partial-interval", "500ms", "--spool-max-mb", "32"}})
 	start := slotRestart(t, pg)
 	if _, err := pg.Pgbench(ctx, "-i", "-s", "1"); err != nil {
 		t.Fatal(err)
@@ -65,6 +67,7 @@ func TestObjectStoreOutageUnderLoadDrainsWithoutGap(t *testing.T) {
 	}
 	outageStart := time.Now()
 	ackedAtOutage := slotRestart(t, pg)
+	exec1(t, pg, "CREATE TABLE bulk AS SELECT g, md5(g::text) FROM generate_series(1, 1000000) g") // ~100 MB of WAL: fills the spool
 	sawDown, sawNotReady := false, false
 	for time.Since(outageStart) < 30*time.Second {
 		if v, err := sc.Metric("kcbackup_storage_up"); err == nil && v == 0 {
@@ -84,6 +87,16 @@ func TestObjectStoreOutageUnderLoadDrainsWithoutGap(t *testing.T) {
 	}
 	if !sawDown || !sawNotReady {
 		t.Fatalf("outage not visible: storage_up==0 seen %v, readyz 503 seen %v", sawDown, sawNotReady)
+	}
+	// The slot-retention gauge (what the disk-full alert watches) follows the server's own
+	// figure, though the sidecar stopped receiving when its spool filled.
+	held := lsn(t, query(t, pg, "SELECT pg_current_wal_flush_lsn()")) - slotRestart(t, pg)
+	time.Sleep(6 * time.Second)
+	if v, err := sc.Metric("kcbackup_slot_retained_bytes"); err != nil || v < float64(held) {
+		t.Fatalf("kcbackup_slot_retained_bytes = %v (%v); the server holds at least %d bytes for the slot", v, err, held)
+	}
+	if v, _ := sc.Metric("kcbackup_spool_bytes"); v > 40<<20 {
+		t.Fatalf("spool holds %v bytes, past its 32 MiB limit", v)
 	}
 	if v, err := sc.Metric(`kcbackup_upload_errors_total{kind="partial"}`); err != nil || v == 0 {
 		if v2, _ := sc.Metric(`kcbackup_upload_errors_total{kind="segment"}`); v2 == 0 {

@@ -69,7 +69,7 @@ func New() *Metrics {
 			Help: "Bytes uploaded, raw (before compression) and compressed (as stored)."}, []string{"encoding"}),
 		ReceivedWALBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "received_wal_bytes_total",
 			Help: "WAL bytes received from PostgreSQL."}),
-		SlotRetainedBytes: g("slot_retained_bytes", "WAL the server retains for the sidecar's replication slot (server WAL end minus acknowledged position)."),
+		SlotRetainedBytes: g("slot_retained_bytes", "WAL the server retains for the sidecar's replication slot (server WAL end minus the slot's restart_lsn, read every 5 s)."),
 		PGDataVolumeFree:  g("pgdata_volume_free_bytes", "Free bytes on the volume holding the PostgreSQL data directory (needs --pgdata)."),
 		PGDataVolumeSize:  g("pgdata_volume_size_bytes", "Size of the volume holding the PostgreSQL data directory (needs --pgdata)."),
 		SpoolBytes:        g("spool_bytes", "Bytes of WAL in the local spool waiting for upload."),

@@ -323,9 +323,15 @@ func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
 	if s.serverFlush > s.archived {
 		lagBytes = int64(s.serverFlush - s.archived)
 	}
+	// WAL the slot holds: from its restart_lsn (read over SQL, or else the position last
+	// acknowledged) to the server's end.
+	held := acked
+	if s.slotRestart != 0 {
+		held = s.slotRestart
+	}
 	retained := int64(0)
-	if s.serverFlush > acked {
-		retained = int64(s.serverFlush - acked)
+	if s.serverFlush > held {
+		retained = int64(s.serverFlush - held)
 	}
 	lagSec := s.lagSecondsLocked()
 	spool := s.spoolBytesLocked()

@@ -165,6 +165,8 @@ type Streamer struct {
 	draining      bool
 	samples       []sample
 	spoolSeq      uint64
+	// slotRestart is the slot's restart_lsn as last read over SQL (0: not known).
+	slotRestart walarchive.LSN
 
 	wake        chan struct{} // new work for the uploader
 	archivedSig chan struct{} // the archived position moved
@@ -248,6 +250,7 @@ func (s *Streamer) Run(ctx context.Context) error {
 		<-upDone
 	}()
 	go s.sampleVolume(ctx)
+	go s.sampleServer(ctx)
 
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 500 * time.Millisecond
@@ -578,6 +581,57 @@ func (s *Streamer) setErr(err error) {
 	s.mu.Lock()
 	s.lastErr = err.Error()
 	s.mu.Unlock()
+}
+
+// sampleServer reads, every 5 seconds over an ordinary SQL connection, the server's WAL end
+// and the slot's restart_lsn. The replication stream alone cannot say how much WAL the slot
+// holds once receiving pauses (spool full during a long outage), which is exactly when the
+// disk may fill. Failures only mean the figures come from the stream instead.
+func (s *Streamer) sampleServer(ctx context.Context) {
+	var conn *pgconn.PgConn
+	defer func() {
+		if conn != nil {
+			conn.Close(context.Background())
+		}
+	}()
+	q := "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_receive_lsn() ELSE pg_current_wal_flush_lsn() END, " +
+		"(SELECT restart_lsn FROM pg_replication_slots WHERE slot_name = '" + s.cfg.Slot + "')" // slot names are [a-z0-9_]
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if conn == nil || conn.IsClosed() {
+			c, err := pgrepl.ConnectSQL(ctx, s.cfg.PG)
+			if err != nil {
+				continue
+			}
+			conn = c
+		}
+		qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := conn.Exec(qctx, q).ReadAll()
+		cancel()
+		if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
+			conn.Close(context.Background())
+			conn = nil
+			continue
+		}
+		row := res[0].Rows[0]
+		end, err1 := walarchive.ParseLSN(string(row[0]))
+		restart, err2 := walarchive.ParseLSN(string(row[1]))
+		if err1 != nil || err2 != nil {
+			continue
+		}
+		s.mu.Lock()
+		if end > s.serverFlush {
+			s.serverFlush = end
+		}
+		s.slotRestart = restart
+		s.mu.Unlock()
+	}
 }
 
 // sampleVolume reports the data directory's volume usage every 15 seconds.

@@ -33,6 +33,7 @@ func pgSettings(extra map[string]string) harness.PGOptions {
 func fileArchive(t *testing.T) string {
 	dir := t.TempDir()
 	os.Chmod(dir, 0o755)
+	os.Chmod(filepath.Dir(dir), 0o755) // restore_command runs as postgres and must reach it
 	return "file://" + dir
 }
 

@@ -123,7 +123,9 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 	defer cancel()
 	if o.WaitArchived != nil {
 		err = o.WaitArchived(wctx, bb.Stop)
-	} else {
+	}
+	if err == nil {
+		// Exact keys decide, whatever the streamer believes.
 		err = archive.WaitForWAL(wctx, bb.Timeline, bb.Start, bb.Stop)
 	}
 	if err != nil {

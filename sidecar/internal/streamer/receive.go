@@ -34,6 +34,9 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 		if flush > pos {
 			flush = pos // never claim more than received on this connection
 		}
+		if flush < s.floor {
+			flush = s.floor // never move the slot backwards
+		}
 		s.mu.Unlock()
 		if err := pgrepl.SendStandbyStatus(conn, pos, flush, s.cfg.Now()); err != nil {
 			return err
@@ -78,7 +81,7 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 			nextMetrics = now.Add(time.Second)
 		}
 		// Back-pressure: past the spool limit, stop reading; the slot keeps the WAL.
-		if s.spoolBytes() > s.cfg.SpoolMaxBytes {
+		if s.spoolBytes() > s.spoolLimitBytes() {
 			select {
 			case <-ctx.Done():
 			case <-s.archivedSig:
@@ -184,8 +187,8 @@ func (s *Streamer) openSegment(tli uint32, segno uint64) (*segment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("spool segment %s: %w", name, err)
 	}
-	seg := &segment{tli: tli, segno: segno, path: p, f: f}
 	s.mu.Lock()
+	seg := &segment{tli: tli, segno: segno, path: p, f: f, gen: s.gen}
 	s.cur = seg
 	s.lastPartialAt = time.Time{}
 	s.mu.Unlock()
@@ -293,6 +296,12 @@ func (s *Streamer) spoolBytes() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.spoolBytesLocked()
+}
+
+func (s *Streamer) spoolLimitBytes() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.spoolLimit
 }
 
 func (s *Streamer) spoolBytesLocked() int64 {

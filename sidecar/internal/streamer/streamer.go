@@ -130,6 +130,9 @@ type segment struct {
 	path    string
 	f       *os.File // open while receiving
 	written uint64
+	// gen is the session that received it: only the current session's uploads move the
+	// acknowledged position (an older session's WAL may be another history at the same LSNs).
+	gen uint64
 	// ended is set when the segment will receive no more bytes: complete, or cut short at
 	// the end of its timeline (then it is stored as a partial).
 	ended bool
@@ -167,6 +170,13 @@ type Streamer struct {
 	spoolSeq      uint64
 	// slotRestart is the slot's restart_lsn as last read over SQL (0: not known).
 	slotRestart walarchive.LSN
+	// gen numbers sessions; archived counts only WAL archived by the current one, from
+	// where it started streaming.
+	gen        uint64
+	spoolLimit int64
+	// floor is the slot's restart_lsn when the session started: reporting less would move
+	// the slot backwards, reporting it claims nothing new.
+	floor walarchive.LSN
 
 	wake        chan struct{} // new work for the uploader
 	archivedSig chan struct{} // the archived position moved
@@ -332,6 +342,13 @@ func (s *Streamer) session(ctx context.Context) error {
 	}
 	s.mu.Lock()
 	s.archive, s.segSize, s.sysID = archive, info.WALSegmentSize, info.SystemIdentifier
+	// Receiving pauses past the spool limit; with less than two segments' room the
+	// current segment could never finish and the pause never end.
+	s.spoolLimit = s.cfg.SpoolMaxBytes
+	if min := int64(2 * info.WALSegmentSize); s.spoolLimit < min {
+		s.log.Warn("spool limit below two WAL segments; using two segments", "limit_bytes", s.spoolLimit, "segment_bytes", info.WALSegmentSize)
+		s.spoolLimit = min
+	}
 	s.mu.Unlock()
 	s.setOnce.Do(func() { close(s.archiveSet) })
 
@@ -342,6 +359,16 @@ func (s *Streamer) session(ctx context.Context) error {
 	}
 	if err != nil {
 		return err
+	}
+	if slot.Exists && slot.RestartLSN == 0 {
+		// The server invalidated the slot (max_slot_wal_keep_size): the WAL it held is gone.
+		// Recreate it; the archive has a gap until the next base backup.
+		s.m.ArchiveGaps.Inc()
+		s.log.Error("the replication slot was invalidated by the server (max_slot_wal_keep_size); WAL was lost before it was archived; recreating the slot; take a new base backup", "slot", s.cfg.Slot)
+		if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+pgrepl.QuoteIdent(s.cfg.Slot)).ReadAll(); err != nil {
+			return fmt.Errorf("drop invalidated slot %s: %w", s.cfg.Slot, err)
+		}
+		slot.Exists = false
 	}
 	if !slot.Exists {
 		if err := pgrepl.CreateSlot(ctx, conn, s.cfg.Slot); err != nil {
@@ -358,18 +385,17 @@ func (s *Streamer) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The acknowledged position starts over with each session, from where it streams: the
+	// server may be another history than before (restored in place, a new slot), and only
+	// what this session stores is known to match it.
 	s.mu.Lock()
-	if slot.RestartLSN > s.archived {
-		s.archived = slot.RestartLSN // acknowledged earlier, so durable in the archive
-	}
+	s.gen++
+	s.archived, s.floor = start, slot.RestartLSN
 	s.mu.Unlock()
 
 	// Step 5: stream timeline after timeline.
 	for {
 		if err := s.archiveHistory(ctx, conn, tli); err != nil {
-			return err
-		}
-		if err := s.loadPartialLength(ctx, tli, start.SegmentNo(s.segSize)); err != nil {
 			return err
 		}
 		err := pglogrepl.StartReplication(ctx, conn, s.cfg.Slot, pglogrepl.LSN(start), pglogrepl.StartReplicationOptions{
@@ -510,30 +536,26 @@ func (s *Streamer) archiveHistory(ctx context.Context, conn *pgconn.PgConn, tli 
 	})
 }
 
-// loadPartialLength learns how long the stored partial of the starting segment is, so it
-// is never replaced by a shorter one.
-func (s *Streamer) loadPartialLength(ctx context.Context, tli uint32, segno uint64) error {
+// storedPartialLength returns the raw length of the partial stored for a segment (0 when
+// there is none, or when it fails verification and will be replaced).
+func (s *Streamer) storedPartialLength(ctx context.Context, tli uint32, segno uint64) (uint64, error) {
 	key := walarchive.PartialKey(tli, segno, s.segSize)
-	var n int64
-	err := s.retryStorage(ctx, metrics.KindPartial, func() error {
-		var err error
-		n, err = s.archive.Get(ctx, key, io.Discard)
-		if errors.Is(err, storage.ErrNotFound) {
-			n, err = 0, nil
-		}
-		if errors.Is(err, walarchive.ErrCorrupt) {
-			s.log.Warn("stored partial fails verification; it will be replaced", "key", key, "err", err)
-			n, err = 0, nil
-		}
-		return err
-	})
-	if err != nil {
-		return err
+	if _, err := s.archive.Storage.Stat(ctx, key); errors.Is(err, storage.ErrNotFound) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
 	}
-	s.mu.Lock()
-	s.partialStored[[2]uint64{uint64(tli), segno}] = uint64(n)
-	s.mu.Unlock()
-	return nil
+	n, err := s.archive.Get(ctx, key, io.Discard)
+	switch {
+	case errors.Is(err, storage.ErrNotFound):
+		return 0, nil
+	case errors.Is(err, walarchive.ErrCorrupt):
+		s.log.Warn("stored partial fails verification; it will be replaced", "key", key, "err", err)
+		return 0, nil
+	case err != nil:
+		return 0, err
+	}
+	return uint64(n), nil
 }
 
 // retryStorage retries op with backoff while the storage fails, keeping storage_up at 0.

@@ -115,10 +115,13 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 		s.countUpload(metrics.KindSegment, res)
 		s.m.LastArchivedSegment.Set(float64(s.cfg.Now().Unix()))
 		// The tail partial of this segment is superseded.
+		s.mu.Lock()
+		delete(s.partialStored, [2]uint64{uint64(seg.tli), seg.segno})
+		s.mu.Unlock()
 		if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil {
 			s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
 		}
-		s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize))
+		s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize), seg.gen)
 	}
 	os.Remove(seg.path)
 	s.mu.Lock()
@@ -134,8 +137,22 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64) error {
 	key := [2]uint64{uint64(seg.tli), seg.segno}
 	s.mu.Lock()
-	stored := s.partialStored[key]
+	stored, known := s.partialStored[key]
 	s.mu.Unlock()
+	if !known {
+		// Before the first partial of a segment in this process, learn how long the stored
+		// one is (an earlier run may have stored more): a partial only ever grows.
+		var err error
+		if stored, err = s.storedPartialLength(ctx, seg.tli, seg.segno); err != nil {
+			s.noteStorage(metrics.KindPartial, err)
+			return err
+		}
+		s.mu.Lock()
+		if stored > s.partialStored[key] {
+			s.partialStored[key] = stored
+		}
+		s.mu.Unlock()
+	}
 	if n <= stored {
 		return nil
 	}
@@ -153,7 +170,7 @@ func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64) er
 	s.mu.Lock()
 	s.partialStored[key] = n
 	s.mu.Unlock()
-	s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize) + walarchive.LSN(n))
+	s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize)+walarchive.LSN(n), seg.gen)
 	return nil
 }
 
@@ -163,9 +180,14 @@ func (s *Streamer) countUpload(kind string, res walarchive.PutResult) {
 	s.m.UploadedBytes.WithLabelValues("compressed").Add(float64(res.StoredBytes))
 }
 
-// advance moves the archived position forward and tells the receiver to acknowledge it.
-func (s *Streamer) advance(to walarchive.LSN) {
+// advance moves the archived position forward, for WAL received by the current session,
+// and tells the receiver to acknowledge it.
+func (s *Streamer) advance(to walarchive.LSN, gen uint64) {
 	s.mu.Lock()
+	if gen != s.gen {
+		s.mu.Unlock()
+		return
+	}
 	if to > s.archived {
 		s.archived = to
 	}

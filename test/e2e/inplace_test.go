@@ -1,0 +1,100 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"io"
+	"testing"
+	"time"
+
+	"github.com/kcbackup/kcbackup/test/harness"
+	"github.com/kcbackup/kcbackup/walarchive"
+	"github.com/kcbackup/kcbackup/walarchive/storage"
+)
+
+// assertSlotNotAheadOfArchive checks RELIABILITY 2 by exact keys: the WAL up to the slot's
+// restart_lsn (what was acknowledged) is in the archive along the current timeline.
+func assertSlotNotAheadOfArchive(t *testing.T, pg *harness.Postgres, url string) {
+	t.Helper()
+	ctx := context.Background()
+	restart := slotRestart(t, pg)
+	exec1(t, pg, "CHECKPOINT")
+	tli := uint32(0)
+	if v := query(t, pg, "SELECT timeline_id FROM pg_control_checkpoint()"); v == "2" {
+		tli = 2
+	} else {
+		tli = 1
+	}
+	a := openArchive(t, url)
+	p, err := a.Path(ctx, tli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seg := a.SegmentSize()
+	n := restart.SegmentNo(seg)
+	if restart.SegmentOffset(seg) == 0 {
+		return // nothing of this segment was acknowledged
+	}
+	owner := p.TimelineOfSegment(n)
+	if _, err := a.Storage.Stat(ctx, walarchive.SegmentKey(owner, n, seg)); err == nil {
+		return
+	}
+	got, err := a.Get(ctx, walarchive.PartialKey(owner, n, seg), io.Discard)
+	if errors.Is(err, storage.ErrNotFound) {
+		got = 0
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	if end := walarchive.SegmentStartLSN(n, seg) + walarchive.LSN(got); end < restart {
+		t.Fatalf("the slot was acknowledged up to %s but the archive holds timeline %d's segment %d only up to %s", restart, owner, n, end)
+	}
+}
+
+func TestInPlaceRestoreWithTheSidecarRunningNeverAcknowledgesUnarchivedWAL(t *testing.T) {
+	ctx := context.Background()
+	url := fileArchive(t)
+	pg := harness.StartPostgres(t, pgSettings(nil))
+	// A long partial interval: WAL waits seconds for the archive, so acknowledging it early
+	// would be seen.
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "5s"}})
+	createLedger(t, pg)
+	takeBackup(t, pg, url, nil)
+	exec1(t, pg, "INSERT INTO ledger (note) SELECT 'before t1' FROM generate_series(1, 100)")
+	time.Sleep(100 * time.Millisecond)
+	t1 := time.Now().UTC()
+	time.Sleep(100 * time.Millisecond)
+	exec1(t, pg, "INSERT INTO ledger (note) SELECT md5(g::text) FROM generate_series(1, 200000) g") // the LSN moves far ahead
+	waitArchived(t, sc, flushLSN(t, pg), time.Minute)
+
+	// The database is restored in place to t1 while the sidecar keeps running: the server's
+	// LSN goes back, and its new slot starts low.
+	if err := pg.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	shareArchive(t, url)
+	if _, stderr, code := harness.Kcbackup(t, ctx, nil, "restore", "--storage", url, "--pgdata", pg.DataDir(), "--to", t1.Format(time.RFC3339Nano), "--move-aside", "--owner", "postgres"); code != 0 {
+		t.Fatalf("restore in place: %s", stderr)
+	}
+	if err := pg.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pg.WaitPromoted(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := query(t, pg, "SELECT count(*) FROM ledger"); got != "100" {
+		t.Fatalf("restored ledger has %s rows; want 100", got)
+	}
+	// New writes on timeline 2; at no point may the slot be ahead of the archive.
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		exec1(t, pg, "INSERT INTO ledger (note) SELECT 'timeline 2' FROM generate_series(1, 2000)")
+		if query(t, pg, "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 'kcbackup'") == "1" {
+			assertSlotNotAheadOfArchive(t, pg, url)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	waitArchived(t, sc, flushLSN(t, pg), time.Minute)
+	if st, _ := sc.Status(ctx); st.Timeline != 2 {
+		t.Fatalf("the sidecar archives timeline %d after the restore; want 2", st.Timeline)
+	}
+}

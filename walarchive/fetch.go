@@ -70,6 +70,22 @@ func (a *Archive) FetchWALFile(ctx context.Context, name string, w io.Writer) (F
 	}
 	pkey := PartialKey(f.Timeline, f.SegNo, a.SegmentSize())
 	n, err := a.Get(ctx, pkey, w)
+	if errors.Is(err, storage.ErrNotFound) {
+		// The segment may have been completed (and its partial deleted) between the two
+		// lookups: look for it once more before answering "not found".
+		if _, serr := a.Storage.Stat(ctx, key); serr == nil {
+			n, err := a.Get(ctx, key, w)
+			if err != nil {
+				return 0, err
+			}
+			if uint64(n) != a.SegmentSize() {
+				return 0, fmt.Errorf("%s: %w: %d bytes, expected the segment size %d", key, ErrCorrupt, n, a.SegmentSize())
+			}
+			return FetchedComplete, nil
+		} else if !errors.Is(serr, storage.ErrNotFound) {
+			return 0, serr
+		}
+	}
 	if err != nil {
 		return 0, notFoundAs(name, err)
 	}

@@ -57,8 +57,10 @@ type RestorePlan struct {
 	Timeline uint32
 	Target   Target
 	Window   Window
-	// LastXact is the last transaction end in the archive on the path (zero if none).
-	LastXact time.Time
+	// LastXact is the last transaction end in the archive on the path (zero if none), and
+	// LastXactLSN where its record starts.
+	LastXact    time.Time
+	LastXactLSN LSN
 	// ReplayToEnd is set when no transaction in the archive ended after the target: recovery
 	// then replays all the WAL instead of stopping at a time (PostgreSQL refuses to end
 	// recovery before a time target that no record reaches).
@@ -143,7 +145,7 @@ func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.
 		return RestorePlan{}, err
 	}
 	if ok {
-		plan.LastXact = x.Time
+		plan.LastXact, plan.LastXactLSN = x.Time, x.LSN
 	}
 	if !req.Target.Latest && (!ok || !x.Time.After(req.Target.Time)) {
 		plan.ReplayToEnd = true

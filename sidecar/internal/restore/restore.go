@@ -96,6 +96,13 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return Result{}, err
 	}
 	b := o.Plan.Backup
+	for _, obj := range b.Objects {
+		if obj.Name != "base.tar" && obj.Name != "backup_manifest" {
+			// Tablespaces would be written to locations the stored record names, outside the
+			// staging directory: not supported (Keycloak's database does not use them).
+			return Result{}, fmt.Errorf("backup %s holds tablespace archive %s (location %q): restoring tablespaces is not supported", b.ID, obj.Name, obj.Location)
+		}
+	}
 	// Step 1: extract into a staging directory beside the destination.
 	staging := fmt.Sprintf("%s.kcbackup-restoring-%s", o.PGData, b.ID)
 	if err := os.RemoveAll(staging); err != nil { // our own leftover from an interrupted restore
@@ -178,16 +185,6 @@ func extractObject(ctx context.Context, a *walarchive.Archive, b walarchive.Back
 		if err := extractTar(counter, staging); err != nil {
 			return 0, fmt.Errorf("restore %s: %w", key, err)
 		}
-	case strings.HasSuffix(obj.Name, ".tar") && obj.Location != "":
-		if err := CheckDestination(obj.Location, false); err != nil {
-			return 0, fmt.Errorf("restore tablespace %s: %w", obj.Name, err)
-		}
-		if err := os.MkdirAll(obj.Location, 0o700); err != nil {
-			return 0, err
-		}
-		if err := extractTar(counter, obj.Location); err != nil {
-			return 0, fmt.Errorf("restore %s: %w", key, err)
-		}
 	default:
 		return 0, fmt.Errorf("restore %s: unknown backup object", key)
 	}
@@ -213,8 +210,14 @@ func (c *countReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// extractTar unpacks a tar stream under dir, refusing entries that escape it.
+// extractTar unpacks a tar stream under dir. Every path is resolved inside dir (os.Root):
+// no entry, and no symlink an entry creates, can make a later entry write outside it.
 func extractTar(r io.Reader, dir string) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return err
+	}
+	defer root.Close()
 	tr := tar.NewReader(r)
 	for {
 		h, err := tr.Next()
@@ -228,22 +231,31 @@ func extractTar(r io.Reader, dir string) error {
 		if filepath.IsAbs(name) || name == ".." || strings.HasPrefix(name, ".."+string(filepath.Separator)) {
 			return fmt.Errorf("tar entry %q escapes the data directory", h.Name)
 		}
-		target := filepath.Join(dir, name)
 		switch h.Typeflag {
 		case tar.TypeDir:
-			if err := os.MkdirAll(target, 0o700); err != nil {
-				return err
+			if err := root.MkdirAll(name, 0o700); err != nil {
+				return fmt.Errorf("tar entry %q: %w", h.Name, err)
 			}
 		case tar.TypeReg:
-			if err := os.MkdirAll(filepath.Dir(target), 0o700); err != nil {
-				return err
+			if d := filepath.Dir(name); d != "." {
+				if err := root.MkdirAll(d, 0o700); err != nil {
+					return fmt.Errorf("tar entry %q: %w", h.Name, err)
+				}
 			}
-			if err := writeFile(target, tr, 0o600); err != nil {
-				return err
+			f, err := root.OpenFile(name, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return fmt.Errorf("tar entry %q: %w", h.Name, err)
+			}
+			_, err = io.Copy(f, tr)
+			if cerr := f.Close(); err == nil {
+				err = cerr
+			}
+			if err != nil {
+				return fmt.Errorf("tar entry %q: %w", h.Name, err)
 			}
 		case tar.TypeSymlink:
-			if err := os.Symlink(h.Linkname, target); err != nil {
-				return err
+			if err := root.Symlink(h.Linkname, name); err != nil {
+				return fmt.Errorf("tar entry %q: %w", h.Name, err)
 			}
 		default:
 			return fmt.Errorf("tar entry %q has unsupported type %q", h.Name, h.Typeflag)
@@ -301,6 +313,13 @@ func writeRecoveryConfig(dir string, o Options) error {
 	if !p.ReplayToEnd {
 		// An explicit offset: the server's TimeZone setting cannot change the instant.
 		fmt.Fprintf(&b, "recovery_target_time = %s\n", GUCQuote(p.Target.Time.UTC().Format("2006-01-02 15:04:05.999999-07:00")))
+		b.WriteString("recovery_target_inclusive = on\n")
+		b.WriteString("recovery_target_action = 'promote'\n")
+	}
+	if p.ReplayToEnd && !p.Target.Latest && p.LastXactLSN >= p.Backup.StopLSN {
+		// Stop right after the last transaction that ended by the target, even if the
+		// archive grows while recovery runs (WAL after it may hold later commits).
+		fmt.Fprintf(&b, "recovery_target_lsn = '%s'\n", p.LastXactLSN)
 		b.WriteString("recovery_target_inclusive = on\n")
 		b.WriteString("recovery_target_action = 'promote'\n")
 	}

@@ -135,6 +135,10 @@ func parseWALFileName(name string, segSize uint64) (WALFile, error) {
 	}
 }
 
+// IsSegmentName reports whether name has the form of a WAL segment name (24 upper-case hex
+// digits), without knowing the segment size.
+func IsSegmentName(name string) bool { return len(name) == 24 && isUpperHex(name) }
+
 func isUpperHex(s string) bool {
 	for i := 0; i < len(s); i++ {
 		c := s[i]

@@ -31,7 +31,8 @@ const (
 	xactAbortPrepared    = 0x40
 )
 
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+// PostgresEpoch is the zero of PostgreSQL's timestamps on the wire and in WAL.
+var PostgresEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 var crc32c = crc32.MakeTable(crc32.Castagnoli)
 
@@ -192,7 +193,7 @@ func (s *walScanner) run(fn func(XactRecord)) (LSN, error) {
 			if op == xactCommit || op == xactAbort || op == xactCommitPrepared || op == xactAbortPrepared {
 				if main, err := mainData(body); err == nil && len(main) >= 8 {
 					us := int64(binary.LittleEndian.Uint64(main[:8]))
-					fn(XactRecord{LSN: start, Commit: op == xactCommit || op == xactCommitPrepared, Time: pgEpoch.Add(time.Duration(us) * time.Microsecond)})
+					fn(XactRecord{LSN: start, Commit: op == xactCommit || op == xactCommitPrepared, Time: PostgresEpoch.Add(time.Duration(us) * time.Microsecond)})
 				}
 			}
 		}

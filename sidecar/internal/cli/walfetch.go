@@ -97,7 +97,7 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	}
 	// Step 1: a prefetched complete segment is moved into place before anything else is
 	// opened: this path is what keeps replay from waiting on downloads.
-	if o.prefetch > 0 && !o.prefetchRun && looksLikeSegment(name) && o.takePrefetched(name, dest) {
+	if o.prefetch > 0 && !o.prefetchRun && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
 		o.startPrefetch(name)
 		return nil
 	}
@@ -142,19 +142,6 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	default:
 		return &ExitError{Code: exitFatal, Err: fmt.Errorf("fetch %s: %w", name, err)}
 	}
-}
-
-// looksLikeSegment reports whether name has the form of a WAL segment (24 hex digits).
-func looksLikeSegment(name string) bool {
-	if len(name) != 24 {
-		return false
-	}
-	for _, c := range name {
-		if !(c >= '0' && c <= '9' || c >= 'A' && c <= 'F') {
-			return false
-		}
-	}
-	return true
 }
 
 // retry retries op while it fails with anything but "not in the archive", corruption or a

@@ -11,9 +11,6 @@ import (
 	"github.com/kcbackup/kcbackup/walarchive"
 )
 
-// pgEpoch is PostgreSQL's epoch for timestamps on the wire.
-var pgEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
-
 // EncodeStandbyStatus builds a Standby Status Update message ('r'). Unlike pglogrepl's
 // helper, a zero flush position is sent as zero: kcbackup must never acknowledge WAL it
 // has not archived, and "nothing archived yet" is a real state.
@@ -23,7 +20,7 @@ func EncodeStandbyStatus(write, flush, apply walarchive.LSN, now time.Time, repl
 	b = binary.BigEndian.AppendUint64(b, uint64(write))
 	b = binary.BigEndian.AppendUint64(b, uint64(flush))
 	b = binary.BigEndian.AppendUint64(b, uint64(apply))
-	b = binary.BigEndian.AppendUint64(b, uint64(now.Sub(pgEpoch).Microseconds()))
+	b = binary.BigEndian.AppendUint64(b, uint64(now.Sub(walarchive.PostgresEpoch).Microseconds()))
 	if replyRequested {
 		b = append(b, 1)
 	} else {

@@ -3,6 +3,7 @@ package walarchive
 import (
 	"bytes"
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -10,86 +11,235 @@ import (
 	"github.com/kcbackup/kcbackup/walarchive/storage/memory"
 )
 
-// fakeArchive builds an archive on the memory backend with complete segments [first, last]
-// of timeline 1 (synthetic bytes: no transactions, so restores replay to the end) and the
-// given backups.
-func fakeArchive(t *testing.T, first, last uint64, backups ...BackupRecord) *Archive {
+// In the fake archives every segment n holds, after its long page header, one record at
+// +40 that is not a transaction, a commit at +88 ending at commitAt(t0, n), and XLOG_SWITCH.
+const (
+	fakeNoopOff   = 40
+	fakeCommitOff = 88
+)
+
+func commitAt(t0 time.Time, n uint64) time.Time { return t0.Add(time.Duration(n) * time.Minute) }
+
+// fakeWAL writes segments [first, last] of timeline tli with one commit each.
+func fakeWAL(t *testing.T, a *Archive, tli uint32, first, last uint64, t0 time.Time) {
 	t.Helper()
-	ctx := context.Background()
-	a, err := InitArchive(ctx, memory.New(), testIdentity(), nil)
+	g := newWALGen(pg15, seg1M, first)
+	for n := first; n <= last; n++ {
+		g.noop(16)
+		if l := g.commit(commitAt(t0, n)); l != SegmentStartLSN(n, seg1M)+fakeCommitOff {
+			t.Fatalf("generated commit at %s; want %s", l, SegmentStartLSN(n, seg1M)+fakeCommitOff)
+		}
+		g.switchSegment()
+	}
+	for n := first; n <= last; n++ {
+		if _, err := a.PutImmutable(context.Background(), SegmentKey(tli, n, seg1M), bytes.NewReader(g.segment(n))); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// fakeArchive builds an archive on the memory backend with segments [first, last] of
+// timeline 1 and the given backups.
+func fakeArchive(t *testing.T, first, last uint64, t0 time.Time, backups ...BackupRecord) *Archive {
+	t.Helper()
+	a, err := InitArchive(context.Background(), memory.New(), testIdentity(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for n := first; n <= last; n++ {
-		if _, err := a.PutImmutable(ctx, SegmentKey(1, n, seg1M), bytes.NewReader(bytes.Repeat([]byte{byte(n)}, seg1M))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, b := range backups {
-		b.FormatVersion = FormatVersion
-		b.Objects = []BackupObject{{Name: "base.tar", RawBytes: 1, SHA256: "00"}}
-		if err := a.PutJSON(ctx, BackupRecordKey(b.ID), b); err != nil {
-			t.Fatal(err)
-		}
-	}
+	fakeWAL(t, a, 1, first, last, t0)
+	putBackups(t, a, backups...)
 	return a
 }
 
-func backupAt(id string, startSeg uint64, stop time.Time) BackupRecord {
-	return BackupRecord{ID: id, Timeline: 1, StartLSN: SegmentStartLSN(startSeg, seg1M) + 40, StopLSN: SegmentStartLSN(startSeg, seg1M) + 300,
+func putBackups(t *testing.T, a *Archive, backups ...BackupRecord) {
+	t.Helper()
+	for _, b := range backups {
+		b.FormatVersion = FormatVersion
+		b.Objects = []BackupObject{{Name: "base.tar", RawBytes: 1, SHA256: "00"}}
+		if err := a.PutJSON(context.Background(), BackupRecordKey(b.ID), b); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// backupAt is a backup of timeline 1 inside segment seg that stops 30 s before that
+// segment's commit, at the commit's LSN (so the commit is after the backup).
+func backupAt(id string, seg uint64, t0 time.Time) BackupRecord {
+	stop := commitAt(t0, seg).Add(-30 * time.Second)
+	return BackupRecord{ID: id, Timeline: 1, StartLSN: SegmentStartLSN(seg, seg1M) + fakeNoopOff, StopLSN: SegmentStartLSN(seg, seg1M) + fakeCommitOff,
 		StartTime: stop.Add(-time.Second), StopTime: stop}
 }
 
+func planAt(t *testing.T, a *Archive, req RestoreRequest) (RestorePlan, error) {
+	t.Helper()
+	return a.PlanRestore(context.Background(), req, time.Now())
+}
+
 func TestPlanRestoreChoosesTheNewestBackupEndingAtOrBeforeTheTarget(t *testing.T) {
-	ctx := context.Background()
-	t0 := time.Now().Add(-time.Hour).UTC().Truncate(time.Second)
-	a := fakeArchive(t, 2, 20, backupAt("20260101T000000Z", 2, t0), backupAt("20260101T010000Z", 10, t0.Add(10*time.Minute)))
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	b2, b10 := backupAt("20260101T000000Z", 2, t0), backupAt("20260101T010000Z", 10, t0)
+	a := fakeArchive(t, 2, 20, t0, b2, b10)
 	for _, tc := range []struct {
 		target time.Time
 		want   string
 	}{
-		{t0.Add(time.Minute), "20260101T000000Z"},
-		{t0.Add(10 * time.Minute), "20260101T010000Z"}, // stop time == target: at or before
-		{t0.Add(10*time.Minute - time.Microsecond), "20260101T000000Z"},
+		{commitAt(t0, 5).Add(10 * time.Second), b2.ID},
+		{b10.StopTime, b10.ID}, // stop time == target: at or before
+		{b10.StopTime.Add(-time.Microsecond), b2.ID},
 	} {
-		p, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Time: tc.target}}, time.Now())
-		if err != nil || p.Backup.ID != tc.want {
-			t.Errorf("target %s: backup %q, %v; want %s", tc.target, p.Backup.ID, err, tc.want)
+		p, err := planAt(t, a, RestoreRequest{Target: Target{Time: tc.target}})
+		if err != nil || p.Backup.ID != tc.want || p.Stop != StopAtTime {
+			t.Errorf("target %s: backup %q, stop %s, %v; want %s stopping at the time", tc.target, p.Backup.ID, p.Stop, err, tc.want)
 		}
 	}
-	p, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Latest: true}}, time.Now())
-	if err != nil || p.Backup.ID != "20260101T010000Z" || !p.ReplayToEnd {
-		t.Errorf("latest: %+v, %v", p.Backup.ID, err)
+	p, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}})
+	if err != nil || p.Backup.ID != b10.ID || p.Stop != StopAtEnd {
+		t.Errorf("latest: %+v %s, %v", p.Backup.ID, p.Stop, err)
 	}
 	// --backup forces an older backup; one that ends after the target is refused.
-	p, err = a.PlanRestore(ctx, RestoreRequest{Target: Target{Latest: true}, BackupID: "20260101T000000Z"}, time.Now())
-	if err != nil || p.Backup.ID != "20260101T000000Z" {
+	p, err = planAt(t, a, RestoreRequest{Target: Target{Latest: true}, BackupID: b2.ID})
+	if err != nil || p.Backup.ID != b2.ID {
 		t.Errorf("--backup: %+v, %v", p.Backup.ID, err)
 	}
-	if _, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Time: t0.Add(time.Minute)}, BackupID: "20260101T010000Z"}, time.Now()); err == nil {
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 3)}, BackupID: b10.ID}); err == nil {
 		t.Error("a forced backup that ends after the target was accepted")
 	}
 }
 
+func TestPlanRestoreNeverReplaysPastTheTarget(t *testing.T) {
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	b10 := backupAt("20260101T010000Z", 10, t0)
+	// A backup of segment 20 that stops after that segment's commit: nothing ends after it.
+	b20 := BackupRecord{ID: "20260101T020000Z", Timeline: 1, StartLSN: SegmentStartLSN(20, seg1M) + fakeNoopOff,
+		StopLSN: SegmentStartLSN(20, seg1M) + fakeCommitOff + 40, StartTime: commitAt(t0, 20), StopTime: commitAt(t0, 20).Add(time.Second)}
+	a := fakeArchive(t, 2, 20, t0, b10)
+	// No transaction archived after the target yet: stop after the last one by it.
+	p, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 20).Add(10 * time.Second)}})
+	if err != nil || p.Stop != StopAtLSN || p.LastXactLSN != SegmentStartLSN(20, seg1M)+fakeCommitOff || !p.LastXact.Equal(commitAt(t0, 20)) {
+		t.Fatalf("target after the last commit: %+v, %v; want a stop at the last commit's LSN", p, err)
+	}
+	// No transaction between the backup's stop and the target: stop at the end of the backup.
+	putBackups(t, a, b20)
+	p, err = planAt(t, a, RestoreRequest{Target: Target{Time: b20.StopTime.Add(5 * time.Second)}})
+	if err != nil || p.Backup.ID != b20.ID || p.Stop != StopImmediate {
+		t.Fatalf("no commit after the backup: %s %s, %v; want %s stopping when consistent", p.Backup.ID, p.Stop, err, b20.ID)
+	}
+}
+
 func TestPlanRestoreRefusesTargetsOutsideTheWindowAndBackupsMissingWAL(t *testing.T) {
-	ctx := context.Background()
-	t0 := time.Now().Add(-time.Hour).UTC()
-	a := fakeArchive(t, 2, 5, backupAt("20260101T000000Z", 2, t0))
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	b2 := backupAt("20260101T000000Z", 2, t0)
+	a := fakeArchive(t, 2, 5, t0, b2)
 	for target, want := range map[time.Time]string{
-		t0.Add(-time.Second):      "before the oldest usable backup",
-		time.Now().Add(time.Hour): "in the future",
+		b2.StopTime.Add(-time.Second): "before the oldest usable backup",
+		time.Now().Add(time.Hour):     "in the future",
 	} {
-		if _, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Time: target}}, time.Now()); err == nil || !strings.Contains(err.Error(), want) {
+		if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("target %s: err = %v; want %q", target, err, want)
 		}
 	}
 	// A backup whose WAL is not in the archive is not usable.
-	b := fakeArchive(t, 2, 5, backupAt("20260101T000000Z", 9, t0))
-	if _, err := b.PlanRestore(ctx, RestoreRequest{Target: Target{Latest: true}}, time.Now()); err == nil {
+	b := fakeArchive(t, 2, 5, t0, backupAt("20260101T000000Z", 9, t0))
+	if _, err := planAt(t, b, RestoreRequest{Target: Target{Latest: true}}); err == nil {
 		t.Error("a backup without its WAL was planned")
 	}
-	if _, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Latest: true}, Timeline: 7}, time.Now()); err == nil || !strings.Contains(err.Error(), "timeline") {
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}, Timeline: 7}); err == nil || !strings.Contains(err.Error(), "timeline") {
 		t.Errorf("unknown timeline: %v", err)
+	}
+}
+
+func TestPlanRestoreUsesTheRangeAfterAWALHole(t *testing.T) {
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	b2, b15 := backupAt("20260101T000000Z", 2, t0), backupAt("20260101T010000Z", 15, t0)
+	a := fakeArchive(t, 2, 20, t0, b2, b15)
+	a.Storage.Delete(context.Background(), SegmentKey(1, 12, seg1M)) // a slot invalidation lost segment 12
+	sum, err := a.Summarize(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := sum.Windows[1]
+	if len(ws) != 2 || !ws[0].Hole || !ws[0].Earliest.Equal(b2.StopTime) || !ws[0].Latest.Equal(commitAt(t0, 11)) ||
+		ws[1].Hole || !ws[1].Earliest.Equal(b15.StopTime) || sum.Window == nil || !sum.Window.Earliest.Equal(b15.StopTime) {
+		t.Fatalf("windows %+v (window %+v); want [%s, %s] then a hole, then [%s, end]", ws, sum.Window, b2.StopTime, commitAt(t0, 11), b15.StopTime)
+	}
+	for _, tc := range []struct {
+		target time.Time
+		backup string // "" means refused
+	}{
+		{commitAt(t0, 8).Add(10 * time.Second), b2.ID},
+		{commitAt(t0, 11), b2.ID},
+		{commitAt(t0, 11).Add(time.Second), ""}, // WAL after segment 11 is lost
+		{commitAt(t0, 14), ""},
+		{commitAt(t0, 16).Add(10 * time.Second), b15.ID},
+	} {
+		p, err := planAt(t, a, RestoreRequest{Target: Target{Time: tc.target}})
+		switch {
+		case tc.backup == "" && err == nil:
+			t.Errorf("target %s in the hole was planned with backup %s", tc.target, p.Backup.ID)
+		case tc.backup != "" && (err != nil || p.Backup.ID != tc.backup):
+			t.Errorf("target %s: backup %q, %v; want %s", tc.target, p.Backup.ID, err, tc.backup)
+		}
+	}
+}
+
+// forkedArchive is timeline 1 with segments 2..20 and backups in segments 2, 8 and 14, and
+// timeline 2 forked at the start of segment 5 (a restore to a time between the first two
+// backups), with segments 5..9 whose commits are 100 minutes later.
+func forkedArchive(t *testing.T, t0 time.Time) (*Archive, []BackupRecord) {
+	t.Helper()
+	bs := []BackupRecord{backupAt("20260101T000000Z", 2, t0), backupAt("20260101T010000Z", 8, t0), backupAt("20260101T020000Z", 14, t0)}
+	a := fakeArchive(t, 2, 20, t0, bs...)
+	fakeWAL(t, a, 2, 5, 9, t0.Add(100*time.Minute))
+	h := TimelineHistory{{Parent: 1, SwitchPoint: SegmentStartLSN(5, seg1M), Reason: "before 2026-01-01"}}
+	if err := a.PutHistory(context.Background(), 2, h.Format()); err != nil {
+		t.Fatal(err)
+	}
+	return a, bs
+}
+
+func TestPlanRestoreRefusesATimeOnTwoDivergingTimelines(t *testing.T) {
+	t0 := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	a, bs := forkedArchive(t, t0)
+	// Before the fork both timelines hold the same history: the newest is chosen.
+	p, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 3).Add(10 * time.Second)}})
+	if err != nil || p.Timeline != 2 || p.Backup.ID != bs[0].ID || p.Stop != StopAtTime {
+		t.Fatalf("target before the fork: timeline %d backup %s stop %s, %v; want timeline 2 from %s", p.Timeline, p.Backup.ID, p.Stop, err, bs[0].ID)
+	}
+	// After the fork timeline 1 went on and timeline 2 restarted later: ambiguous.
+	target := commitAt(t0, 16).Add(10 * time.Second)
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); !errors.Is(err, ErrAmbiguousTimeline) || !strings.Contains(err.Error(), "--timeline 1") {
+		t.Fatalf("target on both timelines: %v; want ErrAmbiguousTimeline naming --timeline 1", err)
+	}
+	p, err = planAt(t, a, RestoreRequest{Target: Target{Time: target}, Timeline: 1})
+	if err != nil || p.Timeline != 1 || p.Backup.ID != bs[2].ID || p.Stop != StopAtTime {
+		t.Fatalf("--timeline 1: timeline %d backup %s stop %s, %v", p.Timeline, p.Backup.ID, p.Stop, err)
+	}
+	p, err = planAt(t, a, RestoreRequest{Target: Target{Time: target}, Timeline: 2})
+	if err != nil || p.Timeline != 2 || p.Backup.ID != bs[0].ID || p.Stop != StopAtTime {
+		t.Fatalf("--timeline 2: timeline %d backup %s stop %s, %v", p.Timeline, p.Backup.ID, p.Stop, err)
+	}
+}
+
+func TestPruneAfterARestoreKeepsTheLiveTimelineRestorable(t *testing.T) {
+	t0 := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	a, bs := forkedArchive(t, t0)
+	plan, err := a.PlanPrune(context.Background(), Retention{KeepBackups: 2}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(plan.RemoveBackups) != 0 {
+		t.Fatalf("removes %v; the newest backup on timeline 2's path (%s) and the 2 newest must stay", plan.RemoveBackups, bs[0].ID)
+	}
+	for _, k := range plan.RemoveWAL {
+		if f, _ := ParseWALKey(k, seg1M); f.Timeline == 2 || f.SegNo >= 2 {
+			t.Fatalf("would remove %s", k)
+		}
+	}
+	if err := a.Prune(context.Background(), plan); err != nil {
+		t.Fatal(err)
+	}
+	if p, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}}); err != nil || p.Timeline != 2 {
+		t.Fatalf("after prune, restore to latest: timeline %d, %v", p.Timeline, err)
 	}
 }
 
@@ -113,11 +263,10 @@ func TestParseTargetRequiresAZone(t *testing.T) {
 
 func TestPruneKeepsWhatRetainedBackupsNeed(t *testing.T) {
 	ctx := context.Background()
-	now := time.Now().UTC()
-	a := fakeArchive(t, 2, 30,
-		backupAt("20260101T000000Z", 2, now.Add(-72*time.Hour)),
-		backupAt("20260102T000000Z", 10, now.Add(-48*time.Hour)),
-		backupAt("20260103T000000Z", 20, now.Add(-time.Hour)))
+	now := time.Now().UTC().Truncate(time.Second)
+	t0 := now.Add(-3 * time.Hour)
+	old, mid, young := backupAt("20260101T000000Z", 2, t0), backupAt("20260102T000000Z", 10, t0), backupAt("20260103T000000Z", 20, t0)
+	a := fakeArchive(t, 2, 30, t0, old, mid, young)
 	if _, err := a.PlanPrune(ctx, Retention{}, now); err == nil {
 		t.Fatal("a retention that keeps nothing was accepted")
 	}
@@ -125,13 +274,13 @@ func TestPruneKeepsWhatRetainedBackupsNeed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(plan.RemoveBackups) != 1 || plan.RemoveBackups[0].ID != "20260101T000000Z" {
+	if len(plan.RemoveBackups) != 1 || plan.RemoveBackups[0].ID != old.ID {
 		t.Fatalf("removes %+v; want only the oldest backup", plan.RemoveBackups)
 	}
 	for _, k := range plan.RemoveWAL {
 		f, _ := ParseWALKey(k, seg1M)
 		if f.SegNo >= 10 {
-			t.Fatalf("would remove %s, which the kept backup 20260102T000000Z needs", k)
+			t.Fatalf("would remove %s, which the kept backup %s needs", k, mid.ID)
 		}
 	}
 	if len(plan.RemoveWAL) != 8 {
@@ -141,36 +290,48 @@ func TestPruneKeepsWhatRetainedBackupsNeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Still restorable from the oldest kept backup to the end.
-	if _, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Latest: true}, BackupID: "20260102T000000Z"}, now); err != nil {
+	if _, err := a.PlanRestore(ctx, RestoreRequest{Target: Target{Latest: true}, BackupID: mid.ID}, now); err != nil {
 		t.Fatalf("after pruning, the oldest kept backup cannot be restored: %v", err)
 	}
-	// keep-within keeps by age; the newest is always kept.
-	plan, _ = a.PlanPrune(ctx, Retention{KeepWithin: time.Minute}, now)
-	if len(plan.Keep) != 1 || plan.Keep[0].ID != "20260103T000000Z" {
-		t.Fatalf("keep-within 1m keeps %+v; want the newest", plan.Keep)
+	// keep-within keeps by age, and the youngest backup before the window, which a restore
+	// to the window's start needs.
+	window := now.Sub(young.StopTime) + time.Minute
+	plan, _ = a.PlanPrune(ctx, Retention{KeepWithin: window}, now)
+	if len(plan.Keep) != 2 || plan.Keep[0].ID != mid.ID || plan.Keep[1].ID != young.ID {
+		t.Fatalf("keep-within keeps %+v; want %s (before the window) and %s", plan.Keep, mid.ID, young.ID)
+	}
+	if !strings.Contains(strings.Join(plan.Keep[0].Reasons, ";"), "youngest backup before") {
+		t.Errorf("reasons for %s: %v", mid.ID, plan.Keep[0].Reasons)
 	}
 }
 
-func TestWALReachReportsHolesIncludingAPartialInTheMiddle(t *testing.T) {
+func TestGraphReachReportsHolesIncludingAPartialInTheMiddle(t *testing.T) {
 	ctx := context.Background()
-	a := fakeArchive(t, 2, 9)
-	p, _ := a.Path(ctx, 1)
-	end, err := a.WALReach(ctx, p, 2)
-	if err != nil || end.End != SegmentStartLSN(10, seg1M) || end.Missing != "" || end.Partial {
-		t.Fatalf("continuous 2..9: %+v, %v", end, err)
+	t0 := time.Now().Add(-time.Hour)
+	a := fakeArchive(t, 2, 9, t0)
+	reach := func() WALEnd {
+		g, err := a.ReadGraph(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, _ := g.Path(1)
+		return g.Reach(p, 2)
+	}
+	if end := reach(); end.End != SegmentStartLSN(10, seg1M) || end.Missing != "" || end.Partial {
+		t.Fatalf("continuous 2..9: %+v", end)
 	}
 	// The live tail: a partial at the end is not a hole.
 	a.Put(ctx, PartialKey(1, 10, seg1M), bytes.NewReader([]byte{1}))
-	if end, _ := a.WALReach(ctx, p, 2); !end.Partial || end.LastSegment != 10 || end.Missing != "" {
+	if end := reach(); !end.Partial || end.LastSegment != 10 || end.Missing != "" {
 		t.Fatalf("with a tail partial: %+v", end)
 	}
 	// A partial followed by more WAL, and a missing segment, are holes.
 	a.PutImmutable(ctx, SegmentKey(1, 12, seg1M), bytes.NewReader(make([]byte, seg1M)))
-	if end, _ := a.WALReach(ctx, p, 2); end.Missing != SegmentName(1, 10, seg1M) {
+	if end := reach(); end.Missing != SegmentName(1, 10, seg1M) {
 		t.Fatalf("partial in the middle: Missing = %q", end.Missing)
 	}
 	a.Storage.Delete(ctx, SegmentKey(1, 5, seg1M))
-	if end, _ := a.WALReach(ctx, p, 2); end.Missing != SegmentName(1, 5, seg1M) || end.End != SegmentStartLSN(5, seg1M) {
+	if end := reach(); end.Missing != SegmentName(1, 5, seg1M) || end.End != SegmentStartLSN(5, seg1M) {
 		t.Fatalf("missing segment 5: %+v", end)
 	}
 }

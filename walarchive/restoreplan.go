@@ -50,107 +50,224 @@ type RestoreRequest struct {
 	Timeline uint32
 }
 
+// StopKind says how recovery ends.
+type StopKind int
+
+const (
+	// StopAtEnd replays all WAL of the timeline (target "latest").
+	StopAtEnd StopKind = iota
+	// StopAtTime stops before the first transaction that ended after the target: the
+	// archive holds such a transaction on the path, so recovery provably stops there.
+	StopAtTime
+	// StopAtLSN stops right after LastXactLSN, the last transaction of the path that ended
+	// by the target: no later one is archived yet, and WAL archived while recovery runs must
+	// not be replayed.
+	StopAtLSN
+	// StopImmediate stops as soon as the backup is consistent: no transaction ended between
+	// the backup's stop and the target.
+	StopImmediate
+)
+
+func (k StopKind) String() string {
+	return [...]string{"end of WAL", "time", "LSN", "end of backup"}[k]
+}
+
 // RestorePlan is a checked restore: every refusal happens while planning, before anything
 // at the destination is touched.
 type RestorePlan struct {
 	Backup   BackupRecord
 	Timeline uint32
 	Target   Target
-	Window   Window
-	// LastXact is the last transaction end in the archive on the path (zero if none), and
-	// LastXactLSN where its record starts.
+	// Window is the restorable range that holds the target.
+	Window Window
+	// LastXact is the last transaction end on the path after the backup's stop (zero if
+	// none), and LastXactLSN where its record starts.
 	LastXact    time.Time
 	LastXactLSN LSN
-	// ReplayToEnd is set when no transaction in the archive ended after the target: recovery
-	// then replays all the WAL instead of stopping at a time (PostgreSQL refuses to end
-	// recovery before a time target that no record reaches).
-	ReplayToEnd bool
+	// Stop is how recovery ends; the recovery settings follow from it.
+	Stop StopKind
 }
 
-// PlanRestore picks the backup and checks the target against the recovery window.
+// ErrAmbiguousTimeline is returned (wrapped) when a target time lies on more than one
+// timeline with different histories at that time: --timeline must choose.
+var ErrAmbiguousTimeline = errors.New("the target time lies on more than one timeline")
+
+// PlanRestore chooses the timeline, the backup and how recovery stops, and refuses, naming
+// why and what to pass instead, whenever it cannot show that recovery stops exactly at the
+// target: a target outside every restorable range, on two diverging timelines, or WAL it
+// cannot read.
 func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.Time) (RestorePlan, error) {
-	backups, _, err := a.Backups(ctx)
+	v, err := LookupPGVersion(a.Identity.PostgresVersion)
+	if err != nil {
+		return RestorePlan{}, fmt.Errorf("cannot plan a restore from this archive: %w", err)
+	}
+	g, err := a.ReadGraph(ctx)
 	if err != nil {
 		return RestorePlan{}, err
 	}
-	if len(backups) == 0 {
+	if len(g.Backups) == 0 {
 		return RestorePlan{}, errors.New("the archive has no complete base backup to restore from")
 	}
-	tlis, err := a.Timelines(ctx)
+	if len(g.Timelines) == 0 {
+		return RestorePlan{}, errors.New("the archive has no WAL")
+	}
+	if req.Timeline != 0 && !containsTLI(g.Timelines, req.Timeline) {
+		return RestorePlan{}, fmt.Errorf("invalid --timeline %d: the archive has timelines %v", req.Timeline, g.Timelines)
+	}
+	if !req.Target.Latest && req.Target.Time.After(now) {
+		return RestorePlan{}, fmt.Errorf("restore target %s is in the future (now is %s)", req.Target, fmtT(now))
+	}
+	// Step 1: the timeline and the range that holds the target.
+	tli, r, err := a.chooseRange(ctx, g, req, v)
 	if err != nil {
 		return RestorePlan{}, err
 	}
-	tli := req.Timeline
-	if tli == 0 {
-		if len(tlis) == 0 {
-			return RestorePlan{}, errors.New("the archive has no WAL")
-		}
-		tli = tlis[len(tlis)-1]
-	} else if !containsTLI(tlis, tli) {
-		return RestorePlan{}, fmt.Errorf("invalid --timeline %d: the archive has timelines %v", tli, tlis)
-	}
-	p, err := a.Path(ctx, tli)
-	if err != nil {
-		return RestorePlan{}, err
-	}
-	w, err := a.WindowOf(ctx, tli, backups)
-	if err != nil {
-		return RestorePlan{}, err
-	}
-	if !req.Target.Latest {
-		t := req.Target.Time
-		switch {
-		case t.After(now):
-			return RestorePlan{}, fmt.Errorf("restore target %s is in the future; the recovery window of timeline %d is %s to %s", req.Target, tli, fmtT(w.Earliest), fmtT(w.Latest))
-		case t.Before(w.Earliest):
-			return RestorePlan{}, fmt.Errorf("restore target %s is before the oldest usable backup (the recovery window of timeline %d is %s to %s)", req.Target, tli, fmtT(w.Earliest), fmtT(w.Latest))
-		case t.After(w.Latest):
-			return RestorePlan{}, fmt.Errorf("restore target %s is after the end of the archive (the recovery window of timeline %d is %s to %s)", req.Target, tli, fmtT(w.Earliest), fmtT(w.Latest))
-		}
-	}
+	p, _ := g.Path(tli)
+	// Step 2: the newest backup of that range that ends by the target.
 	var chosen *BackupRecord
-	for i := range backups {
-		b := backups[i]
-		if !p.Contains(b.Timeline, b.StopLSN) {
-			continue
-		}
+	for _, b := range g.BackupsOn(p, r) {
 		if req.BackupID != "" && b.ID != req.BackupID {
 			continue
 		}
 		if !req.Target.Latest && b.StopTime.After(req.Target.Time) {
 			continue
 		}
-		end, err := a.WALReach(ctx, p, b.StartLSN.SegmentNo(a.SegmentSize()))
-		if err != nil {
-			return RestorePlan{}, err
-		}
-		if !reaches(end, b.StopLSN, a.SegmentSize()) {
-			continue
-		}
-		chosen = &backups[i] // backups are oldest first: the last match is the newest
+		b := b
+		chosen = &b
 	}
 	if chosen == nil {
 		if req.BackupID != "" {
-			return RestorePlan{}, fmt.Errorf("backup %s cannot reach target %s on timeline %d: it is not complete, not on that timeline's path, ends after the target, or its WAL is missing", req.BackupID, req.Target, tli)
+			return RestorePlan{}, fmt.Errorf("backup %s cannot reach target %s on timeline %d: it is not complete, not on that timeline's path, ends after the target, or its WAL does not reach the target (the range holding the target starts with backup %s); omit --backup to choose automatically", req.BackupID, req.Target, tli, r.Backup)
 		}
 		return RestorePlan{}, fmt.Errorf("no backup on timeline %d's path ends at or before %s with its WAL in the archive", tli, req.Target)
 	}
-	plan := RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: *w, ReplayToEnd: req.Target.Latest}
-	end, err := a.WALReach(ctx, p, chosen.StartLSN.SegmentNo(a.SegmentSize()))
-	if err != nil {
-		return RestorePlan{}, err
+	plan := RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: windowOf(r)}
+	// Step 3: how recovery stops. A time target is written only when a transaction that
+	// ended after the target is archived on the path: PostgreSQL then stops before it,
+	// whatever WAL is archived later. Otherwise recovery is bounded by what is archived now.
+	if req.Target.Latest {
+		plan.Stop = StopAtEnd
+		return plan, nil
 	}
-	x, ok, err := a.LastXact(ctx, p, chosen.StopLSN.SegmentNo(a.SegmentSize()), end)
+	x, ok, err := a.lastXactIn(ctx, p, chosen.StopLSN.SegmentNo(a.SegmentSize()), r.End, v)
 	if err != nil {
-		return RestorePlan{}, err
+		return RestorePlan{}, fmt.Errorf("cannot show where recovery to %s stops: %w; kcbackup verify checks the archive, and --to latest replays all archived WAL of timeline %d without a time target", req.Target, err, tli)
 	}
 	if ok {
 		plan.LastXact, plan.LastXactLSN = x.Time, x.LSN
 	}
-	if !req.Target.Latest && (!ok || !x.Time.After(req.Target.Time)) {
-		plan.ReplayToEnd = true
+	switch {
+	case ok && x.Time.After(req.Target.Time) && x.LSN < chosen.StopLSN:
+		// A transaction that ended after the target is inside the backup (the server's and
+		// the sidecar's clocks disagree): recovery cannot stop before it.
+		return RestorePlan{}, fmt.Errorf("restore target %s: backup %s holds a transaction that ended at %s, after the target (the clocks of the server and of kcbackup disagree): pass an earlier --backup or a later target", req.Target, chosen.ID, fmtT(x.Time))
+	case ok && x.Time.After(req.Target.Time):
+		plan.Stop = StopAtTime
+	case ok && x.LSN >= chosen.StopLSN:
+		plan.Stop = StopAtLSN
+	default:
+		plan.Stop = StopImmediate
 	}
 	return plan, nil
+}
+
+// chooseRange picks the timeline and its range that hold the target. Without --timeline,
+// a target that lies on several timelines whose histories differ at that time is refused.
+func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest, v PGVersion) (uint32, Range, error) {
+	tlis := g.Timelines
+	if req.Timeline != 0 {
+		tlis = []uint32{req.Timeline}
+	}
+	type candidate struct {
+		tli uint32
+		r   Range
+	}
+	var cands []candidate
+	var windows []string
+	for i := len(tlis) - 1; i >= 0; i-- { // newest first
+		rs, err := a.Ranges(ctx, g, tlis[i])
+		if err != nil {
+			return 0, Range{}, fmt.Errorf("timeline %d: %w", tlis[i], err)
+		}
+		for _, r := range rs {
+			windows = append(windows, fmt.Sprintf("timeline %d: %s to %s", tlis[i], fmtT(r.From), fmtT(r.To)))
+		}
+		if len(rs) == 0 {
+			continue
+		}
+		if req.Target.Latest {
+			return tlis[i], rs[len(rs)-1], nil
+		}
+		for _, r := range rs {
+			if r.Contains(req.Target.Time) {
+				cands = append(cands, candidate{tlis[i], r})
+			}
+		}
+	}
+	if len(windows) == 0 {
+		return 0, Range{}, fmt.Errorf("no backup on timeline %d's path has its WAL in the archive", tlis[len(tlis)-1])
+	}
+	if len(cands) == 0 {
+		return 0, Range{}, fmt.Errorf("restore target %s: %w (%s)%s", req.Target, errNoRange, strings.Join(windows, "; "), rangeHint(g, req))
+	}
+	first := cands[0]
+	if req.Timeline != 0 {
+		return first.tli, first.r, nil
+	}
+	pFirst, _ := g.Path(first.tli)
+	for _, c := range cands[1:] {
+		pc, _ := g.Path(c.tli)
+		d, differ := divergence(pFirst, pc)
+		if !differ {
+			continue
+		}
+		// Both stop at the same place when a transaction that ended after the target lies
+		// before the point where the histories part.
+		x, ok, err := a.lastXactBefore(ctx, pFirst, d, first.r, g, v)
+		if err != nil {
+			return 0, Range{}, fmt.Errorf("restore target %s lies on timelines %d and %d, and their common WAL cannot be read to tell them apart: %w; pass --timeline", req.Target, first.tli, c.tli, err)
+		}
+		if ok && x.Time.After(req.Target.Time) {
+			continue
+		}
+		return 0, Range{}, fmt.Errorf("restore target %s: %w: timelines %d and %d part at %s and both reach that time with different histories; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
+			req.Target, ErrAmbiguousTimeline, c.tli, first.tli, d, c.tli, c.tli, first.tli, first.tli)
+	}
+	return first.tli, first.r, nil
+}
+
+// rangeHint says how a target outside every range relates to them.
+func rangeHint(g *Graph, req RestoreRequest) string {
+	oldest := g.Backups[0].StopTime
+	for _, b := range g.Backups {
+		if b.StopTime.Before(oldest) {
+			oldest = b.StopTime
+		}
+	}
+	if req.Target.Time.Before(oldest) {
+		return ": it is before the oldest usable backup"
+	}
+	return ": it is after the end of the archive, in a hole in the WAL, or on no timeline's restorable path; pass --to latest, or a time inside a range"
+}
+
+// lastXactIn is LastXact with the WAL format of version v.
+func (a *Archive) lastXactIn(ctx context.Context, p WALPath, fromSeg uint64, end WALEnd, v PGVersion) (XactRecord, bool, error) {
+	return a.lastXact(ctx, p, fromSeg, end, v, 0)
+}
+
+// lastXactBefore returns the last transaction on path p before LSN d, scanning back to the
+// stop of r's oldest backup.
+func (a *Archive) lastXactBefore(ctx context.Context, p WALPath, d LSN, r Range, g *Graph, v PGVersion) (XactRecord, bool, error) {
+	bs := g.BackupsOn(p, r)
+	from := bs[0].StopLSN.SegmentNo(a.SegmentSize())
+	end := r.End
+	if ds := d.SegmentNo(a.SegmentSize()); ds < end.LastSegment {
+		end.LastSegment = ds
+	}
+	if end.LastSegment < from {
+		return XactRecord{}, false, nil
+	}
+	return a.lastXact(ctx, p, from, end, v, d)
 }
 
 func containsTLI(list []uint32, t uint32) bool {
@@ -165,8 +282,19 @@ func containsTLI(list []uint32, t uint32) bool {
 func fmtT(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // LastXact returns the last commit or abort on the path at or after segment fromSeg,
-// scanning segments backwards from the end of the archive. ok is false when there is none.
+// scanning segments backwards from the end of WAL end. ok is false when there is none.
 func (a *Archive) LastXact(ctx context.Context, p WALPath, fromSeg uint64, end WALEnd) (XactRecord, bool, error) {
+	v, err := LookupPGVersion(a.Identity.PostgresVersion)
+	if err != nil {
+		return XactRecord{}, false, err
+	}
+	return a.lastXact(ctx, p, fromSeg, end, v, 0)
+}
+
+// lastXact scans back from end.LastSegment to fromSeg for the last transaction end whose
+// record starts before limit (0: no limit). WAL that stops early inside a segment that is
+// not the last is an error: valid WAL fills every complete segment.
+func (a *Archive) lastXact(ctx context.Context, p WALPath, fromSeg uint64, end WALEnd, v PGVersion, limit LSN) (XactRecord, bool, error) {
 	seg := a.SegmentSize()
 	var next []byte // the segment after n, already scanned: a record may straddle into it
 	for n := end.LastSegment; n >= fromSeg; n-- {
@@ -179,8 +307,16 @@ func (a *Archive) LastXact(ctx context.Context, p WALPath, fromSeg uint64, end W
 		var last XactRecord
 		found := false
 		stream := io.MultiReader(bytes.NewReader(cur), bytes.NewReader(next))
-		if _, err := ScanXacts(stream, n, seg, func(x XactRecord) { last, found = x, true }); err != nil {
-			return XactRecord{}, false, err
+		validEnd, err := ScanXacts(stream, v, n, seg, func(x XactRecord) {
+			if limit == 0 || x.LSN < limit {
+				last, found = x, true
+			}
+		})
+		if err != nil {
+			return XactRecord{}, false, fmt.Errorf("scan %s: %w", name, err)
+		}
+		if n < end.LastSegment && validEnd < SegmentStartLSN(n+1, seg) && (limit == 0 || validEnd < limit) {
+			return XactRecord{}, false, fmt.Errorf("scan %s: valid WAL ends at %s inside a complete segment: %w", name, validEnd, ErrCorrupt)
 		}
 		if found {
 			return last, true, nil

@@ -3,9 +3,11 @@ package walarchive
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
-	"sort"
+
+	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
 
 // Problem is one finding of Verify, naming the object or range concerned.
@@ -22,11 +24,17 @@ type VerifyReport struct {
 	Bytes    uint64
 	Backups  int
 	Problems []Problem
+	// Warnings are findings that do not make the archive unusable, such as a hole in the
+	// WAL that splits a timeline's recovery window into two ranges (after a replication slot
+	// was invalidated): `list` shows the ranges.
+	Warnings []Problem
 }
 
 // Verify reads every object in the archive and checks its checksum, checks every backup's
-// objects against its record, and checks that WAL is continuous on every timeline's path
-// from the oldest backup to the archive's end.
+// objects against its record and its WAL, and reports holes in the WAL of every timeline's
+// path. It may run while the archive is written: an object that disappears between the
+// listing and the read because it was superseded (a partial replaced by its complete
+// segment) is not a problem.
 func (a *Archive) Verify(ctx context.Context, progress func(key string)) (VerifyReport, error) {
 	var r VerifyReport
 	objs, err := a.Storage.List(ctx, "")
@@ -43,6 +51,9 @@ func (a *Archive) Verify(ctx context.Context, progress func(key string)) (Verify
 			k = nil // the identity says whether the archive is encrypted, so it never is
 		}
 		n, err := GetObject(ctx, a.Storage, o.Key, io.Discard, k)
+		if errors.Is(err, storage.ErrNotFound) && a.superseded(ctx, o.Key) {
+			continue
+		}
 		r.Objects++
 		r.Bytes += uint64(n)
 		if err != nil {
@@ -79,31 +90,33 @@ func (a *Archive) Verify(ctx context.Context, progress func(key string)) (Verify
 			r.Problems = append(r.Problems, Problem{"backup " + b.ID, "WAL from its start to its stop is incomplete: " + missing + " is missing"})
 		}
 	}
-	// Step 3: WAL continuity per timeline from the oldest backup on its path.
-	tlis, err := a.Timelines(ctx)
+	// Step 3: holes in the WAL of each timeline's path split its window into ranges.
+	g, err := a.ReadGraph(ctx)
 	if err != nil {
 		return r, err
 	}
-	sort.Slice(backups, func(i, j int) bool { return backups[i].StartLSN < backups[j].StartLSN })
-	for _, tli := range tlis {
-		p, err := a.Path(ctx, tli)
+	for _, tli := range g.Timelines {
+		rs, err := g.Ranges(tli)
 		if err != nil {
 			r.Problems = append(r.Problems, Problem{HistoryKey(tli), err.Error()})
 			continue
 		}
-		for _, b := range backups {
-			if !p.Contains(b.Timeline, b.StopLSN) {
-				continue
+		for _, rg := range rs {
+			if rg.Hole {
+				r.Warnings = append(r.Warnings, Problem{TimelineDir(tli), fmt.Sprintf("WAL hole on timeline %d's path: %s is missing but later WAL exists; restores before it reach only to its start (see kcbackup list)", tli, rg.End.Missing)})
 			}
-			end, err := a.WALReach(ctx, p, b.StartLSN.SegmentNo(a.SegmentSize()))
-			if err != nil {
-				return r, err
-			}
-			if end.Missing != "" {
-				r.Problems = append(r.Problems, Problem{TimelineDir(tli), fmt.Sprintf("WAL gap on timeline %d's path: %s is missing but later WAL exists", tli, end.Missing)})
-			}
-			break
 		}
 	}
 	return r, nil
+}
+
+// superseded reports whether key, found missing after it was listed, was replaced as the
+// archive moved on: a partial whose complete segment now exists.
+func (a *Archive) superseded(ctx context.Context, key string) bool {
+	f, err := ParseWALKey(key, a.SegmentSize())
+	if err != nil || f.Kind != WALFilePartial {
+		return false
+	}
+	_, err = a.Storage.Stat(ctx, SegmentKey(f.Timeline, f.SegNo, a.SegmentSize()))
+	return err == nil
 }

@@ -9,18 +9,17 @@ import (
 	"time"
 )
 
-// WAL page and record layout of PostgreSQL 15 (src/include/access/xlog_internal.h and
-// xlogrecord.h). kcbackup reads only what it needs to find commit and abort times: the
-// recovery window and the choice between a time target and "replay to the end" depend on
-// the time of the last transaction in the archive.
+// WAL page and record layout (src/include/access/xlog_internal.h and xlogrecord.h); what
+// differs between major versions is in PGVersion. kcbackup reads only what it needs to find
+// commit and abort times: the recovery window and the choice between a time target and a
+// bounded replay depend on the times of the transactions in the archive.
 const (
 	walPageSize          = 8192
-	walPageMagic         = 0xD110 // XLOG_PAGE_MAGIC for PostgreSQL 15
 	xlpFirstIsContRecord = 0x0001
 	xlpLongHeader        = 0x0002
 	shortPageHeaderLen   = 24
 	longPageHeaderLen    = 40
-	recordHeaderLen      = 24
+	recordHeaderLen      = 24 // every supported version: PGVersion.RecordHeaderLen
 	rmXLogID             = 0
 	xlogSwitch           = 0x40
 	rmXactID             = 1
@@ -43,17 +42,26 @@ type XactRecord struct {
 	Time   time.Time
 }
 
-// ScanXacts reads WAL from r, which starts at the first byte of segment startSeg, and
-// calls fn for every commit and abort record, in WAL order. It stops without error at the
-// end of valid WAL (zeros, a recycled page, a bad checksum) and returns the LSN where
-// valid WAL ended.
-func ScanXacts(r io.Reader, startSeg, segSize uint64, fn func(XactRecord)) (LSN, error) {
-	s := &walScanner{r: r, pos: SegmentStartLSN(startSeg, segSize), segSize: segSize}
+// ErrWALFormat is returned (wrapped) when WAL is not in the format of the archive's
+// PostgreSQL version: kcbackup refuses to guess where transactions end.
+var ErrWALFormat = errors.New("WAL is not in the format of the archive's PostgreSQL version")
+
+// ScanXacts reads WAL of PostgreSQL version v from r, which starts at the first byte of
+// segment startSeg, and calls fn for every commit and abort record, in WAL order. It stops
+// without error at the end of valid WAL (zeros, a recycled page, a bad checksum) and
+// returns the LSN where valid WAL ended. A page at its own address whose magic is not v's
+// is an error (ErrWALFormat): it is WAL of another version, not the end of WAL.
+func ScanXacts(r io.Reader, v PGVersion, startSeg, segSize uint64, fn func(XactRecord)) (LSN, error) {
+	if v.WALPageMagic == 0 || v.RecordHeaderLen != recordHeaderLen {
+		return 0, fmt.Errorf("scan WAL: %w: no WAL format for PostgreSQL %d", ErrWALFormat, v.Major)
+	}
+	s := &walScanner{r: r, v: v, pos: SegmentStartLSN(startSeg, segSize), segSize: segSize}
 	return s.run(fn)
 }
 
 type walScanner struct {
 	r       io.Reader
+	v       PGVersion
 	segSize uint64
 	page    [walPageSize]byte
 	pageLSN LSN // LSN of the page in s.page
@@ -74,8 +82,11 @@ func (s *walScanner) loadPage() (bool, error) {
 	s.pageLSN = s.pos.SegmentStart(walPageSize)
 	magic := binary.LittleEndian.Uint16(s.page[0:])
 	addr := LSN(binary.LittleEndian.Uint64(s.page[8:]))
-	if magic != walPageMagic || addr != s.pageLSN {
-		return false, nil // zeros, a recycled page or another version's WAL: the end
+	if addr != s.pageLSN {
+		return false, nil // zeros or a recycled page: the end of valid WAL
+	}
+	if magic != s.v.WALPageMagic {
+		return false, fmt.Errorf("WAL page at %s has magic 0x%04X, not PostgreSQL %d's 0x%04X: %w", s.pageLSN, magic, s.v.Major, s.v.WALPageMagic, ErrWALFormat)
 	}
 	return true, nil
 }
@@ -191,8 +202,8 @@ func (s *walScanner) run(fn func(XactRecord)) (LSN, error) {
 		if hdr[17] == rmXactID {
 			op := hdr[16] & xactOpMask
 			if op == xactCommit || op == xactAbort || op == xactCommitPrepared || op == xactAbortPrepared {
-				if main, err := mainData(body); err == nil && len(main) >= 8 {
-					us := int64(binary.LittleEndian.Uint64(main[:8]))
+				if main, err := mainData(body, s.v); err == nil && len(main) >= s.v.XactTimeOffset+8 {
+					us := int64(binary.LittleEndian.Uint64(main[s.v.XactTimeOffset:]))
 					fn(XactRecord{LSN: start, Commit: op == xactCommit || op == xactCommitPrepared, Time: PostgresEpoch.Add(time.Duration(us) * time.Microsecond)})
 				}
 			}
@@ -203,7 +214,7 @@ func (s *walScanner) run(fn func(XactRecord)) (LSN, error) {
 
 // mainData returns a record's main data: the block headers are walked to find its length,
 // and it is the last part of the record.
-func mainData(body []byte) ([]byte, error) {
+func mainData(body []byte, v PGVersion) ([]byte, error) {
 	pos := 0
 	for pos < len(body) {
 		id := body[pos]
@@ -229,7 +240,7 @@ func mainData(body []byte) ([]byte, error) {
 				return nil, errors.New("short record")
 			}
 			forkFlags := body[pos+1]
-			pos += 4
+			pos += v.BlockRefHeaderLen
 			if forkFlags&0x10 != 0 { // BKPBLOCK_HAS_IMAGE
 				if pos+5 > len(body) {
 					return nil, errors.New("short record")
@@ -240,8 +251,8 @@ func mainData(body []byte) ([]byte, error) {
 					pos += 2
 				}
 			}
-			if forkFlags&0x80 == 0 { // !BKPBLOCK_SAME_REL: a RelFileNode follows
-				pos += 12
+			if forkFlags&0x80 == 0 { // !BKPBLOCK_SAME_REL: a relation locator follows
+				pos += v.RelLocatorLen
 			}
 			pos += 4 // BlockNumber
 		default:

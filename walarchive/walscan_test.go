@@ -2,7 +2,10 @@ package walarchive
 
 import (
 	"bytes"
+	"encoding/binary"
+	"errors"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -17,7 +20,7 @@ func TestScanXactsFindsTheCommitsPgWaldumpLists(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []XactRecord
-	end, err := ScanXacts(bytes.NewReader(data), 6, 1<<20, func(x XactRecord) { got = append(got, x) })
+	end, err := ScanXacts(bytes.NewReader(data), pg15, 6, 1<<20, func(x XactRecord) { got = append(got, x) })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,12 +46,99 @@ func TestScanXactsStopsAtAFlippedByte(t *testing.T) {
 	bad := append([]byte(nil), data...)
 	bad[0x600-0] ^= 0xFF // inside the record before the second commit
 	n := 0
-	end, err := ScanXacts(bytes.NewReader(bad), 6, 1<<20, func(XactRecord) { n++ })
+	end, err := ScanXacts(bytes.NewReader(bad), pg15, 6, 1<<20, func(XactRecord) { n++ })
 	if err != nil {
 		t.Fatal(err)
 	}
 	if n != 1 || end >= 0x600720 {
 		t.Fatalf("after a corrupt record: %d transactions, end %s; want 1 transaction and an end before 0/600720", n, end)
+	}
+}
+
+var pg15, _ = LookupPGVersion(15)
+
+// withMagic returns WAL whose page headers carry magic instead of PostgreSQL 15's: the
+// layouts the scanner reads did not change from 15 to 18, so this is how PostgreSQL 16's
+// WAL looks to it (no PostgreSQL 16 server is packaged for the test machines; 17 and 18
+// are checked against real servers' WAL below).
+func withMagic(data []byte, magic uint16) []byte {
+	out := append([]byte(nil), data...)
+	for off := 0; off+2 <= len(out); off += walPageSize {
+		binary.LittleEndian.PutUint16(out[off:], magic)
+	}
+	return out
+}
+
+func TestScanXactsReadsEachVersionWithItsOwnTable(t *testing.T) {
+	data, err := os.ReadFile("testdata/pg15-seg6-1MiB.head")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for major := MinPGVersion; major <= MaxPGVersion; major++ {
+		v, err := LookupPGVersion(major)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		end, err := ScanXacts(bytes.NewReader(withMagic(data, v.WALPageMagic)), v, 6, 1<<20, func(XactRecord) { n++ })
+		if err != nil || n != 2 || end != 0x6007E0 {
+			t.Errorf("PostgreSQL %d: %d transactions, end %s, err %v; want 2, 0/6007E0, nil", major, n, end, err)
+		}
+	}
+}
+
+func TestScanXactsRefusesAnotherVersionsWAL(t *testing.T) {
+	data, err := os.ReadFile("testdata/pg15-seg6-1MiB.head")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, major := range []int{16, 17, 18} {
+		v, _ := LookupPGVersion(major)
+		n := 0
+		_, err := ScanXacts(bytes.NewReader(data), v, 6, 1<<20, func(XactRecord) { n++ })
+		if !errors.Is(err, ErrWALFormat) || n != 0 {
+			t.Errorf("PostgreSQL 15 WAL read as %d: %d transactions, err %v; want none and ErrWALFormat", major, n, err)
+		}
+	}
+	// A magic no version has (19 beta changes it again): refused, not taken as the end.
+	_, err = ScanXacts(bytes.NewReader(withMagic(data, 0xD11A)), pg15, 6, 1<<20, func(XactRecord) {})
+	if !errors.Is(err, ErrWALFormat) {
+		t.Errorf("unknown page magic: err %v; want ErrWALFormat", err)
+	}
+	if _, err := ScanXacts(bytes.NewReader(data), PGVersion{Major: 19}, 6, 1<<20, func(XactRecord) {}); !errors.Is(err, ErrWALFormat) {
+		t.Errorf("scan without a format table: err %v; want ErrWALFormat", err)
+	}
+}
+
+func TestLookupPGVersionRefusesUnknownVersionsByName(t *testing.T) {
+	for _, tc := range []struct {
+		major int
+		want  string
+	}{
+		{14, "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17 and 18"},
+		{19, "PostgreSQL 19 is not supported by this kcbackup"},
+		{10, "PostgreSQL 10 is not supported"},
+	} {
+		_, err := LookupPGVersion(tc.major)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("LookupPGVersion(%d) = %v; want an error containing %q", tc.major, err, tc.want)
+		}
+	}
+}
+
+func TestParseServerVersion(t *testing.T) {
+	for in, want := range map[string]int{
+		"15.18 (Debian 15.18-0+deb12u1)": 15, "18.6": 18, "18beta1": 18, "17devel": 17, "19rc1": 19,
+		"16.4 (Ubuntu 16.4-1.pgdg22.04+1)": 16, " 17.12 ": 17,
+	} {
+		if got, err := ParseServerVersion(in); err != nil || got != want {
+			t.Errorf("ParseServerVersion(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "abc", "9.6.24", "15x", "beta1", "-15"} {
+		if got, err := ParseServerVersion(in); err == nil {
+			t.Errorf("ParseServerVersion(%q) = %d; want an error", in, got)
+		}
 	}
 }
 
@@ -58,7 +148,7 @@ func FuzzScanXacts(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// Must never panic or loop; whatever it finds is reported in LSN order.
 		var last LSN
-		_, _ = ScanXacts(bytes.NewReader(b), 6, 1<<20, func(x XactRecord) {
+		_, _ = ScanXacts(bytes.NewReader(b), pg15, 6, 1<<20, func(x XactRecord) {
 			if x.LSN < last {
 				t.Fatalf("transactions out of order: %s after %s", x.LSN, last)
 			}

@@ -6,15 +6,25 @@ import (
 	"time"
 )
 
-// Window is the range of times a restore can reach on one timeline's path.
+// Window is one restorable range of a timeline's path, as `list`, the API, the metrics and
+// the operator report it.
 type Window struct {
 	Timeline uint32
-	// Earliest is the stop time of the oldest usable backup on the path.
+	// Earliest is the stop time of the oldest backup that restores into the range.
 	Earliest time.Time
-	// Latest is when the newest WAL on the path was stored.
+	// Latest is the last time the range reaches (see Range.To).
 	Latest time.Time
-	// End is how far the WAL reaches.
+	// End is how far the range's WAL reaches.
 	End WALEnd
+	// Hole is set when the range ends at missing WAL that later WAL follows.
+	Hole bool
+}
+
+// Contains reports whether t lies in the window.
+func (w Window) Contains(t time.Time) bool { return !t.Before(w.Earliest) && !t.After(w.Latest) }
+
+func windowOf(r Range) Window {
+	return Window{Timeline: r.Timeline, Earliest: r.From, Latest: r.To, End: r.End, Hole: r.Hole}
 }
 
 // Summary is what `kcbackup list` and the API report.
@@ -22,53 +32,46 @@ type Summary struct {
 	Backups   []BackupRecord
 	Problems  []error
 	Timelines []uint32
-	// Window is nil when no backup is usable yet.
+	// LiveTimeline is the newest timeline (0 when the archive has no WAL).
+	LiveTimeline uint32
+	// Windows are the restorable ranges of every timeline's path, by timeline, oldest first.
+	// A hole in the WAL shows as two ranges.
+	Windows map[uint32][]Window
+	// Window is the newest range of the live timeline: where a restore to a recent time
+	// lands. Nil when no backup is usable yet.
 	Window *Window
 }
 
-// Summarize lists the backups and timelines and computes the recovery window of the
-// newest timeline.
+// Summarize lists the backups and timelines and computes the restorable ranges of every
+// timeline's path.
 func (a *Archive) Summarize(ctx context.Context) (Summary, error) {
-	var s Summary
-	var err error
-	if s.Backups, s.Problems, err = a.Backups(ctx); err != nil {
-		return s, err
+	g, err := a.ReadGraph(ctx)
+	if err != nil {
+		return Summary{}, err
 	}
-	if s.Timelines, err = a.Timelines(ctx); err != nil {
-		return s, err
-	}
-	if len(s.Timelines) == 0 || len(s.Backups) == 0 {
+	s := Summary{Backups: g.Backups, Problems: g.Problems, Timelines: g.Timelines, Windows: map[uint32][]Window{}}
+	live, ok := g.Live()
+	if !ok || len(g.Backups) == 0 {
 		return s, nil
 	}
-	w, err := a.WindowOf(ctx, s.Timelines[len(s.Timelines)-1], s.Backups)
-	if err != nil {
-		s.Problems = append(s.Problems, err)
-		return s, nil
-	}
-	s.Window = w
-	return s, nil
-}
-
-// WindowOf computes the recovery window along the path to timeline tli.
-func (a *Archive) WindowOf(ctx context.Context, tli uint32, backups []BackupRecord) (*Window, error) {
-	p, err := a.Path(ctx, tli)
-	if err != nil {
-		return nil, err
-	}
-	for _, b := range backups { // oldest first
-		if !p.Contains(b.Timeline, b.StopLSN) {
-			continue
-		}
-		end, err := a.WALReach(ctx, p, b.StartLSN.SegmentNo(a.SegmentSize()))
+	s.LiveTimeline = live
+	for _, tli := range g.Timelines {
+		rs, err := a.Ranges(ctx, g, tli)
 		if err != nil {
-			return nil, err
-		}
-		if !reaches(end, b.StopLSN, a.SegmentSize()) {
+			s.Problems = append(s.Problems, fmt.Errorf("recovery window of timeline %d: %w", tli, err))
 			continue
 		}
-		return &Window{Timeline: tli, Earliest: b.StopTime, Latest: end.LastModified, End: end}, nil
+		for _, r := range rs {
+			s.Windows[tli] = append(s.Windows[tli], windowOf(r))
+		}
 	}
-	return nil, fmt.Errorf("no backup on timeline %d's path has its WAL in the archive", tli)
+	if ws := s.Windows[live]; len(ws) > 0 {
+		w := ws[len(ws)-1]
+		s.Window = &w
+	} else {
+		s.Problems = append(s.Problems, fmt.Errorf("no backup on timeline %d's path has its WAL in the archive", live))
+	}
+	return s, nil
 }
 
 // reaches reports whether WAL that ends as e covers lsn (a partial last segment counts:

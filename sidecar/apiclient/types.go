@@ -74,9 +74,14 @@ type BackupInfo struct {
 	DataBytes int64 `json:"dataBytes"`
 }
 
-// RecoveryWindow is the range of times a restore can reach: from the stop time of the oldest
-// backup to the newest archived WAL.
+// RecoveryWindow is a range of times a restore can reach on one timeline's path: from the
+// stop time of the oldest backup that restores into it to where its WAL stops being
+// continuous.
 type RecoveryWindow struct {
+	// Timeline is the timeline whose path the range lies on.
+	Timeline uint32 `json:"timeline,omitempty"`
+	// Hole is set when the range ends at missing WAL that later WAL follows.
+	Hole bool `json:"hole,omitempty"`
 	// Earliest is the earliest time a restore can reach.
 	Earliest time.Time `json:"earliest"`
 	// Latest is the latest time a restore can reach.
@@ -92,8 +97,14 @@ func (w RecoveryWindow) Contains(t time.Time) bool {
 type Catalog struct {
 	// Backups lists the complete base backups, oldest first.
 	Backups []BackupInfo `json:"backups"`
-	// Window is the recovery window; nil when no backup is complete yet.
+	// Window is the live timeline's newest restorable range; nil when no backup is
+	// complete yet.
 	Window *RecoveryWindow `json:"window,omitempty"`
+	// Windows are the restorable ranges of every timeline's path, oldest first: a hole in
+	// the WAL shows as two ranges.
+	Windows []RecoveryWindow `json:"windows"`
+	// LiveTimeline is the newest timeline in the archive.
+	LiveTimeline uint32 `json:"liveTimeline,omitempty"`
 	// Timelines lists the timelines with WAL in the archive, ascending.
 	Timelines []uint32 `json:"timelines"`
 }

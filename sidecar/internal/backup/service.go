@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -139,6 +140,10 @@ func (s *Service) Catalog(ctx context.Context) (apiclient.Catalog, error) {
 		s.cfg.Metrics.RecoveryWindowStart.Set(float64(cat.Window.Earliest.Unix()))
 		s.cfg.Metrics.RecoveryWindowEnd.Set(float64(cat.Window.Latest.Unix()))
 	}
+	s.cfg.Metrics.RecoveryRanges.Reset()
+	for _, tli := range sum.Timelines {
+		s.cfg.Metrics.RecoveryRanges.WithLabelValues(strconv.FormatUint(uint64(tli), 10)).Set(float64(len(sum.Windows[tli])))
+	}
 	return cat, nil
 }
 
@@ -152,9 +157,21 @@ func CatalogOf(sum walarchive.Summary) apiclient.Catalog {
 		cat.Backups = append(cat.Backups, infoOf(b))
 	}
 	if sum.Window != nil {
-		cat.Window = &apiclient.RecoveryWindow{Earliest: sum.Window.Earliest, Latest: sum.Window.Latest}
+		w := apiWindow(*sum.Window)
+		cat.Window = &w
+	}
+	cat.LiveTimeline = sum.LiveTimeline
+	cat.Windows = []apiclient.RecoveryWindow{}
+	for _, tli := range sum.Timelines {
+		for _, w := range sum.Windows[tli] {
+			cat.Windows = append(cat.Windows, apiWindow(w))
+		}
 	}
 	return cat
+}
+
+func apiWindow(w walarchive.Window) apiclient.RecoveryWindow {
+	return apiclient.RecoveryWindow{Timeline: w.Timeline, Earliest: w.Earliest, Latest: w.Latest, Hole: w.Hole}
 }
 
 func infoOf(b walarchive.BackupRecord) apiclient.BackupInfo {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -176,11 +177,21 @@ func newListCmd(g *globalOptions) *cobra.Command {
 			}
 			tw.Flush()
 			fmt.Fprintf(g.stdout, "\ntimelines: %v\n", sum.Timelines)
-			if sum.Window != nil {
-				fmt.Fprintf(g.stdout, "recovery window (timeline %d): %s to %s\n", sum.Window.Timeline,
-					sum.Window.Earliest.UTC().Format(time.RFC3339), sum.Window.Latest.UTC().Format(time.RFC3339))
-			} else {
+			if sum.Window == nil {
 				fmt.Fprintln(g.stdout, "recovery window: none yet (no complete backup with its WAL)")
+			}
+			for _, tli := range sum.Timelines {
+				for _, w := range sum.Windows[tli] {
+					live, hole := "", ""
+					if tli == sum.LiveTimeline {
+						live = " (live)"
+					}
+					if w.Hole {
+						hole = fmt.Sprintf(" — then a hole in the WAL: %s is missing", w.End.Missing)
+					}
+					fmt.Fprintf(g.stdout, "recovery window, timeline %d%s: %s to %s%s\n", tli, live,
+						w.Earliest.UTC().Format(time.RFC3339), w.Latest.UTC().Format(time.RFC3339), hole)
+				}
 			}
 			for _, p := range sum.Problems {
 				fmt.Fprintln(g.stderr, "problem:", p)
@@ -191,6 +202,15 @@ func newListCmd(g *globalOptions) *cobra.Command {
 	cmd.Flags().StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
+}
+
+func sortedTimelines(m map[uint32]uint64) []uint32 {
+	var out []uint32
+	for t := range m {
+		out = append(out, t)
+	}
+	slices.Sort(out)
+	return out
 }
 
 func humanBytes(n uint64) string {
@@ -380,6 +400,9 @@ func newVerifyCmd(g *globalOptions) *cobra.Command {
 			for _, p := range rep.Problems {
 				fmt.Fprintln(g.stdout, "PROBLEM", p)
 			}
+			for _, w := range rep.Warnings {
+				fmt.Fprintln(g.stdout, "WARNING", w)
+			}
 			fmt.Fprintf(g.stdout, "verified %d objects (%s), %d backups: %d problems\n", rep.Objects, humanBytes(rep.Bytes), rep.Backups, len(rep.Problems))
 			if len(rep.Problems) > 0 {
 				return &ExitError{Code: 1, Err: fmt.Errorf("the archive has %d problems", len(rep.Problems))}
@@ -402,9 +425,13 @@ func newPruneCmd(g *globalOptions) *cobra.Command {
 		Use:   "prune --storage URL (--keep-backups N | --keep-within DURATION) [--dry-run]",
 		Short: "Remove old backups and the WAL no kept backup needs",
 		Long: `prune keeps the newest --keep-backups backups and every backup that stopped within
---keep-within (both may be given; the newest backup is always kept), and removes older
-backups and the WAL segments before the oldest kept backup's start. It never removes WAL or
-a backup a kept backup or the recovery window needs; history files are always kept.`,
+--keep-within (both may be given), and removes the other backups and the WAL no kept backup
+restores through. Whatever the policy it keeps, per timeline path, what restores into each
+kept range: the newest backup on the live (newest) timeline's path always, and with
+--keep-within the youngest backup that stopped before the window on each timeline's path,
+which a restore to the window's start needs. WAL is kept from each kept backup's start on,
+along every timeline that descends from it; history files are always kept. --dry-run prints
+what would go and why each kept backup stays.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx := cmd.Context()
@@ -426,8 +453,14 @@ a backup a kept backup or the recovery window needs; history files are always ke
 			} else if err := a.Prune(ctx, plan); err != nil {
 				return err
 			}
+			for _, b := range plan.Keep {
+				fmt.Fprintf(g.stdout, "keep backup %s (timeline %d, stopped %s): %s\n", b.ID, b.Timeline, b.StopTime.UTC().Format(time.RFC3339), strings.Join(b.Reasons, "; "))
+			}
 			for _, b := range plan.RemoveBackups {
-				fmt.Fprintf(g.stdout, "%s backup %s (stopped %s)\n", verb, b.ID, b.StopTime.UTC().Format(time.RFC3339))
+				fmt.Fprintf(g.stdout, "%s backup %s (timeline %d, stopped %s): no rule keeps it\n", verb, b.ID, b.Timeline, b.StopTime.UTC().Format(time.RFC3339))
+			}
+			for _, tli := range sortedTimelines(plan.KeepWALFrom) {
+				fmt.Fprintf(g.stdout, "keep WAL of timeline %d from segment %s on (a kept backup restores through it)\n", tli, walarchive.SegmentName(tli, plan.KeepWALFrom[tli], a.SegmentSize()))
 			}
 			fmt.Fprintf(g.stdout, "%s %d backups and %d WAL objects; kept %d backups\n", verb, len(plan.RemoveBackups), len(plan.RemoveWAL), len(plan.Keep))
 			return nil

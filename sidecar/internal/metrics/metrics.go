@@ -35,8 +35,10 @@ type Metrics struct {
 	BackupLastSize      prometheus.Gauge
 	RecoveryWindowStart prometheus.Gauge
 	RecoveryWindowEnd   prometheus.Gauge
-	ArchiveGaps         prometheus.Counter
-	WALServed           *prometheus.CounterVec
+	// RecoveryRanges counts the restorable ranges per timeline (more than one: a hole).
+	RecoveryRanges *prometheus.GaugeVec
+	ArchiveGaps    prometheus.Counter
+	WALServed      *prometheus.CounterVec
 }
 
 // Upload kinds (label "kind").
@@ -81,8 +83,10 @@ func New() *Metrics {
 		BackupLastFailure:   g("backup_last_failure_timestamp_seconds", "When the last failed base backup ended."),
 		BackupLastDuration:  g("backup_last_duration_seconds", "Duration of the last successful base backup."),
 		BackupLastSize:      g("backup_last_size_bytes", "Stored size of the last successful base backup."),
-		RecoveryWindowStart: g("recovery_window_start_timestamp_seconds", "Earliest time the archive can restore to."),
+		RecoveryWindowStart: g("recovery_window_start_timestamp_seconds", "Start of the live timeline's newest restorable range: every time from here to the end restores."),
 		RecoveryWindowEnd:   g("recovery_window_end_timestamp_seconds", "Latest time the archive can restore to."),
+		RecoveryRanges: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "kcbackup", Name: "recovery_ranges",
+			Help: "Restorable ranges of each timeline's path; more than one means a hole in the WAL splits it."}, []string{"timeline"}),
 		ArchiveGaps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "archive_gaps_total",
 			Help: "Times streaming had to skip WAL the server no longer had (the archive has a gap; take a new base backup)."}),
 		WALServed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kcbackup", Name: "wal_served_total",
@@ -93,7 +97,7 @@ func New() *Metrics {
 		m.Up, m.StorageUp, m.ArchivedLSN, m.ServerFlushLSN, m.ArchiveLagBytes, m.ArchiveLagSeconds, m.LastArchivedSegment,
 		m.Uploads, m.UploadErrors, m.UploadedBytes, m.ReceivedWALBytes, m.SlotRetainedBytes, m.PGDataVolumeFree,
 		m.PGDataVolumeSize, m.SpoolBytes, m.Timeline, m.BackupRunning, m.Backups, m.BackupLastSuccess, m.BackupLastFailure,
-		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.ArchiveGaps, m.WALServed,
+		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.RecoveryRanges, m.ArchiveGaps, m.WALServed,
 	)
 	for _, k := range []string{KindSegment, KindPartial, KindHistory, KindBackup} {
 		m.Uploads.WithLabelValues(k)

@@ -141,13 +141,15 @@ func Show(ctx context.Context, conn *pgconn.PgConn, name string) (string, error)
 	return string(res[0].Rows[0][0]), nil
 }
 
-// ParseMajorVersion parses server_version ("15.18 (Debian 15.18-0+deb12u1)") into 15.
+// ParseMajorVersion parses server_version ("15.18 (Debian 15.18-0+deb12u1)", "18beta1")
+// into its major version and refuses versions kcbackup has no format table for.
 func ParseMajorVersion(v string) (int, error) {
-	head, _, _ := strings.Cut(strings.TrimSpace(v), ".")
-	head, _, _ = strings.Cut(head, " ")
-	n, err := strconv.Atoi(head)
-	if err != nil || n < 10 {
-		return 0, fmt.Errorf("unsupported server_version %q: expected PostgreSQL 10 or later", v)
+	n, err := walarchive.ParseServerVersion(v)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := walarchive.LookupPGVersion(n); err != nil {
+		return 0, fmt.Errorf("server_version %q: %w", v, err)
 	}
 	return n, nil
 }

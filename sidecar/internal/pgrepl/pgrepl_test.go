@@ -19,7 +19,9 @@ func TestParseSize(t *testing.T) {
 }
 
 func TestParseMajorVersion(t *testing.T) {
-	for in, want := range map[string]int{"15.18 (Debian 15.18-0+deb12u1)": 15, "16.0": 16, "10.23": 10, "17beta1": 0} {
+	// Versions without a format table are refused by name (0 = refused).
+	for in, want := range map[string]int{"15.18 (Debian 15.18-0+deb12u1)": 15, "16.0": 16, "17beta1": 17, "18devel": 18,
+		"18.6": 18, "10.23": 0, "14.12": 0, "19beta1": 0, "garbage": 0} {
 		got, err := ParseMajorVersion(in)
 		if want == 0 {
 			if err == nil {

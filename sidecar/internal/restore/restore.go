@@ -306,21 +306,26 @@ func writeRecoveryConfig(dir string, o Options) error {
 	cmd := strings.Join(quoted, " ") + " %f %p"
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n# Added by kcbackup restore at %s: backup %s, target %s, timeline %d.\n", o.Now().UTC().Format(time.RFC3339), p.Backup.ID, p.Target, p.Timeline)
-	if p.ReplayToEnd && !p.Target.Latest {
-		fmt.Fprintf(&b, "# No transaction in the archive ended after the target (the last at %s): replay all WAL.\n", p.LastXact.UTC().Format(time.RFC3339Nano))
-	}
 	fmt.Fprintf(&b, "restore_command = %s\n", GUCQuote(cmd))
-	if !p.ReplayToEnd {
-		// An explicit offset: the server's TimeZone setting cannot change the instant.
+	switch p.Stop {
+	case walarchive.StopAtTime:
+		// A transaction that ended after the target is archived on the path, so recovery
+		// stops before it. An explicit offset: the server's TimeZone cannot change the instant.
 		fmt.Fprintf(&b, "recovery_target_time = %s\n", GUCQuote(p.Target.Time.UTC().Format("2006-01-02 15:04:05.999999-07:00")))
 		b.WriteString("recovery_target_inclusive = on\n")
 		b.WriteString("recovery_target_action = 'promote'\n")
-	}
-	if p.ReplayToEnd && !p.Target.Latest && p.LastXactLSN >= p.Backup.StopLSN {
-		// Stop right after the last transaction that ended by the target, even if the
-		// archive grows while recovery runs (WAL after it may hold later commits).
+	case walarchive.StopAtLSN:
+		// No transaction that ended after the target is archived yet: stop right after the
+		// last one that ended by it, even if the archive grows while recovery runs.
+		fmt.Fprintf(&b, "# The last transaction archived by the target ended at %s.\n", p.LastXact.UTC().Format(time.RFC3339Nano))
 		fmt.Fprintf(&b, "recovery_target_lsn = '%s'\n", p.LastXactLSN)
 		b.WriteString("recovery_target_inclusive = on\n")
+		b.WriteString("recovery_target_action = 'promote'\n")
+	case walarchive.StopImmediate:
+		// No transaction ended between the backup's stop and the target: stop as soon as the
+		// backup is consistent, never replaying WAL archived later.
+		b.WriteString("# No transaction ended between the backup's stop and the target.\n")
+		b.WriteString("recovery_target = 'immediate'\n")
 		b.WriteString("recovery_target_action = 'promote'\n")
 	}
 	fmt.Fprintf(&b, "recovery_target_timeline = '%d'\n", p.Timeline)

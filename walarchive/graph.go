@@ -1,0 +1,265 @@
+package walarchive
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+)
+
+// Graph is one reading of the archive's catalog: its complete backups, its timelines with
+// their histories, and which WAL objects exist. Restore planning, the recovery windows,
+// retention and verify all answer "which backups and WAL lie on this timeline's path, and
+// which times can be restored" from it, so they never disagree.
+type Graph struct {
+	segSize uint64
+	// Backups are the complete backups, oldest first (by stop LSN).
+	Backups []BackupRecord
+	// Problems are backup records that failed verification (not in Backups).
+	Problems []error
+	// Timelines are the timelines with WAL or a history file, ascending.
+	Timelines []uint32
+	history   map[uint32]TimelineHistory
+	historyOK map[uint32]error
+	wal       map[walPos]walObject
+	maxSeg    uint64
+}
+
+type walPos struct {
+	tli   uint32
+	segno uint64
+}
+
+type walObject struct {
+	complete, partial bool
+	// mod is when the newest of the two was stored.
+	mod time.Time
+}
+
+// ReadGraph lists the archive once and reads every backup record and history file.
+func (a *Archive) ReadGraph(ctx context.Context) (*Graph, error) {
+	g := &Graph{segSize: a.SegmentSize(), history: map[uint32]TimelineHistory{}, historyOK: map[uint32]error{}, wal: map[walPos]walObject{}}
+	var err error
+	if g.Backups, g.Problems, err = a.Backups(ctx); err != nil {
+		return nil, err
+	}
+	objs, err := a.Storage.List(ctx, walPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("list WAL: %w", err)
+	}
+	seen := map[uint32]bool{}
+	histories := map[uint32]bool{}
+	for _, o := range objs {
+		f, err := ParseWALKey(o.Key, g.segSize)
+		if err != nil {
+			continue
+		}
+		seen[f.Timeline] = true
+		if f.Kind == WALFileHistory {
+			histories[f.Timeline] = true
+			continue
+		}
+		k := walPos{f.Timeline, f.SegNo}
+		e := g.wal[k]
+		if f.Kind == WALFileSegment {
+			e.complete = true
+		} else {
+			e.partial = true
+		}
+		if o.ModTime.After(e.mod) {
+			e.mod = o.ModTime
+		}
+		g.wal[k] = e
+		if f.SegNo > g.maxSeg {
+			g.maxSeg = f.SegNo
+		}
+	}
+	for t := range seen {
+		g.Timelines = append(g.Timelines, t)
+	}
+	sort.Slice(g.Timelines, func(i, j int) bool { return g.Timelines[i] < g.Timelines[j] })
+	for _, t := range g.Timelines {
+		if t == 1 {
+			continue
+		}
+		if !histories[t] {
+			g.historyOK[t] = fmt.Errorf("timeline %d has WAL but no history file (%s) in the archive", t, HistoryKey(t))
+			continue
+		}
+		g.history[t], g.historyOK[t] = a.History(ctx, t)
+	}
+	return g, nil
+}
+
+// Live is the newest timeline: the one the server archiving into this archive runs on.
+func (g *Graph) Live() (uint32, bool) {
+	if len(g.Timelines) == 0 {
+		return 0, false
+	}
+	return g.Timelines[len(g.Timelines)-1], true
+}
+
+// Path returns the WAL path to timeline tli.
+func (g *Graph) Path(tli uint32) (WALPath, error) {
+	if err := g.historyOK[tli]; err != nil {
+		return WALPath{}, err
+	}
+	return WALPath{Target: tli, History: g.history[tli], segSize: g.segSize}, nil
+}
+
+// Has reports whether the WAL of (tli, segno) is stored, complete or as a partial.
+func (g *Graph) Has(tli uint32, segno uint64) (complete, partial bool) {
+	e := g.wal[walPos{tli, segno}]
+	return e.complete, e.partial
+}
+
+// Reach walks path p from segment fromSeg and reports how far the WAL is continuous.
+func (g *Graph) Reach(p WALPath, fromSeg uint64) WALEnd {
+	seg := g.segSize
+	onPath := func(n uint64) (walObject, bool) {
+		e, ok := g.wal[walPos{p.TimelineOfSegment(n), n}]
+		return e, ok
+	}
+	// Step 1: the continuous run of complete segments from fromSeg, ending at the first
+	// missing segment or at a partial (the live tail, or a segment cut short).
+	end := WALEnd{End: SegmentStartLSN(fromSeg, seg), LastSegment: fromSeg}
+	n := fromSeg
+	for ; n <= g.maxSeg; n++ {
+		e, ok := onPath(n)
+		if !ok {
+			break
+		}
+		end.LastSegment, end.Partial = n, !e.complete
+		if e.mod.After(end.LastModified) {
+			end.LastModified = e.mod
+		}
+		if !e.complete {
+			end.End = SegmentStartLSN(n, seg)
+			n++
+			break
+		}
+		end.End = SegmentStartLSN(n+1, seg)
+	}
+	// Step 2: WAL on the path after the run means the run ended at a hole, not at the end.
+	for m := n; m <= g.maxSeg; m++ {
+		if _, ok := onPath(m); ok {
+			missing := n
+			if end.Partial {
+				missing = end.LastSegment
+			}
+			end.Missing = SegmentName(p.TimelineOfSegment(missing), missing, seg)
+			break
+		}
+	}
+	return end
+}
+
+// Range is a stretch of time that restores reach on one timeline's path: from the stop of
+// the oldest backup that restores into it to where its WAL stops being continuous (the end
+// of the archive, the end of an old timeline, or a hole).
+type Range struct {
+	Timeline uint32
+	// From is the stop time of Backup, the oldest backup that restores into the range.
+	From   time.Time
+	Backup string
+	// To is the last time the range reaches: when its newest WAL was stored, or, for a
+	// range that ends at a hole, the time of its last transaction (WAL after it is lost).
+	To time.Time
+	// End is how far the range's WAL reaches.
+	End WALEnd
+	// Hole is set when the range ends at missing WAL that later WAL follows.
+	Hole bool
+}
+
+// Contains reports whether t lies in the range.
+func (r Range) Contains(t time.Time) bool { return !t.Before(r.From) && !t.After(r.To) }
+
+// Ranges returns the restorable ranges of timeline tli's path, oldest first. A hole in
+// the WAL splits the path into two ranges. The To of a range that ends at a hole is set
+// from its WAL by Archive.Ranges; here it is the upload time of its last WAL.
+func (g *Graph) Ranges(tli uint32) ([]Range, error) {
+	p, err := g.Path(tli)
+	if err != nil {
+		return nil, err
+	}
+	var out []Range
+	for _, b := range g.Backups {
+		if !p.Contains(b.Timeline, b.StopLSN) {
+			continue
+		}
+		end := g.Reach(p, b.StartLSN.SegmentNo(g.segSize))
+		if !reaches(end, b.StopLSN, g.segSize) {
+			continue // its own WAL is incomplete: it restores nothing
+		}
+		if n := len(out); n > 0 && out[n-1].End.LastSegment == end.LastSegment {
+			continue // the same run of WAL as an older backup: one range
+		}
+		out = append(out, Range{Timeline: tli, From: b.StopTime, Backup: b.ID, To: end.LastModified, End: end, Hole: end.Missing != ""})
+	}
+	return out, nil
+}
+
+// BackupsOn returns the backups on path p whose WAL run is the one of range r, oldest first.
+func (g *Graph) BackupsOn(p WALPath, r Range) []BackupRecord {
+	var out []BackupRecord
+	for _, b := range g.Backups {
+		if !p.Contains(b.Timeline, b.StopLSN) {
+			continue
+		}
+		end := g.Reach(p, b.StartLSN.SegmentNo(g.segSize))
+		if reaches(end, b.StopLSN, g.segSize) && end.LastSegment == r.End.LastSegment {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// Ranges returns the restorable ranges of timeline tli's path with exact ends: a range that
+// ends at a hole reaches only as far as its last transaction, read from its WAL.
+func (a *Archive) Ranges(ctx context.Context, g *Graph, tli uint32) ([]Range, error) {
+	rs, err := g.Ranges(tli)
+	if err != nil {
+		return nil, err
+	}
+	p, _ := g.Path(tli)
+	for i := range rs {
+		if !rs[i].Hole {
+			continue
+		}
+		bs := g.BackupsOn(p, rs[i])
+		x, ok, err := a.LastXact(ctx, p, bs[0].StopLSN.SegmentNo(a.SegmentSize()), rs[i].End)
+		if err != nil {
+			return nil, fmt.Errorf("timeline %d: the range before the hole at %s: %w", tli, rs[i].End.Missing, err)
+		}
+		if ok && x.Time.After(rs[i].From) {
+			rs[i].To = x.Time
+		} else {
+			rs[i].To = rs[i].From // nothing committed after the backup before the hole
+		}
+	}
+	return rs, nil
+}
+
+// divergence returns the first LSN at which paths p and q read different timelines, and
+// false when they never do (the same path).
+func divergence(p, q WALPath) (LSN, bool) {
+	var points []LSN
+	for _, s := range p.History {
+		points = append(points, s.SwitchPoint)
+	}
+	for _, s := range q.History {
+		points = append(points, s.SwitchPoint)
+	}
+	points = append(points, 0)
+	sort.Slice(points, func(i, j int) bool { return points[i] < points[j] })
+	for _, x := range points {
+		if p.History.TimelineOf(x, p.Target) != q.History.TimelineOf(x, q.Target) {
+			return x, true
+		}
+	}
+	return 0, false
+}
+
+// errNoRange is returned (wrapped) when no range contains a target.
+var errNoRange = errors.New("no recovery range contains the target")

@@ -231,69 +231,9 @@ type WALEnd struct {
 
 // WALReach walks the path from segment fromSeg and reports how far the WAL is continuous.
 func (a *Archive) WALReach(ctx context.Context, p WALPath, fromSeg uint64) (WALEnd, error) {
-	seg := a.SegmentSize()
-	// One listing per timeline on the path; completeness is then checked segment by segment.
-	tlis := map[uint32]bool{p.Target: true}
-	for _, s := range p.History {
-		tlis[s.Parent] = true
+	g, err := a.ReadGraph(ctx)
+	if err != nil {
+		return WALEnd{}, err
 	}
-	type entry struct {
-		partial bool
-		mod     time.Time
-	}
-	have := map[[2]uint64]entry{}
-	var maxSeg uint64
-	for tli := range tlis {
-		objs, err := a.Storage.List(ctx, TimelineDir(tli))
-		if err != nil {
-			return WALEnd{}, fmt.Errorf("list WAL of timeline %d: %w", tli, err)
-		}
-		for _, o := range objs {
-			f, err := ParseWALKey(o.Key, seg)
-			if err != nil {
-				continue
-			}
-			k := [2]uint64{uint64(f.Timeline), f.SegNo}
-			e, seen := have[k]
-			if f.Kind == WALFileSegment {
-				have[k] = entry{partial: false, mod: o.ModTime}
-			} else if !seen || e.partial {
-				have[k] = entry{partial: true, mod: o.ModTime}
-			}
-			if f.SegNo > maxSeg {
-				maxSeg = f.SegNo
-			}
-		}
-	}
-	onPath := func(n uint64) (entry, bool) {
-		e, ok := have[[2]uint64{uint64(p.TimelineOfSegment(n)), n}]
-		return e, ok
-	}
-	// Step 1: the continuous run of complete segments from fromSeg, ending at the first
-	// missing segment or at a partial (the live tail, or a segment cut short).
-	end := WALEnd{End: SegmentStartLSN(fromSeg, seg)}
-	n := fromSeg
-	for ; n <= maxSeg; n++ {
-		e, ok := onPath(n)
-		if !ok {
-			break
-		}
-		end.LastSegment, end.Partial = n, e.partial
-		if e.mod.After(end.LastModified) {
-			end.LastModified = e.mod
-		}
-		if e.partial {
-			end.End = SegmentStartLSN(n, seg)
-			break
-		}
-		end.End = SegmentStartLSN(n+1, seg)
-	}
-	// Step 2: WAL on the path after the run means the run ended at a hole, not at the end.
-	for m := n + 1; m <= maxSeg; m++ {
-		if _, ok := onPath(m); ok {
-			end.Missing = SegmentName(p.TimelineOfSegment(n), n, seg)
-			break
-		}
-	}
-	return end, nil
+	return g.Reach(p, fromSeg), nil
 }

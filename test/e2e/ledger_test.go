@@ -197,7 +197,11 @@ func TestRestoreToRandomTargetsHoldsExactlyTheRowsCommittedByThen(t *testing.T) 
 	}
 	seen := map[string]bool{}
 	streamLen := stream.Len()
-	if scanEnd, err := walarchive.ScanXacts(&stream, firstSeg, a.SegmentSize(), func(x walarchive.XactRecord) {
+	v, err := walarchive.LookupPGVersion(a.Identity.PostgresVersion)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if scanEnd, err := walarchive.ScanXacts(&stream, v, firstSeg, a.SegmentSize(), func(x walarchive.XactRecord) {
 		if x.Commit {
 			seen[x.Time.UTC().Format("2006-01-02T15:04:05.000000Z")] = true
 		}

@@ -210,8 +210,10 @@ func (p WALPath) Contains(tli uint32, lsn LSN) bool {
 	if tli == p.Target {
 		return true
 	}
-	sp, ok := p.History.SwitchPointOf(tli)
-	return ok && lsn <= sp
+	if tli > p.Target {
+		return false
+	}
+	return p.History.Holds(tli, lsn)
 }
 
 // WALEnd describes how far the archive's WAL reaches along a path.

@@ -21,7 +21,10 @@ type TimelineHistory []TimelineSwitch
 
 // ParseTimelineHistory parses a history file as PostgreSQL writes it (see
 // src/backend/access/transam/timeline.c): one "parentTLI<TAB>switchpoint<TAB>reason" line
-// per ancestor, comments starting with '#', blank lines ignored. Timelines must increase.
+// per ancestor, comments starting with '#', blank lines ignored. Timelines must increase;
+// switch points need not: a restore along an older part of a timeline's path ends that
+// timeline before it began (its line then covers no WAL), as PostgreSQL's own
+// readTimeLineHistory accepts.
 func ParseTimelineHistory(content []byte) (TimelineHistory, error) {
 	var h TimelineHistory
 	sc := bufio.NewScanner(strings.NewReader(string(content)))
@@ -45,8 +48,8 @@ func ParseTimelineHistory(content []byte) (TimelineHistory, error) {
 		if err != nil {
 			return nil, fmt.Errorf("timeline history line %d: %w", line, err)
 		}
-		if n := len(h); n > 0 && (uint32(tli) <= h[n-1].Parent || lsn < h[n-1].SwitchPoint) {
-			return nil, fmt.Errorf("timeline history line %d: timeline %d at %s does not follow timeline %d at %s", line, tli, lsn, h[n-1].Parent, h[n-1].SwitchPoint)
+		if n := len(h); n > 0 && uint32(tli) <= h[n-1].Parent {
+			return nil, fmt.Errorf("timeline history line %d: timeline %d does not follow timeline %d", line, tli, h[n-1].Parent)
 		}
 		reason := ""
 		if i := strings.Index(text, fields[1]); i >= 0 {
@@ -70,23 +73,43 @@ func (h TimelineHistory) Format() []byte {
 }
 
 // TimelineOf returns the timeline that WAL position lsn belongs to, for a cluster whose
-// current timeline is tli and whose history is h: the first ancestor whose switch point
-// lies after lsn, or tli itself.
+// current timeline is tli and whose history is h, as PostgreSQL's tliOfPointInHistory
+// does: the newest timeline that began at or before lsn and had not ended by it (ancestor
+// i begins where ancestor i-1 ended; tli begins at the last switch point).
 func (h TimelineHistory) TimelineOf(lsn LSN, tli uint32) uint32 {
-	for _, s := range h {
-		if lsn < s.SwitchPoint {
-			return s.Parent
+	if len(h) == 0 || lsn >= h[len(h)-1].SwitchPoint {
+		return tli
+	}
+	for i := len(h) - 1; i >= 0; i-- {
+		if begin, end := h.span(i); begin <= lsn && lsn < end {
+			return h[i].Parent
 		}
 	}
-	return tli
+	return h[0].Parent
 }
 
-// SwitchPointOf returns where timeline parent ended according to h, and whether h names it.
-func (h TimelineHistory) SwitchPointOf(parent uint32) (LSN, bool) {
-	for _, s := range h {
+// span is where ancestor i's WAL lies on the path: from where ancestor i-1 ended to its own
+// switch point, cut short where a later timeline began earlier (empty when it covers none).
+func (h TimelineHistory) span(i int) (begin, end LSN) {
+	if i > 0 {
+		begin = h[i-1].SwitchPoint
+	}
+	end = h[i].SwitchPoint
+	for _, s := range h[i+1:] {
+		end = min(end, s.SwitchPoint)
+	}
+	return begin, end
+}
+
+// Holds reports whether WAL position lsn of ancestor parent lies on the path h describes:
+// parent's WAL up to and including its end (a backup that stopped exactly at a switch point
+// lies on both sides).
+func (h TimelineHistory) Holds(parent uint32, lsn LSN) bool {
+	for i, s := range h {
 		if s.Parent == parent {
-			return s.SwitchPoint, true
+			begin, end := h.span(i)
+			return begin <= lsn && lsn <= end && begin < end
 		}
 	}
-	return 0, false
+	return false
 }

@@ -16,6 +16,9 @@ type Status struct {
 	// ArchivedLSN is the position up to which WAL is durable in the archive, in "X/Y" form;
 	// empty when nothing has been archived yet.
 	ArchivedLSN string `json:"archivedLSN"`
+	// ReceivedLSN is the end of the WAL the sidecar has received from PostgreSQL (in its
+	// spool, not yet necessarily in the archive), in "X/Y" form.
+	ReceivedLSN string `json:"receivedLSN,omitempty"`
 	// ArchiveLagBytes is ServerFlushLSN minus ArchivedLSN.
 	ArchiveLagBytes int64 `json:"archiveLagBytes"`
 	// ArchiveLagSeconds is the age of the oldest WAL not yet durable in the archive.

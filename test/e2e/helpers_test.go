@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/user"
+	"strconv"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -30,10 +32,27 @@ func pgSettings(extra map[string]string) harness.PGOptions {
 	return harness.PGOptions{WALSegmentSizeMB: 1, Settings: s}
 }
 
+// fileArchive makes a file:// archive as the README's permission model says: the sidecar
+// writes directories 0750 and objects 0640, and a setgid archive root owned by the restoring
+// user's group (what fsGroup does to a pod's volume) makes every one of them readable by
+// that group. restore_command runs as postgres and reads what the sidecar, as root, writes.
 func fileArchive(t *testing.T) string {
+	t.Helper()
 	dir := t.TempDir()
-	os.Chmod(dir, 0o755)
-	os.Chmod(filepath.Dir(dir), 0o755) // restore_command runs as postgres and must reach it
+	os.Chmod(filepath.Dir(dir), 0o755) // traversable on the way to the root
+	if os.Geteuid() == 0 {
+		g, err := user.LookupGroup("postgres")
+		if err != nil {
+			t.Fatalf("group postgres: %v", err)
+		}
+		gid, _ := strconv.Atoi(g.Gid)
+		if err := os.Chown(dir, 0, gid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chmod(dir, 0o750|os.ModeSetgid); err != nil {
+		t.Fatal(err)
+	}
 	return "file://" + dir
 }
 
@@ -128,17 +147,6 @@ func runCmd(t *testing.T, name string, args ...string) string {
 		t.Fatalf("%s %v: %v\n%s", name, args, err, out.String())
 	}
 	return out.String()
-}
-
-// shareArchive lets the postgres user read a file:// archive written by root, as a shared
-// fsGroup does in a pod (restore_command runs as the server's user).
-func shareArchive(t *testing.T, url string) {
-	t.Helper()
-	dir, ok := strings.CutPrefix(url, "file://")
-	if !ok {
-		return
-	}
-	runCmd(t, "chmod", "-R", "a+rX", dir)
 }
 
 // setEnv sets KEY=VALUE pairs in the test process for the test's duration.

@@ -71,7 +71,6 @@ func TestInPlaceRestoreWithTheSidecarRunningNeverAcknowledgesUnarchivedWAL(t *te
 	if err := pg.Stop(ctx, "fast"); err != nil {
 		t.Fatal(err)
 	}
-	shareArchive(t, url)
 	if _, stderr, code := harness.Kcbackup(t, ctx, nil, "restore", "--storage", url, "--pgdata", pg.DataDir(), "--to", t1.Format(time.RFC3339Nano), "--move-aside", "--owner", "postgres"); code != 0 {
 		t.Fatalf("restore in place: %s", stderr)
 	}

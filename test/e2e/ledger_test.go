@@ -102,7 +102,6 @@ func ledgerState(t *testing.T, pg *harness.Postgres) string {
 // PostgreSQL on it, waiting for recovery to finish and the server to promote.
 func restoreAndStart(t *testing.T, env []string, url, target string, extra ...string) (*harness.Postgres, string) {
 	t.Helper()
-	shareArchive(t, url)
 	parent := t.TempDir()
 	os.Chmod(parent, 0o755)
 	dir := filepath.Join(parent, "pgdata")

@@ -126,7 +126,6 @@ func TestRestoredBackupPassesVerifybackupAndAmcheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	takeBackup(t, pg, url, nil)
-	shareArchive(t, url)
 	parent := t.TempDir()
 	os.Chmod(parent, 0o755)
 	dir := filepath.Join(parent, "pgdata")

@@ -94,7 +94,6 @@ func TestWALFetchPrefetchesTheNextSegmentsAndServesThemIdentically(t *testing.T)
 	exec1(t, pg, "CREATE TABLE t AS SELECT generate_series(1, 300000) AS n")
 	flush := flushLSN(t, pg)
 	waitArchived(t, sc, flush, 30*time.Second)
-	shareArchive(t, url)
 	first := flush.SegmentNo(1<<20) - 6
 	name := func(n uint64) string { return walarchive.SegmentName(1, n, 1<<20) }
 	dir := t.TempDir()

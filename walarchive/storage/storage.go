@@ -7,12 +7,23 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"time"
 )
 
 // ErrNotFound is returned (wrapped) by Get, Stat and Delete-free lookups when no object
 // exists under the key. Test for it with errors.Is.
 var ErrNotFound = errors.New("object not found")
+
+// ErrPermission is returned (wrapped) when the store refuses access (file permissions, an
+// S3 403): retrying cannot help until someone changes the permissions or credentials.
+// Backends wrap it, or fs.ErrPermission, which callers treat the same way.
+var ErrPermission = errors.New("permission denied by the archive storage")
+
+// IsPermanent reports whether a storage error cannot be cured by retrying: access refused.
+func IsPermanent(err error) bool {
+	return errors.Is(err, ErrPermission) || errors.Is(err, fs.ErrPermission)
+}
 
 // ObjectInfo describes one stored object.
 type ObjectInfo struct {

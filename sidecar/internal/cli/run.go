@@ -171,7 +171,7 @@ func statusOf(s streamer.Status) apiclient.Status {
 	st := apiclient.Status{
 		SystemIdentifier: s.SystemIdentifier, Timeline: s.Timeline, ServerFlushLSN: s.ServerFlushLSN.String(),
 		ArchiveLagBytes: s.ArchiveLagBytes, ArchiveLagSeconds: s.ArchiveLagSeconds,
-		StorageUp: s.StorageUp, Streaming: s.Streaming,
+		StorageUp: s.StorageUp, Streaming: s.Streaming, ReceivedLSN: s.ReceivedLSN.String(),
 	}
 	if s.ArchivedLSN > 0 {
 		st.ArchivedLSN = s.ArchivedLSN.String()

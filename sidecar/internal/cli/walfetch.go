@@ -22,6 +22,7 @@ import (
 
 	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/walarchive"
+	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
 
 // Exit statuses of wal-fetch, as restore_command's caller reads them: 1 means "not in the
@@ -144,8 +145,10 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	}
 }
 
-// retry retries op while it fails with anything but "not in the archive", corruption or a
-// bad name, for at least --retry-for: the last attempt is made at the deadline.
+// retry retries op while it fails with a passing storage error, for at least --retry-for:
+// the last attempt is made at the deadline. "Not in the archive", corruption, a bad name, a
+// wrong key and refused access are answered at once: retrying cannot change them. Each
+// retry's cause goes to stderr, which PostgreSQL writes to its log.
 func (o *walFetchOptions) retry(ctx context.Context, op func() error) error {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 250 * time.Millisecond
@@ -154,17 +157,15 @@ func (o *walFetchOptions) retry(ctx context.Context, op func() error) error {
 	for {
 		err := op()
 		if err == nil || errors.Is(err, walarchive.ErrWALNotInArchive) || errors.Is(err, walarchive.ErrCorrupt) ||
-			errors.Is(err, walarchive.ErrNoIdentity) || errors.Is(err, walarchive.ErrWrongKey) {
+			errors.Is(err, walarchive.ErrNoIdentity) || errors.Is(err, walarchive.ErrWrongKey) || storage.IsPermanent(err) {
 			return err
 		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			return err
 		}
-		wait := bo.NextBackOff()
-		if wait > left {
-			wait = left
-		}
+		wait := min(bo.NextBackOff(), left)
+		fmt.Fprintf(o.g.stderr, "kcbackup wal-fetch: %v; retrying in %s (gives up in %s)\n", err, wait.Round(time.Millisecond), left.Round(time.Second))
 		select {
 		case <-ctx.Done():
 			return err

@@ -30,15 +30,9 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 	nextMetrics := time.Time{}
 	sendStatus := func() error {
 		s.mu.Lock()
-		flush := s.archived
-		if flush > pos {
-			flush = pos // never claim more than received on this connection
-		}
-		if flush < s.floor {
-			flush = s.floor // never move the slot backwards
-		}
+		write, flush := ackPositions(s.archived, pos, s.floor)
 		s.mu.Unlock()
-		if err := pgrepl.SendStandbyStatus(conn, pos, flush, s.cfg.Now()); err != nil {
+		if err := pgrepl.SendStandbyStatus(conn, write, flush, s.cfg.Now()); err != nil {
 			return err
 		}
 		lastSentFlush = flush
@@ -205,16 +199,16 @@ func (s *Streamer) writeSegment(seg *segment, p []byte) error {
 	return nil
 }
 
-// abandonCurrent drops the segment a failed session was receiving: it is incomplete, and
-// the slot keeps its WAL for the next session to receive again.
-func (s *Streamer) abandonCurrent() {
+// keepReceivedTail hands the segment a failed session was receiving to the uploader,
+// which stores what was received as a partial: the walsender sent it, so the server has it
+// flushed, and losing the server's disk must lose at most what was never received. The next
+// session receives the segment again from its start; a partial only ever grows.
+func (s *Streamer) keepReceivedTail() {
 	s.mu.Lock()
 	cur := s.cur
-	s.cur = nil
 	s.mu.Unlock()
 	if cur != nil {
-		cur.f.Close()
-		os.Remove(cur.path) // an upload reading it keeps its own descriptor
+		s.endSegment(cur)
 	}
 }
 

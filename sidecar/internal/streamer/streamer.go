@@ -322,7 +322,7 @@ func (s *Streamer) session(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	defer s.abandonCurrent()
+	defer s.keepReceivedTail()
 	info, err := pgrepl.IdentifyServer(ctx, conn)
 	if err != nil {
 		return pgrepl.Explain(err)
@@ -364,7 +364,9 @@ func (s *Streamer) session(ctx context.Context) error {
 		// The server invalidated the slot (max_slot_wal_keep_size): the WAL it held is gone.
 		// Recreate it; the archive has a gap until the next base backup.
 		s.m.ArchiveGaps.Inc()
-		s.log.Error("the replication slot was invalidated by the server (max_slot_wal_keep_size); WAL was lost before it was archived; recreating the slot; take a new base backup", "slot", s.cfg.Slot)
+		s.log.Error("the replication slot was invalidated by the server; WAL was lost before it was archived (the archive now has a hole); recreating the slot; take a new base backup",
+			"slot", s.cfg.Slot, "reason", s.slotInvalidationReason(ctx),
+			"hint", "raise max_slot_wal_keep_size or idle_replication_slot_timeout (PostgreSQL 18), or keep the sidecar running")
 		if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+pgrepl.QuoteIdent(s.cfg.Slot)).ReadAll(); err != nil {
 			return fmt.Errorf("drop invalidated slot %s: %w", s.cfg.Slot, err)
 		}
@@ -432,7 +434,17 @@ func (s *Streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, info 
 	if err != nil {
 		return 0, 0, err
 	}
-	if ok && want < start {
+	if !ok {
+		// A fresh archive: begin with the oldest WAL the server still has, not at the slot's
+		// restart point, so commits before it (waiting in synchronous mode) are archived too.
+		if oldest := s.oldestOnServer(ctx, conn, tli, start); oldest < start {
+			s.log.Info("new archive: archiving from the oldest WAL the server still has", "timeline", tli, "from", oldest, "slot_restart", slot.RestartLSN)
+			return tli, oldest, nil
+		}
+		s.log.Info("new archive: archiving from the slot's restart point; earlier WAL is not on the server", "timeline", tli, "from", start)
+		return tli, start, nil
+	}
+	if want < start {
 		if s.serverHas(ctx, conn, tli, want) {
 			s.log.Info("filling the archive from before the slot's position", "timeline", tli, "from", want, "slot_restart", start)
 			return tli, want, nil
@@ -442,6 +454,43 @@ func (s *Streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, info 
 			"timeline", tli, "archive_end", want, "streaming_from", start)
 	}
 	return tli, start, nil
+}
+
+// oldestOnServer returns the start of the oldest segment of timeline tli, at or before
+// start, that the server can still stream (it keeps a contiguous run of segments, so a
+// binary search over segment numbers finds it).
+func (s *Streamer) oldestOnServer(ctx context.Context, conn *pgconn.PgConn, tli uint32, start walarchive.LSN) walarchive.LSN {
+	lo, hi := uint64(1), start.SegmentNo(s.segSize) // hi is known to be there
+	for lo < hi {
+		mid := lo + (hi-lo)/2
+		if s.serverHas(ctx, conn, tli, walarchive.SegmentStartLSN(mid, s.segSize)) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	return walarchive.SegmentStartLSN(hi, s.segSize)
+}
+
+// slotInvalidationReason asks the server why the slot was invalidated (PostgreSQL 17 and
+// later name it: wal_removed, idle_timeout, ...; 15 and 16 only say the WAL is lost).
+func (s *Streamer) slotInvalidationReason(ctx context.Context) string {
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgrepl.ConnectSQL(qctx, s.cfg.PG)
+	if err != nil {
+		return "unknown"
+	}
+	defer conn.Close(context.Background())
+	q := "SELECT to_jsonb(s)->>'invalidation_reason', wal_status FROM pg_replication_slots s WHERE slot_name = '" + s.cfg.Slot + "'" // slot names are [a-z0-9_]
+	res, err := conn.Exec(qctx, q).ReadAll()
+	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
+		return "unknown"
+	}
+	if r := string(res[0].Rows[0][0]); r != "" {
+		return r
+	}
+	return "wal_status " + string(res[0].Rows[0][1])
 }
 
 // archiveNeeds returns the first LSN the archive lacks on timeline tli: after its last

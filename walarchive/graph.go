@@ -195,7 +195,13 @@ func (g *Graph) Ranges(tli uint32) ([]Range, error) {
 		if n := len(out); n > 0 && out[n-1].End.LastSegment == end.LastSegment {
 			continue // the same run of WAL as an older backup: one range
 		}
-		out = append(out, Range{Timeline: tli, From: b.StopTime, Backup: b.ID, To: end.LastModified, End: end, Hole: end.Missing != ""})
+		// The backup's own WAL is archived, so its stop is reachable even when the WAL up to
+		// it was stored before the backup recorded its stop time.
+		to := end.LastModified
+		if to.Before(b.StopTime) {
+			to = b.StopTime
+		}
+		out = append(out, Range{Timeline: tli, From: b.StopTime, Backup: b.ID, To: to, End: end, Hole: end.Missing != ""})
 	}
 	return out, nil
 }

@@ -179,6 +179,9 @@ func TestReceivedWALIsUploadedWhenTheServerGoesAway(t *testing.T) {
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "10m"}})
 	createLedger(t, pg)
 	takeBackup(t, pg, url, nil)
+	// The first bytes of a segment go up at once; after that, only every 10 minutes.
+	exec1(t, pg, "INSERT INTO ledger (note) VALUES ('uploaded with the segment's first partial')")
+	waitArchived(t, sc, flushLSN(t, pg), time.Minute)
 	exec1(t, pg, "INSERT INTO ledger (note) VALUES ('received, not yet uploaded')")
 	end := flushLSN(t, pg)
 	deadline := time.Now().Add(time.Minute)

@@ -307,6 +307,12 @@ func writeRecoveryConfig(dir string, o Options) error {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n# Added by kcbackup restore at %s: backup %s, target %s, timeline %d.\n", o.Now().UTC().Format(time.RFC3339), p.Backup.ID, p.Target, p.Timeline)
 	fmt.Fprintf(&b, "restore_command = %s\n", GUCQuote(cmd))
+	// A backup of a cluster that was itself restored carries that restore's settings in its
+	// postgresql.auto.conf: unset every recovery target first (later lines win, and two
+	// different targets set at once are refused), then set this restore's.
+	for _, g := range []string{"recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"} {
+		fmt.Fprintf(&b, "%s = ''\n", g)
+	}
 	switch p.Stop {
 	case walarchive.StopAtTime:
 		// A transaction that ended after the target is archived on the path, so recovery

@@ -7,6 +7,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/kcbackup/kcbackup/walarchive"
 )
 
 func tarOf(t *testing.T, entries ...tar.Header) *bytes.Buffer {
@@ -58,5 +61,52 @@ func TestExtractTarNeverWritesOutsideTheDirectory(t *testing.T) {
 func TestRecoveryCommandQuoting(t *testing.T) {
 	if got := GUCQuote(ShellQuote("s3://b/it's")); !strings.Contains(got, `'\''`) || strings.Count(got, "''") < 2 {
 		t.Fatalf("quoted %s", got)
+	}
+}
+
+// effectiveSettings reads postgresql.auto.conf as PostgreSQL does for these simple lines:
+// the last assignment of a name wins.
+func effectiveSettings(t *testing.T, path string) map[string]string {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(data), "\n") {
+		if name, value, ok := strings.Cut(line, " = "); ok && !strings.HasPrefix(line, "#") {
+			out[name] = strings.Trim(value, "'")
+		}
+	}
+	return out
+}
+
+func TestRecoveryConfigOverridesAnEarlierRestoresTarget(t *testing.T) {
+	for _, tc := range []struct {
+		stop walarchive.StopKind
+		want map[string]string
+	}{
+		{walarchive.StopAtEnd, map[string]string{}},
+		{walarchive.StopAtLSN, map[string]string{"recovery_target_lsn": "0/5000028"}},
+		{walarchive.StopImmediate, map[string]string{"recovery_target": "immediate"}},
+		{walarchive.StopAtTime, map[string]string{"recovery_target_time": "2026-12-01 10:00:00+00:00"}},
+	} {
+		dir := t.TempDir()
+		// A backup taken after an earlier restore carries that restore's settings.
+		old := "recovery_target_time = '2026-11-01 10:00:00+00:00'\nrecovery_target_lsn = '0/1'\n"
+		if err := os.WriteFile(filepath.Join(dir, "postgresql.auto.conf"), []byte(old), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		plan := walarchive.RestorePlan{Stop: tc.stop, Timeline: 2, LastXactLSN: 0x5000028,
+			Target: walarchive.Target{Time: time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)}}
+		if err := writeRecoveryConfig(dir, Options{Plan: plan, Kcbackup: "/bin/kcbackup", StorageURL: "file:///a", Now: time.Now}); err != nil {
+			t.Fatal(err)
+		}
+		got := effectiveSettings(t, filepath.Join(dir, "postgresql.auto.conf"))
+		for _, g := range []string{"recovery_target", "recovery_target_lsn", "recovery_target_name", "recovery_target_time", "recovery_target_xid"} {
+			if got[g] != tc.want[g] {
+				t.Errorf("stop at %s: %s = %q; want %q", tc.stop, g, got[g], tc.want[g])
+			}
+		}
 	}
 }

@@ -525,9 +525,10 @@ func (s *Streamer) archiveNeeds(ctx context.Context, tli uint32) (walarchive.LSN
 }
 
 // serverHas reports whether the server can stream from lsn on tli (its WAL file exists).
+// It probes with a short-lived START_REPLICATION without the slot. The walsender answers
+// CopyBothResponse before it opens any WAL file: a removed segment shows only as the
+// ErrorResponse that follows, so the probe waits for the first WAL data or that error.
 func (s *Streamer) serverHas(ctx context.Context, conn *pgconn.PgConn, tli uint32, lsn walarchive.LSN) bool {
-	// Probe with a short-lived START_REPLICATION without the slot: an error means the
-	// segment is gone; success is ended at once with CopyDone.
 	probeCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	sql := fmt.Sprintf("START_REPLICATION PHYSICAL %s TIMELINE %d", lsn, tli)
@@ -535,30 +536,39 @@ func (s *Streamer) serverHas(ctx context.Context, conn *pgconn.PgConn, tli uint3
 	if err := conn.Frontend().Flush(); err != nil {
 		return false
 	}
-	ok := false
+	copying := false
 	for {
 		msg, err := conn.ReceiveMessage(probeCtx)
 		if err != nil {
 			return false
 		}
-		switch msg.(type) {
+		switch m := msg.(type) {
 		case *pgproto3.CopyBothResponse:
-			ok = true
-			if _, err := pglogrepl.SendStandbyCopyDone(probeCtx, conn); err != nil {
-				return false
+			copying = true
+		case *pgproto3.CopyData:
+			if !copying || len(m.Data) == 0 || m.Data[0] != pglogrepl.XLogDataByteID {
+				continue // a keepalive: no WAL read yet
 			}
-			return ok
+			_, err := pglogrepl.SendStandbyCopyDone(probeCtx, conn) // reads up to ReadyForQuery
+			return err == nil
 		case *pgproto3.ErrorResponse:
-			// Consume up to ReadyForQuery so the connection stays usable.
-			for {
-				m, err := conn.ReceiveMessage(probeCtx)
-				if err != nil {
-					return false
-				}
-				if _, done := m.(*pgproto3.ReadyForQuery); done {
-					return false
-				}
-			}
+			drainToReady(probeCtx, conn)
+			return false
+		case *pgproto3.ReadyForQuery:
+			return false
+		}
+	}
+}
+
+// drainToReady consumes messages up to ReadyForQuery so the connection stays usable.
+func drainToReady(ctx context.Context, conn *pgconn.PgConn) {
+	for {
+		m, err := conn.ReceiveMessage(ctx)
+		if err != nil {
+			return
+		}
+		if _, done := m.(*pgproto3.ReadyForQuery); done {
+			return
 		}
 	}
 }

@@ -83,6 +83,13 @@ func (in *pgInstall) check() error {
 			return fmt.Errorf("find PostgreSQL programs in %s (%s): %w", filepath.Dir(in.hostPath(name)), hint, err)
 		}
 	}
+	// restore_command (kcbackup wal-fetch) runs inside the root and may need the CA bundle,
+	// as in a server's container.
+	if bundle := filepath.Join(in.root, "etc/ssl/certs/ca-certificates.crt"); in.root != "" {
+		if _, err := os.Stat(bundle); err != nil {
+			return fmt.Errorf("the PostgreSQL %d root lacks ca-certificates (rebuild it with test/tools/install.sh pgroot-%d): %w", in.major, in.major, err)
+		}
+	}
 	out, err := in.command(context.Background(), nil, in.program("postgres"), "-V").Output()
 	if err != nil {
 		return fmt.Errorf("run %s -V: %w", in.hostPath("postgres"), err)

@@ -127,12 +127,17 @@ align_postgres_user() {
 }
 
 # install_pgroot MAJOR SUITE builds $CACHE/pgroot-MAJOR-SUITE: a minbase Debian SUITE root with
-# postgresql-MAJOR installed (no recommends, no cluster created, no service started). The root is
+# postgresql-MAJOR installed (no recommends, no cluster created, no service started) and
+# ca-certificates, as a server's container has: restore_command (kcbackup wal-fetch) runs there. The root is
 # built in a temporary directory beside it and renamed at the end, so a killed build never looks
 # complete; a root already in the cache is reused.
 install_pgroot() {
   local major=$1 suite=$2 out="$CACHE/pgroot-$1-$2" tmp mirror start
-  [ -x "$out/usr/lib/postgresql/$major/bin/postgres" ] && return 0
+  [ -x "$out/usr/lib/postgresql/$major/bin/postgres" ] && [ -f "$out/etc/ssl/certs/ca-certificates.crt" ] && return 0
+  if [ -e "$out" ]; then
+    log "pgroot-$major: $out predates ca-certificates in the root; rebuilding it"
+    rm -rf --one-file-system "$out"
+  fi
   [ "$(id -u)" = 0 ] || { log "pgroot-$major: debootstrap and chroot need root"; return 1; }
   if ! command -v debootstrap >/dev/null; then
     log "installing debootstrap from Debian"
@@ -164,7 +169,7 @@ install_pgroot() {
   align_postgres_user "$tmp"
   mount -t proc proc "$tmp/proc"
   chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
-    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-$major && apt-get clean" >"$tmp.log" 2>&1 ||
+    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-$major ca-certificates && apt-get clean" >"$tmp.log" 2>&1 ||
     { log "apt-get install postgresql-$major in the $suite root failed; last lines of $tmp.log:"; tail -n 20 "$tmp.log" >&2; return 1; }
   rm -f "$tmp.log"
   umount "$tmp/proc"

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 )
@@ -44,8 +45,31 @@ type pgInstall struct {
 	binDir string // directory of the programs, as seen where they run
 }
 
-// pgInstallFor finds the programs of major and checks that they are that version.
+// pgInstalls caches pgInstallFor's answers for the life of the test process: a root is
+// checked (postgres -V inside it) once, not by every test.
+var pgInstalls = struct {
+	sync.Mutex
+	found map[int]*pgInstall
+}{found: map[int]*pgInstall{}}
+
+// pgInstallFor finds the programs of major and checks that they are that version. A
+// missing install is not cached, so one that install.sh builds meanwhile is found.
 func pgInstallFor(major int) (*pgInstall, error) {
+	pgInstalls.Lock()
+	defer pgInstalls.Unlock()
+	if in, ok := pgInstalls.found[major]; ok {
+		return in, nil
+	}
+	in, err := findPGInstall(major)
+	if err != nil {
+		return nil, err
+	}
+	pgInstalls.found[major] = in
+	return in, nil
+}
+
+// findPGInstall locates the programs of major, on the host or in its root filesystem.
+func findPGInstall(major int) (*pgInstall, error) {
 	in := &pgInstall{major: major, binDir: fmt.Sprintf(pgRootBinDir, major)}
 	if major == PGDefaultVersion {
 		in.binDir = PGBinDir

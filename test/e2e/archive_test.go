@@ -13,8 +13,12 @@ import (
 )
 
 func TestArchiveKeepsUpUnderLoadAndWALIsByteIdentical(t *testing.T) {
+	harness.ForEachPGVersion(t, testArchiveKeepsUpUnderLoadAndWALIsByteIdentical)
+}
+
+func testArchiveKeepsUpUnderLoadAndWALIsByteIdentical(t *testing.T, version int) {
 	ctx := context.Background()
-	pg := harness.StartPostgres(t, pgSettings(nil))
+	pg := harness.StartPostgres(t, pgSettingsOn(version, nil))
 	url := fileArchive(t)
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "1s"}})
 
@@ -52,7 +56,7 @@ func TestArchiveKeepsUpUnderLoadAndWALIsByteIdentical(t *testing.T) {
 		t.Fatalf("only %d complete segments compared; the load should produce more", compared)
 	}
 	// pg_waldump reads the fetched WAL end to end without a gap.
-	out := runCmd(t, pg.Bin("pg_waldump"), "-p", dir, "-t", "1", "-s", walarchive.SegmentStartLSN(first, seg).String(), "-e", flush.String(), "-q")
+	out := runPG(t, pg, "pg_waldump", "-p", dir, "-t", "1", "-s", walarchive.SegmentStartLSN(first, seg).String(), "-e", flush.String(), "-q")
 	if strings.TrimSpace(out) != "" {
 		t.Fatalf("pg_waldump reported: %s", out)
 	}

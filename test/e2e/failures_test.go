@@ -135,8 +135,12 @@ func TestServerCrashAndRestartKeepsArchivingWithoutGap(t *testing.T) {
 }
 
 func TestPromotionArchivesHistoryFirstAndFollowsNewTimeline(t *testing.T) {
+	harness.ForEachPGVersion(t, testPromotionArchivesHistoryFirstAndFollowsNewTimeline)
+}
+
+func testPromotionArchivesHistoryFirstAndFollowsNewTimeline(t *testing.T, version int) {
 	ctx := context.Background()
-	primary := harness.StartPostgres(t, pgSettings(nil))
+	primary := harness.StartPostgres(t, pgSettingsOn(version, nil))
 	exec1(t, primary, "CREATE TABLE t AS SELECT generate_series(1, 10000) AS n")
 	standby := harness.StartStandby(t, primary, pgSettings(nil))
 	url := fileArchive(t)

@@ -32,6 +32,26 @@ func pgSettings(extra map[string]string) harness.PGOptions {
 	return harness.PGOptions{WALSegmentSizeMB: 1, Settings: s}
 }
 
+// pgSettingsOn is pgSettings for PostgreSQL version (see harness.ForEachPGVersion).
+func pgSettingsOn(version int, extra map[string]string) harness.PGOptions {
+	o := pgSettings(extra)
+	o.Version = version
+	return o
+}
+
+// runPG runs the PostgreSQL program name of pg's version, where pg runs, and returns its
+// combined output; it fails the test when the program fails.
+func runPG(t *testing.T, pg *harness.Postgres, name string, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	cmd := pg.Command(context.Background(), name, args...)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %v: %v\n%s", name, args, err, out.String())
+	}
+	return out.String()
+}
+
 // fileArchive makes a file:// archive as the README's permission model says: the sidecar
 // writes directories 0750 and objects 0640, and a setgid archive root owned by the restoring
 // user's group (what fsGroup does to a pod's volume) makes every one of them readable by

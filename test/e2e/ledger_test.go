@@ -120,8 +120,12 @@ func restoreAndStart(t *testing.T, env []string, url, target string, extra ...st
 }
 
 func TestRestoreToRandomTargetsHoldsExactlyTheRowsCommittedByThen(t *testing.T) {
+	harness.ForEachPGVersion(t, testRestoreToRandomTargetsHoldsExactlyTheRowsCommittedByThen)
+}
+
+func testRestoreToRandomTargetsHoldsExactlyTheRowsCommittedByThen(t *testing.T, version int) {
 	ctx := context.Background()
-	pg := harness.StartPostgres(t, pgSettings(nil))
+	pg := harness.StartPostgres(t, pgSettingsOn(version, nil))
 	url := fileArchive(t)
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
 	createLedger(t, pg)

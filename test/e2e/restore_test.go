@@ -26,13 +26,17 @@ func takeBackup(t *testing.T, pg *harness.Postgres, url string, env []string) st
 }
 
 func TestRestoreLatestAfterPrimaryKilledLosesAtMostTheArchiveLag(t *testing.T) {
+	harness.ForEachPGVersion(t, testRestoreLatestAfterPrimaryKilledLosesAtMostTheArchiveLag)
+}
+
+func testRestoreLatestAfterPrimaryKilledLosesAtMostTheArchiveLag(t *testing.T, version int) {
 	ctx := context.Background()
 	minio := harness.StartMinIO(t)
 	env := append(minio.Env(), "KCBACKUP_S3_FORCE_PATH_STYLE=true")
 	setEnv(t, env)
 	url := "s3://" + minio.NewBucket(t) + "/keycloak-db"
 	const partial = 200 * time.Millisecond
-	pg := harness.StartPostgres(t, pgSettings(nil))
+	pg := harness.StartPostgres(t, pgSettingsOn(version, nil))
 	harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: env, Args: []string{"--partial-interval", partial.String()}})
 	createLedger(t, pg)
 	takeBackup(t, pg, url, env)
@@ -59,9 +63,13 @@ func TestRestoreLatestAfterPrimaryKilledLosesAtMostTheArchiveLag(t *testing.T) {
 }
 
 func TestRestoreTwiceAndToAPointOnTheOldTimeline(t *testing.T) {
+	harness.ForEachPGVersion(t, testRestoreTwiceAndToAPointOnTheOldTimeline)
+}
+
+func testRestoreTwiceAndToAPointOnTheOldTimeline(t *testing.T, version int) {
 	ctx := context.Background()
 	url := fileArchive(t)
-	p := harness.StartPostgres(t, pgSettings(nil))
+	p := harness.StartPostgres(t, pgSettingsOn(version, nil))
 	harness.StartSidecar(t, p, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
 	createLedger(t, p)
 	takeBackup(t, p, url, nil)
@@ -118,9 +126,14 @@ func waitArchivedPG(t *testing.T, pg *harness.Postgres, url string) {
 }
 
 func TestRestoredBackupPassesVerifybackupAndAmcheck(t *testing.T) {
+	harness.ForEachPGVersion(t, testRestoredBackupPassesVerifybackupAndAmcheck)
+}
+
+func testRestoredBackupPassesVerifybackupAndAmcheck(t *testing.T, version int) {
 	ctx := context.Background()
 	url := fileArchive(t)
-	pg := harness.StartPostgres(t, harness.PGOptions{WALSegmentSizeMB: 1, DataChecksums: true, Settings: pgSettings(nil).Settings})
+	// PostgreSQL 18's initdb enables data checksums by default: 18 runs with that default.
+	pg := harness.StartPostgres(t, harness.PGOptions{Version: version, WALSegmentSizeMB: 1, DataChecksums: version < 18, Settings: pgSettings(nil).Settings})
 	harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url})
 	if _, err := pg.Pgbench(ctx, "-i", "-s", "2"); err != nil {
 		t.Fatal(err)
@@ -134,7 +147,7 @@ func TestRestoredBackupPassesVerifybackupAndAmcheck(t *testing.T) {
 	}
 	// pg_verifybackup checks every file against the server's manifest (WAL is checked by
 	// recovery itself, from the archive).
-	out, err := exec.Command(pg.Bin("pg_verifybackup"), "--no-parse-wal", dir).CombinedOutput()
+	out, err := pg.Command(ctx, "pg_verifybackup", "--no-parse-wal", dir).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "successfully verified") {
 		t.Fatalf("pg_verifybackup: %v\n%s", err, out)
 	}
@@ -142,8 +155,11 @@ func TestRestoredBackupPassesVerifybackupAndAmcheck(t *testing.T) {
 	if err := restored.WaitPromoted(ctx); err != nil {
 		t.Fatal(err)
 	}
-	amcheck := exec.Command(pg.Bin("pg_amcheck"), "--install-missing", "--heapallindexed", "-d", "postgres")
-	amcheck.Env = append(os.Environ(), restored.Env()...)
+	if got := query(t, restored, "SHOW data_checksums"); got != "on" {
+		t.Fatalf("restored cluster has data_checksums = %s; want on", got)
+	}
+	amcheck := restored.Command(ctx, "pg_amcheck", "--install-missing", "--heapallindexed", "-d", "postgres")
+	amcheck.Env = append(amcheck.Env, restored.Env()...)
 	if out, err := amcheck.CombinedOutput(); err != nil {
 		t.Fatalf("pg_amcheck on the restored cluster: %v\n%s", err, out)
 	}
@@ -153,10 +169,14 @@ func TestRestoredBackupPassesVerifybackupAndAmcheck(t *testing.T) {
 }
 
 func TestCorruptObjectsAreNamedAndNeverRestored(t *testing.T) {
+	harness.ForEachPGVersion(t, testCorruptObjectsAreNamedAndNeverRestored)
+}
+
+func testCorruptObjectsAreNamedAndNeverRestored(t *testing.T, version int) {
 	ctx := context.Background()
 	url := fileArchive(t)
 	root := strings.TrimPrefix(url, "file://")
-	pg := harness.StartPostgres(t, pgSettings(nil))
+	pg := harness.StartPostgres(t, pgSettingsOn(version, nil))
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url})
 	exec1(t, pg, "CREATE TABLE t AS SELECT generate_series(1, 100000) AS n")
 	id := takeBackup(t, pg, url, nil)

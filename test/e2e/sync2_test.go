@@ -180,7 +180,7 @@ func TestReceivedWALIsUploadedWhenTheServerGoesAway(t *testing.T) {
 	createLedger(t, pg)
 	takeBackup(t, pg, url, nil)
 	// The first bytes of a segment go up at once; after that, only every 10 minutes.
-	exec1(t, pg, "INSERT INTO ledger (note) VALUES ('uploaded with the segment's first partial')")
+	exec1(t, pg, "INSERT INTO ledger (note) VALUES ('uploaded with the first partial of its segment')")
 	waitArchived(t, sc, flushLSN(t, pg), time.Minute)
 	exec1(t, pg, "INSERT INTO ledger (note) VALUES ('received, not yet uploaded')")
 	end := flushLSN(t, pg)

@@ -11,9 +11,13 @@ import (
 )
 
 func TestSynchronousModeLosesNoAcknowledgedCommit(t *testing.T) {
+	harness.ForEachPGVersion(t, testSynchronousModeLosesNoAcknowledgedCommit)
+}
+
+func testSynchronousModeLosesNoAcknowledgedCommit(t *testing.T, version int) {
 	ctx := context.Background()
 	url := fileArchive(t)
-	pg := harness.StartPostgres(t, pgSettings(map[string]string{"synchronous_standby_names": "kcbackup", "synchronous_commit": "on"}))
+	pg := harness.StartPostgres(t, pgSettingsOn(version, map[string]string{"synchronous_standby_names": "kcbackup", "synchronous_commit": "on"}))
 	harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "0"}})
 	createLedger(t, pg)
 	takeBackup(t, pg, url, nil)

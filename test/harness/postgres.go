@@ -41,7 +41,6 @@ const (
 	// pgOSUser is the OS account the server runs as when the tests run as root.
 	pgOSUser = "postgres"
 
-	pgMajorVersion        = "15"
 	pgStartTimeout        = 60 * time.Second
 	pgRecoveryTimeout     = 120 * time.Second
 	pgStopTimeout         = 30 * time.Second
@@ -72,10 +71,17 @@ type PGOptions struct {
 	Settings map[string]string
 
 	// DataChecksums runs initdb with --data-checksums. Only StartPostgres uses it.
+	// (PostgreSQL 18's initdb enables checksums by default; the harness leaves that default.)
 	DataChecksums bool
+
+	// Version is the PostgreSQL major version, one of PGVersions; zero means
+	// PGDefaultVersion (15) for StartPostgres, the primary's for StartStandby and the
+	// version in PG_VERSION for StartFromDataDir. 15 runs from the host's packages; 17 and
+	// 18 run inside their root filesystem (see pgroot.go), listening on 127.0.0.1 like 15.
+	Version int
 }
 
-// Postgres is a throwaway PostgreSQL 15 cluster listening on 127.0.0.1 only.
+// Postgres is a throwaway PostgreSQL cluster listening on 127.0.0.1 only.
 //
 // Authentication: every role is trusted over the Unix socket and over TCP from 127.0.0.1,
 // for normal and replication connections alike, except the roles CreateRole gave a password,
@@ -85,7 +91,7 @@ type PGOptions struct {
 // When the tests run as root the server, initdb, pg_ctl and pg_basebackup run as the
 // `postgres` OS user, which owns the data directory; otherwise they run as the current user.
 type Postgres struct {
-	binDir  string
+	install *pgInstall
 	baseDir string // owned by the harness: socket, log, pg_hba.conf and usually the data directory
 	dataDir string
 	logPath string
@@ -112,10 +118,14 @@ type serverProcess struct {
 // StartPostgres creates a new cluster with initdb and starts it on a free loopback port.
 // The server is stopped (immediate mode) and its directory removed when the test ends;
 // if the test failed, the last lines of the server log are printed first.
-// It skips the test when PostgreSQL 15 is missing (fails it in CI, see Require).
+// It skips the test when that PostgreSQL version is missing (fails it in CI, see Require).
 func StartPostgres(t testing.TB, opts PGOptions) *Postgres {
 	t.Helper()
-	p := newPostgres(t)
+	version := opts.Version
+	if version == 0 {
+		version = PGDefaultVersion
+	}
+	p := newPostgres(t, version)
 	ctx, cancel := context.WithTimeout(t.Context(), pgStartTimeout)
 	defer cancel()
 
@@ -168,7 +178,10 @@ func StartPostgres(t testing.TB, opts PGOptions) *Postgres {
 // the primary, as cleanups run last-in first-out).
 func StartStandby(t testing.TB, primary *Postgres, opts PGOptions) *Postgres {
 	t.Helper()
-	p := newPostgres(t)
+	if opts.Version != 0 && opts.Version != primary.Version() {
+		t.Fatalf("start standby: PostgreSQL %d cannot stream from a PostgreSQL %d primary", opts.Version, primary.Version())
+	}
+	p := newPostgres(t, primary.Version())
 	ctx, cancel := context.WithTimeout(t.Context(), pgStartTimeout)
 	defer cancel()
 
@@ -216,7 +229,14 @@ func StartFromDataDir(t testing.TB, dir string, opts PGOptions) *Postgres {
 	if err != nil {
 		t.Fatalf("start postgres from %s: %v", dir, err)
 	}
-	p := newPostgres(t)
+	version, err := dataDirVersion(dir)
+	if err != nil {
+		t.Fatalf("start postgres from %s: %v", dir, err)
+	}
+	if opts.Version != 0 && opts.Version != version {
+		t.Fatalf("start postgres from %s: the directory is PostgreSQL %d, not %d", dir, version, opts.Version)
+	}
+	p := newPostgres(t, version)
 	p.dataDir = dir
 	p.readyTimeout = pgRecoveryTimeout
 	for _, name := range sortedKeys(opts.Settings) {
@@ -234,25 +254,22 @@ func StartFromDataDir(t testing.TB, dir string, opts PGOptions) *Postgres {
 	return p
 }
 
-// newPostgres checks for the binaries, creates the harness directory for one cluster and
-// registers its cleanup. The data directory defaults to <base>/data.
-func newPostgres(t testing.TB) *Postgres {
+// newPostgres checks for the binaries of version, creates the harness directory for one
+// cluster and registers its cleanup. The data directory defaults to <base>/data.
+func newPostgres(t testing.TB, version int) *Postgres {
 	t.Helper()
-	binDir := PGBinDir
-	if d := os.Getenv(PGBinDirEnv); d != "" {
-		binDir = d
-	}
-	Require(t, "PostgreSQL "+pgMajorVersion, checkPGBinaries(binDir))
-
-	owner, err := serverOwner()
-	Require(t, "PostgreSQL "+pgMajorVersion, err)
+	component := "PostgreSQL " + strconv.Itoa(version)
+	install, err := pgInstallFor(version)
+	Require(t, component, err)
+	owner, err := install.serverOwner()
+	Require(t, component, err)
 
 	base, err := newBaseDir(owner)
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &Postgres{
-		binDir:       binDir,
+		install:      install,
 		baseDir:      base,
 		dataDir:      filepath.Join(base, "data"),
 		logPath:      filepath.Join(base, pgLogFileName),
@@ -305,8 +322,30 @@ func (p *Postgres) Port() int { return p.port }
 // DataDir returns the cluster's data directory.
 func (p *Postgres) DataDir() string { return p.dataDir }
 
-// Bin returns the path of the PostgreSQL program name, such as "pg_waldump".
-func (p *Postgres) Bin(name string) string { return filepath.Join(p.binDir, name) }
+// Version returns the server's major version, such as 17.
+func (p *Postgres) Version() int { return p.install.major }
+
+// Bin returns the path on the host of the PostgreSQL program name, such as "pg_waldump".
+// For a version that runs inside a root filesystem that program cannot run on the host:
+// use Command, which works for every version.
+func (p *Postgres) Bin(name string) string { return p.install.hostPath(name) }
+
+// Command prepares the PostgreSQL program name (such as "pg_waldump" or "pg_verifybackup")
+// of this server's version to run as the caller's user where the server runs: on the host
+// for 15, inside the version's root filesystem otherwise, where every path under
+// os.TempDir() is the same as on the host. Its environment is the caller's without PG*
+// variables; append Env() to reach this server.
+func (p *Postgres) Command(ctx context.Context, name string, args ...string) *exec.Cmd {
+	return p.install.command(ctx, nil, p.install.program(name), args...)
+}
+
+// ServerSideCommand prepares any program, such as the kcbackup binary from KcbackupBinary,
+// to run as the caller's user (root) where the server runs, as a user would run it in that
+// server's container: program is a path there, and paths under os.TempDir() are the same
+// as on the host. For 15 it is exec.CommandContext on the host.
+func (p *Postgres) ServerSideCommand(ctx context.Context, program string, args ...string) *exec.Cmd {
+	return p.install.command(ctx, nil, program, args...)
+}
 
 // ConnString returns a libpq URL for user and database db over TCP, without TLS and
 // without a password.
@@ -468,13 +507,12 @@ func (p *Postgres) Start(ctx context.Context) error {
 	} {
 		args = append(args, "-c", kv)
 	}
-	// Not CommandContext: ctx bounds the wait for readiness, not the server's life.
-	cmd := exec.Command(p.Bin("postgres"), args...)
-	cmd.Env = cleanEnv()
+	// Not ctx: it bounds the wait for readiness, not the server's life.
+	cmd := p.install.command(context.Background(), p.owner, p.install.program("postgres"), args...)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
 	// SIGQUIT is an immediate shutdown: the server does not outlive a crashed test binary.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.owner, Pdeathsig: syscall.SIGQUIT}
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGQUIT
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start postgres on port %d: %w", p.port, err)
 	}
@@ -619,8 +657,8 @@ func (p *Postgres) poll(ctx context.Context, what string, done func() (bool, err
 // combined output: Pgbench(ctx, "-i", "-s", "1") initialises, Pgbench(ctx, "-T", "2")
 // runs the default TPC-B-like script for two seconds.
 func (p *Postgres) Pgbench(ctx context.Context, args ...string) (string, error) {
-	cmd := exec.CommandContext(ctx, p.Bin("pgbench"), args...)
-	cmd.Env = append(cleanEnv(), p.Env()...)
+	cmd := p.Command(ctx, "pgbench", args...)
+	cmd.Env = append(cmd.Env, p.Env()...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("pgbench %s on port %d: %w: %s", strings.Join(args, " "), p.Port(), err, tail(string(out), 10))
@@ -645,12 +683,8 @@ func (p *Postgres) ChownToServer(path string) error {
 // serverUserCommand prepares a PostgreSQL program to run as the server's OS user, with a
 // libpq environment free of the caller's PG* variables.
 func (p *Postgres) serverUserCommand(ctx context.Context, name string, args ...string) *exec.Cmd {
-	cmd := exec.CommandContext(ctx, p.Bin(name), args...)
-	cmd.Env = cleanEnv()
+	cmd := p.install.command(ctx, p.owner, p.install.program(name), args...)
 	cmd.Dir = p.baseDir // the caller's working directory may be unreadable to that user
-	if p.owner != nil {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.owner}
-	}
 	return cmd
 }
 
@@ -747,24 +781,6 @@ func (p *Postgres) bindFailedSince(offset int64) bool {
 		return false
 	}
 	return bytes.Contains(b, []byte("could not bind")) || bytes.Contains(b, []byte("Address already in use"))
-}
-
-// checkPGBinaries verifies that binDir holds the PostgreSQL 15 programs the harness runs.
-func checkPGBinaries(binDir string) error {
-	for _, name := range []string{"initdb", "postgres", "pg_ctl", "pg_basebackup", "pgbench"} {
-		if _, err := os.Stat(filepath.Join(binDir, name)); err != nil {
-			return fmt.Errorf("find PostgreSQL programs in %s (set %s to override): %w", binDir, PGBinDirEnv, err)
-		}
-	}
-	out, err := exec.Command(filepath.Join(binDir, "postgres"), "-V").Output()
-	if err != nil {
-		return fmt.Errorf("run %s -V: %w", filepath.Join(binDir, "postgres"), err)
-	}
-	// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
-	if !strings.Contains(string(out), "(PostgreSQL) "+pgMajorVersion+".") {
-		return fmt.Errorf("%s is not PostgreSQL %s: %s", binDir, pgMajorVersion, bytes.TrimSpace(out))
-	}
-	return nil
 }
 
 // serverOwner returns the credential the server must run under: nil when the tests do not

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -169,8 +171,12 @@ func TestPostgresPgbenchInitialisesAndRuns(t *testing.T) {
 
 func TestPostgresStandbyPromotesToTimelineTwo(t *testing.T) {
 	t.Parallel()
+	ForEachPGVersion(t, testStandbyPromotesToTimelineTwo)
+}
+
+func testStandbyPromotesToTimelineTwo(t *testing.T, version int) {
 	ctx := testContext(t)
-	primary := StartPostgres(t, PGOptions{})
+	primary := StartPostgres(t, PGOptions{Version: version})
 	mustExec(t, ctx, primary, "CREATE TABLE t (i int); INSERT INTO t VALUES (1)")
 
 	standby := StartStandby(t, primary, PGOptions{Settings: map[string]string{"hot_standby_feedback": "on"}})
@@ -256,15 +262,19 @@ func TestPostgresPasswordRoleNeedsItsPassword(t *testing.T) {
 
 func TestPostgresStartFromDataDirRunsArchiveRecovery(t *testing.T) {
 	t.Parallel()
+	ForEachPGVersion(t, testStartFromDataDirRunsArchiveRecovery)
+}
+
+func testStartFromDataDirRunsArchiveRecovery(t *testing.T, version int) {
 	ctx := testContext(t)
-	primary := StartPostgres(t, PGOptions{})
+	primary := StartPostgres(t, PGOptions{Version: version})
 	mustExec(t, ctx, primary, "CREATE TABLE t (i int); INSERT INTO t SELECT generate_series(1, 10)")
 
 	// A base backup written by the test process into t.TempDir(), whose parent is 0700:
 	// StartFromDataDir must make it reachable and owned by the server's user.
 	dir := filepath.Join(t.TempDir(), "restored")
-	backup := exec.CommandContext(ctx, primary.Bin("pg_basebackup"), "-D", dir, "-X", "stream", "--checkpoint=fast", "--no-sync")
-	backup.Env = append(os.Environ(), primary.Env()...)
+	backup := primary.Command(ctx, "pg_basebackup", "-D", dir, "-X", "stream", "--checkpoint=fast", "--no-sync")
+	backup.Env = append(backup.Env, primary.Env()...)
 	if out, err := backup.CombinedOutput(); err != nil {
 		t.Fatalf("pg_basebackup: %v\n%s", err, out)
 	}
@@ -273,8 +283,12 @@ func TestPostgresStartFromDataDirRunsArchiveRecovery(t *testing.T) {
 	}
 
 	// Archive recovery replays the streamed WAL in pg_wal; restore_command finds nothing
-	// more, so recovery ends and the server switches to timeline 2.
+	// more, so recovery ends and the server switches to timeline 2. The version comes
+	// from the directory's PG_VERSION.
 	restored := StartFromDataDir(t, dir, PGOptions{Settings: map[string]string{"restore_command": "false"}})
+	if restored.Version() != version {
+		t.Errorf("restored cluster runs PostgreSQL %d, want %d from PG_VERSION", restored.Version(), version)
+	}
 	if err := restored.WaitPromoted(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -290,6 +304,80 @@ func TestPostgresStartFromDataDirRunsArchiveRecovery(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "recovery.signal")); !os.IsNotExist(err) {
 		t.Errorf("recovery.signal still present after recovery: %v", err)
+	}
+}
+
+// Every version runs where its programs are, sees the host's temporary directory at the
+// same path (so kcbackup's restore_command and data paths are valid), and leaves no mount
+// in the test's own mount namespace.
+func TestPostgresEachVersionSharesTheTempDirAndLeavesNoMount(t *testing.T) {
+	t.Parallel()
+	ForEachPGVersion(t, func(t *testing.T, version int) {
+		ctx := testContext(t)
+		pg := StartPostgres(t, PGOptions{Version: version})
+		v := strconv.Itoa(version)
+		if got := mustQuery(t, ctx, pg, "SHOW server_version_num"); !strings.HasPrefix(got, v) {
+			t.Errorf("server_version_num = %s, want %s…", got, v)
+		}
+		if b, err := os.ReadFile(filepath.Join(pg.DataDir(), "PG_VERSION")); err != nil || strings.TrimSpace(string(b)) != v {
+			t.Errorf("PG_VERSION = %q, %v; want %s", b, err, v)
+		}
+
+		// A file the test writes on the host is at the same path for the server and for
+		// a command run where the server runs.
+		dir := t.TempDir()
+		path := filepath.Join(dir, "note")
+		if err := os.WriteFile(path, []byte("host-side"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := pg.ChownToServer(dir); err != nil { // t.TempDir()'s parent is 0700
+			t.Fatal(err)
+		}
+		if got := mustQuery(t, ctx, pg, "SELECT pg_read_file("+quoteLiteral(path)+")"); got != "host-side" {
+			t.Errorf("server reads %s as %q, want host-side", path, got)
+		}
+		out, err := pg.ServerSideCommand(ctx, "/bin/cat", path).CombinedOutput()
+		if err != nil || string(out) != "host-side" {
+			t.Errorf("cat %s where the server runs = %q, %v; want host-side", path, out, err)
+		}
+		out, err = pg.Command(ctx, "pg_waldump", "--version").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "(PostgreSQL) "+v+".") {
+			t.Errorf("pg_waldump --version = %q, %v; want PostgreSQL %s", out, err, v)
+		}
+
+		// The root's mounts live in the server's own mount namespace, never in ours.
+		if pg.install.root != "" {
+			mounts, err := os.ReadFile("/proc/self/mountinfo")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if strings.Contains(string(mounts), pg.install.root) {
+				t.Errorf("the test's mount table holds mounts under %s:\n%s", pg.install.root, mounts)
+			}
+		}
+	})
+}
+
+func TestParsePGVersionsAcceptsKnownMajorsOnly(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []int
+		err  string
+	}{
+		{in: "15,17,18", want: []int{15, 17, 18}},
+		{in: " 18 ", want: []int{18}},
+		{in: "15,16", err: `"16" is not a PostgreSQL major version`},
+		{in: "17,17", err: "17 is listed twice"},
+		{in: "seventeen", err: `"seventeen" is not`},
+		{in: "15,", err: `"" is not`},
+	} {
+		got, err := ParsePGVersions(tc.in)
+		switch {
+		case tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)):
+			t.Errorf("ParsePGVersions(%q) error = %v, want one containing %q", tc.in, err, tc.err)
+		case tc.err == "" && (err != nil || !slices.Equal(got, tc.want)):
+			t.Errorf("ParsePGVersions(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
 	}
 }
 

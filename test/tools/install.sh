@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
 # Builds the real components the tests start, once, into a cache outside the clone:
 #   ${KCBACKUP_CACHE:-$HOME/.cache/kcbackup}/<name>-<version>
-# A binary already in the cache is reused. Everything is built from the Go module proxy;
-# nothing is downloaded from anywhere else.
+# A component already in the cache is reused. Go programs are built from the Go module proxy,
+# PostgreSQL comes from Debian's apt archive; nothing is downloaded from anywhere else.
 #
-# Usage: test/tools/install.sh [postgres] [minio] [etcd] [kube-apiserver] [kubectl] [envtest] [promtool]
+# PostgreSQL 17 and 18 are not in Debian 12's archive: pgroot-17 and pgroot-18 build a minimal
+# Debian root filesystem per version (debootstrap --variant=minbase from the Debian mirror apt on
+# this machine uses: trixie for 17, sid for 18) and install that server inside it with apt, as
+#   ${KCBACKUP_CACHE}/pgroot-<major>-<suite>
+# The test harness runs those servers inside their root (chroot) on a loopback port.
+#
+# Usage: test/tools/install.sh [postgres] [pgroot-17] [pgroot-18] [minio] [etcd] [kube-apiserver]
+#                              [kubectl] [envtest] [promtool]
 #        (default: all of them)
 set -euo pipefail
 
@@ -95,6 +102,86 @@ install_postgres() {
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 postgresql-contrib >/dev/null
 }
 
+# debian_mirror prints the Debian archive URI apt on this machine uses (deb822 sources first,
+# then one-line sources), so the roots come from the same mirror as the host's packages.
+debian_mirror() {
+  local uri
+  uri=$(awk '/^URIs:/ { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }' \
+    /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
+  if [ -z "$uri" ]; then
+    uri=$(awk '$1 == "deb" { for (i = 2; i <= NF; i++) if ($i ~ /\/debian\/?$/) { print $i; exit } }' \
+      /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null | head -n 1)
+  fi
+  printf '%s\n' "${uri:-http://deb.debian.org/debian}"
+}
+
+# align_postgres_user ROOT creates the postgres group and user in ROOT with the host's ids
+# (when the host has that user) before postgresql-common would create them with its own.
+align_postgres_user() {
+  local root=$1 uid gid
+  uid=$(id -u postgres 2>/dev/null) || return 0
+  gid=$(id -g postgres)
+  chroot "$root" groupadd --system --gid "$gid" postgres
+  chroot "$root" useradd --system --uid "$uid" --gid "$gid" --home-dir /var/lib/postgresql \
+    --shell /bin/bash --comment "PostgreSQL administrator" postgres
+}
+
+# install_pgroot MAJOR SUITE builds $CACHE/pgroot-MAJOR-SUITE: a minbase Debian SUITE root with
+# postgresql-MAJOR installed (no recommends, no cluster created, no service started) and
+# ca-certificates, as a server's container has: restore_command (kcbackup wal-fetch) runs there. The root is
+# built in a temporary directory beside it and renamed at the end, so a killed build never looks
+# complete; a root already in the cache is reused.
+install_pgroot() {
+  local major=$1 suite=$2 out="$CACHE/pgroot-$1-$2" tmp mirror start
+  [ -x "$out/usr/lib/postgresql/$major/bin/postgres" ] && [ -f "$out/etc/ssl/certs/ca-certificates.crt" ] && return 0
+  if [ -e "$out" ]; then
+    log "pgroot-$major: $out predates ca-certificates in the root; rebuilding it"
+    rm -rf --one-file-system "$out"
+  fi
+  [ "$(id -u)" = 0 ] || { log "pgroot-$major: debootstrap and chroot need root"; return 1; }
+  if ! command -v debootstrap >/dev/null; then
+    log "installing debootstrap from Debian"
+    (apt-get install -y -qq debootstrap >/dev/null 2>&1) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
+  fi
+  mirror=$(debian_mirror)
+  start=$(date +%s)
+  log "building pgroot-$major: debootstrap $suite from $mirror, then postgresql-$major (about 3 minutes)"
+  tmp=$(mktemp -d "$CACHE/.pgroot-$major-$suite.XXXXXX")
+  chmod 0755 "$tmp" # it becomes / for the server's user
+  # The build mounts /proc inside tmp; unmount it and remove tmp on any exit.
+  # shellcheck disable=SC2064
+  trap "umount '$tmp/proc' 2>/dev/null || true; rm -rf --one-file-system '$tmp'" EXIT
+  # Step 1: the minimal root. debootstrap does not check Release's Valid-Until.
+  debootstrap --variant=minbase "$suite" "$tmp" "$mirror" >"$tmp.log" 2>&1 ||
+    { log "debootstrap $suite failed; last lines of $tmp.log:"; tail -n 20 "$tmp.log" >&2; return 1; }
+  rm -f "$tmp.log"
+  # Step 2: apt inside the root. sid's Release may be past its Valid-Until (a frozen mirror);
+  # no service may start (policy-rc.d) and no cluster is created: the harness runs initdb itself.
+  if [ "$suite" = sid ]; then
+    printf 'Acquire::Check-Valid-Until "false";\n' >"$tmp/etc/apt/apt.conf.d/99kcbackup-no-valid-until"
+  fi
+  printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
+  chmod 0755 "$tmp/usr/sbin/policy-rc.d"
+  mkdir -p "$tmp/etc/postgresql-common/createcluster.d"
+  printf 'create_main_cluster = false\n' >"$tmp/etc/postgresql-common/createcluster.d/kcbackup.conf"
+  # The server's OS user gets the uid and gid of the host's postgres user, so a data directory
+  # handed to `postgres` on the host (kcbackup restore --owner postgres) is the server's inside.
+  align_postgres_user "$tmp"
+  mount -t proc proc "$tmp/proc"
+  chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
+    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-$major ca-certificates && apt-get clean" >"$tmp.log" 2>&1 ||
+    { log "apt-get install postgresql-$major in the $suite root failed; last lines of $tmp.log:"; tail -n 20 "$tmp.log" >&2; return 1; }
+  rm -f "$tmp.log"
+  umount "$tmp/proc"
+  rm -rf "$tmp/var/lib/apt/lists/"* "$tmp/var/cache/apt/"*.bin
+  chroot "$tmp" "/usr/lib/postgresql/$major/bin/postgres" -V >/dev/null ||
+    { log "pgroot-$major: postgres -V fails inside the root"; return 1; }
+  # Step 3: publish. rename(2) is atomic: a root in the cache is always complete.
+  mv "$tmp" "$out"
+  trap - EXIT
+  log "pgroot-$major: $(chroot "$out" "/usr/lib/postgresql/$major/bin/postgres" -V) in $(($(date +%s) - start))s"
+}
+
 install_promtool() {
   command -v promtool >/dev/null && return 0
   log "installing prometheus (for promtool) from Debian"
@@ -102,7 +189,7 @@ install_promtool() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(postgres minio envtest kubectl promtool)
+[ ${#targets[@]} -gt 0 ] || targets=(postgres pgroot-17 pgroot-18 minio envtest kubectl promtool)
 for t in "${targets[@]}"; do
   case $t in
     minio) install_minio ;;
@@ -110,8 +197,10 @@ for t in "${targets[@]}"; do
     kube-apiserver) install_kube_apiserver ;;
     envtest) install_envtest ;;
     postgres) install_postgres ;;
+    pgroot-17) install_pgroot 17 trixie ;;
+    pgroot-18) install_pgroot 18 sid ;;
     promtool) install_promtool ;;
     kubectl) install_kubectl ;;
-    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, promtool)"; exit 2 ;;
+    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool)"; exit 2 ;;
   esac
 done

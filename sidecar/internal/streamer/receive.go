@@ -50,8 +50,10 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 			s.drain(cur)
 			if err := sendStatus(); err != nil {
 				s.log.Warn("could not send the final flush position", "err", err)
+			} else if err := endCopy(conn); err != nil {
+				s.log.Warn("final flush position sent; the server did not confirm the end of streaming", "flush", lastSentFlush, "err", err)
 			} else {
-				s.log.Info("stopped; final flush position sent", "flush", lastSentFlush)
+				s.log.Info("stopped; final flush position sent and processed", "flush", lastSentFlush)
 			}
 			return 0, 0, ctx.Err()
 		}
@@ -166,6 +168,17 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 			return 0, 0, pgconn.ErrorResponseToPgError(m)
 		}
 	}
+}
+
+// endCopy ends streaming with CopyDone and waits, at most 5 seconds, for the server's
+// answer: the walsender handles messages in order, so once it answers, the status update
+// sent before was processed (the slot has moved).
+func endCopy(conn *pgconn.PgConn) error {
+	if err := conn.Conn().SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
+		return err
+	}
+	_, err := pglogrepl.SendStandbyCopyDone(context.Background(), conn)
+	return err
 }
 
 // openSegment starts receiving segment segno of timeline tli into the spool.

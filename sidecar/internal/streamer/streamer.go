@@ -360,12 +360,17 @@ func (s *Streamer) session(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if slot.Exists && slot.RestartLSN == 0 {
-		// The server invalidated the slot (max_slot_wal_keep_size): the WAL it held is gone.
-		// Recreate it; the archive has a gap until the next base backup.
+	lost, reason := false, ""
+	if slot.Exists {
+		lost, reason = s.slotInvalidation(ctx)
+	}
+	if slot.Exists && (slot.RestartLSN == 0 || lost) {
+		// The server invalidated the slot (max_slot_wal_keep_size, or PostgreSQL 18's
+		// idle_replication_slot_timeout, which leaves restart_lsn set): the WAL it held is
+		// gone. Recreate it; the archive has a gap until the next base backup.
 		s.m.ArchiveGaps.Inc()
 		s.log.Error("the replication slot was invalidated by the server; WAL was lost before it was archived (the archive now has a hole); recreating the slot; take a new base backup",
-			"slot", s.cfg.Slot, "reason", s.slotInvalidationReason(ctx),
+			"slot", s.cfg.Slot, "reason", reason,
 			"hint", "raise max_slot_wal_keep_size or idle_replication_slot_timeout (PostgreSQL 18), or keep the sidecar running")
 		if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+pgrepl.QuoteIdent(s.cfg.Slot)).ReadAll(); err != nil {
 			return fmt.Errorf("drop invalidated slot %s: %w", s.cfg.Slot, err)
@@ -472,25 +477,28 @@ func (s *Streamer) oldestOnServer(ctx context.Context, conn *pgconn.PgConn, tli 
 	return walarchive.SegmentStartLSN(hi, s.segSize)
 }
 
-// slotInvalidationReason asks the server why the slot was invalidated (PostgreSQL 17 and
-// later name it: wal_removed, idle_timeout, ...; 15 and 16 only say the WAL is lost).
-func (s *Streamer) slotInvalidationReason(ctx context.Context) string {
+// slotInvalidation asks the server, over SQL, whether the slot was invalidated
+// (wal_status 'lost') and why (PostgreSQL 17 and later name it: wal_removed, idle_timeout,
+// ...). A failed query reports not lost: READ_REPLICATION_SLOT's empty restart_lsn still
+// catches invalidation by max_slot_wal_keep_size.
+func (s *Streamer) slotInvalidation(ctx context.Context) (lost bool, reason string) {
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	conn, err := pgrepl.ConnectSQL(qctx, s.cfg.PG)
 	if err != nil {
-		return "unknown"
+		return false, "unknown"
 	}
 	defer conn.Close(context.Background())
-	q := "SELECT to_jsonb(s)->>'invalidation_reason', wal_status FROM pg_replication_slots s WHERE slot_name = '" + s.cfg.Slot + "'" // slot names are [a-z0-9_]
+	q := "SELECT coalesce(wal_status, ''), coalesce(to_jsonb(s)->>'invalidation_reason', '') FROM pg_replication_slots s WHERE slot_name = '" + s.cfg.Slot + "'" // slot names are [a-z0-9_]
 	res, err := conn.Exec(qctx, q).ReadAll()
 	if err != nil || len(res) != 1 || len(res[0].Rows) != 1 {
-		return "unknown"
+		return false, "unknown"
 	}
-	if r := string(res[0].Rows[0][0]); r != "" {
-		return r
+	status, why := string(res[0].Rows[0][0]), string(res[0].Rows[0][1])
+	if why == "" {
+		why = "wal_status " + status
 	}
-	return "wal_status " + string(res[0].Rows[0][1])
+	return status == "lost", why
 }
 
 // archiveNeeds returns the first LSN the archive lacks on timeline tli: after its last

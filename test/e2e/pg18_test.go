@@ -1,0 +1,44 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/kcbackup/kcbackup/test/harness"
+)
+
+// PostgreSQL 18 invalidates a slot idle for idle_replication_slot_timeout at a checkpoint,
+// leaving its restart_lsn set. The sidecar, started again, must see the invalidation,
+// count the hole (kcbackup_archive_gaps_total, which alerts) and archive again.
+func TestIdleSlotTimeoutOnPostgreSQL18IsCountedAsAGap(t *testing.T) {
+	harness.ForEachPGVersion(t, func(t *testing.T, v int) {
+		if v < 18 {
+			t.Skipf("idle_replication_slot_timeout is new in PostgreSQL 18 (this is %d)", v)
+		}
+		url := fileArchive(t)
+		pg := harness.StartPostgres(t, pgSettingsOn(v, map[string]string{"idle_replication_slot_timeout": "1s"}))
+		sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
+		waitArchived(t, sc, flushLSN(t, pg), time.Minute)
+		if err := sc.Stop(30 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for query(t, pg, "SELECT coalesce(invalidation_reason, '') FROM pg_replication_slots WHERE slot_name = 'kcbackup'") != "idle_timeout" {
+			if time.Now().After(deadline) {
+				t.Fatal("the server did not invalidate the idle slot")
+			}
+			exec1(t, pg, "CREATE TABLE IF NOT EXISTS idle (n int); INSERT INTO idle VALUES (1); SELECT pg_switch_wal(); CHECKPOINT")
+			time.Sleep(200 * time.Millisecond) // the timeout counts whole seconds of idleness
+		}
+		if err := sc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc.WaitReady(2 * time.Minute)
+		exec1(t, pg, "INSERT INTO idle VALUES (2)")
+		waitArchived(t, sc, flushLSN(t, pg), 2*time.Minute)
+		gaps, err := sc.Metric("kcbackup_archive_gaps_total")
+		if err != nil || gaps < 1 {
+			t.Fatalf("kcbackup_archive_gaps_total = %v, %v; want the invalidated slot counted\n%s", gaps, err, sc.Log())
+		}
+	})
+}

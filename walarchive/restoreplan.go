@@ -86,6 +86,10 @@ type RestorePlan struct {
 	LastXactLSN LSN
 	// Stop is how recovery ends; the recovery settings follow from it.
 	Stop StopKind
+	// NewestTimeline is set when Timeline is the newest in the archive: recovery can then
+	// name it 'latest', which a standby later cloned from the restored cluster (inheriting
+	// its postgresql.auto.conf) needs to follow the timelines that come after.
+	NewestTimeline bool
 }
 
 // ErrAmbiguousTimeline is returned (wrapped) when a target time lies on more than one
@@ -141,7 +145,8 @@ func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.
 		}
 		return RestorePlan{}, fmt.Errorf("no backup on timeline %d's path ends at or before %s with its WAL in the archive", tli, req.Target)
 	}
-	plan := RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: windowOf(r)}
+	live, _ := g.Live()
+	plan := RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: windowOf(r), NewestTimeline: tli == live}
 	// Step 3: how recovery stops. A time target is written only when a transaction that
 	// ended after the target is archived on the path: PostgreSQL then stops before it,
 	// whatever WAL is archived later. Otherwise recovery is bounded by what is archived now.

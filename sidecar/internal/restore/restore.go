@@ -334,7 +334,13 @@ func writeRecoveryConfig(dir string, o Options) error {
 		b.WriteString("recovery_target = 'immediate'\n")
 		b.WriteString("recovery_target_action = 'promote'\n")
 	}
-	fmt.Fprintf(&b, "recovery_target_timeline = '%d'\n", p.Timeline)
+	if p.NewestTimeline {
+		// The newest timeline in the archive when the restore was planned: 'latest' is the
+		// same one now, and lets a standby cloned from the restored cluster follow later ones.
+		fmt.Fprintf(&b, "# Timeline %d, the newest in the archive.\nrecovery_target_timeline = 'latest'\n", p.Timeline)
+	} else {
+		fmt.Fprintf(&b, "recovery_target_timeline = '%d'\n", p.Timeline)
+	}
 	// Archiving on the new timeline is done by the sidecar, never by archive_command.
 	b.WriteString("archive_mode = off\n")
 	f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)

@@ -20,6 +20,10 @@ import (
 	"github.com/kcbackup/kcbackup/walarchive"
 )
 
+// ExitRestoreUntouched is restore's exit status when it refused or failed before touching
+// the data directory; the operator then scales PostgreSQL and Keycloak back up.
+const ExitRestoreUntouched = 4
+
 // ExitError carries a specific exit status.
 type ExitError struct {
 	Code int

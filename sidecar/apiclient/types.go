@@ -160,3 +160,9 @@ type KeycloakCleanupResult struct {
 	// Skipped says what was not done and why (a table that does not exist).
 	Skipped []string `json:"skipped,omitempty"`
 }
+
+// ExitRestoreUntouched is the exit status of `kcbackup restore` when it refused or failed
+// before touching the data directory: the server it would have replaced can start again.
+// Any other non-zero status may come after the directory was replaced. The operator reads
+// it from its restore Job.
+const ExitRestoreUntouched = 4

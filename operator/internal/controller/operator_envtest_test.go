@@ -464,7 +464,11 @@ func testAdmission(t *testing.T, cfg *rest.Config) {
 		"bad keepWithin": func(kb *kcv1.KeycloakBackup) {
 			kb.Spec.Schedule, kb.Spec.Retention = "@daily", &kcv1.Retention{KeepWithin: "7d"}
 		},
-		"empty claimName": func(kb *kcv1.KeycloakBackup) { kb.Spec.Storage.Volume.ClaimName = "" },
+		"empty claimName":                   func(kb *kcv1.KeycloakBackup) { kb.Spec.Storage.Volume.ClaimName = "" },
+		"restore options without restoreTo": func(kb *kcv1.KeycloakBackup) { kb.Spec.Restore = &kcv1.RestoreOptions{} },
+		"unknown sessions mode": func(kb *kcv1.KeycloakBackup) {
+			kb.Spec.RestoreTo, kb.Spec.Restore = kcv1.RestoreLatest, &kcv1.RestoreOptions{Sessions: "offline"}
+		},
 	} {
 		kb := volumeBackup("bad-" + strings.ReplaceAll(name, " ", "-"))
 		mutate(kb)

@@ -417,6 +417,11 @@ func (r *Reconciler) ensureSidecar(ctx context.Context, kb *kcv1.KeycloakBackup,
 // sidecarClient returns a client for the sidecar of a running pod of w. ok is false, with
 // SidecarReady False, when no pod runs yet.
 func (r *Reconciler) sidecarClient(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string) (*apiclient.Client, bool, error) {
+	return r.sidecarClientWith(ctx, kb, w, token, r.HTTPClient)
+}
+
+// sidecarClientWith is sidecarClient calling through hc (nil: apiclient's default).
+func (r *Reconciler) sidecarClientWith(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string, hc *http.Client) (*apiclient.Client, bool, error) {
 	pods, err := w.pods(ctx, r.Client)
 	if err != nil {
 		return nil, false, err
@@ -426,7 +431,7 @@ func (r *Reconciler) sidecarClient(ctx context.Context, kb *kcv1.KeycloakBackup,
 		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarStarting, "no running pod of "+w.String()+" yet")
 		return nil, false, nil
 	}
-	return apiclient.New(r.SidecarEndpoint(p), token, r.HTTPClient), true, nil
+	return apiclient.New(r.SidecarEndpoint(p), token, hc), true, nil
 }
 
 // sidecarStatus calls GET /v1/status and records the outcome in SidecarReady.

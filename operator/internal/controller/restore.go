@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"path"
 	"strings"
 	"time"
@@ -371,7 +372,13 @@ func (r *Reconciler) restoreDeadline(ctx context.Context, kb *kcv1.KeycloakBacku
 // and the sessions spec.restore.sessions names, before Keycloak starts on it.
 func (r *Reconciler) restoreCleanKeycloak(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, token string) (ctrl.Result, error) {
 	next := ctrl.Result{RequeueAfter: r.PollInterval}
-	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
+	hc := r.HTTPClient
+	if hc == nil {
+		// Deleting many sessions may take longer than a status call; the sidecar's write
+		// timeout (2 minutes) bounds it.
+		hc = &http.Client{Timeout: 110 * time.Second}
+	}
+	sc, ok, err := r.sidecarClientWith(ctx, kb, db, token, hc)
 	if err != nil || !ok {
 		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to clean the Keycloak database")
 		return next, err

@@ -139,8 +139,8 @@ func (s *KeycloakBackupSpec) Validate() error {
 		if s.RestoreTo == "" {
 			return &SpecError{ReasonInvalidSpec, "spec.restore", "is used only with restoreTo"}
 		}
-		if o.Timeout != nil && o.Timeout.Duration <= 0 {
-			return &SpecError{ReasonInvalidSpec, "spec.restore.timeout", fmt.Sprintf("%s is not a positive duration such as \"30m\"", o.Timeout.Duration)}
+		if o.Timeout != nil && o.Timeout.Duration < time.Minute {
+			return &SpecError{ReasonInvalidSpec, "spec.restore.timeout", fmt.Sprintf("%s is shorter than the minimum of 1m (such as \"30m\")", o.Timeout.Duration)}
 		}
 		switch o.Sessions {
 		case "", SessionsKeep, SessionsOnline, SessionsAll:
@@ -191,7 +191,7 @@ func ParseRestoreTarget(s string) (t time.Time, latest bool, err error) {
 
 // RestoreTimeout returns spec.restore.timeout, or its default.
 func (s *KeycloakBackupSpec) RestoreTimeout() time.Duration {
-	if s.Restore == nil || s.Restore.Timeout == nil || s.Restore.Timeout.Duration <= 0 {
+	if s.Restore == nil || s.Restore.Timeout == nil || s.Restore.Timeout.Duration < time.Minute {
 		return DefaultRestoreTimeout
 	}
 	return s.Restore.Timeout.Duration

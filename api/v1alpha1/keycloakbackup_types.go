@@ -100,10 +100,11 @@ type RestoreOptions struct {
 	// the restore Job, PostgreSQL to replay WAL, promote and archive on the new timeline, the
 	// Keycloak clean-up). A step that takes longer ends the restore Failed with reason
 	// RestoreTimedOut. A Go duration; default 30m. The restore Job gets it as its
-	// activeDeadlineSeconds.
+	// activeDeadlineSeconds. At least 1m.
 	// +optional
 	// +kubebuilder:validation:Type=string
 	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="restore.timeout must be at least 1m"
 	Timeout *metav1.Duration `json:"timeout,omitempty"`
 
 	// Sessions says which user sessions are removed from the restored Keycloak database

@@ -466,6 +466,9 @@ func testAdmission(t *testing.T, cfg *rest.Config) {
 		},
 		"empty claimName":                   func(kb *kcv1.KeycloakBackup) { kb.Spec.Storage.Volume.ClaimName = "" },
 		"restore options without restoreTo": func(kb *kcv1.KeycloakBackup) { kb.Spec.Restore = &kcv1.RestoreOptions{} },
+		"restore timeout under a minute": func(kb *kcv1.KeycloakBackup) {
+			kb.Spec.RestoreTo, kb.Spec.Restore = kcv1.RestoreLatest, &kcv1.RestoreOptions{Timeout: &metav1.Duration{Duration: time.Second}}
+		},
 		"unknown sessions mode": func(kb *kcv1.KeycloakBackup) {
 			kb.Spec.RestoreTo, kb.Spec.Restore = kcv1.RestoreLatest, &kcv1.RestoreOptions{Sessions: "offline"}
 		},

@@ -195,9 +195,7 @@ func testRestoreRefused(t *testing.T, cfg *rest.Config) {
 	if v := e.gauge("kcbackup_operator_restore_failed", "pitr"); v != 1 {
 		t.Errorf("restore_failed = %v, want 1", v)
 	}
-	if v := e.counter("kcbackup_operator_restore_failures_total", "pitr", kcv1.ReasonRestoreRefused); v != 1 {
-		t.Errorf("restore_failures_total{reason=RestoreRefused} = %v, want 1", v)
-	}
+	e.waitCounter("kcbackup_operator_restore_failures_total", "pitr", kcv1.ReasonRestoreRefused, 1)
 	e.eventually("restore lock released", func() (bool, string) {
 		v, held := e.deployment("postgres").Annotations[kccontroller.RestoreLockAnnotation]
 		return !held, v
@@ -231,9 +229,7 @@ func testRestoreDeadline(t *testing.T, cfg *rest.Config) {
 	if v := e.gauge("kcbackup_operator_restore_failed", "pitr"); v != 1 {
 		t.Errorf("restore_failed = %v, want 1", v)
 	}
-	if v := e.counter("kcbackup_operator_restore_failures_total", "pitr", kcv1.ReasonRestoreTimedOut); v != 1 {
-		t.Errorf("restore_failures_total{reason=RestoreTimedOut} = %v, want 1", v)
-	}
+	e.waitCounter("kcbackup_operator_restore_failures_total", "pitr", kcv1.ReasonRestoreTimedOut, 1)
 	if k := *e.deployment("keycloak").Spec.Replicas; k != 0 {
 		t.Errorf("keycloak scaled to %d after a recovery that never ended; want 0", k)
 	}
@@ -279,5 +275,15 @@ func testKeycloakSchemaMismatch(t *testing.T, cfg *rest.Config) {
 	e.consistently("keycloak stays down", time.Second, func() (bool, string) {
 		k := *e.deployment("keycloak").Spec.Replicas
 		return k == 0, fmt.Sprint(k)
+	})
+}
+
+// waitCounter waits for the counter to reach want: it is counted once the status is stored,
+// which the test may see first.
+func (e *env) waitCounter(metric, name, reason string, want float64) {
+	e.t.Helper()
+	e.eventually(fmt.Sprintf("%s{name=%s,reason=%s} = %v", metric, name, reason, want), func() (bool, string) {
+		v := e.counter(metric, name, reason)
+		return v == want, fmt.Sprint(v)
 	})
 }

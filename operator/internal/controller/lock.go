@@ -4,10 +4,12 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -105,4 +107,25 @@ func (r *Reconciler) pausedForRestore(ctx context.Context, kb *kcv1.KeycloakBack
 	}
 	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonPausedForRestore, msg)
 	return true, nil
+}
+
+// keepRestoreLock makes sure a restore past step 1 still holds its workload's lock, taking
+// it again if someone removed it. lost is true when the caller must stop here: the
+// workload changed meanwhile (retry), or another restore took the lock (this one fails).
+func (r *Reconciler) keepRestoreLock(ctx context.Context, kb *kcv1.KeycloakBackup, db workload) (res ctrl.Result, lost bool, err error) {
+	step := kb.Status.Restore.Step
+	if step == kcv1.RestoreCheckingTarget || step == kcv1.RestoreDone {
+		return ctrl.Result{}, false, nil
+	}
+	holder, err := r.acquireRestoreLock(ctx, kb, db)
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{RequeueAfter: time.Millisecond}, true, nil
+	}
+	if err != nil || holder == nil {
+		return ctrl.Result{}, err != nil, err
+	}
+	res, err = r.restoreFailed(kb, kcv1.ReasonRestoreConflict, fmt.Sprintf(
+		"the restore lock of %s was removed and KeycloakBackup %q took it during step %s; this restore stops here, "+
+			"with PostgreSQL and the application as they are", db, holder.Name, step))
+	return res, true, err
 }

@@ -75,6 +75,9 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 	if res, over, err := r.restoreDeadline(ctx, kb, db); over {
 		return res, err
 	}
+	if res, lost, err := r.keepRestoreLock(ctx, kb, db); lost {
+		return res, err
+	}
 	next := ctrl.Result{RequeueAfter: r.PollInterval}
 	switch rs.Step {
 	case kcv1.RestoreCheckingTarget:

@@ -175,6 +175,18 @@ func testStaleCache(t *testing.T, cfg *rest.Config) {
 		p := *e.deployment("postgres").Spec.Replicas
 		return kb.Status.Restore.Step == kcv1.RestoreWaitingForArchive && p == 1, fmt.Sprintf("step %s, postgres %d", kb.Status.Restore.Step, p)
 	})
+	// A restore lock removed by hand mid-restore is taken again.
+	d := e.deployment("postgres")
+	patch := client.MergeFrom(d.DeepCopy())
+	delete(d.Annotations, kccontroller.RestoreLockAnnotation)
+	if err := e.c.Patch(e.ctx, d, patch); err != nil {
+		t.Fatal(err)
+	}
+	e.poke("pitr")
+	e.eventually("the restore lock taken again", func() (bool, string) {
+		v := e.deployment("postgres").Annotations[kccontroller.RestoreLockAnnotation]
+		return strings.HasPrefix(v, "pitr/"), v
+	})
 	// And it finishes normally.
 	e.sidecar.with(func(f *fakeSidecar) { f.status.Timeline = 2 })
 	e.waitPhase("pitr", kcv1.PhaseRestored)

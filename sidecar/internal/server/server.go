@@ -1,6 +1,6 @@
 // Package server is the sidecar's HTTP API: /metrics, /healthz and /readyz without
-// authentication (they carry no secrets), and /v1/* (status, backups, prune) behind a
-// bearer token. The wire types are those of package apiclient.
+// authentication (they carry no secrets), and /v1/* (status, backups, prune, WAL for
+// restore_command, the clean-up of a restored Keycloak database) behind a bearer token. The wire types are those of package apiclient.
 package server
 
 import (

@@ -25,12 +25,13 @@ func main() {
 			"restores the PostgreSQL database behind Keycloak in place.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&cfg.SidecarImage, "sidecar-image", os.Getenv("KCBACKUP_SIDECAR_IMAGE"),
-		"kcbackup image injected as sidecar and run by restore Jobs (env KCBACKUP_SIDECAR_IMAGE)")
+	fs.StringVar(&cfg.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(version)),
+		"kcbackup image injected as sidecar and run by restore Jobs (env KCBACKUP_SIDECAR_IMAGE; default: the release image of this version, "+
+			app.SidecarRepository+":<version>; required for a development build)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-bind-address", cfg.MetricsAddr, "address of /metrics; \"0\" disables it")
 	fs.StringVar(&cfg.HealthAddr, "health-probe-bind-address", cfg.HealthAddr, "address of /healthz and /readyz")
-	fs.BoolVar(&cfg.LeaderElect, "leader-elect", cfg.LeaderElect, "let only one replica act at a time")
-	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader Lease (default: the operator's)")
+	fs.BoolVar(&cfg.LeaderElect, "leader-elect", cfg.LeaderElect, "let only one replica act at a time (outside a cluster: needs --leader-election-namespace, or pass --leader-elect=false)")
+	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader Lease (default: the operator's own, in a cluster)")
 	fs.StringVar(&cfg.WatchNamespace, "namespace", os.Getenv("KCBACKUP_WATCH_NAMESPACE"), "watch only this namespace (env KCBACKUP_WATCH_NAMESPACE; default: all)")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", cfg.PollInterval, "how often a running backup or restore step is checked")
 	showVersion := fs.Bool("version", false, "print the version and exit")
@@ -60,4 +61,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kcbackup-operator:", err)
 		os.Exit(1)
 	}
+}
+
+func orDefault(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }

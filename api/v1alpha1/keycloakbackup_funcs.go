@@ -63,6 +63,17 @@ const (
 	ReasonRestoreInProgress   = "RestoreInProgress"
 	ReasonRestoreJobFailed    = "RestoreJobFailed"
 	ReasonRestored            = "Restored"
+	// ReasonRestoreRefused: the restore Job refused before touching the data directory; the
+	// database and the application were scaled back.
+	ReasonRestoreRefused = "RestoreRefused"
+	// ReasonRestoreConflict: another restore of the same workload holds its restore lock.
+	ReasonRestoreConflict = "RestoreConflict"
+	// ReasonRestoreTimedOut: a restore step did not finish within spec.restore.timeout.
+	ReasonRestoreTimedOut = "RestoreTimedOut"
+	// ReasonKeycloakSchemaMismatch: the Keycloak clean-up found no session tables to clean.
+	ReasonKeycloakSchemaMismatch = "KeycloakSchemaMismatch"
+	// ReasonPausedForRestore: a schedule or backup waits while a restore holds the workload.
+	ReasonPausedForRestore = "PausedForRestore"
 )
 
 // RestoreLatest is the restoreTo value that restores to the end of the archive.
@@ -124,6 +135,19 @@ func (s *KeycloakBackupSpec) Validate() error {
 			return &SpecError{ReasonInvalidRestoreTarget, "spec.restoreTo", err.Error()}
 		}
 	}
+	if o := s.Restore; o != nil {
+		if s.RestoreTo == "" {
+			return &SpecError{ReasonInvalidSpec, "spec.restore", "is used only with restoreTo"}
+		}
+		if o.Timeout != nil && o.Timeout.Duration < time.Minute {
+			return &SpecError{ReasonInvalidSpec, "spec.restore.timeout", fmt.Sprintf("%s is shorter than the minimum of 1m (such as \"30m\")", o.Timeout.Duration)}
+		}
+		switch o.Sessions {
+		case "", SessionsKeep, SessionsOnline, SessionsAll:
+		default:
+			return &SpecError{ReasonInvalidSpec, "spec.restore.sessions", fmt.Sprintf("%q is not one of keep, online, all", o.Sessions)}
+		}
+	}
 	if r := s.Retention; r != nil {
 		if r.KeepBackups < 0 {
 			return &SpecError{ReasonInvalidRetention, "spec.retention.keepBackups", "must be at least 1"}
@@ -163,6 +187,30 @@ func ParseRestoreTarget(s string) (t time.Time, latest bool, err error) {
 		return time.Time{}, false, fmt.Errorf("%q is neither %q nor an RFC 3339 time with an offset such as \"2026-03-01T12:00:00Z\"", s, RestoreLatest)
 	}
 	return t, false, nil
+}
+
+// RestoreTimeout returns spec.restore.timeout, or its default.
+func (s *KeycloakBackupSpec) RestoreTimeout() time.Duration {
+	if s.Restore == nil || s.Restore.Timeout == nil || s.Restore.Timeout.Duration < time.Minute {
+		return DefaultRestoreTimeout
+	}
+	return s.Restore.Timeout.Duration
+}
+
+// RestoreSessions returns spec.restore.sessions, or its default.
+func (s *KeycloakBackupSpec) RestoreSessions() Sessions {
+	if s.Restore == nil || s.Restore.Sessions == "" {
+		return DefaultRestoreSessions
+	}
+	return s.Restore.Sessions
+}
+
+// RestoreKeycloakDatabase returns spec.restore.keycloakDatabase, or its default.
+func (s *KeycloakBackupSpec) RestoreKeycloakDatabase() string {
+	if s.Restore == nil || s.Restore.KeycloakDatabase == "" {
+		return DefaultKeycloakDatabase
+	}
+	return s.Restore.KeycloakDatabase
 }
 
 // KeepWithinDuration returns retention.keepWithin as a duration; zero when unset.

@@ -41,6 +41,16 @@ func TestValidateNamesFieldAndReason(t *testing.T) {
 			s.Schedule, s.Retention = "@daily", &kcv1.Retention{KeepWithin: "7d"}
 		}, kcv1.ReasonInvalidRetention, "spec.retention.keepWithin"},
 		{"empty retention", func(s *kcv1.KeycloakBackupSpec) { s.Schedule, s.Retention = "@daily", &kcv1.Retention{} }, kcv1.ReasonInvalidRetention, "spec.retention"},
+		{"restore options", func(s *kcv1.KeycloakBackupSpec) {
+			s.RestoreTo, s.Restore = "latest", &kcv1.RestoreOptions{Timeout: &metav1.Duration{Duration: time.Hour}, Sessions: kcv1.SessionsAll}
+		}, "", ""},
+		{"restore options without restoreTo", func(s *kcv1.KeycloakBackupSpec) { s.Restore = &kcv1.RestoreOptions{} }, kcv1.ReasonInvalidSpec, "spec.restore"},
+		{"negative timeout", func(s *kcv1.KeycloakBackupSpec) {
+			s.RestoreTo, s.Restore = "latest", &kcv1.RestoreOptions{Timeout: &metav1.Duration{Duration: -time.Minute}}
+		}, kcv1.ReasonInvalidSpec, "spec.restore.timeout"},
+		{"unknown sessions", func(s *kcv1.KeycloakBackupSpec) {
+			s.RestoreTo, s.Restore = "latest", &kcv1.RestoreOptions{Sessions: "offline"}
+		}, kcv1.ReasonInvalidSpec, "spec.restore.sessions"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s := validSpec()
@@ -86,5 +96,16 @@ func TestStorageURL(t *testing.T) {
 	}
 	if _, err := (&kcv1.Storage{}).URL("/x"); err == nil {
 		t.Error("URL of an empty storage succeeded")
+	}
+}
+
+func TestRestoreOptionsDefaults(t *testing.T) {
+	s := validSpec()
+	if s.RestoreTimeout() != 30*time.Minute || s.RestoreSessions() != kcv1.SessionsOnline || s.RestoreKeycloakDatabase() != "keycloak" {
+		t.Errorf("defaults = %s, %s, %s; want 30m, online, keycloak", s.RestoreTimeout(), s.RestoreSessions(), s.RestoreKeycloakDatabase())
+	}
+	s.Restore = &kcv1.RestoreOptions{Timeout: &metav1.Duration{Duration: time.Hour}, Sessions: kcv1.SessionsKeep, KeycloakDatabase: "kc"}
+	if s.RestoreTimeout() != time.Hour || s.RestoreSessions() != kcv1.SessionsKeep || s.RestoreKeycloakDatabase() != "kc" {
+		t.Errorf("set = %s, %s, %s; want 1h, keep, kc", s.RestoreTimeout(), s.RestoreSessions(), s.RestoreKeycloakDatabase())
 	}
 }

@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -12,6 +14,7 @@ import (
 // +kubebuilder:validation:XValidation:rule="has(oldSelf.restoreTo) == has(self.restoreTo) && (!has(self.restoreTo) || self.restoreTo == oldSelf.restoreTo)",message="restoreTo is immutable: create a new resource for another restore"
 // +kubebuilder:validation:XValidation:rule="!has(self.applicationSelector) || has(self.restoreTo)",message="applicationSelector is used only with restoreTo"
 // +kubebuilder:validation:XValidation:rule="!has(self.retention) || has(self.schedule)",message="retention is applied only with schedule"
+// +kubebuilder:validation:XValidation:rule="!has(self.restore) || has(self.restoreTo)",message="restore is used only with restoreTo"
 type KeycloakBackupSpec struct {
 	// InstanceSelector selects the PostgreSQL workload (a Deployment or a StatefulSet, in the
 	// resource's namespace) to back up or restore. It must match exactly one workload.
@@ -60,6 +63,68 @@ type KeycloakBackupSpec struct {
 	// to zero during a restore and scaled back afterwards. Optional; used only with restoreTo.
 	// +optional
 	ApplicationSelector *metav1.LabelSelector `json:"applicationSelector,omitempty"`
+
+	// Restore tunes the in-place restore: the deadline of each waiting step and what is
+	// done to the Keycloak database after promotion. Used only with restoreTo.
+	// +optional
+	Restore *RestoreOptions `json:"restore,omitempty"`
+}
+
+// Sessions says which Keycloak user sessions a restore removes from the restored database.
+// +kubebuilder:validation:Enum=keep;online;all
+type Sessions string
+
+// The session modes.
+const (
+	// SessionsKeep removes no session.
+	SessionsKeep Sessions = "keep"
+	// SessionsOnline removes the persisted online sessions (offline_flag = '0' in
+	// offline_user_session and offline_client_session): users log in again, offline tokens
+	// keep working.
+	SessionsOnline Sessions = "online"
+	// SessionsAll empties offline_user_session and offline_client_session: online sessions
+	// and offline tokens are gone.
+	SessionsAll Sessions = "all"
+)
+
+// Defaults of spec.restore.
+const (
+	DefaultRestoreTimeout   = 30 * time.Minute
+	DefaultRestoreSessions  = SessionsOnline
+	DefaultKeycloakDatabase = "keycloak"
+)
+
+// RestoreOptions tunes an in-place restore.
+type RestoreOptions struct {
+	// Timeout bounds each step that waits (the application's and PostgreSQL's pods to stop,
+	// the restore Job, PostgreSQL to replay WAL, promote and archive on the new timeline, the
+	// Keycloak clean-up). A step that takes longer ends the restore Failed with reason
+	// RestoreTimedOut. A Go duration; default 30m. The restore Job gets it as its
+	// activeDeadlineSeconds. At least 1m.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="restore.timeout must be at least 1m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// Sessions says which user sessions are removed from the restored Keycloak database
+	// before Keycloak starts again: keep (none), online (default: the persisted online
+	// sessions, rows with offline_flag = '0' of offline_user_session and
+	// offline_client_session; users log in again, offline tokens keep working) or all (both
+	// tables emptied: offline tokens stop working too). Sessions the restore brought back
+	// include ones users had logged out of after the target time. With online or all, a
+	// database without these tables (or without their offline_flag column) fails the restore
+	// with reason KeycloakSchemaMismatch, and Keycloak stays at zero.
+	// +optional
+	Sessions Sessions `json:"sessions,omitempty"`
+
+	// KeycloakDatabase is the database Keycloak uses in the restored cluster; the sidecar
+	// connects to it as spec.postgres.user, which needs DELETE on jgroups_ping,
+	// offline_user_session and offline_client_session. Default keycloak.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	KeycloakDatabase string `json:"keycloakDatabase,omitempty"`
 }
 
 // Storage is where the archive lives: exactly one of s3 or volume.
@@ -237,7 +302,7 @@ const (
 )
 
 // RestoreStep is the step a restore has reached. The steps run in the order below.
-// +kubebuilder:validation:Enum=CheckingTarget;StoppingApplication;StoppingDatabase;RestoringData;StartingDatabase;WaitingForArchive;StartingApplication;Done
+// +kubebuilder:validation:Enum=CheckingTarget;StoppingApplication;StoppingDatabase;RestoringData;StartingDatabase;WaitingForArchive;CleaningKeycloak;StartingApplication;Done
 type RestoreStep string
 
 // The restore steps, in order.
@@ -254,6 +319,9 @@ const (
 	RestoreStartingDatabase RestoreStep = "StartingDatabase"
 	// RestoreWaitingForArchive waits until the sidecar archives on the new timeline.
 	RestoreWaitingForArchive RestoreStep = "WaitingForArchive"
+	// RestoreCleaningKeycloak empties jgroups_ping and removes the sessions spec.restore.sessions
+	// names, through the sidecar, before Keycloak starts.
+	RestoreCleaningKeycloak RestoreStep = "CleaningKeycloak"
 	// RestoreStartingApplication scales the application back.
 	RestoreStartingApplication RestoreStep = "StartingApplication"
 	// RestoreDone means the restore is finished.
@@ -341,6 +409,31 @@ type RestoreStatus struct {
 	// JobName is the restore Job.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// StepStartTime is when the current step began; its deadline (spec.restore.timeout)
+	// counts from here.
+	// +optional
+	StepStartTime *metav1.Time `json:"stepStartTime,omitempty"`
+	// Keycloak is what the clean-up of the Keycloak database did.
+	// +optional
+	Keycloak *KeycloakCleanup `json:"keycloak,omitempty"`
+}
+
+// KeycloakCleanup records what the post-restore clean-up removed from the Keycloak database.
+type KeycloakCleanup struct {
+	// Database is the database cleaned.
+	Database string `json:"database"`
+	// Sessions is the mode applied (keep, online or all).
+	Sessions Sessions `json:"sessions"`
+	// JGroupsPingRows is how many rows were deleted from jgroups_ping.
+	JGroupsPingRows int64 `json:"jgroupsPingRows"`
+	// UserSessionRows is how many rows were deleted from offline_user_session.
+	UserSessionRows int64 `json:"userSessionRows"`
+	// ClientSessionRows is how many rows were deleted from offline_client_session.
+	ClientSessionRows int64 `json:"clientSessionRows"`
+	// Skipped lists what was not done, and why (a table that does not exist).
+	// +optional
+	// +listType=atomic
+	Skipped []string `json:"skipped,omitempty"`
 }
 
 // KeycloakBackupStatus is what the operator observed and did.

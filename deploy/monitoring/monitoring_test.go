@@ -80,6 +80,7 @@ var contractMetrics = map[string]bool{
 	"kcbackup_operator_last_backup_failed":                    true,
 	"kcbackup_operator_schedule_interval_seconds":             true,
 	"kcbackup_operator_restore_failed":                        true,
+	"kcbackup_operator_restore_failures_total":                true,
 }
 
 // metricName matches kcbackup metric names inside PromQL and templates.

@@ -23,6 +23,10 @@ var ErrNotFound = errors.New("not found")
 // ErrUnauthorized is wrapped by the error of a call answered with 401: the token is wrong.
 var ErrUnauthorized = errors.New("unauthorized")
 
+// ErrSchemaMismatch is wrapped by the error of KeycloakCleanup answered with 422: the
+// database lacks the tables or columns the requested clean-up needs.
+var ErrSchemaMismatch = errors.New("the database does not have the Keycloak schema expected")
+
 // RunningError is StartBackup's error when a backup is already running.
 type RunningError struct {
 	// ID is the running backup's ID, as the sidecar reported it.
@@ -51,13 +55,15 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("%s %s: status %d: %s", e.Method, e.URL, e.Code, msg)
 }
 
-// Unwrap maps 404 to ErrNotFound and 401 to ErrUnauthorized.
+// Unwrap maps 404 to ErrNotFound, 401 to ErrUnauthorized and 422 to ErrSchemaMismatch.
 func (e *StatusError) Unwrap() error {
 	switch e.Code {
 	case http.StatusNotFound:
 		return ErrNotFound
 	case http.StatusUnauthorized:
 		return ErrUnauthorized
+	case http.StatusUnprocessableEntity:
+		return ErrSchemaMismatch
 	}
 	return nil
 }
@@ -120,6 +126,15 @@ func (c *Client) Catalog(ctx context.Context) (Catalog, error) {
 func (c *Client) Prune(ctx context.Context, req PruneRequest) (PruneResult, error) {
 	var r PruneResult
 	err := c.do(ctx, http.MethodPost, "/v1/prune", req, http.StatusOK, &r)
+	return r, err
+}
+
+// KeycloakCleanup removes stale cluster-discovery rows and the sessions req names from a
+// restored Keycloak database (POST /v1/keycloak/cleanup). A 422 answer (the database lacks
+// the session tables) is a *StatusError wrapping ErrSchemaMismatch.
+func (c *Client) KeycloakCleanup(ctx context.Context, req KeycloakCleanupRequest) (KeycloakCleanupResult, error) {
+	var r KeycloakCleanupResult
+	err := c.do(ctx, http.MethodPost, "/v1/keycloak/cleanup", req, http.StatusOK, &r)
 	return r, err
 }
 

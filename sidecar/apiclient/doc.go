@@ -10,4 +10,9 @@
 //	GET  /v1/backups/{id}  → BackupJob (with Backup once completed); 404 when unknown
 //	GET  /v1/backups       → Catalog
 //	POST /v1/prune         PruneRequest → PruneResult
+//	POST /v1/keycloak/cleanup  KeycloakCleanupRequest → KeycloakCleanupResult; 422 when the
+//	                       database lacks the session tables (nothing changed)
+//
+// ExitRestoreUntouched is part of the same contract: the exit status of the restore Job the
+// operator runs when the data directory was not touched.
 package apiclient

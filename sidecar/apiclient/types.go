@@ -137,3 +137,46 @@ type ErrorBody struct {
 	// ID is the running backup's ID in a 409 answer to POST /v1/backups.
 	ID string `json:"id,omitempty"`
 }
+
+// The session modes of KeycloakCleanupRequest.
+const (
+	// SessionsKeep removes no session.
+	SessionsKeep = "keep"
+	// SessionsOnline removes the persisted online sessions (offline_flag = '0').
+	SessionsOnline = "online"
+	// SessionsAll empties offline_user_session and offline_client_session.
+	SessionsAll = "all"
+)
+
+// KeycloakCleanupRequest is the body of POST /v1/keycloak/cleanup: what to remove from a
+// restored Keycloak database before Keycloak starts on it. jgroups_ping, Keycloak's
+// cluster discovery table, is always emptied when it exists.
+type KeycloakCleanupRequest struct {
+	// Database is the Keycloak database (required).
+	Database string `json:"database"`
+	// Sessions is keep, online or all (required).
+	Sessions string `json:"sessions"`
+}
+
+// KeycloakCleanupResult is the answer to POST /v1/keycloak/cleanup: the rows deleted, in one
+// transaction.
+type KeycloakCleanupResult struct {
+	// Database is the database cleaned.
+	Database string `json:"database"`
+	// Sessions is the mode applied.
+	Sessions string `json:"sessions"`
+	// JGroupsPingRows is how many rows were deleted from jgroups_ping.
+	JGroupsPingRows int64 `json:"jgroupsPingRows"`
+	// UserSessionRows is how many rows were deleted from offline_user_session.
+	UserSessionRows int64 `json:"userSessionRows"`
+	// ClientSessionRows is how many rows were deleted from offline_client_session.
+	ClientSessionRows int64 `json:"clientSessionRows"`
+	// Skipped says what was not done and why (a table that does not exist).
+	Skipped []string `json:"skipped,omitempty"`
+}
+
+// ExitRestoreUntouched is the exit status of `kcbackup restore` when it refused or failed
+// before touching the data directory: the server it would have replaced can start again.
+// Any other non-zero status may come after the directory was replaced. The operator reads
+// it from its restore Job.
+const ExitRestoreUntouched = 4

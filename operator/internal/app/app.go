@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"regexp"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
@@ -37,6 +39,24 @@ type Config struct {
 	WatchNamespace string
 	// PollInterval is how often a running backup or restore step is checked.
 	PollInterval time.Duration
+	// ServiceAccountNamespaceFile is where a pod finds its namespace; its absence means the
+	// operator runs outside a cluster.
+	ServiceAccountNamespaceFile string
+}
+
+// SidecarRepository is the repository of the released kcbackup images.
+const SidecarRepository = "ghcr.io/kcbackup/kcbackup"
+
+// releaseVersion matches the versions releases are tagged with (v1.2.3, v1.2.3-rc.1).
+var releaseVersion = regexp.MustCompile(`^v[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$`)
+
+// DefaultSidecarImage is the released kcbackup image of the operator's own version, as
+// CloudNativePG defaults its images; "" for a development build, which has no release.
+func DefaultSidecarImage(version string) string {
+	if !releaseVersion.MatchString(version) {
+		return ""
+	}
+	return SidecarRepository + ":" + version
 }
 
 // DefaultConfig returns the defaults the flags start from.
@@ -46,13 +66,22 @@ func DefaultConfig() Config {
 		HealthAddr:   ":8081",
 		LeaderElect:  true,
 		PollInterval: kccontroller.DefaultPollInterval,
+
+		ServiceAccountNamespaceFile: "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
 	}
 }
 
 // Validate checks the configuration and names the first bad setting.
 func (c Config) Validate() error {
 	if c.SidecarImage == "" {
-		return errors.New("--sidecar-image (or KCBACKUP_SIDECAR_IMAGE) is required: the kcbackup image to inject")
+		return errors.New("--sidecar-image (or KCBACKUP_SIDECAR_IMAGE) is required for a development build: " +
+			"the kcbackup image to inject (a release defaults to " + SidecarRepository + ":<its version>)")
+	}
+	if c.LeaderElect && c.LeaderElectionNamespace == "" {
+		if _, err := os.Stat(c.ServiceAccountNamespaceFile); err != nil {
+			return errors.New("--leader-elect needs the namespace of its Lease, and outside a cluster there is none to default to: " +
+				"pass --leader-election-namespace NAMESPACE, or --leader-elect=false when only this operator runs")
+		}
 	}
 	for name, addr := range map[string]string{"--metrics-bind-address": c.MetricsAddr, "--health-probe-bind-address": c.HealthAddr} {
 		if addr == "0" {

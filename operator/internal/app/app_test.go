@@ -1,6 +1,8 @@
 package app
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -15,10 +17,13 @@ func TestValidateNamesTheBadSetting(t *testing.T) {
 		{"no sidecar image", func(c *Config) { c.SidecarImage = "" }, "--sidecar-image"},
 		{"bad metrics address", func(c *Config) { c.MetricsAddr = "8080" }, "--metrics-bind-address"},
 		{"poll too fast", func(c *Config) { c.PollInterval = time.Millisecond }, "--poll-interval"},
+		{"leader election outside a cluster", func(c *Config) { c.LeaderElect = true }, "--leader-election-namespace"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := DefaultConfig()
 			c.SidecarImage = "kcbackup:dev"
+			c.LeaderElect = false
+			c.ServiceAccountNamespaceFile = filepath.Join(t.TempDir(), "namespace") // outside a cluster
 			tc.mutate(&c)
 			err := c.Validate()
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -29,7 +34,29 @@ func TestValidateNamesTheBadSetting(t *testing.T) {
 	c := DefaultConfig()
 	c.SidecarImage = "kcbackup:dev"
 	c.MetricsAddr = "0"
+	// In a cluster, leader election defaults to the operator's namespace.
+	c.ServiceAccountNamespaceFile = filepath.Join(t.TempDir(), "namespace")
+	if err := os.WriteFile(c.ServiceAccountNamespaceFile, []byte("kcbackup-system"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := c.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
+	}
+	// Outside, it needs the namespace named.
+	c.ServiceAccountNamespaceFile = filepath.Join(t.TempDir(), "absent")
+	c.LeaderElectionNamespace = "default"
+	if err := c.Validate(); err != nil {
+		t.Fatalf("leader election with a namespace outside a cluster: %v", err)
+	}
+}
+
+func TestDefaultSidecarImageIsTheReleaseOfTheSameVersion(t *testing.T) {
+	for version, want := range map[string]string{
+		"v1.4.0": "ghcr.io/kcbackup/kcbackup:v1.4.0", "v1.4.0-rc.1": "ghcr.io/kcbackup/kcbackup:v1.4.0-rc.1",
+		"dev": "", "21a0182-dirty": "", "v1.4.0-3-g21a0182-dirty": "", "v1.4": "",
+	} {
+		if got := DefaultSidecarImage(version); got != want {
+			t.Errorf("DefaultSidecarImage(%q) = %q, want %q", version, got, want)
+		}
 	}
 }

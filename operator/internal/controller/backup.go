@@ -20,6 +20,9 @@ import (
 func (r *Reconciler) reconcileOnce(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string) (ctrl.Result, error) {
 	r.Metrics.unscheduled(kb.Namespace, kb.Name) // the schedule may have been removed
 	kb.Status.NextScheduleTime = nil
+	if paused, err := r.pausedForRestore(ctx, kb, w); err != nil || paused {
+		return ctrl.Result{RequeueAfter: r.RetryInterval}, err
+	}
 	sc, ok, err := r.sidecarClient(ctx, kb, w, token)
 	if err != nil || !ok {
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonWaiting, "waiting for a running pod of "+w.String())
@@ -133,6 +136,9 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 	if r.MaxScheduleWait > 0 && wait > r.MaxScheduleWait {
 		wait = r.MaxScheduleWait
 	}
+	if paused, err := r.pausedForRestore(ctx, kb, w); err != nil || paused {
+		return ctrl.Result{RequeueAfter: min(wait, r.RetryInterval)}, err
+	}
 
 	sc, ok, err := r.sidecarClient(ctx, kb, w, token)
 	if err != nil || !ok {
@@ -148,8 +154,10 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 		if succeeded {
 			r.applyRetention(ctx, kb, sc)
 		}
-	} else if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
-		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+	} else if r.windowDue(kb) {
+		if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
+			kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+		}
 	}
 	// Step 2: suspended: nothing new starts.
 	if kb.Spec.Suspend {
@@ -174,7 +182,8 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 		kb.Status.LastScheduleTime = ptrTime(due)
 		return ctrl.Result{RequeueAfter: min(wait, r.PollInterval)}, nil
 	}
-	// Step 4: wait for the next tick.
+	// Step 4: wait for the next tick, listing the archive again now and then.
+	wait = min(wait, r.WindowRefreshInterval)
 	kb.Status.Phase = kcv1.PhaseScheduled
 	if c := kb.Condition(kcv1.ConditionReady); c == nil || c.Reason != kcv1.ReasonBackupFailed && c.Reason != kcv1.ReasonBackupLost {
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonScheduled,

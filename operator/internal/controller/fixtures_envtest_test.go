@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,9 +45,36 @@ type env struct {
 	clock   *clocktesting.FakeClock
 	sidecar *fakeSidecar
 	reg     *prometheus.Registry
+	// reconciles counts the reconciler's reads of a KeycloakBackup: one per Reconcile call.
+	reconciles atomic.Int64
+	// r is the running reconciler; tests build their own copies from it.
+	r *kccontroller.Reconciler
 }
 
-func newEnv(t *testing.T, cfg *rest.Config) *env {
+// countingReader counts the Gets of KeycloakBackups through it.
+type countingReader struct {
+	client.Reader
+	n *atomic.Int64
+}
+
+func (c countingReader) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if _, ok := obj.(*kcv1.KeycloakBackup); ok {
+		c.n.Add(1)
+	}
+	return c.Reader.Get(ctx, key, obj, opts...)
+}
+
+type countingClient struct {
+	client.Client
+	n *atomic.Int64
+}
+
+func (c countingClient) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	return countingReader{c.Client, c.n}.Get(ctx, key, obj, opts...)
+}
+
+// newEnv starts an operator for one test; tune changes the reconciler before it starts.
+func newEnv(t *testing.T, cfg *rest.Config, tune ...func(r *kccontroller.Reconciler)) *env {
 	t.Helper()
 	scheme, err := app.NewScheme()
 	if err != nil {
@@ -83,8 +111,8 @@ func newEnv(t *testing.T, cfg *rest.Config) *env {
 		t.Fatal(err)
 	}
 	r := &kccontroller.Reconciler{
-		Client:          mgr.GetClient(),
-		APIReader:       mgr.GetAPIReader(),
+		Client:          countingClient{mgr.GetClient(), &e.reconciles},
+		APIReader:       countingReader{mgr.GetAPIReader(), &e.reconciles},
 		Recorder:        mgr.GetEventRecorder("kcbackup-operator"),
 		Clock:           e.clock,
 		Metrics:         m,
@@ -94,6 +122,10 @@ func newEnv(t *testing.T, cfg *rest.Config) *env {
 		RetryInterval:   200 * time.Millisecond,
 		MaxScheduleWait: 100 * time.Millisecond,
 	}
+	for _, f := range tune {
+		f(r)
+	}
+	e.r = r
 	if err := r.SetupWithManager(mgr, controller.Options{SkipNameValidation: ptr.To(true)}); err != nil {
 		t.Fatal(err)
 	}
@@ -216,6 +248,27 @@ func (e *env) waitEvent(name, reason string) {
 
 func (e *env) gauge(metric, name string) float64 {
 	e.t.Helper()
+	g, _, ok := e.sample(metric, map[string]string{"name": name})
+	if !ok {
+		return -1
+	}
+	return g
+}
+
+// counter returns the value of a counter with the resource's labels and reason, or -1.
+func (e *env) counter(metric, name, reason string) float64 {
+	e.t.Helper()
+	_, c, ok := e.sample(metric, map[string]string{"name": name, "reason": reason})
+	if !ok {
+		return -1
+	}
+	return c
+}
+
+// sample returns the gauge and counter values of the series of metric in this test's
+// namespace with the labels want.
+func (e *env) sample(metric string, want map[string]string) (gauge, counter float64, ok bool) {
+	e.t.Helper()
 	mfs, err := e.reg.Gather()
 	if err != nil {
 		e.t.Fatal(err)
@@ -224,22 +277,24 @@ func (e *env) gauge(metric, name string) float64 {
 		if mf.GetName() != metric {
 			continue
 		}
+	series:
 		for _, m := range mf.GetMetric() {
-			var ns, n string
-			for _, l := range m.GetLabel() {
-				switch l.GetName() {
-				case "namespace":
-					ns = l.GetValue()
-				case "name":
-					n = l.GetValue()
+			l := map[string]string{}
+			for _, p := range m.GetLabel() {
+				l[p.GetName()] = p.GetValue()
+			}
+			if l["namespace"] != e.ns {
+				continue
+			}
+			for k, v := range want {
+				if l[k] != v {
+					continue series
 				}
 			}
-			if ns == e.ns && n == name {
-				return m.GetGauge().GetValue()
-			}
+			return m.GetGauge().GetValue(), m.GetCounter().GetValue(), true
 		}
 	}
-	return -1
+	return 0, 0, false
 }
 
 // postgresDeployment is a PostgreSQL Deployment whose data lies on claim postgres-data.
@@ -376,6 +431,43 @@ func (e *env) setJobCondition(name string, succeeded bool) {
 	}
 }
 
+// refuseJob plays the Job controller and the kubelet for a restore Job whose container exited
+// with ExitRestoreUntouched: a pod with the termination message, and the Failed condition
+// the pod failure policy sets.
+func (e *env) refuseJob(name, message string) {
+	e.t.Helper()
+	job := &batchv1.Job{}
+	e.eventually("restore Job "+name, func() (bool, string) {
+		err := e.c.Get(e.ctx, client.ObjectKey{Namespace: e.ns, Name: name}, job)
+		return err == nil, fmt.Sprint(err)
+	})
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name + "-x1", Namespace: e.ns, Labels: map[string]string{batchv1.JobNameLabel: name}},
+		Spec:       corev1.PodSpec{RestartPolicy: corev1.RestartPolicyNever, Containers: []corev1.Container{{Name: "restore", Image: "kcbackup"}}},
+	}
+	if err := e.c.Create(e.ctx, pod); err != nil {
+		e.t.Fatal(err)
+	}
+	pod.Status = corev1.PodStatus{Phase: corev1.PodFailed, ContainerStatuses: []corev1.ContainerStatus{{
+		Name: "restore", Image: "kcbackup", ImageID: "kcbackup",
+		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: 4, Reason: "Error", Message: message}},
+	}}}
+	if err := e.c.Status().Update(e.ctx, pod); err != nil {
+		e.t.Fatal(err)
+	}
+	now := metav1.Now()
+	msg := fmt.Sprintf("Container restore for pod %s/%s failed with exit code 4 matching FailJob rule at index 0", e.ns, pod.Name)
+	job.Status.StartTime = &now
+	job.Status.Failed = 1
+	job.Status.Conditions = []batchv1.JobCondition{
+		{Type: batchv1.JobFailureTarget, Status: corev1.ConditionTrue, Reason: batchv1.JobReasonPodFailurePolicy, Message: msg, LastTransitionTime: now, LastProbeTime: now},
+		{Type: batchv1.JobFailed, Status: corev1.ConditionTrue, Reason: batchv1.JobReasonPodFailurePolicy, Message: msg, LastTransitionTime: now, LastProbeTime: now},
+	}
+	if err := e.c.Status().Update(e.ctx, job); err != nil {
+		e.t.Fatalf("set Job %s status: %v", name, err)
+	}
+}
+
 // fakeSidecar serves the sidecar API from memory and checks the bearer token against the
 // token Secret, as the real sidecar does.
 type fakeSidecar struct {
@@ -391,10 +483,19 @@ type fakeSidecar struct {
 	holdNext  bool // backups stay running until this is cleared
 	prunes    []apiclient.PruneRequest
 	badTokens int
+	// calls counts requests per "METHOD path".
+	calls map[string]int
+	// movingWindow makes the catalog's window end now at each call, as partial uploads do;
+	// listing then takes catalogLatency, as a full listing of a real archive does.
+	movingWindow   bool
+	catalogLatency time.Duration
+	// cleanups are the Keycloak clean-up requests; schemaMismatch makes them answer 422.
+	cleanups       []apiclient.KeycloakCleanupRequest
+	schemaMismatch bool
 }
 
 func newFakeSidecar(t *testing.T, token func() string) *fakeSidecar {
-	f := &fakeSidecar{token: token, jobs: map[string]*apiclient.BackupJob{},
+	f := &fakeSidecar{token: token, jobs: map[string]*apiclient.BackupJob{}, calls: map[string]int{},
 		status: apiclient.Status{SystemIdentifier: "7300000000000000001", Timeline: 1, ServerFlushLSN: "0/3000000",
 			ArchivedLSN: "0/3000000", StorageUp: true, Streaming: true}}
 	now := time.Now().UTC()
@@ -412,6 +513,7 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(code)
 		_ = json.NewEncoder(w).Encode(v)
 	}
+	f.calls[r.Method+" "+r.URL.Path]++
 	if tok := f.token(); tok == "" || r.Header.Get("Authorization") != "Bearer "+tok {
 		f.badTokens++
 		reply(http.StatusUnauthorized, apiclient.ErrorBody{Error: "missing or wrong bearer token"})
@@ -452,12 +554,28 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		reply(http.StatusOK, j)
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/backups":
+		if f.movingWindow {
+			f.mu.Unlock()
+			time.Sleep(f.catalogLatency) // the latency simulated, not a wait of the test
+			f.mu.Lock()
+			f.window.Latest = time.Now().UTC()
+		}
 		reply(http.StatusOK, apiclient.Catalog{Window: f.window, Timelines: []uint32{f.status.Timeline}})
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/prune":
 		var req apiclient.PruneRequest
 		_ = json.NewDecoder(r.Body).Decode(&req)
 		f.prunes = append(f.prunes, req)
 		reply(http.StatusOK, apiclient.PruneResult{RemovedBackups: []string{}, RemovedWALObjects: 0})
+	case r.Method == http.MethodPost && r.URL.Path == "/v1/keycloak/cleanup":
+		var req apiclient.KeycloakCleanupRequest
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		f.cleanups = append(f.cleanups, req)
+		if f.schemaMismatch {
+			reply(http.StatusUnprocessableEntity, apiclient.ErrorBody{Error: "not the Keycloak schema expected: no table offline_user_session"})
+			return
+		}
+		reply(http.StatusOK, apiclient.KeycloakCleanupResult{Database: req.Database, Sessions: req.Sessions,
+			JGroupsPingRows: 2, UserSessionRows: 3, ClientSessionRows: 4})
 	default:
 		reply(http.StatusNotFound, apiclient.ErrorBody{Error: "no route " + r.Method + " " + r.URL.Path})
 	}
@@ -473,4 +591,11 @@ func (f *fakeSidecar) startedCount() int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.started
+}
+
+// callCount returns how many requests of "METHOD path" the sidecar answered.
+func (f *fakeSidecar) callCount(route string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.calls[route]
 }

@@ -12,6 +12,7 @@ type Metrics struct {
 	lastFailed       *prometheus.GaugeVec
 	scheduleInterval *prometheus.GaugeVec
 	restoreFailed    *prometheus.GaugeVec
+	restoreFailures  *prometheus.CounterVec
 }
 
 // NewMetrics creates the operator's metrics and registers them on reg (in the operator,
@@ -35,8 +36,12 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "kcbackup_operator_restore_failed",
 			Help: "1 when the restore of a KeycloakBackup failed, else 0.",
 		}, labels),
+		restoreFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kcbackup_operator_restore_failures_total",
+			Help: "Restores of a KeycloakBackup that ended Failed, by reason (RestoreRefused, RestoreTimedOut, RestoreJobFailed, ...).",
+		}, append(labels, "reason")),
 	}
-	for _, c := range []prometheus.Collector{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed} {
+	for _, c := range []prometheus.Collector{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed, m.restoreFailures} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register operator metrics: %w", err)
 		}
@@ -65,9 +70,15 @@ func (m *Metrics) restoreResult(ns, name string, failed bool) {
 	m.restoreFailed.WithLabelValues(ns, name).Set(v)
 }
 
+// restoreEndedFailed records a failed restore and its reason.
+func (m *Metrics) restoreEndedFailed(ns, name, reason string) {
+	m.restoreFailures.WithLabelValues(ns, name, reason).Inc()
+}
+
 // forget drops every series of a deleted resource.
 func (m *Metrics) forget(ns, name string) {
 	for _, v := range []*prometheus.GaugeVec{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed} {
 		v.DeleteLabelValues(ns, name)
 	}
+	m.restoreFailures.DeletePartialMatch(prometheus.Labels{"namespace": ns, "name": name})
 }

@@ -16,6 +16,7 @@ import (
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 	kccontroller "github.com/kcbackup/kcbackup/operator/internal/controller"
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/test/harness"
 )
 
@@ -63,6 +64,13 @@ func TestEnvtestOperator(t *testing.T) {
 		{"NoWorkloadOrTwoWorkloadsMatched", testWorkloadMatching},
 		{"LaterResourceWithOtherStorageGetsConflict", testConflict},
 		{"DeletingResourceKeepsArchiveAndSidecar", testDeletion},
+		{"IdleScheduleDoesNotLoop", testIdleScheduleDoesNotLoop},
+		{"TwoRestoresOfOneWorkloadOneRunsSchedulePauses", testTwoRestores},
+		{"StaleCacheNeverRestartsAFinishedStep", testStaleCache},
+		{"RestoreJobRefusedScalesEverythingBack", testRestoreRefused},
+		{"RecoveryThatNeverEndsHitsTheDeadline", testRestoreDeadline},
+		{"StoppingThatNeverEndsHitsTheDeadlineAndScalesBack", testStopDeadline},
+		{"KeycloakSchemaMismatchKeepsKeycloakDown", testKeycloakSchemaMismatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -359,8 +367,29 @@ func testRestore(t *testing.T, cfg *rest.Config) {
 	if rs := kb.Status.Restore; rs == nil || rs.Step != kcv1.RestoreDone || rs.PreviousTimeline != 1 || rs.Timeline != 2 || rs.CompletionTime == nil {
 		t.Errorf("status.restore = %+v, want Done from timeline 1 to 2", kb.Status.Restore)
 	}
-	for _, reason := range []string{"RestoreStarted", "Scaled", "RestoreJobCreated", "RestoreJobSucceeded", kcv1.ReasonRestored} {
+	for _, reason := range []string{"RestoreStarted", "Scaled", "RestoreJobCreated", "RestoreJobSucceeded", "KeycloakCleaned", kcv1.ReasonRestored} {
 		e.waitEvent("pitr", reason)
+	}
+	// Step 7: before Keycloak started, the sidecar cleaned its database with the defaults.
+	if kc := kb.Status.Restore.Keycloak; kc == nil || kc.Database != "keycloak" || kc.Sessions != kcv1.SessionsOnline ||
+		kc.JGroupsPingRows != 2 || kc.UserSessionRows != 3 || kc.ClientSessionRows != 4 {
+		t.Errorf("status.restore.keycloak = %+v, want the rows the sidecar removed from database keycloak with sessions online", kc)
+	}
+	e.sidecar.with(func(f *fakeSidecar) {
+		if len(f.cleanups) != 1 || f.cleanups[0] != (apiclient.KeycloakCleanupRequest{Database: "keycloak", Sessions: "online"}) {
+			t.Errorf("clean-up requests = %+v, want one for keycloak/online", f.cleanups)
+		}
+	})
+	// The restore lock is given back.
+	e.eventually("restore lock released", func() (bool, string) {
+		v, held := e.deployment("postgres").Annotations[kccontroller.RestoreLockAnnotation]
+		return !held, v
+	})
+	if d := job.Spec.ActiveDeadlineSeconds; d == nil || *d != 1800 {
+		t.Errorf("restore Job activeDeadlineSeconds = %v, want 1800 (the default timeout)", d)
+	}
+	if p := job.Spec.PodFailurePolicy; p == nil || len(p.Rules) != 1 || p.Rules[0].OnExitCodes == nil || p.Rules[0].OnExitCodes.Values[0] != 4 {
+		t.Errorf("restore Job podFailurePolicy = %+v, want FailJob on exit code 4", p)
 	}
 	if v := e.gauge("kcbackup_operator_restore_failed", "pitr"); v != 0 {
 		t.Errorf("restore_failed = %v, want 0", v)
@@ -435,7 +464,14 @@ func testAdmission(t *testing.T, cfg *rest.Config) {
 		"bad keepWithin": func(kb *kcv1.KeycloakBackup) {
 			kb.Spec.Schedule, kb.Spec.Retention = "@daily", &kcv1.Retention{KeepWithin: "7d"}
 		},
-		"empty claimName": func(kb *kcv1.KeycloakBackup) { kb.Spec.Storage.Volume.ClaimName = "" },
+		"empty claimName":                   func(kb *kcv1.KeycloakBackup) { kb.Spec.Storage.Volume.ClaimName = "" },
+		"restore options without restoreTo": func(kb *kcv1.KeycloakBackup) { kb.Spec.Restore = &kcv1.RestoreOptions{} },
+		"restore timeout under a minute": func(kb *kcv1.KeycloakBackup) {
+			kb.Spec.RestoreTo, kb.Spec.Restore = kcv1.RestoreLatest, &kcv1.RestoreOptions{Timeout: &metav1.Duration{Duration: time.Second}}
+		},
+		"unknown sessions mode": func(kb *kcv1.KeycloakBackup) {
+			kb.Spec.RestoreTo, kb.Spec.Restore = kcv1.RestoreLatest, &kcv1.RestoreOptions{Sessions: "offline"}
+		},
 	} {
 		kb := volumeBackup("bad-" + strings.ReplaceAll(name, " ", "-"))
 		mutate(kb)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"sync"
 	"time"
 
 	batchv1 "k8s.io/api/batch/v1"
@@ -15,12 +16,15 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/tools/events"
 	"k8s.io/utils/clock"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/log"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
@@ -46,6 +50,9 @@ import (
 const (
 	DefaultPollInterval  = 10 * time.Second
 	DefaultRetryInterval = 30 * time.Second
+	// DefaultWindowRefreshInterval bounds the archive listings of an idle schedule: each one
+	// reads the whole catalog.
+	DefaultWindowRefreshInterval = 5 * time.Minute
 	// maxBackupsListed bounds status.backups.
 	maxBackupsListed = 10
 )
@@ -77,6 +84,13 @@ type Reconciler struct {
 	// MaxScheduleWait caps the wait for the next schedule tick (0: no cap). Tests with a fake
 	// clock set it small, so the reconciler looks at the clock often.
 	MaxScheduleWait time.Duration
+	// WindowRefreshInterval is how often an idle schedule lists the archive to refresh
+	// status.recoveryWindow; 0 means DefaultWindowRefreshInterval.
+	WindowRefreshInterval time.Duration
+
+	// windowSeen is when each resource's recovery window was last listed.
+	windowMu   sync.Mutex
+	windowSeen map[types.NamespacedName]time.Time
 }
 
 // SetupWithManager registers the reconciler with the manager. It reacts to KeycloakBackups
@@ -88,6 +102,9 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 	if r.RetryInterval == 0 {
 		r.RetryInterval = DefaultRetryInterval
 	}
+	if r.WindowRefreshInterval == 0 {
+		r.WindowRefreshInterval = DefaultWindowRefreshInterval
+	}
 	if r.Clock == nil {
 		r.Clock = clock.RealClock{}
 	}
@@ -96,8 +113,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 			return "http://" + p.Status.PodIP + ":" + strconv.Itoa(apiclient.DefaultPort)
 		}
 	}
+	// A status patch changes neither generation nor metadata: the operator's own writes do
+	// not wake it up again (each wake-up may list the whole archive).
+	changed := predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, predicate.LabelChangedPredicate{})
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&kcv1.KeycloakBackup{}).
+		For(&kcv1.KeycloakBackup{}, builder.WithPredicates(changed)).
 		Owns(&batchv1.Job{}).
 		WithOptions(opts).
 		Named("keycloakbackup").
@@ -105,12 +125,19 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 }
 
 // Reconcile fetches the resource, runs the steps, and patches the status once if it changed.
+//
+// The resource is read from the API server, not from the cache: a cache that lags behind
+// the last status patch would show an earlier restore step, and acting on it would repeat a
+// step already done (scale PostgreSQL down again after the restore). The status patch
+// carries the resourceVersion read (optimistic locking): if anything wrote the resource
+// since, the patch is refused and the reconcile starts over from what is stored.
 func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	kb := &kcv1.KeycloakBackup{}
-	if err := r.Client.Get(ctx, req.NamespacedName, kb); err != nil {
+	if err := r.APIReader.Get(ctx, req.NamespacedName, kb); err != nil {
 		if apierrors.IsNotFound(err) {
 			// Deleted: its archive stays where it is; only its metrics go.
 			r.Metrics.forget(req.Namespace, req.Name)
+			r.forgetWindow(req)
 			return ctrl.Result{}, nil
 		}
 		return ctrl.Result{}, err
@@ -122,8 +149,19 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 	res, err := r.reconcile(ctx, kb)
 	kb.Status.ObservedGeneration = kb.Generation
 	if !equality.Semantic.DeepEqual(before.Status, kb.Status) {
-		if perr := r.Client.Status().Patch(ctx, kb, client.MergeFrom(before)); perr != nil {
+		perr := r.Client.Status().Patch(ctx, kb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		if apierrors.IsConflict(perr) {
+			log.FromContext(ctx).Info("the resource changed while it was reconciled; starting over", "resourceVersion", before.ResourceVersion)
+			return ctrl.Result{RequeueAfter: time.Millisecond}, nil
+		}
+		if perr != nil {
 			return ctrl.Result{}, errors.Join(err, fmt.Errorf("patch status: %w", perr))
+		}
+		// Counted once the failure is stored: a reconcile whose patch was refused runs again.
+		if kb.IsRestore() && kb.Status.Phase == kcv1.PhaseFailed && before.Status.Phase != kcv1.PhaseFailed {
+			if c := kb.Condition(kcv1.ConditionReady); c != nil {
+				r.Metrics.restoreEndedFailed(kb.Namespace, kb.Name, c.Reason)
+			}
 		}
 	}
 	return res, err
@@ -131,8 +169,12 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 
 // reconcile is the list of steps; each either finishes or asks to come back.
 func (r *Reconciler) reconcile(ctx context.Context, kb *kcv1.KeycloakBackup) (ctrl.Result, error) {
-	// Step 1: a finished backup or restore never runs again.
+	// Step 1: a finished backup or restore never runs again; a finished restore gives its
+	// workload's restore lock back.
 	if kb.IsTerminal() {
+		if kb.IsRestore() {
+			return ctrl.Result{}, r.releaseRestoreLock(ctx, kb)
+		}
 		return ctrl.Result{}, nil
 	}
 	// Step 2: refuse what admission could not check, for good.
@@ -375,6 +417,11 @@ func (r *Reconciler) ensureSidecar(ctx context.Context, kb *kcv1.KeycloakBackup,
 // sidecarClient returns a client for the sidecar of a running pod of w. ok is false, with
 // SidecarReady False, when no pod runs yet.
 func (r *Reconciler) sidecarClient(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string) (*apiclient.Client, bool, error) {
+	return r.sidecarClientWith(ctx, kb, w, token, r.HTTPClient)
+}
+
+// sidecarClientWith is sidecarClient calling through hc (nil: apiclient's default).
+func (r *Reconciler) sidecarClientWith(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, token string, hc *http.Client) (*apiclient.Client, bool, error) {
 	pods, err := w.pods(ctx, r.Client)
 	if err != nil {
 		return nil, false, err
@@ -384,7 +431,7 @@ func (r *Reconciler) sidecarClient(ctx context.Context, kb *kcv1.KeycloakBackup,
 		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarStarting, "no running pod of "+w.String()+" yet")
 		return nil, false, nil
 	}
-	return apiclient.New(r.SidecarEndpoint(p), token, r.HTTPClient), true, nil
+	return apiclient.New(r.SidecarEndpoint(p), token, hc), true, nil
 }
 
 // sidecarStatus calls GET /v1/status and records the outcome in SidecarReady.
@@ -405,12 +452,34 @@ func (r *Reconciler) refreshWindow(ctx context.Context, kb *kcv1.KeycloakBackup,
 	if err != nil {
 		return cat, err
 	}
+	r.windowMu.Lock()
+	if r.windowSeen == nil {
+		r.windowSeen = map[types.NamespacedName]time.Time{}
+	}
+	r.windowSeen[client.ObjectKeyFromObject(kb)] = r.Clock.Now()
+	r.windowMu.Unlock()
 	if cat.Window != nil {
 		kb.Status.RecoveryWindow = &kcv1.RecoveryWindow{
 			Earliest: metav1.NewTime(cat.Window.Earliest.UTC()), Latest: metav1.NewTime(cat.Window.Latest.UTC()),
 		}
 	}
 	return cat, nil
+}
+
+// windowDue reports whether an idle schedule should list the archive again: never listed
+// by this operator process, or not for WindowRefreshInterval.
+func (r *Reconciler) windowDue(kb *kcv1.KeycloakBackup) bool {
+	r.windowMu.Lock()
+	defer r.windowMu.Unlock()
+	seen, ok := r.windowSeen[client.ObjectKeyFromObject(kb)]
+	return !ok || kb.Status.RecoveryWindow == nil || r.Clock.Since(seen) >= r.WindowRefreshInterval
+}
+
+// forgetWindow drops the window bookkeeping of a deleted resource.
+func (r *Reconciler) forgetWindow(req ctrl.Request) {
+	r.windowMu.Lock()
+	defer r.windowMu.Unlock()
+	delete(r.windowSeen, req.NamespacedName)
 }
 
 // scale sets the workload's replicas, emitting an event when it changed them.

@@ -2,7 +2,9 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
 	"path"
 	"strings"
 	"time"
@@ -53,15 +55,29 @@ const postgresUID = 999
 //  4. RestoringData: a Job restores into the data volume, moving the old data aside.
 //  5. StartingDatabase: scale PostgreSQL back; it replays WAL to the target and promotes.
 //  6. WaitingForArchive: wait until the sidecar archives on the new timeline.
-//  7. StartingApplication: scale the application back. Restored.
+//  7. CleaningKeycloak: through the sidecar, empty jgroups_ping and remove the sessions
+//     spec.restore.sessions names.
+//  8. StartingApplication: scale the application back. Restored.
 //
-// Nothing is touched before step 1 succeeds. The steps are recorded in status.restore, so
-// the restore resumes where it stood after an operator restart and never runs twice.
+// Nothing is touched before step 1 succeeds, and step 1 takes the workload's restore lock.
+// The steps are recorded in status.restore, so the restore resumes where it stood after an
+// operator restart and never runs twice. Each waiting step has spec.restore.timeout; when
+// the restore Job refuses, or a step before it times out, the data directory is untouched
+// and PostgreSQL and the application are scaled back.
 func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation, token string) (ctrl.Result, error) {
 	if kb.Status.Restore == nil {
 		kb.Status.Restore = &kcv1.RestoreStatus{Step: kcv1.RestoreCheckingTarget}
 	}
 	rs := kb.Status.Restore
+	if rs.StepStartTime == nil {
+		rs.StepStartTime = ptrTime(r.Clock.Now())
+	}
+	if res, over, err := r.restoreDeadline(ctx, kb, db); over {
+		return res, err
+	}
+	if res, lost, err := r.keepRestoreLock(ctx, kb, db); lost {
+		return res, err
+	}
 	next := ctrl.Result{RequeueAfter: r.PollInterval}
 	switch rs.Step {
 	case kcv1.RestoreCheckingTarget:
@@ -105,13 +121,17 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 			return ctrl.Result{}, err
 		}
 		switch jobOutcome(job) {
+		case jobRefused:
+			return r.restoreGiveBack(ctx, kb, db, kcv1.ReasonRestoreRefused, fmt.Sprintf(
+				"restore Job %s refused before touching the data directory: %s; PostgreSQL and the application were scaled back up",
+				job.Name, r.jobMessage(ctx, job)))
 		case jobSucceeded:
 			r.Recorder.Eventf(kb, job, corev1.EventTypeNormal, "RestoreJobSucceeded", "Restore", "restore Job %s succeeded", job.Name)
 			r.advance(kb, kcv1.RestoreStartingDatabase, "data restored; starting PostgreSQL to replay WAL and promote")
 			return next, nil
 		case jobFailed:
-			msg := fmt.Sprintf("restore Job %s failed; PostgreSQL and the application stay scaled to zero for inspection "+
-				"(the previous data directory was moved aside next to %s, not deleted)", job.Name, loc.DataDir)
+			msg := fmt.Sprintf("restore Job %s failed (%s); PostgreSQL and the application stay scaled to zero for inspection "+
+				"(the previous data directory was moved aside next to %s, not deleted)", job.Name, r.jobMessage(ctx, job), loc.DataDir)
 			return r.restoreFailed(kb, kcv1.ReasonRestoreJobFailed, msg)
 		}
 		r.restoreProgress(kb, "restore Job "+job.Name+" is running")
@@ -139,21 +159,15 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 		if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
 			log.FromContext(ctx).Info("cannot read the catalog after the restore", "error", err.Error())
 		}
-		r.advance(kb, kcv1.RestoreStartingApplication, fmt.Sprintf("PostgreSQL promoted to timeline %d and archives it; starting the application", st.Timeline))
+		r.advance(kb, kcv1.RestoreCleaningKeycloak, fmt.Sprintf("PostgreSQL promoted to timeline %d and archives it; cleaning the Keycloak database", st.Timeline))
 		return next, nil
 
+	case kcv1.RestoreCleaningKeycloak:
+		return r.restoreCleanKeycloak(ctx, kb, db, token)
+
 	case kcv1.RestoreStartingApplication:
-		for _, a := range rs.Applications {
-			w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return ctrl.Result{}, err
-			}
-			if err := r.scale(ctx, kb, w, a.Replicas); err != nil {
-				return ctrl.Result{}, err
-			}
+		if err := r.scaleApplicationsBack(ctx, kb); err != nil {
+			return ctrl.Result{}, err
 		}
 		rs.Step = kcv1.RestoreDone
 		rs.CompletionTime = ptrTime(r.Clock.Now())
@@ -162,7 +176,8 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 		msg := fmt.Sprintf("restored %s to %s; PostgreSQL runs on timeline %d", db, kb.Spec.RestoreTo, rs.Timeline)
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonRestored, msg)
 		r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, kcv1.ReasonRestored, "Restore", "%s", msg)
-		return ctrl.Result{}, nil
+		// Once more, to give the restore lock back.
+		return next, nil
 	}
 	return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("unknown restore step %q", rs.Step))
 }
@@ -176,6 +191,12 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBa
 	}
 	if _, err := jobDataDir(loc); err != nil {
 		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, err.Error())
+	}
+	if holder, err := r.lockHolder(ctx, db); err != nil || holder != nil && holder.UID != kb.UID {
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		return r.restoreConflict(kb, db, holder)
 	}
 	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
 	if err != nil || !ok {
@@ -199,6 +220,17 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBa
 		return r.restoreFailed(kb, kcv1.ReasonTargetOutsideWindow, fmt.Sprintf(
 			"restoreTo %s is outside the recovery window %s to %s; nothing was changed",
 			kb.Spec.RestoreTo, cat.Window.Earliest.UTC().Format(time.RFC3339), cat.Window.Latest.UTC().Format(time.RFC3339)))
+	}
+	// The lock, last: of two restores of one workload, the one that takes it runs.
+	holder, err := r.acquireRestoreLock(ctx, kb, db)
+	if apierrors.IsConflict(err) {
+		return ctrl.Result{RequeueAfter: time.Millisecond}, nil
+	}
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if holder != nil {
+		return r.restoreConflict(kb, db, holder)
 	}
 	rs := kb.Status.Restore
 	if !latest {
@@ -242,6 +274,7 @@ func (r *Reconciler) scaleDown(ctx context.Context, kb *kcv1.KeycloakBackup, w w
 
 func (r *Reconciler) advance(kb *kcv1.KeycloakBackup, step kcv1.RestoreStep, msg string) {
 	kb.Status.Restore.Step = step
+	kb.Status.Restore.StepStartTime = ptrTime(r.Clock.Now())
 	r.restoreProgress(kb, msg)
 }
 
@@ -250,14 +283,164 @@ func (r *Reconciler) restoreProgress(kb *kcv1.KeycloakBackup, msg string) {
 		"step "+string(kb.Status.Restore.Step)+": "+msg)
 }
 
-// restoreFailed ends the restore for good: it never runs twice.
+// restoreFailed ends the restore for good: it never runs twice. It comes back once more to
+// give the restore lock back.
 func (r *Reconciler) restoreFailed(kb *kcv1.KeycloakBackup, reason, msg string) (ctrl.Result, error) {
 	kb.Status.Phase = kcv1.PhaseFailed
 	kb.Status.Restore.CompletionTime = ptrTime(r.Clock.Now())
 	r.Metrics.restoreResult(kb.Namespace, kb.Name, true)
 	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, reason, msg)
 	r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, reason, "Restore", "%s", msg)
-	return ctrl.Result{}, nil
+	return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+}
+
+// restoreConflict refuses a restore of a workload another restore holds; nothing was touched.
+func (r *Reconciler) restoreConflict(kb *kcv1.KeycloakBackup, db workload, holder *kcv1.KeycloakBackup) (ctrl.Result, error) {
+	return r.restoreFailed(kb, kcv1.ReasonRestoreConflict, fmt.Sprintf(
+		"KeycloakBackup %q is already restoring %s (it holds the annotation %s); this restore is refused and nothing was changed",
+		holder.Name, db, RestoreLockAnnotation))
+}
+
+// restoreGiveBack ends a restore whose data directory was never touched: PostgreSQL and
+// the application get their replicas back, then it fails with reason.
+func (r *Reconciler) restoreGiveBack(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, reason, msg string) (ctrl.Result, error) {
+	rs := kb.Status.Restore
+	if rs.Database != nil {
+		if err := r.scale(ctx, kb, db, rs.Database.Replicas); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
+	if err := r.scaleApplicationsBack(ctx, kb); err != nil {
+		return ctrl.Result{}, err
+	}
+	return r.restoreFailed(kb, reason, msg)
+}
+
+// scaleApplicationsBack gives the application workloads their replicas from before the
+// restore; one deleted meanwhile is skipped.
+func (r *Reconciler) scaleApplicationsBack(ctx context.Context, kb *kcv1.KeycloakBackup) error {
+	for _, a := range kb.Status.Restore.Applications {
+		w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := r.scale(ctx, kb, w, a.Replicas); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restoreDeadline ends the restore when its current step has waited longer than
+// spec.restore.timeout (the restore Job gets a minute more: it has the timeout as its own
+// activeDeadlineSeconds). over is true when it did.
+func (r *Reconciler) restoreDeadline(ctx context.Context, kb *kcv1.KeycloakBackup, db workload) (ctrl.Result, bool, error) {
+	rs := kb.Status.Restore
+	timeout := kb.Spec.RestoreTimeout()
+	limit := timeout
+	switch rs.Step {
+	case kcv1.RestoreRestoringData:
+		limit += time.Minute
+	case kcv1.RestoreStartingDatabase, kcv1.RestoreStartingApplication, kcv1.RestoreDone:
+		return ctrl.Result{}, false, nil
+	}
+	waited := r.Clock.Since(rs.StepStartTime.Time)
+	if waited <= limit {
+		return ctrl.Result{}, false, nil
+	}
+	what := fmt.Sprintf("step %s did not finish within spec.restore.timeout %s (waited %s)", rs.Step, timeout, waited.Round(time.Second))
+	var res ctrl.Result
+	var err error
+	switch rs.Step {
+	case kcv1.RestoreCheckingTarget:
+		res, err = r.restoreFailed(kb, kcv1.ReasonRestoreTimedOut, what+"; nothing was changed")
+	case kcv1.RestoreStoppingApplication, kcv1.RestoreStoppingDatabase:
+		res, err = r.restoreGiveBack(ctx, kb, db, kcv1.ReasonRestoreTimedOut, what+
+			"; the data directory was not touched, and PostgreSQL and the application were scaled back up")
+	case kcv1.RestoreRestoringData:
+		res, err = r.restoreFailed(kb, kcv1.ReasonRestoreTimedOut, what+
+			"; PostgreSQL and the application stay scaled to zero for inspection (the previous data directory may have been moved aside, never deleted)")
+	default: // WaitingForArchive, CleaningKeycloak: the restored PostgreSQL runs.
+		res, err = r.restoreFailed(kb, kcv1.ReasonRestoreTimedOut, what+
+			"; the restored PostgreSQL was started and is left running, the application stays at zero: check PostgreSQL's log "+
+			"(recovery may still be replaying WAL) and scale the application back yourself")
+	}
+	return res, true, err
+}
+
+// restoreCleanKeycloak is step 7: the restored database loses its stale cluster members
+// and the sessions spec.restore.sessions names, before Keycloak starts on it.
+func (r *Reconciler) restoreCleanKeycloak(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, token string) (ctrl.Result, error) {
+	next := ctrl.Result{RequeueAfter: r.PollInterval}
+	hc := r.HTTPClient
+	if hc == nil {
+		// Deleting many sessions may take longer than a status call; the sidecar's write
+		// timeout (2 minutes) bounds it.
+		hc = &http.Client{Timeout: 110 * time.Second}
+	}
+	sc, ok, err := r.sidecarClientWith(ctx, kb, db, token, hc)
+	if err != nil || !ok {
+		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to clean the Keycloak database")
+		return next, err
+	}
+	req := apiclient.KeycloakCleanupRequest{Database: kb.Spec.RestoreKeycloakDatabase(), Sessions: string(kb.Spec.RestoreSessions())}
+	res, err := sc.KeycloakCleanup(ctx, req)
+	if errors.Is(err, apiclient.ErrSchemaMismatch) {
+		return r.restoreFailed(kb, kcv1.ReasonKeycloakSchemaMismatch, fmt.Sprintf(
+			"cannot remove sessions %q from database %q: %v; PostgreSQL runs restored, the application stays at zero "+
+				"(set spec.restore.keycloakDatabase to Keycloak's database, or scale the application back yourself)",
+			req.Sessions, req.Database, err))
+	}
+	if err != nil {
+		r.restoreProgress(kb, "cannot clean the Keycloak database yet, retrying: "+err.Error())
+		return next, nil
+	}
+	kb.Status.Restore.Keycloak = &kcv1.KeycloakCleanup{
+		Database: res.Database, Sessions: kcv1.Sessions(res.Sessions), JGroupsPingRows: res.JGroupsPingRows,
+		UserSessionRows: res.UserSessionRows, ClientSessionRows: res.ClientSessionRows, Skipped: res.Skipped,
+	}
+	msg := fmt.Sprintf("cleaned Keycloak database %q (sessions %s): %d jgroups_ping rows, %d user sessions and %d client sessions removed",
+		res.Database, res.Sessions, res.JGroupsPingRows, res.UserSessionRows, res.ClientSessionRows)
+	if len(res.Skipped) > 0 {
+		msg += "; skipped: " + strings.Join(res.Skipped, "; ")
+	}
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "KeycloakCleaned", "Restore", "%s", msg)
+	r.advance(kb, kcv1.RestoreStartingApplication, msg+"; starting the application")
+	return next, nil
+}
+
+// jobMessage is what the restore Job's container said last (its termination message, the
+// tail of its log), or its failure condition when no pod is left.
+func (r *Reconciler) jobMessage(ctx context.Context, job *batchv1.Job) string {
+	var pods corev1.PodList
+	if err := r.Client.List(ctx, &pods, client.InNamespace(job.Namespace), client.MatchingLabels{batchv1.JobNameLabel: job.Name}); err == nil {
+		for _, p := range pods.Items {
+			for _, cs := range p.Status.ContainerStatuses {
+				if t := cs.State.Terminated; cs.Name == "restore" && t != nil && strings.TrimSpace(t.Message) != "" {
+					return lastLine(t.Message, 1024)
+				}
+			}
+		}
+	}
+	for _, c := range job.Status.Conditions {
+		if c.Type == batchv1.JobFailed && c.Status == corev1.ConditionTrue {
+			return orDefault(c.Message, c.Reason)
+		}
+	}
+	return "no message; see the Job's pod log"
+}
+
+// lastLine returns the last non-empty line of s, cut to at most n bytes.
+func lastLine(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	l := strings.TrimSpace(lines[len(lines)-1])
+	if len(l) > n {
+		l = l[:n]
+	}
+	return l
 }
 
 func restoreJobName(kb *kcv1.KeycloakBackup) string {
@@ -345,7 +528,18 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 		ObjectMeta: metav1.ObjectMeta{Name: kb.Status.Restore.JobName, Namespace: kb.Namespace, Labels: labels},
 		Spec: batchv1.JobSpec{
 			// A restore that failed halfway is for a human to inspect, not to retry blindly.
-			BackoffLimit: ptr.To[int32](0),
+			BackoffLimit:          ptr.To[int32](0),
+			ActiveDeadlineSeconds: ptr.To(int64(kb.Spec.RestoreTimeout().Seconds())),
+			// Exit 4 means the data directory was not touched: the Job fails through this
+			// rule, so its Failed condition says so (reason PodFailurePolicy) even after the
+			// pod is gone, and the operator gives the database back.
+			PodFailurePolicy: &batchv1.PodFailurePolicy{Rules: []batchv1.PodFailurePolicyRule{{
+				Action: batchv1.PodFailurePolicyActionFailJob,
+				OnExitCodes: &batchv1.PodFailurePolicyOnExitCodesRequirement{
+					ContainerName: ptr.To("restore"), Operator: batchv1.PodFailurePolicyOnExitCodesOpIn,
+					Values: []int32{apiclient.ExitRestoreUntouched},
+				},
+			}}},
 			Template: corev1.PodTemplateSpec{
 				ObjectMeta: metav1.ObjectMeta{Labels: labels},
 				Spec: corev1.PodSpec{
@@ -374,6 +568,8 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 							corev1.ResourceMemory: resource.MustParse("128Mi"),
 						}},
 						SecurityContext: csc,
+						// The error kcbackup prints last becomes the termination message.
+						TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 					}},
 				},
 			},
@@ -391,6 +587,8 @@ const (
 	jobRunning outcome = iota
 	jobSucceeded
 	jobFailed
+	// jobRefused: it failed with ExitRestoreUntouched; the data directory is as it was.
+	jobRefused
 )
 
 // jobOutcome reads the Job's terminal conditions (and their early *Target forms).
@@ -403,6 +601,12 @@ func jobOutcome(job *batchv1.Job) outcome {
 		case batchv1.JobComplete, batchv1.JobSuccessCriteriaMet:
 			return jobSucceeded
 		case batchv1.JobFailed, batchv1.JobFailureTarget:
+			// Only the pod failure policy's rule for exit 4 makes a refusal; anything else
+			// (a deadline, another exit status, an evicted pod) may have touched the data.
+			if c.Reason == batchv1.JobReasonPodFailurePolicy &&
+				strings.Contains(c.Message, fmt.Sprintf("exit code %d ", apiclient.ExitRestoreUntouched)) {
+				return jobRefused
+			}
 			return jobFailed
 		}
 	}

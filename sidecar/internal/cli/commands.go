@@ -242,10 +242,28 @@ checksum, writes recovery.signal and the recovery settings (restore_command call
 recovery_target_action = promote), then moves a non-empty DIR aside to
 DIR.kcbackup-replaced-<time> (only with --move-aside; it is never deleted) and the restored
 data into DIR. Start PostgreSQL on DIR: it replays WAL to the target and promotes to a new
-timeline, which 'kcbackup run' keeps archiving into the same archive.`,
+timeline, which 'kcbackup run' keeps archiving into the same archive.
+
+A postmaster.pid in DIR is stale, and ignored (it moves aside with DIR), when the process it
+names is not a running postgres in this PID namespace; a server in another container
+sharing the volume cannot be seen, so stop it first.
+
+Exit status: 0 restored; 4 refused or failed before DIR was touched (it is exactly as it
+was, the old server can be started again); any other status: failed, DIR may have been
+replaced (the previous one is kept beside it).`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, args []string) error {
+		RunE: func(cmd *cobra.Command, args []string) (err error) {
 			ctx := cmd.Context()
+			// Until restore.Run, nothing is touched; restore.Run says itself how far it got.
+			running := false
+			defer func() {
+				if err != nil && !running {
+					err = restore.Untouched(err)
+				}
+				if errors.Is(err, restore.ErrUntouched) {
+					err = &ExitError{Code: ExitRestoreUntouched, Err: err}
+				}
+			}()
 			// Step 1: every input checked before anything is touched.
 			if pgdata == "" {
 				return errors.New("--pgdata is required: the data directory to restore into")
@@ -283,6 +301,10 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 			if err != nil {
 				return err
 			}
+			if pm, err := restore.CheckPostmaster(pgdata); err == nil && pm.PIDFile && !pm.Live {
+				fmt.Fprintf(g.stderr, "%s/postmaster.pid names process %d, which is not a running postgres here: "+
+					"it is stale (left by a server that was killed) and is moved aside with the data directory\n", pgdata, pm.PID)
+			}
 			if err := restore.CheckDestination(pgdata, moveAside); err != nil {
 				return err
 			}
@@ -302,6 +324,7 @@ timeline, which 'kcbackup run' keeps archiving into the same archive.`,
 			started := time.Now()
 			fmt.Fprintf(g.stderr, "restoring backup %s (stopped %s) to %s on timeline %d into %s\n",
 				plan.Backup.ID, plan.Backup.StopTime.UTC().Format(time.RFC3339), target, plan.Timeline, pgdata)
+			running = true
 			res, err := restore.Run(ctx, restore.Options{
 				Archive: a, Plan: plan, StorageURL: storageURL, PGData: pgdata, MoveAside: moveAside,
 				UID: uid, GID: gid, Kcbackup: self, Prefetch: prefetch, KeyFile: g.keyFileAbs(),

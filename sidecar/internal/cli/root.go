@@ -17,8 +17,13 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/walarchive"
 )
+
+// ExitRestoreUntouched is restore's exit status when it refused or failed before touching
+// the data directory; the operator then scales PostgreSQL and Keycloak back up.
+const ExitRestoreUntouched = apiclient.ExitRestoreUntouched
 
 // ExitError carries a specific exit status.
 type ExitError struct {

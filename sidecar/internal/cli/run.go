@@ -14,6 +14,7 @@ import (
 
 	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/sidecar/internal/backup"
+	"github.com/kcbackup/kcbackup/sidecar/internal/keycloak"
 	"github.com/kcbackup/kcbackup/sidecar/internal/metrics"
 	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
 	"github.com/kcbackup/kcbackup/sidecar/internal/server"
@@ -134,6 +135,9 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	})
 	srv := server.New(server.Config{
 		Addr: o.listen, Token: token, Registry: m.Registry, Logger: log, Backups: bk, WAL: wal,
+		KeycloakCleanup: func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error) {
+			return keycloak.Serve(ctx, pgcfg, req)
+		},
 		Status: func() apiclient.Status { return statusOf(s.Status()) },
 		Ready: func() error {
 			st := s.Status()

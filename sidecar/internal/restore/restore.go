@@ -81,14 +81,28 @@ func CheckDestination(pgdata string, moveAside bool) error {
 	if len(entries) > 0 && !moveAside {
 		return fmt.Errorf("--pgdata %s is not empty: stop PostgreSQL and add --move-aside to keep the current data beside it, or choose an empty directory", pgdata)
 	}
-	if _, err := os.Stat(filepath.Join(pgdata, "postmaster.pid")); err == nil {
-		return fmt.Errorf("--pgdata %s holds postmaster.pid: stop PostgreSQL before restoring into it", pgdata)
+	pm, err := CheckPostmaster(pgdata)
+	if err != nil {
+		return err
+	}
+	if pm.Live {
+		return fmt.Errorf("--pgdata %s holds postmaster.pid of the running postgres process %d: stop PostgreSQL before restoring into it", pgdata, pm.PID)
 	}
 	return nil
 }
 
-// Run carries out the restore.
+// Run carries out the restore. Its errors wrap ErrUntouched until the data directory is
+// moved aside (step 3).
 func Run(ctx context.Context, o Options) (Result, error) {
+	touched := false
+	res, err := run(ctx, o, &touched)
+	if err != nil && !touched {
+		err = Untouched(err)
+	}
+	return res, err
+}
+
+func run(ctx context.Context, o Options, touched *bool) (Result, error) {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -141,6 +155,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 		return Result{}, fmt.Errorf("sync restored files: %w", err)
 	}
 	// Step 3: move the previous data aside (never delete it), then the staged data in.
+	*touched = true
 	if entries, err := os.ReadDir(o.PGData); err == nil {
 		if len(entries) > 0 {
 			aside := fmt.Sprintf("%s.kcbackup-replaced-%s", o.PGData, o.Now().UTC().Format("20060102T150405Z"))

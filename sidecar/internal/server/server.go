@@ -1,6 +1,6 @@
 // Package server is the sidecar's HTTP API: /metrics, /healthz and /readyz without
-// authentication (they carry no secrets), and /v1/* (status, backups, prune) behind a
-// bearer token. The wire types are those of package apiclient.
+// authentication (they carry no secrets), and /v1/* (status, backups, prune, WAL for
+// restore_command, the clean-up of a restored Keycloak database) behind a bearer token. The wire types are those of package apiclient.
 package server
 
 import (
@@ -62,8 +62,11 @@ type Config struct {
 	Ready   func() error
 	Backups Backups
 	// WAL serves restore_command through the sidecar (nil disables /v1/wal).
-	WAL    WALSource
-	Logger *slog.Logger
+	WAL WALSource
+	// KeycloakCleanup cleans a restored Keycloak database (POST /v1/keycloak/cleanup; nil
+	// disables it). An error wrapping ErrSchemaMismatch is answered 422.
+	KeycloakCleanup func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error)
+	Logger          *slog.Logger
 }
 
 // Server serves the API.
@@ -121,6 +124,7 @@ func (s *Server) Handler() http.Handler {
 	}))
 	mux.Handle("POST /v1/prune", s.auth(s.prune))
 	mux.Handle("GET /v1/wal/{name}", s.auth(s.wal))
+	mux.Handle("POST /v1/keycloak/cleanup", s.auth(s.keycloakCleanup))
 	return mux
 }
 
@@ -202,6 +206,50 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, res)
+}
+
+// ErrSchemaMismatch is what a KeycloakCleanup error wraps when the database lacks the
+// tables the clean-up needs (answered 422, nothing changed).
+var ErrSchemaMismatch = apiclient.ErrSchemaMismatch
+
+// keycloakCleanup runs the post-restore clean-up of a Keycloak database: 200 with the rows
+// deleted, 400 for a bad request, 422 when the database lacks the session tables, 502 when
+// the database cannot be reached or the SQL fails.
+func (s *Server) keycloakCleanup(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.KeycloakCleanup == nil {
+		writeError(w, http.StatusNotFound, "this sidecar does not clean Keycloak databases", "")
+		return
+	}
+	var req apiclient.KeycloakCleanupRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid Keycloak clean-up request body: "+err.Error()+`; expected {"database": "keycloak", "sessions": "keep|online|all"}`, "")
+		return
+	}
+	if req.Database == "" || len(req.Database) > 63 {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid database %q: expected a database name of 1 to 63 bytes", req.Database), "")
+		return
+	}
+	switch req.Sessions {
+	case apiclient.SessionsKeep, apiclient.SessionsOnline, apiclient.SessionsAll:
+	default:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("invalid sessions %q: expected keep, online or all", req.Sessions), "")
+		return
+	}
+	res, err := s.cfg.KeycloakCleanup(r.Context(), req)
+	switch {
+	case errors.Is(err, ErrSchemaMismatch):
+		writeError(w, http.StatusUnprocessableEntity, err.Error(), "")
+	case err != nil:
+		writeError(w, http.StatusBadGateway, err.Error(), "")
+	default:
+		if s.cfg.Logger != nil {
+			s.cfg.Logger.Info("cleaned the restored Keycloak database", "database", res.Database, "sessions", res.Sessions,
+				"jgroups_ping_rows", res.JGroupsPingRows, "user_session_rows", res.UserSessionRows, "client_session_rows", res.ClientSessionRows)
+		}
+		writeJSON(w, http.StatusOK, res)
+	}
 }
 
 // Run serves until ctx ends, then shuts down within 5 seconds.

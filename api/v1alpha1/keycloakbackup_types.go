@@ -125,6 +125,15 @@ type RestoreOptions struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	KeycloakDatabase string `json:"keycloakDatabase,omitempty"`
+
+	// Timeline is the timeline whose history the restore follows. Unset, the restore uses
+	// the newest timeline whose recovery range holds restoreTo, and refuses (reason
+	// RestoreRefused, nothing changed) a time that lies on two timelines whose histories
+	// differ then, as after an earlier in-place restore: set it to choose (see
+	// status.recoveryRanges).
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	Timeline *int64 `json:"timeline,omitempty"`
 }
 
 // Storage is where the archive lives: exactly one of s3 or volume.
@@ -354,10 +363,24 @@ type BackupRecord struct {
 
 // RecoveryWindow is the range of times a restore can reach.
 type RecoveryWindow struct {
-	// Earliest is the earliest reachable time: the stop time of the oldest backup.
+	// Earliest is the earliest reachable time: the stop time of the oldest backup of the range.
 	Earliest metav1.Time `json:"earliest"`
 	// Latest is the latest reachable time: the newest archived WAL.
 	Latest metav1.Time `json:"latest"`
+}
+
+// RecoveryRange is one stretch of times a restore can reach on one timeline's path.
+type RecoveryRange struct {
+	// Timeline is the timeline whose history the range follows.
+	Timeline int64 `json:"timeline"`
+	// Earliest is the stop time of the oldest backup that restores into the range.
+	Earliest metav1.Time `json:"earliest"`
+	// Latest is the latest reachable time of the range.
+	Latest metav1.Time `json:"latest"`
+	// Hole is set when the range ends at missing WAL that later WAL follows (a replication
+	// slot the server invalidated): times after it lie in the next range, or nowhere.
+	// +optional
+	Hole bool `json:"hole,omitempty"`
 }
 
 // WorkloadReference names the workload a resource selected.
@@ -480,9 +503,17 @@ type KeycloakBackupStatus struct {
 	// +optional
 	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
 
-	// RecoveryWindow is the range of times the archive can restore to, as last seen.
+	// RecoveryWindow is the newest continuous range of times the archive can restore to on
+	// the live timeline, as last seen.
 	// +optional
 	RecoveryWindow *RecoveryWindow `json:"recoveryWindow,omitempty"`
+
+	// RecoveryRanges are every timeline's restorable ranges, oldest first, as last seen: a
+	// hole in the WAL shows as two ranges, and the timeline an in-place restore replaced
+	// keeps its own.
+	// +optional
+	// +listType=atomic
+	RecoveryRanges []RecoveryRange `json:"recoveryRanges,omitempty"`
 
 	// Restore is the progress of the restore, for a resource with restoreTo.
 	// +optional

@@ -463,6 +463,11 @@ func (r *Reconciler) refreshWindow(ctx context.Context, kb *kcv1.KeycloakBackup,
 			Earliest: metav1.NewTime(cat.Window.Earliest.UTC()), Latest: metav1.NewTime(cat.Window.Latest.UTC()),
 		}
 	}
+	kb.Status.RecoveryRanges = nil
+	for _, w := range cat.Windows {
+		kb.Status.RecoveryRanges = append(kb.Status.RecoveryRanges, kcv1.RecoveryRange{Timeline: int64(w.Timeline),
+			Earliest: metav1.NewTime(w.Earliest.UTC()), Latest: metav1.NewTime(w.Latest.UTC()), Hole: w.Hole})
+	}
 	return cat, nil
 }
 

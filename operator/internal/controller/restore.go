@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
@@ -216,10 +217,10 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBa
 		return r.restoreFailed(kb, kcv1.ReasonNoBackup, "the archive holds no complete base backup; nothing to restore from")
 	}
 	target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo)
-	if !latest && !cat.Window.Contains(target) {
+	if !latest && !inSomeRange(cat, target, kb.Spec.Restore) {
 		return r.restoreFailed(kb, kcv1.ReasonTargetOutsideWindow, fmt.Sprintf(
-			"restoreTo %s is outside the recovery window %s to %s; nothing was changed",
-			kb.Spec.RestoreTo, cat.Window.Earliest.UTC().Format(time.RFC3339), cat.Window.Latest.UTC().Format(time.RFC3339)))
+			"restoreTo %s is outside every recovery range (%s); nothing was changed",
+			kb.Spec.RestoreTo, describeRanges(cat)))
 	}
 	// The lock, last: of two restores of one workload, the one that takes it runs.
 	holder, err := r.acquireRestoreLock(ctx, kb, db)
@@ -558,7 +559,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 						// restore_command fetches through the sidecar beside PostgreSQL, with the
 						// token mounted in both; PostgreSQL never sees storage credentials.
 						Args: []string{"restore", "--storage", storageURL, "--pgdata", dataDir,
-							"--to", kb.Spec.RestoreTo, "--move-aside",
+							"--to", kb.Spec.RestoreTo, "--move-aside", "--timeline", restoreTimeline(kb.Spec.Restore),
 							"--fetch-via", fmt.Sprintf("http://127.0.0.1:%d", apiclient.DefaultPort),
 							"--fetch-token-file", tokenFile},
 						Env:          env,
@@ -611,4 +612,47 @@ func jobOutcome(job *batchv1.Job) outcome {
 		}
 	}
 	return jobRunning
+}
+
+// inSomeRange reports whether target lies in a restorable range (of the chosen timeline,
+// when spec.restore.timeline is set). The restore Job plans exactly; this only refuses,
+// before anything is stopped, what no range holds.
+func inSomeRange(cat apiclient.Catalog, target time.Time, o *kcv1.RestoreOptions) bool {
+	ranges := cat.Windows
+	if len(ranges) == 0 && cat.Window != nil { // a sidecar that reports only the newest range
+		ranges = []apiclient.RecoveryWindow{*cat.Window}
+	}
+	for _, w := range ranges {
+		if o != nil && o.Timeline != nil && w.Timeline != 0 && int64(w.Timeline) != *o.Timeline {
+			continue
+		}
+		if w.Contains(target) {
+			return true
+		}
+	}
+	return false
+}
+
+func describeRanges(cat apiclient.Catalog) string {
+	var out []string
+	for _, w := range cat.Windows {
+		hole := ""
+		if w.Hole {
+			hole = ", then a hole"
+		}
+		out = append(out, fmt.Sprintf("timeline %d: %s to %s%s", w.Timeline, w.Earliest.UTC().Format(time.RFC3339), w.Latest.UTC().Format(time.RFC3339), hole))
+	}
+	if len(out) == 0 && cat.Window != nil {
+		out = append(out, cat.Window.Earliest.UTC().Format(time.RFC3339)+" to "+cat.Window.Latest.UTC().Format(time.RFC3339))
+	}
+	return strings.Join(out, "; ")
+}
+
+// restoreTimeline is the restore Job's --timeline: spec.restore.timeline, or "latest" (the
+// newest timeline whose range holds the target; a time on two diverging timelines is refused).
+func restoreTimeline(o *kcv1.RestoreOptions) string {
+	if o != nil && o.Timeline != nil {
+		return strconv.FormatInt(*o.Timeline, 10)
+	}
+	return "latest"
 }

@@ -9,6 +9,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 )
 
 func TestLatestTickBetweenCatchesUpOnce(t *testing.T) {
@@ -137,3 +138,35 @@ func TestJobDataDirIsAlwaysBelowTheVolumeRoot(t *testing.T) {
 		})
 	}
 }
+
+func TestRestoreTargetsAreCheckedAgainstEveryRange(t *testing.T) {
+	t0 := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	cat := apiclient.Catalog{Windows: []apiclient.RecoveryWindow{
+		{Timeline: 1, Earliest: t0, Latest: t0.Add(time.Hour), Hole: true},
+		{Timeline: 1, Earliest: t0.Add(2 * time.Hour), Latest: t0.Add(3 * time.Hour)},
+		{Timeline: 2, Earliest: t0, Latest: t0.Add(4 * time.Hour)},
+	}}
+	two := int64(2)
+	for _, tc := range []struct {
+		target time.Time
+		opts   *kcv1.RestoreOptions
+		want   bool
+	}{
+		{t0.Add(30 * time.Minute), nil, true},                                              // before the hole
+		{t0.Add(90 * time.Minute), &kcv1.RestoreOptions{Timeline: ptrTo(int64(1))}, false}, // in timeline 1's hole
+		{t0.Add(90 * time.Minute), &kcv1.RestoreOptions{Timeline: &two}, true},
+		{t0.Add(5 * time.Hour), nil, false},
+	} {
+		if got := inSomeRange(cat, tc.target, tc.opts); got != tc.want {
+			t.Errorf("target %s, options %+v: %v; want %v", tc.target, tc.opts, got, tc.want)
+		}
+	}
+	if got := restoreTimeline(&kcv1.RestoreOptions{Timeline: &two}); got != "2" {
+		t.Errorf("--timeline %q; want 2", got)
+	}
+	if got := restoreTimeline(nil); got != "latest" {
+		t.Errorf("--timeline %q; want latest", got)
+	}
+}
+
+func ptrTo[T any](v T) *T { return &v }

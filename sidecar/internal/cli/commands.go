@@ -347,7 +347,7 @@ replaced (the previous one is kept beside it).`,
 	f.StringVar(&pgdata, "pgdata", "", "data directory to restore into (absolute path)")
 	f.StringVar(&to, "to", "", "restore target: 'latest' or an RFC 3339 time with a zone (2026-11-24T10:30:00Z)")
 	f.StringVar(&backupID, "backup", "", "restore this backup instead of choosing one")
-	f.StringVar(&timeline, "timeline", "latest", "timeline to recover along: a number or 'latest'")
+	f.StringVar(&timeline, "timeline", "latest", "timeline to recover along: a number, or 'latest' for the newest whose recovery range holds the target (a time on two timelines whose histories differ then is refused: choose one)")
 	f.BoolVar(&moveAside, "move-aside", false, "move a non-empty --pgdata aside (to DIR.kcbackup-replaced-<time>) instead of refusing")
 	f.StringVar(&owner, "owner", "", "user[:group] to own the restored files (default: the owner of --pgdata or its parent when run as root)")
 	f.IntVar(&prefetch, "prefetch", 8, "segments wal-fetch downloads ahead during recovery (0 disables)")

@@ -75,6 +75,9 @@ var contractMetrics = map[string]bool{
 	"kcbackup_backup_last_size_bytes":                  true,
 	"kcbackup_recovery_window_start_timestamp_seconds": true,
 	"kcbackup_recovery_window_end_timestamp_seconds":   true,
+	"kcbackup_recovery_ranges":                         true,
+	"kcbackup_archive_gaps_total":                      true,
+	"kcbackup_archive_gap_last_timestamp_seconds":      true,
 	// Operator, one series per KeycloakBackup resource.
 	"kcbackup_operator_last_backup_success_timestamp_seconds": true,
 	"kcbackup_operator_last_backup_failed":                    true,

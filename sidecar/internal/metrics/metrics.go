@@ -38,6 +38,8 @@ type Metrics struct {
 	// RecoveryRanges counts the restorable ranges per timeline (more than one: a hole).
 	RecoveryRanges *prometheus.GaugeVec
 	ArchiveGaps    prometheus.Counter
+	// ArchiveGapLast is when the last gap was found (0: none since the sidecar started).
+	ArchiveGapLast prometheus.Gauge
 	WALServed      *prometheus.CounterVec
 }
 
@@ -89,6 +91,7 @@ func New() *Metrics {
 			Help: "Restorable ranges of each timeline's path; more than one means a hole in the WAL splits it."}, []string{"timeline"}),
 		ArchiveGaps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "archive_gaps_total",
 			Help: "Times streaming had to skip WAL the server no longer had (the archive has a gap; take a new base backup)."}),
+		ArchiveGapLast: g("archive_gap_last_timestamp_seconds", "When streaming last had to skip WAL the server no longer had (0: never since start); restores cannot cross it until a newer base backup exists."),
 		WALServed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kcbackup", Name: "wal_served_total",
 			Help: "WAL files served to restore_command through the sidecar, by source (cache: prefetched, archive: fetched on demand)."}, []string{"source"}),
 	}
@@ -97,7 +100,7 @@ func New() *Metrics {
 		m.Up, m.StorageUp, m.ArchivedLSN, m.ServerFlushLSN, m.ArchiveLagBytes, m.ArchiveLagSeconds, m.LastArchivedSegment,
 		m.Uploads, m.UploadErrors, m.UploadedBytes, m.ReceivedWALBytes, m.SlotRetainedBytes, m.PGDataVolumeFree,
 		m.PGDataVolumeSize, m.SpoolBytes, m.Timeline, m.BackupRunning, m.Backups, m.BackupLastSuccess, m.BackupLastFailure,
-		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.RecoveryRanges, m.ArchiveGaps, m.WALServed,
+		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.RecoveryRanges, m.ArchiveGaps, m.ArchiveGapLast, m.WALServed,
 	)
 	for _, k := range []string{KindSegment, KindPartial, KindHistory, KindBackup} {
 		m.Uploads.WithLabelValues(k)

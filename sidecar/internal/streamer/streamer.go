@@ -368,7 +368,7 @@ func (s *Streamer) session(ctx context.Context) error {
 		// The server invalidated the slot (max_slot_wal_keep_size, or PostgreSQL 18's
 		// idle_replication_slot_timeout, which leaves restart_lsn set): the WAL it held is
 		// gone. Recreate it; the archive has a gap until the next base backup.
-		s.m.ArchiveGaps.Inc()
+		s.noteGap()
 		s.log.Error("the replication slot was invalidated by the server; WAL was lost before it was archived (the archive now has a hole); recreating the slot; take a new base backup",
 			"slot", s.cfg.Slot, "reason", reason,
 			"hint", "raise max_slot_wal_keep_size or idle_replication_slot_timeout (PostgreSQL 18), or keep the sidecar running")
@@ -454,7 +454,7 @@ func (s *Streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, info 
 			s.log.Info("filling the archive from before the slot's position", "timeline", tli, "from", want, "slot_restart", start)
 			return tli, want, nil
 		}
-		s.m.ArchiveGaps.Inc()
+		s.noteGap()
 		s.log.Error("the archive has a gap: the server no longer has the WAL the archive needs; take a new base backup",
 			"timeline", tli, "archive_end", want, "streaming_from", start)
 	}
@@ -655,6 +655,12 @@ func (s *Streamer) noteStorage(kind string, err error) {
 	}
 	s.storageUp = true
 	s.m.StorageUp.Set(1)
+}
+
+// noteGap counts WAL lost before it was archived: the archive has a hole from here.
+func (s *Streamer) noteGap() {
+	s.m.ArchiveGaps.Inc()
+	s.m.ArchiveGapLast.Set(float64(s.cfg.Now().Unix()))
 }
 
 func (s *Streamer) setStreaming(v bool) {

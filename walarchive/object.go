@@ -444,7 +444,8 @@ func DecodeObject(data []byte, name string) ([]byte, error) {
 // checksum, so that uncompressed objects are zstd files too and `zstd -t` checks them.
 type rawFrameWriter struct {
 	w       io.Writer
-	buf     []byte
+	buf     []byte // the block being filled
+	out     []byte // the encoded block, reused
 	sum     *xxhash.Digest
 	started bool
 }
@@ -474,7 +475,7 @@ func (r *rawFrameWriter) Write(p []byte) (int, error) {
 
 // flush writes the buffered bytes as one raw block, after the frame header on first use.
 func (r *rawFrameWriter) flush(last bool) error {
-	out := make([]byte, 0, 6+3+len(r.buf))
+	out := r.out[:0]
 	if !r.started {
 		// Magic, frame header descriptor (content checksum, no content size, no dictionary)
 		// and a window descriptor of 128 KiB (exponent 7).
@@ -487,7 +488,7 @@ func (r *rawFrameWriter) flush(last bool) error {
 	}
 	out = append(out, byte(bh), byte(bh>>8), byte(bh>>16))
 	out = append(out, r.buf...)
-	r.buf = r.buf[:0]
+	r.out, r.buf = out, r.buf[:0]
 	_, err := r.w.Write(out)
 	return err
 }

@@ -18,7 +18,7 @@ func newCatCmd(g *globalOptions) *cobra.Command {
 		Use:   "cat --storage URL [-o FILE] KEY",
 		Short: "Print an archive object's plain bytes (decrypted, decompressed, verified)",
 		Long: `cat prints the payload of the object stored under KEY (a key relative to the archive
-root, as 'ls' of a file archive or 'list' shows: backups/<ID>/backup.json,
+root, as a listing of the archive shows them: backups/<ID>/backup.json,
 backups/<ID>/base.tar, wal/00000001/000000010000000000000003, ...), decrypted with the
 archive's identity when it is encrypted and checked against the object's SHA-256 and length.
 

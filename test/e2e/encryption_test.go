@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -85,6 +86,39 @@ func TestEncryptedArchiveRestoresWithItsKeyAndFailsClosedWithout(t *testing.T) {
 	if out, _, code := harness.Kcbackup(t, ctx, withKey, "verify", "--storage", url); code != 0 {
 		t.Fatalf("verify with the key: %s", out)
 	}
+	checkObjectsWithStandardTools(t, root, keyFile)
+}
+
+// checkObjectsWithStandardTools runs `zstd -t` on every object under root, after
+// `age -d -i identityFile` when identityFile is given (identity.json is never encrypted).
+func checkObjectsWithStandardTools(t *testing.T, root, identityFile string) {
+	t.Helper()
+	requireRecoveryTools(t)
+	n := 0
+	err := filepath.Walk(root, func(p string, info os.FileInfo, err error) error {
+		if err != nil || info.IsDir() || strings.HasPrefix(info.Name(), ".kcbackup-tmp-") {
+			return err
+		}
+		shell := `zstd -q -t < "$1"`
+		if identityFile != "" && info.Name() != "identity.json" {
+			shell = `set -o pipefail; age -d -i "$2" "$1" | zstd -q -t`
+		}
+		if out, err := exec.Command("bash", "-c", shell, "check", p, identityFile).CombinedOutput(); err != nil {
+			if _, serr := os.Stat(p); os.IsNotExist(serr) {
+				return nil // a partial superseded by its complete segment meanwhile
+			}
+			t.Errorf("%s: %s: %v %s", p, shell, err, out)
+		}
+		n++
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n < 5 {
+		t.Fatalf("checked only %d objects under %s", n, root)
+	}
+	t.Logf("%d objects pass zstd -t (encrypted: %v)", n, identityFile != "")
 }
 
 func TestSidecarArchivesWithOnlyTheRecipientAndRestoresNeedTheIdentity(t *testing.T) {

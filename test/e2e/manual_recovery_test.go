@@ -207,6 +207,8 @@ func TestManualRecoveryWithStandardToolsFromAFileArchive(t *testing.T) {
 		t.Fatalf("manually restored to %s: %s rows; want %s", target, got, want)
 	}
 
+	checkObjectsWithStandardTools(t, root, "")
+
 	// The script's own checks: a changed checksum in the trailer (which zstd skips) fails
 	// with status 2, a missing object is status 1.
 	bad := t.TempDir()

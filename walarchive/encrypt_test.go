@@ -216,3 +216,23 @@ func TestParseKeysRejectsBadFilesWithoutEchoingThem(t *testing.T) {
 		}
 	}
 }
+
+func FuzzDecodeEncryptedObject(f *testing.F) {
+	k := testKey(5)
+	var b bytes.Buffer
+	ow, _ := NewObjectWriterKey(&b, CompressionZstd, k)
+	ow.Write([]byte("hello"))
+	ow.Close()
+	f.Add(b.Bytes())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		// Every failure is classified: corruption or a wrong key, never an error that
+		// could pass for the storage's; and nothing but an age file decodes with a key.
+		_, err := decode(data, k)
+		if err == nil && !bytes.HasPrefix(data, []byte(ageMagic)) {
+			t.Fatal("decoded an input that is not an age file with a key")
+		}
+		if err != nil && !errors.Is(err, ErrCorrupt) && !errors.Is(err, ErrWrongKey) {
+			t.Fatalf("error %v is neither corruption nor a wrong key", err)
+		}
+	})
+}

@@ -15,7 +15,7 @@ import (
 )
 
 // FormatVersion is the archive layout version this code writes and reads.
-const FormatVersion = 1
+const FormatVersion = 2
 
 // ErrNoIdentity is returned by OpenArchive when the storage holds no archive yet.
 var ErrNoIdentity = errors.New("no kcbackup archive here (identity.json is missing)")
@@ -35,8 +35,8 @@ type Identity struct {
 	PostgresVersion  int         `json:"postgresVersion"`
 	WALSegmentSize   uint64      `json:"walSegmentSize"`
 	Compression      Compression `json:"compression"`
-	// EncryptionKeyID is the fingerprint of the key the archive's objects are encrypted
-	// with (AES-256-GCM); empty when the archive is not encrypted.
+	// EncryptionKeyID names the age recipients (public keys, sorted, comma-separated) the
+	// archive's objects are encrypted to; empty when the archive is not encrypted.
 	EncryptionKeyID string    `json:"encryptionKeyID,omitempty"`
 	CreatedAt       time.Time `json:"createdAt"`
 }
@@ -87,15 +87,7 @@ func OpenArchive(ctx context.Context, st storage.Storage, key Key) (*Archive, er
 }
 
 func checkKey(id Identity, key Key) error {
-	switch {
-	case id.EncryptionKeyID == "" && key != nil:
-		return fmt.Errorf("this archive is not encrypted: do not give an encryption key (encryption is chosen when an archive is created): %w", ErrWrongKey)
-	case id.EncryptionKeyID != "" && key == nil:
-		return fmt.Errorf("this archive is encrypted (key ID %s): give its key with --encryption-key-file or KCBACKUP_ENCRYPTION_KEY_FILE: %w", id.EncryptionKeyID, ErrWrongKey)
-	case id.EncryptionKeyID != "" && key.ID() != id.EncryptionKeyID:
-		return fmt.Errorf("this archive is encrypted with key ID %s, not with the given key (%s): %w", id.EncryptionKeyID, key.ID(), ErrWrongKey)
-	}
-	return nil
+	return checkArchiveKey(id.EncryptionKeyID, key, false)
 }
 
 func readIdentity(ctx context.Context, st storage.Storage) (*Archive, error) {
@@ -123,9 +115,6 @@ func InitArchive(ctx context.Context, st storage.Storage, want Identity, key Key
 	want.FormatVersion = FormatVersion
 	want.EncryptionKeyID = ""
 	if key != nil {
-		if _, err := key.aead(); err != nil {
-			return nil, err
-		}
 		want.EncryptionKeyID = key.ID()
 	}
 	if want.Compression == "" {
@@ -157,7 +146,7 @@ func InitArchive(ctx context.Context, st storage.Storage, want Identity, key Key
 	case have.WALSegmentSize != want.WALSegmentSize:
 		return nil, fmt.Errorf("this archive holds %d-byte WAL segments, but the server uses %d-byte segments: %w", have.WALSegmentSize, want.WALSegmentSize, ErrIdentityMismatch)
 	}
-	if err := checkKey(have, key); err != nil {
+	if err := checkArchiveKey(have.EncryptionKeyID, key, true); err != nil {
 		return nil, err
 	}
 	a.Key = key
@@ -176,33 +165,36 @@ type PutResult struct {
 
 // PutImmutable stores an object that must never change once written (a complete segment,
 // a history file). Storing the same bytes again succeeds without writing; different bytes
-// fail with ErrConflict and the stored object is kept. r is read twice when the key exists.
+// fail with ErrConflict and the stored object is kept. The storage's PutIfAbsent decides
+// atomically, so of two racing writers one stores and the other compares. r is read twice
+// when the key exists.
 func (a *Archive) PutImmutable(ctx context.Context, key string, r io.ReadSeeker) (PutResult, error) {
-	_, err := a.Storage.Stat(ctx, key)
-	if err == nil {
-		ours, err := hashReader(r)
-		if err != nil {
-			return PutResult{}, fmt.Errorf("put %s: hash local copy: %w", key, err)
+	_, err := a.Storage.Stat(ctx, key) // saves an upload when it is there (a retry)
+	if errors.Is(err, storage.ErrNotFound) {
+		res, perr := putFramed(ctx, a.Storage.PutIfAbsent, key, r, a.Identity.Compression, a.Key)
+		if !errors.Is(perr, storage.ErrExists) {
+			return res, perr
 		}
-		theirs, err := a.objectSum(ctx, key)
-		if err != nil && !errors.Is(err, ErrCorrupt) {
-			return PutResult{}, fmt.Errorf("put %s: compare with stored copy: %w", key, err)
-		}
-		if err == nil && theirs == ours {
-			return PutResult{AlreadyStored: true}, nil
-		}
-		if err != nil {
-			return PutResult{}, fmt.Errorf("put %s: %w: the stored copy fails verification (%v); it is kept for inspection", key, ErrConflict, err)
-		}
-		return PutResult{}, fmt.Errorf("put %s: %w (stored SHA-256 %x, local %x); the stored object is kept", key, ErrConflict, theirs[:8], ours[:8])
+		err = nil
 	}
-	if !errors.Is(err, storage.ErrNotFound) {
+	if err != nil {
 		return PutResult{}, fmt.Errorf("put %s: %w", key, err)
 	}
-	if _, err := r.Seek(0, io.SeekStart); err != nil {
-		return PutResult{}, fmt.Errorf("put %s: rewind: %w", key, err)
+	ours, err := hashReader(r)
+	if err != nil {
+		return PutResult{}, fmt.Errorf("put %s: hash local copy: %w", key, err)
 	}
-	return a.Put(ctx, key, r)
+	theirs, err := a.objectSum(ctx, key)
+	if err != nil && !errors.Is(err, ErrCorrupt) {
+		return PutResult{}, fmt.Errorf("put %s: compare with stored copy: %w", key, err)
+	}
+	if err == nil && theirs == ours {
+		return PutResult{AlreadyStored: true}, nil
+	}
+	if err != nil {
+		return PutResult{}, fmt.Errorf("put %s: %w: the stored copy fails verification (%v); it is kept for inspection", key, ErrConflict, err)
+	}
+	return PutResult{}, fmt.Errorf("put %s: %w (stored SHA-256 %x, local %x); the stored object is kept", key, ErrConflict, theirs[:8], ours[:8])
 }
 
 // Put frames, compresses and stores the stream under key, replacing what was there.
@@ -213,25 +205,7 @@ func (a *Archive) Put(ctx context.Context, key string, r io.Reader) (PutResult, 
 // PutObject frames, compresses (and with a key, encrypts) and stores a stream of any length
 // under key in bounded memory.
 func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader, c Compression, k Key) (PutResult, error) {
-	pr, pw := Pipe(4 << 20)
-	var res PutResult
-	go func() {
-		ow, err := NewObjectWriterKey(pw, c, k)
-		if err == nil {
-			_, err = io.Copy(ow, r)
-			if cerr := ow.Close(); err == nil {
-				err = cerr
-			}
-			res.RawBytes, res.StoredBytes, res.SHA256 = ow.RawBytes(), ow.StoredBytes(), ow.Sum()
-		}
-		pw.CloseWithError(err)
-	}()
-	err := st.Put(ctx, key, pr)
-	pr.CloseWithError(errors.New("upload ended")) // unblock the encoder if Put returned early
-	if err != nil {
-		return PutResult{}, err
-	}
-	return res, nil
+	return putFramed(ctx, st.Put, key, r, c, k)
 }
 
 // Get verifies and copies the object's payload to w. Bytes reach w before verification

@@ -2,237 +2,207 @@ package walarchive
 
 import (
 	"bufio"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/binary"
-	"encoding/hex"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+
+	"filippo.io/age"
 )
 
-// Client-side encryption (optional, per archive). An encrypted object is
+// Client-side encryption (optional, per archive) is age (https://age-encryption.org/v1):
+// an encrypted object is an age file whose plaintext is the whole unencrypted object (the
+// zstd file with kcbackup's skippable frames), so
 //
-//	header (8 bytes, byte 6 = 1) | key ID (8) | nonce prefix (8) | sealed chunks
+//	age -d -i key.txt OBJECT | zstd -d
 //
-// where the sealed stream holds the compressed body and the trailer, cut into 64 KiB
-// chunks, each sealed with AES-256-GCM under nonce = prefix || chunk counter (4 bytes) and
-// additional data = the header, the key ID and whether the chunk is the last. Reordered,
-// dropped, truncated or appended chunks and a wrong key all fail to open: encryption fails
-// closed, with ErrWrongKey when the key ID differs and ErrCorrupt otherwise.
-const (
-	encChunk    = 64 << 10
-	encTagLen   = 16
-	encHeadLen  = 16
-	keyIDLen    = 8
-	encryptAESG = 1
-)
+// gives the original bytes. age draws a fresh random file key for every object and wraps
+// it for each X25519 recipient; the payload is ChaCha20-Poly1305 in 64 KiB chunks, each
+// authenticated with its position and whether it is the last, so reordered, dropped,
+// truncated, appended or altered bytes fail to decrypt. A sidecar that only archives needs
+// the recipients (public keys); reading an object needs an identity (private key).
+//
+// age authenticates the ciphertext against tampering but, with public-key recipients, not
+// who wrote it: whoever holds the recipient can write a valid object. The recipients are
+// public by design; write access to the storage is what keeps others from adding objects.
 
-// ErrWrongKey means an object or archive was encrypted with another key (or none is given).
+// ErrWrongKey means an object or archive was encrypted with other keys (or none is given),
+// or an object that must be encrypted is not.
 var ErrWrongKey = errors.New("wrong or missing encryption key")
 
-// Key is a 32-byte AES-256 key.
-type Key []byte
+// ageMagic starts every age file in its binary form.
+const ageMagic = "age-encryption.org/v1\n"
 
-// ID is the key's fingerprint: the first 8 bytes of its SHA-256 (safe to store and show).
-func (k Key) ID() string { return hex.EncodeToString(k.id()) }
+// Key is an archive's encryption keys; nil means the archive is not encrypted.
+type Key = *KeySet
 
-func (k Key) id() []byte {
-	s := sha256.Sum256(append([]byte("kcbackup key id\x00"), k...))
-	return s[:keyIDLen]
+// KeySet holds the age recipients objects are encrypted to and the identities that decrypt
+// them (none when this process only archives).
+type KeySet struct {
+	recipients []age.Recipient
+	names      []string // the recipients' public keys, sorted
+	identities []age.Identity
 }
 
-// LoadKeyFile reads a key: 32 raw bytes, or 64 hex digits, or base64 of 32 bytes.
-func LoadKeyFile(path string) (Key, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read encryption key file: %w", err)
+// ID names the key set as the archive's identity records it: the sorted recipients'
+// public keys, comma-separated (public keys are safe to store and show).
+func (k *KeySet) ID() string { return strings.Join(k.names, ",") }
+
+// CanDecrypt reports whether the set holds an identity, which reading objects needs.
+func (k *KeySet) CanDecrypt() bool { return len(k.identities) > 0 }
+
+// LoadKeyFiles builds the key set from an age identity file (AGE-SECRET-KEY-1... lines, as
+// written by age-keygen) and an age recipients file (age1... lines); either may be "".
+// Objects are encrypted to the recipients file's keys when it is given, else to the
+// identities' own public keys. "" for both means no encryption (nil, nil).
+func LoadKeyFiles(identityFile, recipientFile string) (Key, error) {
+	if identityFile == "" && recipientFile == "" {
+		return nil, nil
 	}
-	return ParseKey(b, path)
+	var ids, rcpts []byte
+	var err error
+	if identityFile != "" {
+		if ids, err = os.ReadFile(identityFile); err != nil {
+			return nil, fmt.Errorf("read encryption identity file: %w", err)
+		}
+	}
+	if recipientFile != "" {
+		if rcpts, err = os.ReadFile(recipientFile); err != nil {
+			return nil, fmt.Errorf("read encryption recipient file: %w", err)
+		}
+	}
+	return ParseKeys(ids, identityFile, rcpts, recipientFile)
 }
 
-// ParseKey parses key material; name is used in errors (never the key itself).
-func ParseKey(b []byte, name string) (Key, error) {
-	if len(b) == 32 {
-		return Key(b), nil
-	}
-	s := strings.TrimSpace(string(b))
-	if k, err := hex.DecodeString(s); err == nil && len(k) == 32 {
-		return Key(k), nil
-	}
-	if k, err := base64.StdEncoding.DecodeString(s); err == nil && len(k) == 32 {
-		return Key(k), nil
-	}
-	return nil, fmt.Errorf("invalid encryption key in %s: expected 32 random bytes, as raw bytes, 64 hex digits or base64 (e.g. head -c 32 /dev/urandom | base64)", name)
-}
-
-func (k Key) aead() (cipher.AEAD, error) {
-	if len(k) != 32 {
-		return nil, fmt.Errorf("invalid encryption key: %d bytes, expected 32", len(k))
-	}
-	block, err := aes.NewCipher(k)
-	if err != nil {
-		return nil, err
-	}
-	return cipher.NewGCM(block)
-}
-
-// sealWriter encrypts a stream in chunks.
-type sealWriter struct {
-	w      io.Writer
-	aead   cipher.AEAD
-	prefix [8]byte
-	ad     []byte
-	buf    []byte
-	n      uint32
-	out    []byte
-}
-
-func newSealWriter(w io.Writer, k Key, header []byte) (*sealWriter, error) {
-	a, err := k.aead()
-	if err != nil {
-		return nil, err
-	}
-	s := &sealWriter{w: w, aead: a, buf: make([]byte, 0, encChunk)}
-	if _, err := rand.Read(s.prefix[:]); err != nil {
-		return nil, err
-	}
-	head := append(k.id(), s.prefix[:]...)
-	s.ad = append(append([]byte(nil), header...), k.id()...)
-	if _, err := w.Write(head); err != nil {
-		return nil, err
-	}
-	return s, nil
-}
-
-func (s *sealWriter) nonce() []byte {
-	n := make([]byte, 12)
-	copy(n, s.prefix[:])
-	binary.BigEndian.PutUint32(n[8:], s.n)
-	return n
-}
-
-func (s *sealWriter) adFor(final bool) []byte {
-	f := byte(0)
-	if final {
-		f = 1
-	}
-	return append(append([]byte(nil), s.ad...), f)
-}
-
-func (s *sealWriter) Write(p []byte) (int, error) {
-	total := len(p)
-	for len(p) > 0 {
-		k := copy(s.buf[len(s.buf):cap(s.buf)], p)
-		s.buf = s.buf[:len(s.buf)+k]
-		p = p[k:]
-		if len(s.buf) == encChunk && len(p) > 0 {
-			if err := s.flush(false); err != nil {
-				return 0, err
+// ParseKeys parses age identities and recipients (either may be empty); the names are used
+// in errors, never the key material.
+func ParseKeys(identities []byte, identityName string, recipients []byte, recipientName string) (Key, error) {
+	k := &KeySet{}
+	if len(identities) > 0 {
+		ids, err := age.ParseIdentities(bytes.NewReader(identities))
+		if err != nil {
+			return nil, fmt.Errorf("invalid age identity file %s: expected AGE-SECRET-KEY-1... lines as written by age-keygen", identityName)
+		}
+		for _, id := range ids {
+			x, ok := id.(*age.X25519Identity)
+			if !ok {
+				return nil, fmt.Errorf("age identity file %s: only X25519 identities (AGE-SECRET-KEY-1...) are supported, which every age release reads", identityName)
+			}
+			k.identities = append(k.identities, x)
+			if len(recipients) == 0 {
+				k.addRecipient(x.Recipient())
 			}
 		}
 	}
-	return total, nil
-}
-
-func (s *sealWriter) flush(final bool) error {
-	if s.n == ^uint32(0) {
-		return errors.New("object too large to encrypt")
-	}
-	s.out = s.aead.Seal(s.out[:0], s.nonce(), s.buf, s.adFor(final))
-	s.n++
-	s.buf = s.buf[:0]
-	_, err := s.w.Write(s.out)
-	return err
-}
-
-// Close seals the last chunk (possibly empty).
-func (s *sealWriter) Close() error { return s.flush(true) }
-
-// openReader decrypts a stream written by sealWriter.
-type openReader struct {
-	r    *bufio.Reader
-	aead cipher.AEAD
-	pre  [8]byte
-	ad   []byte
-	n    uint32
-	buf  []byte
-	pos  int
-	done bool
-	name string
-	ct   []byte
-}
-
-func newOpenReader(r io.Reader, k Key, header []byte, name string) (*openReader, error) {
-	var head [encHeadLen]byte
-	if _, err := io.ReadFull(r, head[:]); err != nil {
-		return nil, fmt.Errorf("%s: %w: encryption header is truncated", name, ErrCorrupt)
-	}
-	if k == nil {
-		return nil, fmt.Errorf("%s is encrypted (key ID %x) and no key was given: %w", name, head[:keyIDLen], ErrWrongKey)
-	}
-	if string(head[:keyIDLen]) != string(k.id()) {
-		return nil, fmt.Errorf("%s is encrypted with key ID %x, not with the given key (%s): %w", name, head[:keyIDLen], k.ID(), ErrWrongKey)
-	}
-	a, err := k.aead()
-	if err != nil {
-		return nil, err
-	}
-	o := &openReader{r: bufio.NewReaderSize(r, encChunk+encTagLen+1), aead: a, name: name,
-		ad: append(append([]byte(nil), header...), k.id()...)}
-	copy(o.pre[:], head[keyIDLen:])
-	return o, nil
-}
-
-func (o *openReader) Read(p []byte) (int, error) {
-	for o.pos == len(o.buf) {
-		if o.done {
-			return 0, io.EOF
+	if len(recipients) > 0 {
+		rs, err := age.ParseRecipients(bytes.NewReader(recipients))
+		if err != nil {
+			return nil, fmt.Errorf("invalid age recipient file %s: expected age1... public keys, one a line", recipientName)
 		}
-		if err := o.next(); err != nil {
-			return 0, err
+		for _, r := range rs {
+			x, ok := r.(*age.X25519Recipient)
+			if !ok {
+				return nil, fmt.Errorf("age recipient file %s: only X25519 recipients (age1...) are supported, which every age release reads", recipientName)
+			}
+			k.addRecipient(x)
 		}
 	}
-	n := copy(p, o.buf[o.pos:])
-	o.pos += n
-	return n, nil
+	if len(k.recipients) == 0 {
+		return nil, errors.New("no age identity or recipient found in the encryption key files")
+	}
+	slices.Sort(k.names)
+	k.names = slices.Compact(k.names)
+	return k, nil
 }
 
-func (o *openReader) next() error {
-	if cap(o.ct) < encChunk+encTagLen {
-		o.ct = make([]byte, encChunk+encTagLen)
-	}
-	ct := o.ct[:encChunk+encTagLen]
-	n, err := io.ReadFull(o.r, ct)
-	if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		return err // the storage's error, not corruption
-	}
-	ct = ct[:n]
-	final := n < encChunk+encTagLen
-	if !final {
-		if _, perr := o.r.Peek(1); perr == io.EOF {
-			final = true
-		} else if perr != nil {
-			return perr
+func (k *KeySet) addRecipient(r *age.X25519Recipient) {
+	k.recipients = append(k.recipients, r)
+	k.names = append(k.names, r.String())
+}
+
+// decryptsFor reports whether one of the set's identities belongs to a recipient in names.
+func (k *KeySet) decryptsFor(names []string) bool {
+	for _, id := range k.identities {
+		if slices.Contains(names, id.(*age.X25519Identity).Recipient().String()) {
+			return true
 		}
 	}
-	nonce := make([]byte, 12)
-	copy(nonce, o.pre[:])
-	binary.BigEndian.PutUint32(nonce[8:], o.n)
-	f := byte(0)
-	if final {
-		f = 1
+	return false
+}
+
+// checkArchiveKey checks the configured key against the one an archive's identity records
+// (recorded: the archive's sorted recipients, or "" when it is not encrypted). A writer
+// must encrypt to exactly the archive's recipients; a reader needs an identity of one of
+// them, or the same recipients.
+func checkArchiveKey(recorded string, key Key, write bool) error {
+	switch {
+	case recorded == "" && key != nil:
+		return fmt.Errorf("this archive is not encrypted: do not give an encryption key (encryption is chosen when an archive is created): %w", ErrWrongKey)
+	case recorded != "" && key == nil:
+		return fmt.Errorf("this archive is encrypted (to age recipients %s): give its identity with --encryption-key-file or KCBACKUP_ENCRYPTION_KEY_FILE: %w", recorded, ErrWrongKey)
+	case recorded == "" || key.ID() == recorded:
+		return nil
+	case !write && key.decryptsFor(strings.Split(recorded, ",")):
+		return nil
 	}
-	pt, oerr := o.aead.Open(o.buf[:0], nonce, ct, append(append([]byte(nil), o.ad...), f))
-	if oerr != nil {
-		return fmt.Errorf("%s: %w: chunk %d fails authentication (truncated, altered or reordered)", o.name, ErrCorrupt, o.n)
+	return fmt.Errorf("this archive is encrypted to the age recipients %s, not to the given ones (%s): give the archive's identity file, and its recipient file if it has several recipients: %w", recorded, key.ID(), ErrWrongKey)
+}
+
+// encryptTo starts an age file on w encrypted to the key's recipients.
+func encryptTo(w io.Writer, k Key) (io.WriteCloser, error) {
+	return age.Encrypt(w, k.recipients...)
+}
+
+// openEncryption looks at the start of an object and, for an age file, starts decrypting
+// it. It fails closed: an age file without a key or identity, and a clear object when a
+// key is given, are refused with ErrWrongKey. src records storage errors, so that they are
+// never reported as corruption.
+func openEncryption(br *bufio.Reader, src *errRecorder, name string, k Key) (io.Reader, error) {
+	head, err := br.Peek(len(ageMagic))
+	if err != nil && src.err != nil {
+		return nil, fmt.Errorf("read %s: %w", name, src.err)
 	}
-	o.n++
-	o.buf, o.pos, o.done = pt, 0, final
-	return nil
+	encrypted := string(head) == ageMagic
+	switch {
+	case !encrypted && k == nil:
+		return br, nil
+	case !encrypted:
+		if bytes.HasPrefix(head, headerFramePrefix()) {
+			return nil, fmt.Errorf("%s is not encrypted, but this archive's objects must be: %w", name, ErrWrongKey)
+		}
+		return nil, fmt.Errorf("%s: %w: not an age-encrypted kcbackup object", name, ErrCorrupt)
+	case k == nil:
+		return nil, fmt.Errorf("%s is encrypted (age) and no key was given: %w", name, ErrWrongKey)
+	case !k.CanDecrypt():
+		return nil, fmt.Errorf("%s is encrypted, and only the archive's recipients (public keys) were given: reading needs the identity (--encryption-key-file): %w", name, ErrWrongKey)
+	}
+	r, err := age.Decrypt(br, k.identities...)
+	var noMatch *age.NoIdentityMatchError
+	switch {
+	case err == nil:
+		return r, nil
+	case src.err != nil:
+		return nil, fmt.Errorf("read %s: %w", name, src.err)
+	case errors.As(err, &noMatch):
+		return nil, fmt.Errorf("%s is encrypted to other age recipients than the given identity's: %w", name, ErrWrongKey)
+	}
+	return nil, fmt.Errorf("%s: %w: %v", name, ErrCorrupt, err)
+}
+
+// errRecorder passes reads through and keeps the first error other than io.EOF: the
+// storage's, which callers keep apart from corruption found in the bytes.
+type errRecorder struct {
+	r   io.Reader
+	err error
+}
+
+func (e *errRecorder) Read(p []byte) (int, error) {
+	n, err := e.r.Read(p)
+	if err != nil && err != io.EOF && e.err == nil {
+		e.err = err
+	}
+	return n, err
 }

@@ -1,6 +1,7 @@
 package walarchive
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -10,26 +11,46 @@ import (
 	"io"
 	"sync"
 
+	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
 )
 
-// Every object kcbackup stores is framed so that it can be verified on its own:
+// Every object kcbackup stores is a valid zstd file (RFC 8878) that `zstd -d` turns into
+// the original bytes, framed so that it can be verified on its own:
 //
-//	header  (8 bytes):  "KCBA" | format version (1) | compression (1) | 2 zero bytes
-//	body:               the payload, compressed as the header says
-//	trailer (44 bytes): SHA-256 of the uncompressed payload (32) | uncompressed length,
-//	                    big-endian uint64 (8) | "KCBE"
+//	header  (16 bytes): skippable frame 0x184D2A5B, size 8:
+//	                    "KCBA" | object format version (2) | compression (1) | 2 zero bytes
+//	body:               one zstd frame holding the payload: compressed, or for compression
+//	                    "none" stored as raw blocks, so the bytes are there as they are
+//	trailer (52 bytes): skippable frame 0x184D2A5E, size 44: SHA-256 of the payload (32) |
+//	                    payload length, big-endian uint64 (8) | "KCBE"
+//
+// zstd skips skippable frames, so plain tools read the body and ignore kcbackup's metadata.
+// Uncompressed objects use zstd's raw blocks (3 bytes of block header per 128 KiB) rather
+// than a sidecar object: the checksum stays in the object it covers, an object is still
+// written and replaced atomically as one key, and one tool (`zstd -d`) reads every object.
+// With encryption the whole file is then encrypted with age (see encrypt.go).
 //
 // The trailer is written last, so a truncated object has no valid trailer; a flipped bit
-// breaks either the compressed stream or the checksum. Either way reading fails with
+// breaks the header, the zstd stream or the checksum. Either way reading fails with
 // ErrCorrupt naming the object, and nothing unverified is trusted.
 const (
-	objectMagic      = "KCBA"
-	objectEndMagic   = "KCBE"
-	objectVersion    = 1
-	objectHeaderLen  = 8
-	objectTrailerLen = sha256.Size + 8 + 4
+	objectMagic       = "KCBA"
+	objectEndMagic    = "KCBE"
+	objectVersion     = 2
+	headerFrameMagic  = 0x184D2A5B
+	trailerFrameMagic = 0x184D2A5E
+	frameHeadLen      = 8 // skippable frame magic and size
+	objectHeaderLen   = frameHeadLen + 8
+	trailerDataLen    = sha256.Size + 8 + 4
+	objectTrailerLen  = frameHeadLen + trailerDataLen
 )
+
+// headerFramePrefix is how every unencrypted object starts: the header frame's magic and size.
+func headerFramePrefix() []byte {
+	b := binary.LittleEndian.AppendUint32(nil, headerFrameMagic)
+	return binary.LittleEndian.AppendUint32(b, objectHeaderLen-frameHeadLen)
+}
 
 // ErrCorrupt is returned (wrapped, with the object's name) when a stored object fails
 // verification: bad header, truncated, undecodable or checksum mismatch.
@@ -83,12 +104,12 @@ var (
 	}}
 )
 
-// ObjectWriter frames, compresses and checksums a payload written to it. Close writes the
-// trailer; it does not close the underlying writer.
+// ObjectWriter frames, compresses, checksums and (with a key) encrypts a payload written
+// to it. Close writes the trailer; it does not close the underlying writer.
 type ObjectWriter struct {
-	w      io.Writer
-	seal   *sealWriter
-	comp   io.Writer // w itself, or the zstd encoder writing to w
+	inner  io.Writer      // where the zstd file goes: cw, or the age encryption writing to cw
+	age    io.WriteCloser // nil when not encrypted
+	comp   io.WriteCloser // the zstd encoder or the raw-block writer, writing to inner
 	enc    *zstd.Encoder
 	sum    hash.Hash
 	n      uint64
@@ -101,7 +122,8 @@ func NewObjectWriter(w io.Writer, c Compression) (*ObjectWriter, error) {
 	return NewObjectWriterKey(w, c, nil)
 }
 
-// NewObjectWriterKey starts an object on w; with a key, the body and trailer are encrypted.
+// NewObjectWriterKey starts an object on w; with a key, the whole object is encrypted to
+// the key's recipients.
 func NewObjectWriterKey(w io.Writer, c Compression, key Key) (*ObjectWriter, error) {
 	code, err := c.code()
 	if err != nil {
@@ -109,25 +131,23 @@ func NewObjectWriterKey(w io.Writer, c Compression, key Key) (*ObjectWriter, err
 	}
 	ow := &ObjectWriter{sum: sha256.New()}
 	ow.cw = countingWriter{w: w}
-	ow.w = &ow.cw
-	header := []byte{objectMagic[0], objectMagic[1], objectMagic[2], objectMagic[3], objectVersion, code, 0, 0}
+	ow.inner = &ow.cw
 	if key != nil {
-		header[6] = encryptAESG
-	}
-	if _, err := ow.w.Write(header); err != nil {
-		return nil, fmt.Errorf("write object header: %w", err)
-	}
-	if key != nil {
-		if ow.seal, err = newSealWriter(&ow.cw, key, header); err != nil {
+		if ow.age, err = encryptTo(&ow.cw, key); err != nil {
 			return nil, fmt.Errorf("start encryption: %w", err)
 		}
-		ow.w = ow.seal
+		ow.inner = ow.age
 	}
-	ow.comp = ow.w
+	header := append(headerFramePrefix(), objectMagic[0], objectMagic[1], objectMagic[2], objectMagic[3], objectVersion, code, 0, 0)
+	if _, err := ow.inner.Write(header); err != nil {
+		return nil, fmt.Errorf("write object header: %w", err)
+	}
 	if c == CompressionZstd {
 		ow.enc = encoderPool.Get().(*zstd.Encoder)
-		ow.enc.Reset(ow.w)
+		ow.enc.Reset(ow.inner)
 		ow.comp = ow.enc
+	} else {
+		ow.comp = newRawFrameWriter(ow.inner)
 	}
 	return ow, nil
 }
@@ -143,30 +163,32 @@ func (ow *ObjectWriter) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// Close flushes the compressed stream and writes the trailer.
+// Close ends the zstd frame, writes the trailer and ends the encryption.
 func (ow *ObjectWriter) Close() error {
 	if ow.closed {
 		return nil
 	}
 	ow.closed = true
+	err := ow.comp.Close()
 	if ow.enc != nil {
-		err := ow.enc.Close()
 		ow.enc.Reset(nil)
 		encoderPool.Put(ow.enc)
 		ow.enc = nil
-		if err != nil {
-			return fmt.Errorf("finish zstd stream: %w", err)
-		}
+	}
+	if err != nil {
+		return fmt.Errorf("finish zstd frame: %w", err)
 	}
 	trailer := make([]byte, 0, objectTrailerLen)
+	trailer = binary.LittleEndian.AppendUint32(trailer, trailerFrameMagic)
+	trailer = binary.LittleEndian.AppendUint32(trailer, trailerDataLen)
 	trailer = ow.sum.Sum(trailer)
 	trailer = binary.BigEndian.AppendUint64(trailer, ow.n)
 	trailer = append(trailer, objectEndMagic...)
-	if _, err := ow.w.Write(trailer); err != nil {
+	if _, err := ow.inner.Write(trailer); err != nil {
 		return fmt.Errorf("write object trailer: %w", err)
 	}
-	if ow.seal != nil {
-		if err := ow.seal.Close(); err != nil {
+	if ow.age != nil {
+		if err := ow.age.Close(); err != nil {
 			return fmt.Errorf("finish encryption: %w", err)
 		}
 	}
@@ -199,12 +221,12 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 
 // ObjectReader reads and verifies an object written by ObjectWriter. Read returns the
 // payload; the final Read returns io.EOF only when the trailer's length and checksum match,
-// and an error wrapping ErrCorrupt otherwise. A caller must not trust the bytes before it
-// has seen io.EOF.
+// and an error wrapping ErrCorrupt otherwise. A storage error is returned as it is, never
+// as corruption. A caller must not trust the bytes before it has seen io.EOF.
 type ObjectReader struct {
 	name  string
+	src   *errRecorder // the stored bytes, with the storage's first error
 	split *trailerSplitter
-	body  io.Reader
 	dec   *zstd.Decoder
 	sum   hash.Hash
 	n     uint64
@@ -217,51 +239,62 @@ func NewObjectReader(r io.Reader, name string) (*ObjectReader, error) {
 }
 
 // NewObjectReaderKey starts reading an object with a key. It fails closed: an encrypted
-// object without the right key, and an unencrypted object when a key is given, are refused
-// with ErrWrongKey.
+// object without the right identity, and an unencrypted object when a key is given, are
+// refused with ErrWrongKey.
 func NewObjectReaderKey(r io.Reader, name string, key Key) (*ObjectReader, error) {
+	src := &errRecorder{r: r}
+	plain, err := openEncryption(bufio.NewReaderSize(src, 64<<10), src, name, key)
+	if err != nil {
+		return nil, err
+	}
 	var hdr [objectHeaderLen]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	if _, err := io.ReadFull(plain, hdr[:]); err != nil {
+		if src.err != nil {
+			return nil, fmt.Errorf("read %s: %w", name, src.err)
+		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 			return nil, fmt.Errorf("%s: %w: shorter than the %d-byte header", name, ErrCorrupt, objectHeaderLen)
 		}
-		return nil, fmt.Errorf("read %s: %w", name, err)
+		return nil, fmt.Errorf("%s: %w: %v", name, ErrCorrupt, err)
 	}
-	if string(hdr[:4]) != objectMagic {
-		return nil, fmt.Errorf("%s: %w: not a kcbackup object (bad magic)", name, ErrCorrupt)
+	if err := checkHeader(hdr[:], name); err != nil {
+		return nil, err
 	}
-	if hdr[4] != objectVersion {
-		return nil, fmt.Errorf("%s: unsupported object format version %d (this kcbackup reads version %d)", name, hdr[4], objectVersion)
-	}
-	switch hdr[6] {
-	case 0:
-		if key != nil {
-			return nil, fmt.Errorf("%s is not encrypted, but this archive's objects must be: %w", name, ErrWrongKey)
-		}
-	case encryptAESG:
-		dr, err := newOpenReader(r, key, hdr[:], name)
-		if err != nil {
-			return nil, err
-		}
-		r = dr
-	default:
-		return nil, fmt.Errorf("%s: %w: unknown encryption code %d", name, ErrCorrupt, hdr[6])
-	}
-	or := &ObjectReader{name: name, split: newTrailerSplitter(r), sum: sha256.New()}
-	switch hdr[5] {
-	case 0:
-		or.body = or.split
-	case 1:
-		or.dec = decoderPool.Get().(*zstd.Decoder)
-		if err := or.dec.Reset(or.split); err != nil {
-			or.Close()
-			return nil, fmt.Errorf("%s: %w: %v", name, ErrCorrupt, err)
-		}
-		or.body = or.dec
-	default:
-		return nil, fmt.Errorf("%s: %w: unknown compression code %d", name, ErrCorrupt, hdr[5])
+	or := &ObjectReader{name: name, src: src, split: newTrailerSplitter(plain), sum: sha256.New()}
+	or.dec = decoderPool.Get().(*zstd.Decoder)
+	if err := or.dec.Reset(or.split); err != nil {
+		or.Close()
+		return nil, or.readError(err)
 	}
 	return or, nil
+}
+
+// checkHeader checks the header frame: magic, size, object format version, compression.
+func checkHeader(hdr []byte, name string) error {
+	if string(hdr[:4]) == objectMagic {
+		return fmt.Errorf("%s: object format version %d, written by an earlier kcbackup, is not supported (this kcbackup reads version %d; there are no archives of that format to migrate): %w", name, hdr[4], objectVersion, ErrCorrupt)
+	}
+	if !bytes.Equal(hdr[:frameHeadLen], headerFramePrefix()) || string(hdr[frameHeadLen:frameHeadLen+4]) != objectMagic {
+		return fmt.Errorf("%s: %w: not a kcbackup object (bad header frame)", name, ErrCorrupt)
+	}
+	if v := hdr[frameHeadLen+4]; v != objectVersion {
+		return fmt.Errorf("%s: unsupported object format version %d (this kcbackup reads version %d): %w", name, v, objectVersion, ErrCorrupt)
+	}
+	if c := hdr[frameHeadLen+5]; c > 1 {
+		return fmt.Errorf("%s: %w: unknown compression code %d", name, ErrCorrupt, c)
+	}
+	if hdr[frameHeadLen+6] != 0 || hdr[frameHeadLen+7] != 0 {
+		return fmt.Errorf("%s: %w: reserved header bytes are not zero", name, ErrCorrupt)
+	}
+	return nil
+}
+
+// readError tells a storage error (returned as it is) from corruption.
+func (or *ObjectReader) readError(err error) error {
+	if or.src.err != nil {
+		return fmt.Errorf("read %s: %w", or.name, or.src.err)
+	}
+	return fmt.Errorf("%s: %w: %v", or.name, ErrCorrupt, err)
 }
 
 // Read implements io.Reader.
@@ -269,7 +302,7 @@ func (or *ObjectReader) Read(p []byte) (int, error) {
 	if or.err != nil {
 		return 0, or.err
 	}
-	n, err := or.body.Read(p)
+	n, err := or.dec.Read(p)
 	or.sum.Write(p[:n])
 	or.n += uint64(n)
 	if err == io.EOF {
@@ -278,11 +311,7 @@ func (or *ObjectReader) Read(p []byte) (int, error) {
 			err = io.EOF
 		}
 	} else if err != nil {
-		if or.split.err != nil {
-			err = or.split.err // an error from the storage, not corruption
-		} else {
-			err = fmt.Errorf("%s: %w: %v", or.name, ErrCorrupt, err)
-		}
+		err = or.readError(err)
 	}
 	if err != nil {
 		or.err = err
@@ -291,25 +320,28 @@ func (or *ObjectReader) Read(p []byte) (int, error) {
 }
 
 func (or *ObjectReader) verify() error {
-	// The body reader stops at the end of the compressed stream; the splitter must be at
-	// its end too, or bytes were appended.
+	// The decoder stops at the end of the zstd stream; the splitter must be at its end
+	// too, or bytes were appended.
 	if _, err := io.Copy(io.Discard, or.split); err != nil {
-		return or.fail("%v", err)
-	}
-	if or.split.err != nil {
-		return or.split.err
+		return or.readError(err)
 	}
 	t := or.split.trailer
-	if len(t) != objectTrailerLen || string(t[objectTrailerLen-4:]) != objectEndMagic {
+	if len(t) != objectTrailerLen || !bytes.Equal(t[:frameHeadLen], trailerFramePrefix()) || string(t[objectTrailerLen-4:]) != objectEndMagic {
 		return or.fail("truncated: missing trailer")
 	}
-	if n := binary.BigEndian.Uint64(t[32:40]); n != or.n {
+	d := t[frameHeadLen:]
+	if n := binary.BigEndian.Uint64(d[32:40]); n != or.n {
 		return or.fail("length %d does not match the recorded %d bytes", or.n, n)
 	}
-	if !bytes.Equal(or.sum.Sum(nil), t[:32]) {
+	if !bytes.Equal(or.sum.Sum(nil), d[:32]) {
 		return or.fail("SHA-256 checksum mismatch")
 	}
 	return nil
+}
+
+func trailerFramePrefix() []byte {
+	b := binary.LittleEndian.AppendUint32(nil, trailerFrameMagic)
+	return binary.LittleEndian.AppendUint32(b, trailerDataLen)
 }
 
 func (or *ObjectReader) fail(format string, args ...any) error {
@@ -342,7 +374,7 @@ type trailerSplitter struct {
 	end     int
 	eof     bool
 	trailer []byte
-	err     error // a read error of the underlying stream (storage), kept apart from corruption
+	err     error // a read error of the underlying stream (storage or decryption)
 }
 
 func newTrailerSplitter(r io.Reader) *trailerSplitter {
@@ -406,4 +438,66 @@ func DecodeObject(data []byte, name string) ([]byte, error) {
 	}
 	defer or.Close()
 	return io.ReadAll(or)
+}
+
+// rawFrameWriter writes its input as one zstd frame of raw (stored) blocks with a content
+// checksum, so that uncompressed objects are zstd files too and `zstd -t` checks them.
+type rawFrameWriter struct {
+	w       io.Writer
+	buf     []byte // the block being filled
+	out     []byte // the encoded block, reused
+	sum     *xxhash.Digest
+	started bool
+}
+
+// rawBlockMax is the largest zstd block, and the frame's window size.
+const rawBlockMax = 128 << 10
+
+func newRawFrameWriter(w io.Writer) *rawFrameWriter {
+	return &rawFrameWriter{w: w, buf: make([]byte, 0, rawBlockMax), sum: xxhash.New()}
+}
+
+func (r *rawFrameWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		if len(r.buf) == rawBlockMax {
+			if err := r.flush(false); err != nil {
+				return total - len(p), err
+			}
+		}
+		n := copy(r.buf[len(r.buf):rawBlockMax], p)
+		r.buf = r.buf[:len(r.buf)+n]
+		r.sum.Write(p[:n])
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// flush writes the buffered bytes as one raw block, after the frame header on first use.
+func (r *rawFrameWriter) flush(last bool) error {
+	out := r.out[:0]
+	if !r.started {
+		// Magic, frame header descriptor (content checksum, no content size, no dictionary)
+		// and a window descriptor of 128 KiB (exponent 7).
+		out = append(out, 0x28, 0xB5, 0x2F, 0xFD, 0x04, 7<<3)
+		r.started = true
+	}
+	bh := uint32(len(r.buf)) << 3 // block type 0: raw
+	if last {
+		bh |= 1
+	}
+	out = append(out, byte(bh), byte(bh>>8), byte(bh>>16))
+	out = append(out, r.buf...)
+	r.out, r.buf = out, r.buf[:0]
+	_, err := r.w.Write(out)
+	return err
+}
+
+// Close writes the last block and the content checksum (the low 32 bits of XXH64).
+func (r *rawFrameWriter) Close() error {
+	if err := r.flush(true); err != nil {
+		return err
+	}
+	_, err := r.w.Write(binary.LittleEndian.AppendUint32(nil, uint32(r.sum.Sum64())))
+	return err
 }

@@ -5,6 +5,9 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -78,6 +81,84 @@ func TestObjectReaderKeepsStorageErrorsApartFromCorruption(t *testing.T) {
 	_, err = io.ReadAll(or)
 	if !errors.Is(err, storageErr) || errors.Is(err, ErrCorrupt) {
 		t.Fatalf("err = %v; want the storage error, not corruption", err)
+	}
+}
+
+func TestObjectReaderKeepsStorageErrorsApartFromDecryptionFailures(t *testing.T) {
+	enc := encode(t, bytes.Repeat([]byte("y"), 1<<20), CompressionZstd, testKey(3))
+	storageErr := errors.New("connection reset")
+	for _, cut := range []int{10, len(enc) / 2} { // inside the age header, inside the payload
+		or, err := NewObjectReaderKey(&errAfterReader{r: bytes.NewReader(enc[:cut]), err: storageErr}, "obj", testKey(3))
+		if err == nil {
+			_, err = io.ReadAll(or)
+		}
+		if !errors.Is(err, storageErr) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) {
+			t.Fatalf("cut at %d: err = %v; want the storage error, not corruption", cut, err)
+		}
+	}
+}
+
+func TestObjectOfAnEarlierFormatIsRefusedClearly(t *testing.T) {
+	v1 := append([]byte("KCBA\x01\x01\x00\x00"), make([]byte, 60)...)
+	_, err := DecodeObject(v1, "wal/old")
+	if err == nil || !strings.Contains(err.Error(), "format version 1") || !strings.Contains(err.Error(), "wal/old") {
+		t.Fatalf("err = %v; want a refusal naming the object and its format version", err)
+	}
+}
+
+// requireTool returns the path of a command-line tool; missing, the test skips, or fails
+// under CI=true.
+func requireTool(t *testing.T, name, debianPackage string) string {
+	t.Helper()
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s is missing: apt-get install -y %s", name, debianPackage)
+	}
+	t.Skipf("%s is missing (apt-get install -y %s)", name, debianPackage)
+	return ""
+}
+
+func TestObjectsAreZstdAndAgeFilesThatPlainToolsRead(t *testing.T) {
+	zstdBin := requireTool(t, "zstd", "zstd")
+	ageBin := requireTool(t, "age", "age")
+	dir := t.TempDir()
+	identity := testAgeIdentity(t, 4)
+	idFile := filepath.Join(dir, "key.txt")
+	os.WriteFile(idFile, []byte(identity.String()+"\n"), 0o600)
+	big := make([]byte, 1<<20+77)
+	rand.Read(big[:1<<19])
+	for _, c := range []Compression{CompressionNone, CompressionZstd} {
+		for _, payload := range [][]byte{nil, []byte("x"), big} {
+			for _, k := range []Key{nil, testKey(4)} {
+				obj := filepath.Join(dir, "obj")
+				os.WriteFile(obj, encode(t, payload, c, k), 0o600)
+				zsrc := obj
+				if k != nil {
+					zsrc = filepath.Join(dir, "obj.zst")
+					if out, err := exec.Command(ageBin, "-d", "-i", idFile, "-o", zsrc, obj).CombinedOutput(); err != nil {
+						t.Fatalf("%s, %d bytes: age -d: %v: %s", c, len(payload), err, out)
+					}
+				}
+				if out, err := exec.Command(zstdBin, "-q", "-t", zsrc).CombinedOutput(); err != nil {
+					t.Fatalf("%s, %d bytes, encrypted %v: zstd -t: %v: %s", c, len(payload), k != nil, err, out)
+				}
+				got, err := exec.Command(zstdBin, "-q", "-d", "-c", zsrc).Output()
+				if err != nil || !bytes.Equal(got, payload) {
+					t.Fatalf("%s, %d bytes, encrypted %v: zstd -d gave %d bytes (%v); want the payload", c, len(payload), k != nil, len(got), err)
+				}
+			}
+		}
+	}
+	// zstd -t notices a flipped byte inside an uncompressed object too (content checksum).
+	enc, _ := EncodeObject(bytes.Repeat([]byte("z"), 5000), CompressionNone)
+	enc[objectHeaderLen+100] ^= 1
+	obj := filepath.Join(dir, "bad")
+	os.WriteFile(obj, enc, 0o600)
+	if err := exec.Command(zstdBin, "-q", "-t", obj).Run(); err == nil {
+		t.Fatal("zstd -t accepted an uncompressed object with a flipped byte")
 	}
 }
 

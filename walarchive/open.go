@@ -15,7 +15,7 @@ import (
 )
 
 // StorageURLForms lists the storage URLs OpenStorage accepts, for error messages and help.
-const StorageURLForms = "file:///absolute/path or s3://bucket[/prefix][?region=R&endpoint=URL&force-path-style=true&ca-file=/path]"
+const StorageURLForms = "file:///absolute/path or s3://bucket[/prefix][?region=R&endpoint=URL&force-path-style=true&ca-file=/path&checksums=when-required|when-supported]"
 
 // StorageLocation is a parsed storage URL.
 type StorageLocation struct {
@@ -32,9 +32,9 @@ type StorageLocation struct {
 //
 //   - file:///abs/path: a directory, typically a persistent volume.
 //   - s3://bucket/prefix: an S3 bucket. Query parameters region, endpoint,
-//     force-path-style and ca-file override the environment variables AWS_REGION,
-//     AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), KCBACKUP_S3_FORCE_PATH_STYLE and
-//     KCBACKUP_S3_CA_FILE. Credentials always come from the AWS chain (environment,
+//     force-path-style, ca-file and checksums override the environment variables
+//     AWS_REGION, AWS_ENDPOINT_URL_S3 (or AWS_ENDPOINT_URL), KCBACKUP_S3_FORCE_PATH_STYLE,
+//     KCBACKUP_S3_CA_FILE and KCBACKUP_S3_CHECKSUMS. Credentials always come from the AWS chain (environment,
 //     files, web identity), never from the URL.
 func ParseStorageURL(raw string, getenv func(string) string) (StorageLocation, error) {
 	if getenv == nil {
@@ -75,6 +75,8 @@ func ParseStorageURL(raw string, getenv func(string) string) (StorageLocation, e
 			Region:   getenv("AWS_REGION"),
 			Endpoint: getenv("AWS_ENDPOINT_URL_S3"),
 			CABundle: getenv("KCBACKUP_S3_CA_FILE"),
+			// Checksums: see s3.Config.Checksums (default: when-required outside AWS).
+			Checksums: getenv("KCBACKUP_S3_CHECKSUMS"),
 		}
 		if cfg.Endpoint == "" {
 			cfg.Endpoint = getenv("AWS_ENDPOINT_URL")
@@ -95,6 +97,8 @@ func ParseStorageURL(raw string, getenv func(string) string) (StorageLocation, e
 				cfg.Endpoint = q.Get(k)
 			case "ca-file":
 				cfg.CABundle = q.Get(k)
+			case "checksums":
+				cfg.Checksums = q.Get(k)
 			case "force-path-style":
 				b, err := strconv.ParseBool(q.Get(k))
 				if err != nil {
@@ -102,7 +106,7 @@ func ParseStorageURL(raw string, getenv func(string) string) (StorageLocation, e
 				}
 				cfg.ForcePathStyle = b
 			default:
-				return bad(fmt.Sprintf("unknown query parameter %q (known: region, endpoint, force-path-style, ca-file)", k))
+				return bad(fmt.Sprintf("unknown query parameter %q (known: region, endpoint, force-path-style, ca-file, checksums)", k))
 			}
 		}
 		if err := cfg.Validate(); err != nil {

@@ -1,9 +1,35 @@
 package walarchive
 
 import (
+	"context"
+	"errors"
 	"io"
 	"sync"
 )
+
+// putFramed frames, compresses (and with a key, encrypts) r while put stores the result,
+// in bounded memory.
+func putFramed(ctx context.Context, put func(context.Context, string, io.Reader) error, key string, r io.Reader, c Compression, k Key) (PutResult, error) {
+	pr, pw := Pipe(4 << 20)
+	var res PutResult
+	go func() {
+		ow, err := NewObjectWriterKey(pw, c, k)
+		if err == nil {
+			_, err = io.Copy(ow, r)
+			if cerr := ow.Close(); err == nil {
+				err = cerr
+			}
+			res.RawBytes, res.StoredBytes, res.SHA256 = ow.RawBytes(), ow.StoredBytes(), ow.Sum()
+		}
+		pw.CloseWithError(err)
+	}()
+	err := put(ctx, key, pr)
+	pr.CloseWithError(errors.New("upload ended")) // unblock the encoder if put returned early
+	if err != nil {
+		return PutResult{}, err
+	}
+	return res, nil
+}
 
 // Pipe is like io.Pipe with a bounded buffer: the writer goes on while the reader works on
 // earlier bytes, so receiving, compressing and uploading overlap instead of taking turns,

@@ -25,6 +25,10 @@ func IsPermanent(err error) bool {
 	return errors.Is(err, ErrPermission) || errors.Is(err, fs.ErrPermission)
 }
 
+// ErrExists is returned (wrapped) by PutIfAbsent when an object is already stored under
+// the key. Test for it with errors.Is.
+var ErrExists = errors.New("an object already exists under this key")
+
 // ObjectInfo describes one stored object.
 type ObjectInfo struct {
 	// Key is the object's key relative to the storage's root (no leading slash).
@@ -43,6 +47,10 @@ type ObjectInfo struct {
 //   - Put stores the whole stream under key, or nothing: a reader never sees a partial
 //     object, and a Put that fails or whose context is cancelled leaves no new object
 //     visible (an object already under key stays as it was). Put replaces an existing object.
+//   - PutIfAbsent is Put that stores only when no object exists under key, decided
+//     atomically by the backend (not by a Stat before the Put): of two concurrent calls
+//     for one key exactly one succeeds, the other returns ErrExists (wrapped), and the
+//     stored object is the winner's, whole. An existing object is never changed.
 //   - Get returns ErrNotFound (wrapped) when key does not exist. The caller closes the reader.
 //   - Stat returns ErrNotFound (wrapped) when key does not exist.
 //   - List returns every object whose key starts with prefix, sorted by key, with no
@@ -50,6 +58,7 @@ type ObjectInfo struct {
 //   - Delete of a missing key succeeds.
 type Storage interface {
 	Put(ctx context.Context, key string, r io.Reader) error
+	PutIfAbsent(ctx context.Context, key string, r io.Reader) error
 	Get(ctx context.Context, key string) (io.ReadCloser, error)
 	Stat(ctx context.Context, key string) (ObjectInfo, error)
 	List(ctx context.Context, prefix string) ([]ObjectInfo, error)

@@ -1,5 +1,5 @@
 // Package cli builds the kcbackup command line: the `run` daemon and the one-shot
-// commands (wal-fetch, backup, list, restore, verify, prune). Every flag can also be set
+// commands (wal-fetch, backup, list, restore, verify, prune, cat). Every flag can also be set
 // with an environment variable KCBACKUP_<FLAG> (dashes become underscores); a flag given on
 // the command line wins. Secrets are never flags.
 package cli
@@ -57,6 +57,7 @@ type globalOptions struct {
 	logLevel  string
 	logFormat string
 	keyFile   string
+	rcptFile  string
 	stdout    io.Writer
 	stderr    io.Writer
 }
@@ -83,7 +84,8 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
-	root.PersistentFlags().StringVar(&g.keyFile, "encryption-key-file", "", "file with the archive's 32-byte AES-256 key (raw, hex or base64): encrypts a new archive, required for an encrypted one")
+	root.PersistentFlags().StringVar(&g.keyFile, "encryption-key-file", "", "age identity file (AGE-SECRET-KEY-1..., from age-keygen): encrypts a new archive to its public key, and is required to read an encrypted one")
+	root.PersistentFlags().StringVar(&g.rcptFile, "encryption-recipient-file", "", "age recipients file (age1... public keys, one a line): the keys objects are encrypted to; alone, it lets this process archive without being able to read (no restores; restarting over a stored partial needs the identity)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
 		return bindEnv(cmd)
 	}
@@ -95,6 +97,7 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 		newRestoreCmd(g),
 		newVerifyCmd(g),
 		newPruneCmd(g),
+		newCatCmd(g),
 	)
 	return root
 }
@@ -122,12 +125,9 @@ func bindEnv(cmd *cobra.Command) error {
 
 // key loads the encryption key, if one is configured.
 func (g *globalOptions) key() (walarchive.Key, error) {
-	if g.keyFile == "" {
-		return nil, nil
-	}
-	k, err := walarchive.LoadKeyFile(g.keyFile)
+	k, err := walarchive.LoadKeyFiles(g.keyFile, g.rcptFile)
 	if err != nil {
-		return nil, fmt.Errorf("--encryption-key-file: %w", err)
+		return nil, fmt.Errorf("--encryption-key-file/--encryption-recipient-file: %w", err)
 	}
 	return k, nil
 }

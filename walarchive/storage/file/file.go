@@ -58,7 +58,18 @@ func (s *Store) path(key string) (string, error) {
 
 // Put writes the stream to a temp file beside the target, fsyncs it, renames it into place
 // and fsyncs the directory, so the object is either wholly there and durable or not there.
-func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
+func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, os.Rename)
+}
+
+// PutIfAbsent is Put whose final step moves the temp file into place only when no file
+// has the name: renameat2(RENAME_NOREPLACE), or link(2) where the file system lacks it. The
+// kernel decides atomically, so of two racing writers exactly one wins.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, renameNoReplace)
+}
+
+func (s *Store) put(ctx context.Context, key string, r io.Reader, move func(tmp, p string) error) (err error) {
 	p, err := s.path(key)
 	if err != nil {
 		return err
@@ -92,8 +103,10 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) (err error) {
 	if err = ctx.Err(); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
-	if err = os.Rename(tmp, p); err != nil {
-		return fmt.Errorf("put %s: rename into place: %w", key, err)
+	if err = move(tmp, p); errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("put %s: %w", key, storage.ErrExists)
+	} else if err != nil {
+		return fmt.Errorf("put %s: move into place: %w", key, err)
 	}
 	if err = syncDir(dir); err != nil {
 		return fmt.Errorf("put %s: fsync directory: %w", key, err)

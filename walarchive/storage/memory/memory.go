@@ -42,6 +42,15 @@ func (s *Store) SetFailPuts(err error) {
 
 // Put reads the whole stream, then stores it.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, false)
+}
+
+// PutIfAbsent reads the whole stream, then stores it unless the key exists by then.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, true)
+}
+
+func (s *Store) put(ctx context.Context, key string, r io.Reader, ifAbsent bool) error {
 	if err := storage.ValidateKey(key); err != nil {
 		return err
 	}
@@ -67,6 +76,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
 	defer s.mu.Unlock()
 	if s.failPuts != nil {
 		return fmt.Errorf("put %s: %w", key, s.failPuts)
+	}
+	if _, exists := s.objects[key]; exists && ifAbsent {
+		return fmt.Errorf("put %s: %w", key, storage.ErrExists)
 	}
 	s.objects[key] = object{data: b.Bytes(), modTime: time.Now()}
 	return nil

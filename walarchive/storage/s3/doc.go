@@ -3,8 +3,10 @@
 //
 // It owns the mapping between the archive's flat keys and objects under one bucket prefix,
 // the atomic upload of streams of unknown length (a single PutObject for small streams, a
-// multipart upload that is always aborted on failure for large ones), and the translation
-// of S3 "no such key" answers into storage.ErrNotFound.
+// multipart upload that is always aborted on failure for large ones), conditional creation
+// with If-None-Match: * (PutIfAbsent), the choice of the SDK's request checksums
+// (Config.Checksums: only when required outside AWS), and the translation of S3 "no such
+// key" and "precondition failed" answers into storage.ErrNotFound and storage.ErrExists.
 //
 // Credentials and region come from the standard AWS chain (environment variables, shared
 // config files, web identity); they are never part of Config and never appear in errors.

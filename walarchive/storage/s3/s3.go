@@ -65,6 +65,16 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if cfg.Region != "" {
 		opts = append(opts, config.WithRegion(cfg.Region))
 	}
+	switch cfg.checksumMode() {
+	case ChecksumsWhenRequired:
+		opts = append(opts,
+			config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenRequired),
+			config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenRequired))
+	case ChecksumsWhenSupported:
+		opts = append(opts,
+			config.WithRequestChecksumCalculation(aws.RequestChecksumCalculationWhenSupported),
+			config.WithResponseChecksumValidation(aws.ResponseChecksumValidationWhenSupported))
+	}
 	awsCfg, err := config.LoadDefaultConfig(ctx, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("s3 bucket %s: load AWS configuration: %w", cfg.Bucket, err)

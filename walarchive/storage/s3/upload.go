@@ -6,13 +6,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"sync"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/aws/aws-sdk-go-v2/service/s3/types"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
 
 // Put stores the stream r under key, replacing any object already there, or stores nothing.
@@ -25,6 +29,19 @@ import (
 // detached from the caller's, so that cancellation does not prevent the cleanup) and no
 // parts are left behind.
 func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, false)
+}
+
+// PutIfAbsent is Put with If-None-Match: * on the PutObject or CompleteMultipartUpload
+// that makes the object visible, so S3 itself refuses to replace an existing object: of
+// two racing writers exactly one wins, the other gets storage.ErrExists (S3's 412
+// Precondition Failed). A store that ignores the header (older MinIO or Ceph releases)
+// replaces the object instead; Archive.PutImmutable checks with Stat first, as before.
+func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	return s.put(ctx, key, r, true)
+}
+
+func (s *Store) put(ctx context.Context, key string, r io.Reader, ifAbsent bool) error {
 	ok, err := s.objectKey(key)
 	if err != nil {
 		return err
@@ -39,7 +56,7 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
 		return fmt.Errorf("put %s: read: %w", s.where(ok), err)
 	}
 	if errors.Is(err, io.EOF) {
-		return s.putSingle(ctx, ok, first)
+		return s.putSingle(ctx, ok, first, ifAbsent)
 	}
 	second := bufs.get()
 	n2, err := readPart(r, second)
@@ -47,21 +64,28 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
 		return fmt.Errorf("put %s: read: %w", s.where(ok), err)
 	}
 	if n2 == 0 {
-		return s.putSingle(ctx, ok, first)
+		return s.putSingle(ctx, ok, first, ifAbsent)
 	}
 
 	// Step 2: the multipart upload; from here every failure aborts it.
-	return s.putMultipart(ctx, ok, r, bufs, first, second[:n2], errors.Is(err, io.EOF))
+	return s.putMultipart(ctx, ok, r, bufs, first, second[:n2], errors.Is(err, io.EOF), ifAbsent)
 }
 
 // putSingle stores body with one PutObject.
-func (s *Store) putSingle(ctx context.Context, objectKey string, body []byte) error {
-	_, err := s.client.PutObject(ctx, &s3.PutObjectInput{
+func (s *Store) putSingle(ctx context.Context, objectKey string, body []byte, ifAbsent bool) error {
+	in := &s3.PutObjectInput{
 		Bucket:        aws.String(s.cfg.Bucket),
 		Key:           aws.String(objectKey),
 		Body:          bytes.NewReader(body),
 		ContentLength: aws.Int64(int64(len(body))),
-	})
+	}
+	if ifAbsent {
+		in.IfNoneMatch = aws.String("*")
+	}
+	_, err := s.client.PutObject(ctx, in)
+	if isPreconditionFailed(err) {
+		return fmt.Errorf("put %s: %w", s.where(objectKey), storage.ErrExists)
+	}
 	if err != nil {
 		return fmt.Errorf("put %s: %w", s.where(objectKey), err)
 	}
@@ -70,7 +94,7 @@ func (s *Store) putSingle(ctx context.Context, objectKey string, body []byte) er
 
 // putMultipart uploads first, second and the rest of r as one multipart upload. eof says
 // whether r was already exhausted by second.
-func (s *Store) putMultipart(ctx context.Context, objectKey string, r io.Reader, bufs *partBuffers, first, second []byte, eof bool) error {
+func (s *Store) putMultipart(ctx context.Context, objectKey string, r io.Reader, bufs *partBuffers, first, second []byte, eof, ifAbsent bool) error {
 	create := &s3.CreateMultipartUploadInput{Bucket: aws.String(s.cfg.Bucket), Key: aws.String(objectKey)}
 	if s.checksums {
 		create.ChecksumAlgorithm = types.ChecksumAlgorithmCrc32
@@ -150,16 +174,24 @@ func (s *Store) putMultipart(ctx context.Context, objectKey string, r io.Reader,
 	// Step 2: complete, with parts in ascending order as S3 requires.
 	if err == nil {
 		sort.Slice(parts, func(i, j int) bool { return aws.ToInt32(parts[i].PartNumber) < aws.ToInt32(parts[j].PartNumber) })
-		_, err = s.client.CompleteMultipartUpload(ctx, &s3.CompleteMultipartUploadInput{
+		complete := &s3.CompleteMultipartUploadInput{
 			Bucket:          aws.String(s.cfg.Bucket),
 			Key:             aws.String(objectKey),
 			UploadId:        aws.String(uploadID),
 			MultipartUpload: &types.CompletedMultipartUpload{Parts: parts},
-		})
+		}
+		if ifAbsent {
+			complete.IfNoneMatch = aws.String("*")
+		}
+		_, err = s.client.CompleteMultipartUpload(ctx, complete)
 		if err == nil {
 			return nil
 		}
-		err = fmt.Errorf("complete multipart upload: %w", err)
+		if isPreconditionFailed(err) {
+			err = storage.ErrExists
+		} else {
+			err = fmt.Errorf("complete multipart upload: %w", err)
+		}
 	}
 
 	// Step 3: abort, so that neither an object nor stored parts remain.
@@ -240,4 +272,17 @@ func (p *partBuffers) put(buf []byte) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.free = append(p.free, buf[:cap(buf)])
+}
+
+// isPreconditionFailed reports whether err is S3's answer to a failed If-None-Match: 412
+// Precondition Failed.
+func isPreconditionFailed(err error) bool {
+	if err == nil {
+		return false
+	}
+	if apiErrorCode(err) == "PreconditionFailed" {
+		return true
+	}
+	var respErr *awshttp.ResponseError
+	return errors.As(err, &respErr) && respErr.HTTPStatusCode() == http.StatusPreconditionFailed
 }

@@ -155,6 +155,42 @@ func Run(t *testing.T, open func(t *testing.T) storage.Storage) {
 			}
 		}
 	})
+	t.Run("PutIfAbsentNeverReplaces", func(t *testing.T) {
+		st := open(t)
+		ctx := context.Background()
+		mustPut(t, st, "imm/a", "first")
+		err := st.PutIfAbsent(ctx, "imm/a", onlyReader{bytes.NewReader([]byte("second"))})
+		if !errors.Is(err, storage.ErrExists) {
+			t.Fatalf("PutIfAbsent over an existing object: err = %v; want ErrExists", err)
+		}
+		if got := mustGet(t, st, "imm/a"); got != "first" {
+			t.Fatalf("PutIfAbsent changed the existing object to %q", got)
+		}
+		if err := st.PutIfAbsent(ctx, "imm/b", onlyReader{bytes.NewReader([]byte("new"))}); err != nil {
+			t.Fatalf("PutIfAbsent of a new key: %v", err)
+		}
+		if got := mustGet(t, st, "imm/b"); got != "new" {
+			t.Fatalf("PutIfAbsent stored %q; want %q", got, "new")
+		}
+	})
+	t.Run("PutIfAbsentRaceHasExactlyOneWinner", func(t *testing.T) {
+		st := open(t)
+		// Writers of different streams race for one key, small ones (one request) and
+		// ones past the 5 MiB multipart threshold of the S3 conformance run.
+		for _, size := range []int64{4 << 10, 6 << 20} {
+			key := fmt.Sprintf("race/%d", size)
+			sums := make([][32]byte, 6)
+			errs := Race(len(sums), func(i int) error {
+				h := sha256.New()
+				defer func() { copy(sums[i][:], h.Sum(nil)) }()
+				return st.PutIfAbsent(context.Background(), key, io.TeeReader(newPatternReader(size, uint64(100+i)), h))
+			})
+			winner := OneWinner(t, errs, storage.ErrExists)
+			if got := getSum(t, st, key); got != sums[winner] {
+				t.Fatalf("%d-byte race: the stored object is not the winner's", size)
+			}
+		}
+	})
 	t.Run("RejectsInvalidKeys", func(t *testing.T) {
 		st := open(t)
 		for _, key := range []string{"", "/abs", "a//b", "../escape", "a/../b", "a/./b", "trailing/"} {
@@ -283,3 +319,43 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 type onlyReader struct{ r io.Reader }
 
 func (o onlyReader) Read(p []byte) (int, error) { return o.r.Read(p) }
+
+// Race runs write(0) ... write(n-1) in goroutines released at the same moment and returns
+// their errors.
+func Race(n int, write func(i int) error) []error {
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			errs[i] = write(i)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	return errs
+}
+
+// OneWinner fails the test unless exactly one of errs is nil and all others wrap loser; it
+// returns the winner's index.
+func OneWinner(t *testing.T, errs []error, loser error) int {
+	t.Helper()
+	winner := -1
+	for i, err := range errs {
+		switch {
+		case err == nil && winner >= 0:
+			t.Fatalf("writers %d and %d both won the race", winner, i)
+		case err == nil:
+			winner = i
+		case !errors.Is(err, loser):
+			t.Fatalf("writer %d: %v; want success or %v", i, err, loser)
+		}
+	}
+	if winner < 0 {
+		t.Fatal("no writer won the race")
+	}
+	return winner
+}

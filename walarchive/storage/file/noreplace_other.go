@@ -1,0 +1,5 @@
+//go:build !linux
+
+package file
+
+func renameNoReplace(tmp, p string) error { return linkNoReplace(tmp, p) }

@@ -28,7 +28,7 @@ build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kcbackup-operator ./operator
 
 tools:
-	test/tools/install.sh postgres pgroot-17 pgroot-18 minio envtest promtool kubectl
+	test/tools/install.sh postgres pgroot-17 pgroot-18 minio envtest promtool kubectl recovery-tools
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \

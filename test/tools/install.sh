@@ -188,8 +188,18 @@ install_promtool() {
   (apt-get install -y -qq prometheus >/dev/null 2>&1) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
 }
 
+# recovery-tools: what docs/RECOVERY.md restores with when kcbackup is not at hand (age,
+# zstd, curl); the manual-recovery tests follow that page with them.
+install_recovery_tools() {
+  local missing=() p
+  for p in age zstd curl; do command -v "$p" >/dev/null || missing+=("$p"); done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]} from Debian"
+  (apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1) || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; }
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(postgres pgroot-17 pgroot-18 minio envtest kubectl promtool)
+[ ${#targets[@]} -gt 0 ] || targets=(postgres pgroot-17 pgroot-18 minio envtest kubectl promtool recovery-tools)
 for t in "${targets[@]}"; do
   case $t in
     minio) install_minio ;;
@@ -200,7 +210,8 @@ for t in "${targets[@]}"; do
     pgroot-17) install_pgroot 17 trixie ;;
     pgroot-18) install_pgroot 18 sid ;;
     promtool) install_promtool ;;
+    recovery-tools) install_recovery_tools ;;
     kubectl) install_kubectl ;;
-    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool)"; exit 2 ;;
+    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool, recovery-tools)"; exit 2 ;;
   esac
 done

@@ -11,7 +11,7 @@
 # The test harness runs those servers inside their root (chroot) on a loopback port.
 #
 # Usage: test/tools/install.sh [postgres] [pgroot-17] [pgroot-18] [minio] [etcd] [kube-apiserver]
-#                              [kubectl] [envtest] [promtool]
+#                              [kubectl] [envtest] [promtool] [recovery-tools]
 #        (default: all of them)
 set -euo pipefail
 

@@ -61,6 +61,24 @@ func commitTimeOf(t *testing.T, pg *harness.Postgres, table string) string {
 	return ts.UTC().Format(time.RFC3339Nano)
 }
 
+// waitReceived waits until the sidecar has received WAL up to end (in its spool).
+func waitReceived(t *testing.T, sc *harness.Sidecar, end walarchive.LSN, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		st, err := sc.Status(context.Background())
+		if err == nil {
+			if l, _ := walarchive.ParseLSN(st.ReceivedLSN); l >= end {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the sidecar did not receive WAL up to %s within %s", end, within)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // waitSyncRepWaiters waits until n sessions wait for synchronous replication.
 func waitSyncRepWaiters(t *testing.T, pg *harness.Postgres, n int, within time.Duration) {
 	t.Helper()
@@ -124,19 +142,7 @@ func TestRemoteWriteCommitsWaitForTheArchive(t *testing.T) {
 	waitSyncRepWaiters(t, pg, 1, time.Minute)
 	commitEnd := flushLSN(t, pg)
 	// Wait until the sidecar has received the commit and answered the server after that.
-	deadline := time.Now().Add(2 * time.Minute)
-	for {
-		st, err := sc.Status(ctx)
-		if err == nil {
-			if l, _ := walarchive.ParseLSN(st.ReceivedLSN); l >= commitEnd {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the sidecar did not receive WAL up to %s", commitEnd)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitReceived(t, sc, commitEnd, 2*time.Minute)
 	received := time.Now()
 	for {
 		r := query(t, pg, "SELECT coalesce(extract(epoch FROM reply_time)::text, '0') FROM pg_stat_replication WHERE application_name = 'kcbackup'")
@@ -184,26 +190,14 @@ func TestReceivedWALIsUploadedWhenTheServerGoesAway(t *testing.T) {
 	waitArchived(t, sc, flushLSN(t, pg), time.Minute)
 	exec1(t, pg, "INSERT INTO ledger (note) VALUES ('received, not yet uploaded')")
 	end := flushLSN(t, pg)
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st, err := sc.Status(ctx)
-		if err == nil {
-			if l, _ := walarchive.ParseLSN(st.ReceivedLSN); l >= end {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the sidecar did not receive WAL up to %s", end)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitReceived(t, sc, end, time.Minute)
 	if err := pg.Stop(ctx, "immediate"); err != nil {
 		t.Fatal(err)
 	}
 	// The partial interval is 10 minutes: only the end of the session uploads the tail.
 	a := openArchive(t, url)
 	seg := end.SegmentNo(a.SegmentSize())
-	deadline = time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		var buf bytes.Buffer
 		n, err := a.Get(ctx, walarchive.PartialKey(1, seg, a.SegmentSize()), &buf)

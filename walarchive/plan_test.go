@@ -335,3 +335,19 @@ func TestGraphReachReportsHolesIncludingAPartialInTheMiddle(t *testing.T) {
 		t.Fatalf("missing segment 5: %+v", end)
 	}
 }
+
+func TestPlanRestoreRefusesAnArchiveOfAnUnknownPostgreSQLVersion(t *testing.T) {
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	for major, want := range map[int]string{
+		19: "PostgreSQL 19 is not supported by this kcbackup: its WAL format is unknown",
+		14: "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17 and 18",
+	} {
+		a := fakeArchive(t, 2, 8, t0, backupAt("20260101T000000Z", 2, t0))
+		a.Identity.PostgresVersion = major // as read from identity.json
+		for _, req := range []RestoreRequest{{Target: Target{Latest: true}}, {Target: Target{Time: commitAt(t0, 4)}}} {
+			if _, err := planAt(t, a, req); err == nil || !strings.Contains(err.Error(), want) {
+				t.Errorf("PostgreSQL %d archive, target %s: %v; want %q", major, req.Target, err, want)
+			}
+		}
+	}
+}

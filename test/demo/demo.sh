@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make demo: kcbackup's main job on the embedded default, start to finish, in plain words.
 #
-#   1. start a throwaway PostgreSQL 15 and `kcbackup run` archiving to file://./demo/archive
+#   1. start a throwaway PostgreSQL (15, or KCBACKUP_PG_VERSION=17 or 18) and `kcbackup run`
+#      archiving to file://./demo/archive
 #   2. write data (a Keycloak-like user table and pgbench), take a base backup
 #   3. make a mistake: DROP TABLE realm_user
 #   4. restore to just before the mistake into a new data directory, start it, and show the
@@ -13,14 +14,37 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-PGBIN=${KCBACKUP_PG_BINDIR:-/usr/lib/postgresql/15/bin}
+PGV=${KCBACKUP_PG_VERSION:-15}
 KCBACKUP=$ROOT/bin/kcbackup
 DEMO=$ROOT/demo
+CLIENT=/usr/lib/postgresql/15/bin # psql and pgbench of 15 talk to every supported server
 [ -x "$KCBACKUP" ] || { echo "bin/kcbackup is missing: run make build" >&2; exit 1; }
-[ -x "$PGBIN/postgres" ] || { echo "installing postgresql-15 (Debian)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
+[ -x "$CLIENT/postgres" ] || { echo "installing postgresql-15 (Debian)"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null; }
 
 # setpriv execs in place (unlike runuser), so a background PID is the program's own.
 as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
+case $PGV in
+  15)
+    PGBIN=${KCBACKUP_PG_BINDIR:-$CLIENT}
+    run_pg() { as_pg "$@"; } ;;
+  17 | 18)
+    # Debian's server of that version in the minimal root test/tools/install.sh builds, run
+    # in a private mount namespace: the demo directory and bin/ at the same paths inside, so
+    # restore_command and the data directories are valid on both sides.
+    [ "$(id -u)" = 0 ] || { echo "KCBACKUP_PG_VERSION=$PGV runs PostgreSQL in a chroot: run as root" >&2; exit 1; }
+    suite=$([ "$PGV" = 17 ] && echo trixie || echo sid)
+    PGROOT=${KCBACKUP_CACHE:-$HOME/.cache/kcbackup}/pgroot-$PGV-$suite
+    [ -x "$PGROOT/usr/lib/postgresql/$PGV/bin/postgres" ] || test/tools/install.sh "pgroot-$PGV"
+    PGBIN=/usr/lib/postgresql/$PGV/bin
+    run_pg() {
+      mkdir -p "$PGROOT$DEMO" "$PGROOT$ROOT/bin"
+      unshare --mount --propagation private -- sh -c 'R=$1 D=$2 B=$3; shift 3
+        mount -t proc proc "$R/proc" && mount -t tmpfs -o mode=1777 tmpfs "$R/dev/shm" &&
+        mount --bind "$D" "$R$D" && mount --bind "$B" "$R$B" &&
+        exec chroot "$R" setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"' sh "$PGROOT" "$DEMO" "$ROOT/bin" "$@"
+    } ;;
+  *) echo "invalid KCBACKUP_PG_VERSION $PGV: expected 15, 17 or 18" >&2; exit 2 ;;
+esac
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '   %s\n' "$*"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -31,7 +55,7 @@ cleanup() {
   [ -n "${SIDECAR_PID:-}" ] && kill "$SIDECAR_PID" 2>/dev/null && wait "$SIDECAR_PID" 2>/dev/null
   pkill -f -- "--spool $DEMO/spool" 2>/dev/null
   for d in "$DEMO/primary" "$DEMO/restored"; do
-    [ -f "$d/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$d" -m fast stop >/dev/null 2>&1
+    [ -f "$d/postmaster.pid" ] && run_pg "$PGBIN/pg_ctl" -D "$d" -m fast stop >/dev/null 2>&1
   done
 }
 trap cleanup EXIT
@@ -51,15 +75,15 @@ if [ "${KCBACKUP_DEMO_ENCRYPT:-}" = 1 ]; then
   export KCBACKUP_ENCRYPTION_KEY_FILE=$DEMO/key.txt
 fi
 
-step "1. Start PostgreSQL 15 on port $PORT and the kcbackup sidecar archiving to file://$DEMO/archive"
-as_pg "$PGBIN/initdb" -D "$DEMO/primary" -U postgres --auth=trust >/dev/null
+step "1. Start PostgreSQL $PGV on port $PORT and the kcbackup sidecar archiving to file://$DEMO/archive"
+run_pg "$PGBIN/initdb" -D "$DEMO/primary" -U postgres --auth=trust >/dev/null
 cat >>"$DEMO/primary/postgresql.conf" <<CONF
 port = $PORT
 listen_addresses = '127.0.0.1'
 unix_socket_directories = '$DEMO'
 track_commit_timestamp = on
 CONF
-as_pg "$PGBIN/pg_ctl" -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
+run_pg "$PGBIN/pg_ctl" -D "$DEMO/primary" -l "$DEMO/primary.log" -w start >/dev/null
 as_pg env PGPORT=$PORT KCBACKUP_TOKEN=$TOKEN "$KCBACKUP" run --storage "file://$DEMO/archive" \
   --listen 127.0.0.1:$API --spool "$DEMO/spool" >"$DEMO/sidecar.log" 2>&1 &
 SIDECAR_PID=$!
@@ -69,25 +93,25 @@ say "sidecar ready: streaming WAL through the replication slot 'kcbackup'"
 
 export PGPORT=$PORT
 step "2. Write data and take a base backup"
-"$PGBIN/psql" -qX -c "CREATE TABLE realm_user (id serial PRIMARY KEY, username text NOT NULL, created timestamptz DEFAULT now())" \
+"$CLIENT/psql" -qX -c "CREATE TABLE realm_user (id serial PRIMARY KEY, username text NOT NULL, created timestamptz DEFAULT now())" \
   -c "INSERT INTO realm_user (username) SELECT 'user' || g FROM generate_series(1, 1000) g"
-"$PGBIN/pgbench" -q -i -s 5 >/dev/null 2>&1
-say "realm_user: $("$PGBIN/psql" -qAtX -c 'SELECT count(*) FROM realm_user') rows; pgbench tables: 500000 accounts"
+"$CLIENT/pgbench" -q -i -s 5 >/dev/null 2>&1
+say "realm_user: $("$CLIENT/psql" -qAtX -c 'SELECT count(*) FROM realm_user') rows; pgbench tables: 500000 accounts"
 t0=$(ms)
 BACKUP=$(as_pg env PGPORT=$PORT "$KCBACKUP" backup --storage "file://$DEMO/archive" 2>>"$DEMO/backup.log")
 t1=$(ms)
 SIZE=$("$KCBACKUP" list --storage "file://$DEMO/archive" --json | python3 -c 'import json,sys; b=json.load(sys.stdin)["backups"][-1]; print("%.1f MiB of data stored as %.1f MiB" % (b["dataBytes"]/2**20, b["sizeBytes"]/2**20))')
 say "backup $BACKUP in $((t1 - t0)) ms: $SIZE (zstd)"
-"$PGBIN/pgbench" -T 3 -c 2 >/dev/null 2>&1
-"$PGBIN/psql" -qX -c "INSERT INTO realm_user (username) SELECT 'late-user' || g FROM generate_series(1, 234) g"
-BEFORE=$("$PGBIN/psql" -qAtX -c 'SELECT count(*) FROM realm_user')
+"$CLIENT/pgbench" -T 3 -c 2 >/dev/null 2>&1
+"$CLIENT/psql" -qX -c "INSERT INTO realm_user (username) SELECT 'late-user' || g FROM generate_series(1, 234) g"
+BEFORE=$("$CLIENT/psql" -qAtX -c 'SELECT count(*) FROM realm_user')
 sleep 1
 T=$(date -u +%Y-%m-%dT%H:%M:%S.%NZ)
 sleep 1
 
 step "3. The mistake: DROP TABLE realm_user (just after $T)"
-"$PGBIN/psql" -qX -c "DROP TABLE realm_user"
-"$PGBIN/psql" -qX -c "SELECT count(*) FROM realm_user" 2>&1 | sed 's/^/   /' || true
+"$CLIENT/psql" -qX -c "DROP TABLE realm_user"
+"$CLIENT/psql" -qX -c "SELECT count(*) FROM realm_user" 2>&1 | sed 's/^/   /' || true
 sleep 1.5
 LAG=$(curl -sf -H "Authorization: Bearer $TOKEN" "http://127.0.0.1:$API/v1/status" | python3 -c 'import json,sys; s=json.load(sys.stdin); print("archive lag %.2f s, %d bytes (server %s, archived %s)" % (s["archiveLagSeconds"], s["archiveLagBytes"], s["serverFlushLSN"], s["archivedLSN"]))')
 say "$LAG"
@@ -96,13 +120,13 @@ step "4. Restore to $T (just before the mistake) into $DEMO/restored"
 "$KCBACKUP" list --storage "file://$DEMO/archive" | sed 's/^/   /'
 t0=$(ms)
 as_pg "$KCBACKUP" restore --storage "file://$DEMO/archive" --pgdata "$DEMO/restored" --to "$T" 2>&1 | sed 's/^/   /'
-as_pg "$PGBIN/pg_ctl" -D "$DEMO/restored" -l "$DEMO/restored.log" -o "-p $RPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DEMO" -w -t 300 start >/dev/null
+run_pg "$PGBIN/pg_ctl" -D "$DEMO/restored" -l "$DEMO/restored.log" -o "-p $RPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$DEMO" -w -t 300 start >/dev/null
 for _ in $(seq 600); do
-  [ "$("$PGBIN/psql" -p $RPORT -qAtX -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break; sleep 0.1
+  [ "$("$CLIENT/psql" -p $RPORT -qAtX -c 'SELECT pg_is_in_recovery()' 2>/dev/null)" = f ] && break; sleep 0.1
 done
 t1=$(ms)
-AFTER=$("$PGBIN/psql" -p $RPORT -qAtX -c 'SELECT count(*) FROM realm_user')
-say "restored and recovered in $((t1 - t0)) ms; the server promoted to timeline $("$PGBIN/psql" -p $RPORT -qAtX -c 'SELECT timeline_id FROM pg_control_checkpoint()')"
+AFTER=$("$CLIENT/psql" -p $RPORT -qAtX -c 'SELECT count(*) FROM realm_user')
+say "restored and recovered in $((t1 - t0)) ms; the server promoted to timeline $("$CLIENT/psql" -p $RPORT -qAtX -c 'SELECT timeline_id FROM pg_control_checkpoint()')"
 say "realm_user is back: $AFTER rows (it had $BEFORE before the DROP)"
 [ "$AFTER" = "$BEFORE" ] || { echo "   expected $BEFORE rows" >&2; exit 1; }
 

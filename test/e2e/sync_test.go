@@ -22,15 +22,19 @@ func testSynchronousModeLosesNoAcknowledgedCommit(t *testing.T, version int) {
 	createLedger(t, pg)
 	takeBackup(t, pg, url, nil)
 	l := startLedger(t, pg)
-	time.Sleep(3 * time.Second)
-	if err := pg.Stop(ctx, "immediate"); err != nil { // the primary dies mid-load
+	// The primary dies mid-load, once at least 100 commits were acknowledged.
+	deadline := time.Now().Add(2 * time.Minute)
+	for len(l.ackedBefore(time.Now().Add(time.Hour))) < 100 {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d commits acknowledged in 2 minutes of synchronous load", len(l.ackedBefore(time.Now().Add(time.Hour))))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := pg.Stop(ctx, "immediate"); err != nil {
 		t.Fatal(err)
 	}
 	l.Stop()
 	acked := l.ackedBefore(time.Now().Add(time.Hour))
-	if len(acked) < 100 {
-		t.Fatalf("only %d commits acknowledged in 3 s of synchronous load", len(acked))
-	}
 	restored, _ := restoreAndStart(t, nil, url, "latest")
 	got := query(t, restored, fmt.Sprintf("SELECT count(*) FROM ledger WHERE id <= %d", acked[len(acked)-1]))
 	if got != fmt.Sprint(len(acked)) {

@@ -146,7 +146,7 @@ build_images() {
   if [ ! -s "$IMG/postgres15.tar" ]; then
     postgres_rootfs
     log "image localhost/kcbackup-test/postgres:15"
-    ln -f "$IMG/postgres15-rootfs.tar" "$ctx/rootfs.tar"; cp "$HERE/postgres-entrypoint.sh" "$ctx/"
+    ln -f "$IMG/postgres15-rootfs.tar" "$ctx/rootfs.tar"; install -m 0755 "$HERE/postgres-entrypoint.sh" "$ctx/"
     bud localhost/kcbackup-test/postgres:15 "$ctx" "$HERE/postgres.Containerfile"
     save localhost/kcbackup-test/postgres:15 "$IMG/postgres15.tar"
     rm -f "$ctx/rootfs.tar"

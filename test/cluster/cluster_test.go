@@ -12,9 +12,11 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -56,6 +58,17 @@ func runMain(m *testing.M) int {
 	}
 	node = n
 	fmt.Fprintf(os.Stderr, "cluster: node up in %.1fs\n", time.Since(start).Seconds())
+	// Interrupted (Ctrl-C, or SIGTERM from a CI runner): clean up before going.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		fmt.Fprintf(os.Stderr, "cluster: %v: stopping the node\n", s)
+		if err := n.Stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "stop the node: %v\n", err)
+		}
+		os.Exit(2)
+	}()
 	code := 1
 	func() {
 		defer func() {
@@ -211,28 +224,9 @@ metadata:
     pod-security.kubernetes.io/enforce: restricted
     pod-security.kubernetes.io/enforce-version: latest
     pod-security.kubernetes.io/warn: restricted
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: kc-test-pgdata}
-spec:
-  capacity: {storage: 2Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: kcbackup-local
-  claimRef: {namespace: %[1]s, name: data-%[2]s-0}
-  hostPath: {path: %[3]q, type: Directory}
----
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: kc-test-archive}
-spec:
-  capacity: {storage: 4Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: kcbackup-local
-  claimRef: {namespace: %[1]s, name: kcbackup-archive}
-  hostPath: {path: %[4]q, type: Directory}
+
+%[3]s
+%[4]s
 ---
 apiVersion: v1
 kind: PersistentVolumeClaim
@@ -307,7 +301,8 @@ spec:
         accessModes: [ReadWriteOnce]
         storageClassName: kcbackup-local
         resources: {requests: {storage: 2Gi}}
-`, ns, pgName, pgVolume, archive, pgPassword, restrictedContainer())
+`, ns, pgName, hostPathPV("kc-test-pgdata", "data-"+pgName+"-0", pgVolume), hostPathPV("kc-test-archive", "kcbackup-archive", archive),
+		pgPassword, restrictedContainer())
 }
 
 // keycloakManifest: the Keycloak stand-in, connected to the database through p.
@@ -342,6 +337,21 @@ spec:
             periodSeconds: 2
           %[4]s
 `, ns, pgPassword, p.Addr, restrictedContainer())
+}
+
+// hostPathPV is a PersistentVolume on a directory of the node, bound in advance to the claim.
+func hostPathPV(name, claim, dir string) string {
+	return fmt.Sprintf(`---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: %s}
+spec:
+  capacity: {storage: 4Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: kcbackup-local
+  claimRef: {namespace: %s, name: %s}
+  hostPath: {path: %q, type: Directory}`, name, ns, claim, dir)
 }
 
 // kcb returns a KeycloakBackup on the archive claim; extra is appended to its spec.

@@ -290,11 +290,13 @@ func (n *Node) containerdSock() string { return n.path("containerd", "containerd
 // Ctr runs ctr against the node's containerd in the k8s.io namespace.
 func (n *Node) Ctr(ctx context.Context, args ...string) (string, error) {
 	full := append([]string{"-a", n.containerdSock(), "-n", "k8s.io"}, args...)
-	b, err := exec.CommandContext(ctx, filepath.Join(n.Paths.Containerd, "ctr"), full...).CombinedOutput()
-	if err != nil {
-		return string(b), fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(string(b)))
+	cmd := exec.CommandContext(ctx, filepath.Join(n.Paths.Containerd, "ctr"), full...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("ctr %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
 	}
-	return string(b), nil
+	return out.String(), nil
 }
 
 // PauseImage is the sandbox image (test/cluster/pause).
@@ -309,6 +311,7 @@ func (n *Node) startContainerd(ctx context.Context) error {
 	// Settings this machine needs (see ../shared/REAL_CLUSTER.md): restrict_oom_score_adj (the VM
 	// refuses lowering oom_score_adj), cgroupfs not systemd, no AppArmor, the local pause image.
 	conf := fmt.Sprintf(`version = 3
+imports = []
 root = %[1]q
 state = %[2]q
 [grpc]
@@ -324,6 +327,8 @@ state = %[2]q
     path = %[5]q
   [plugins.'io.containerd.nri.v1.nri']
     disable = true
+  [plugins.'io.containerd.image-verifier.v1.bindir']
+    bin_dir = %[5]q
   [plugins.'io.containerd.grpc.v1.cri']
     stream_server_address = "127.0.0.1"
     stream_server_port = "0"
@@ -346,12 +351,13 @@ state = %[2]q
         [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
           SystemdCgroup = false
           BinaryName = "/usr/sbin/runc"
+          Root = %[8]q
     [plugins.'io.containerd.cri.v1.runtime'.cni]
       bin_dirs = ["/usr/lib/cni"]
       conf_dir = %[7]q
       max_conf_num = 1
 `, n.path("containerd/root"), n.path("containerd/state"), n.containerdSock(), n.containerdSock()+".ttrpc",
-		n.path("containerd/opt"), PauseImage, n.path("cni/net.d"))
+		n.path("containerd/opt"), PauseImage, n.path("cni/net.d"), n.path("containerd/runc"))
 	if err := os.WriteFile(n.path("containerd.toml"), []byte(conf), 0o644); err != nil {
 		return err
 	}
@@ -463,6 +469,7 @@ func (n *Node) startControlPlane(ctx context.Context) error {
 		"--bind-address=127.0.0.1", "--secure-port="+strconv.Itoa(kcmPort), "--leader-elect=false",
 		"--service-account-private-key-file="+P("sa.key"), "--root-ca-file="+P("ca.crt"), "--use-service-account-credentials=true",
 		"--cluster-signing-cert-file="+P("ca.crt"), "--cluster-signing-key-file="+P("ca.key"), "--controllers=*",
+		"--flex-volume-plugin-dir="+n.path("kcm-flexvolume"),
 		"--profiling=false")
 	if err != nil {
 		return err
@@ -634,9 +641,22 @@ func (n *Node) Stop() error {
 	for _, p := range procs {
 		byName[p.name] = p
 	}
+	t0 := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	// Pods first, while kubelet and containerd run: kubelet tears sandboxes down through CNI.
+	stop := func(name string) {
+		if p := byName[name]; p != nil {
+			s := time.Now()
+			if err := stopProc(p, 20*time.Second); err != nil {
+				errs = append(errs, err.Error())
+			}
+			n.logf("cluster: stopped %s in %.1fs", name, time.Since(s).Seconds())
+		}
+	}
+	// The controllers first, so nothing recreates the pods; then the pods, while kubelet and
+	// containerd run: kubelet tears the sandboxes down through CNI.
+	stop("kube-controller-manager")
+	stop("kube-scheduler")
 	if byName["kubelet"] != nil && byName["kube-apiserver"] != nil {
 		_, _ = n.Kubectl(ctx, "delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false")
 		_ = waitFor(ctx, "pods gone", 60*time.Second, nil, func() error {
@@ -650,19 +670,11 @@ func (n *Node) Stop() error {
 			return nil
 		})
 	}
-	stop := func(name string) {
-		if p := byName[name]; p != nil {
-			if err := stopProc(p, 20*time.Second); err != nil {
-				errs = append(errs, err.Error())
-			}
-		}
-	}
-	// Scale to zero whatever controllers would recreate, by stopping them first.
-	stop("kube-controller-manager")
-	stop("kube-scheduler")
 	stop("kubelet")
 	if byName["containerd"] != nil {
+		s := time.Now()
 		n.removeContainers(ctx)
+		n.logf("cluster: containers removed in %.1fs", time.Since(s).Seconds())
 	}
 	if n.APIProxy != nil {
 		_ = n.APIProxy.Close()
@@ -670,6 +682,10 @@ func (n *Node) Stop() error {
 	stop("kube-apiserver")
 	stop("etcd")
 	stop("containerd")
+	// Shims outlive containerd by design; these are the ones started for this node's socket.
+	for _, pid := range shimsOf(n.containerdSock()) {
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
 	if err := n.unmountAll(); err != nil {
 		errs = append(errs, err.Error())
 	}
@@ -690,6 +706,7 @@ func (n *Node) Stop() error {
 	if n.runShimOK {
 		_ = os.RemoveAll("/run/containerd")
 	}
+	n.logf("cluster: processes, mounts and network removed in %.1fs", time.Since(t0).Seconds())
 	if len(errs) == 0 {
 		if err := os.RemoveAll(n.Dir); err != nil {
 			errs = append(errs, err.Error())
@@ -782,6 +799,32 @@ func (n *Node) unmountAll() error {
 		return fmt.Errorf("still mounted: %s", strings.Join(ms, ", "))
 	}
 	return nil
+}
+
+// shimsOf returns the pids of the containerd shims serving the containerd at sock.
+func shimsOf(sock string) []int {
+	var out []int
+	ds, _ := os.ReadDir("/proc")
+	for _, d := range ds {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || filepath.Base(args[0]) != "containerd-shim-runc-v2" {
+			continue
+		}
+		for i := range args[:len(args)-1] {
+			if args[i] == "-address" && args[i+1] == sock {
+				out = append(out, pid)
+			}
+		}
+	}
+	return out
 }
 
 func netnsNames() map[string]bool {

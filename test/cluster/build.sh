@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the single-node cluster test (test/cluster) needs, once, into the cache outside the clone:
 #   $KCBACKUP_CACHE/cluster-bin-v1.37.2/   kubelet, kube-controller-manager, kube-scheduler
+#   $KCBACKUP_CACHE/cluster-containerd-v2.2.9/  containerd, containerd-shim-runc-v2, ctr
 #   $KCBACKUP_CACHE/cluster-images/        pause, postgres15, keycloak stand-in (docker-archive tars)
 #   $KCBACKUP_CACHE/cluster-images/kcbackup-<hash>.tar, kcbackup-operator-<hash>.tar: built from
 #     Dockerfile.sidecar / Dockerfile.operator with buildah; <hash> covers the sources, so a change rebuilds them.
@@ -8,9 +9,9 @@
 #
 # Usage: test/cluster/build.sh [debs] [kube-deps] [kube] [containerd] [images] [kcbackup-images]   (default: all)
 #
-# Versions it needs (pinned): Kubernetes v1.37.2 built from the Go module proxy, etcd v3.6.6,
-# Debian bookworm's containerd 1.6.20, runc 1.1.5, containernetworking-plugins 1.1.1, buildah 1.28.
-# containerd 1.x support in kubelet is announced to end in 1.38, and this VM has cgroup v1.
+# Versions it needs (pinned): Kubernetes v1.37.2 and containerd v2.2.9 built from the Go module
+# proxy, etcd v3.6.6; Debian bookworm's runc 1.1.5, containernetworking-plugins 1.1.1, buildah 1.28,
+# debootstrap. This VM has cgroup v1 (deprecated in containerd 2.2 and Kubernetes).
 set -euo pipefail
 
 KUBE_VERSION=v1.37.2
@@ -24,14 +25,12 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
 
 install_debs() {
-  local want=(containerd runc containernetworking-plugins buildah busybox-static debootstrap iproute2 openssl util-linux) missing=() p
+  local want=(runc containernetworking-plugins buildah debootstrap iproute2 util-linux) missing=() p
   for p in "${want[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing from Debian: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # Debian starts containerd as a service on install; the harness runs its own instance only.
-  if command -v systemctl >/dev/null && systemctl is-active -q containerd 2>/dev/null; then systemctl stop containerd; systemctl disable -q containerd || true; fi
 }
 
 # The same wrapper-module method as build_kube_binary in test/tools/install.sh: k8s.io/kubernetes
@@ -202,7 +201,7 @@ kcbackup_images() {
     log "image localhost/$name:$h from Dockerfile.$f"
     bud "localhost/$name:$h" "$ROOT" "$ROOT/Dockerfile.$f" --build-arg "VERSION=cluster-$h" \
       -v "$(go env GOMODCACHE)/cache/download:/gomodproxy:ro" -v "$CACHE/cluster-gocache:/gocache"
-    rm -f "$IMG/$name-"*.tar
+    rm -f "$IMG/$name-"[0-9a-f]*.tar
     save "localhost/$name:$h" "$IMG/$name-$h.tar"
     bh rmi "localhost/$name:$h" >/dev/null 2>&1 || true
   done
@@ -217,7 +216,18 @@ kube_deps() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(debs kube-deps kube containerd images kcbackup-images)
+if [ ${#targets[@]} -eq 0 ]; then
+  # Everything: the long kube build runs beside the rest (debootstrap and apt mostly wait on the network).
+  install_debs
+  kube_deps
+  build_kube &
+  kube_pid=$!
+  build_containerd
+  build_images
+  kcbackup_images
+  wait "$kube_pid" || { log "building the kube binaries failed"; exit 1; }
+  exit 0
+fi
 for t in "${targets[@]}"; do
   case $t in
     debs) install_debs ;;

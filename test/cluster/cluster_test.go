@@ -20,7 +20,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/kcbackup/kcbackup/test/harness"
 )
 
 const (
@@ -96,6 +100,10 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	fmt.Fprintf(os.Stderr, "cluster: stopped and cleaned up in %.1fs\n", time.Since(stopStart).Seconds())
+	if left := n.Leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "the node left behind: %s\n", strings.Join(left, ", "))
+		return 1
+	}
 	return code
 }
 
@@ -240,7 +248,15 @@ apiVersion: v1
 kind: Secret
 metadata: {name: keycloak-postgres, namespace: %[1]s}
 stringData: {password: %[5]q}
----
+%[6]s
+`, ns, pgName, hostPathPV("kc-test-pgdata", "data-"+pgName+"-0", pgVolume), hostPathPV("kc-test-archive", "kcbackup-archive", archive),
+		pgPassword, postgresManifest(pgName))
+}
+
+// postgresManifest: a PostgreSQL StatefulSet labelled app.kubernetes.io/name=name, with its
+// data directory below the root of its claim, as the README asks.
+func postgresManifest(name string) string {
+	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
 metadata: {name: %[2]s, namespace: %[1]s}
@@ -291,7 +307,7 @@ spec:
             - {name: data, mountPath: /var/lib/postgresql/data}
             - {name: run, mountPath: /var/run/postgresql}
             - {name: tmp, mountPath: /tmp}
-          %[6]s
+          %[3]s
       volumes:
         - {name: run, emptyDir: {}}
         - {name: tmp, emptyDir: {}}
@@ -301,8 +317,7 @@ spec:
         accessModes: [ReadWriteOnce]
         storageClassName: kcbackup-local
         resources: {requests: {storage: 2Gi}}
-`, ns, pgName, hostPathPV("kc-test-pgdata", "data-"+pgName+"-0", pgVolume), hostPathPV("kc-test-archive", "kcbackup-archive", archive),
-		pgPassword, restrictedContainer())
+`, ns, name, restrictedContainer())
 }
 
 // keycloakManifest: the Keycloak stand-in, connected to the database through p.
@@ -481,9 +496,14 @@ func db(t *testing.T, ctx context.Context) *pgx.Conn {
 	return conn
 }
 
-// metric reads one sample of the sidecar's /metrics.
+// metric reads one sample of the sidecar's /metrics in the story's PostgreSQL pod.
 func metric(ctx context.Context, name string) (float64, error) {
-	ip, err := podIP(ctx, pgName+"-0")
+	return metricOf(ctx, pgName+"-0", name)
+}
+
+// metricOf reads one sample of the /metrics of the sidecar in pod.
+func metricOf(ctx context.Context, pod, name string) (float64, error) {
+	ip, err := podIP(ctx, pod)
 	if err != nil {
 		return 0, err
 	}
@@ -504,6 +524,30 @@ func metric(ctx context.Context, name string) (float64, error) {
 		}
 	}
 	return 0, fmt.Errorf("no metric %s in the sidecar's /metrics", name)
+}
+
+// waitLagNearZero waits until the sidecar in pod reports under 64 KiB and 5 s of WAL not yet archived.
+func waitLagNearZero(t *testing.T, ctx context.Context, pod string) {
+	t.Helper()
+	var last string
+	if err := waitFor(ctx, "archive lag near zero in "+pod, 2*time.Minute, nil, func() error {
+		b, err := metricOf(ctx, pod, "kcbackup_archive_lag_bytes")
+		if err != nil {
+			return err
+		}
+		s, err := metricOf(ctx, pod, "kcbackup_archive_lag_seconds")
+		if err != nil {
+			return err
+		}
+		last = fmt.Sprintf("%.0f bytes, %.1f s", b, s)
+		if b > 64*1024 || s > 5 {
+			return fmt.Errorf("lag %s", last)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("archive lag in %s: %s", pod, last)
 }
 
 func dumpNamespace(ctx context.Context) {
@@ -541,6 +585,11 @@ func TestKeycloakBackupStory(t *testing.T) {
 		t.Fatalf("phase Completed but no backup in status: %+v", st)
 	}
 	assertSidecarInjected(t, ctx)
+	if k, err := node.CheckPodRoutes(); err != nil {
+		t.Error(err)
+	} else {
+		t.Logf("%d pod network namespaces route only inside %s", k, node.Net.PodCIDR)
+	}
 
 	conn := db(t, ctx)
 	if _, err := conn.Exec(ctx, `CREATE TABLE ledger (id int PRIMARY KEY, note text NOT NULL);
@@ -549,28 +598,69 @@ func TestKeycloakBackupStory(t *testing.T) {
 	}
 
 	t.Log("the sidecar's lag comes back near zero")
-	if err := waitFor(ctx, "archive lag near zero", 2*time.Minute, nil, func() error {
-		b, err := metric(ctx, "kcbackup_archive_lag_bytes")
-		if err != nil {
-			return err
-		}
-		s, err := metric(ctx, "kcbackup_archive_lag_seconds")
-		if err != nil {
-			return err
-		}
-		if b > 64*1024 || s > 5 {
-			return fmt.Errorf("lag %.0f bytes, %.1f s", b, s)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	waitLagNearZero(t, ctx, pgName+"-0")
 
+	t.Run("SidecarKilledNoGap", func(t *testing.T) { killSidecar(t, ctx, conn) })
 	t.Run("RestoreOutsideWindowRefused", func(t *testing.T) { restoreOutsideWindow(t, ctx) })
 	if t.Failed() {
 		return
 	}
-	t.Run("RestoreBeforeDrop", func(t *testing.T) { restoreBeforeDrop(t, ctx, conn) })
+	t.Run("RestoreBeforeDropOperatorDeleted", func(t *testing.T) { restoreBeforeDrop(t, ctx, conn) })
+}
+
+// killSidecar SIGKILLs the sidecar's process while rows are being committed; kubelet
+// restarts it. The rows committed meanwhile are restored later (RestoreBeforeDrop), which
+// needs every WAL segment between the base backup and the target: no gap.
+func killSidecar(t *testing.T, ctx context.Context, conn *pgx.Conn) {
+	pod := pgName + "-0"
+	restarts := func() (int, string, error) {
+		out, err := jsonpath(ctx, "pod", pod, `{.status.initContainerStatuses[?(@.name=="kcbackup")].restartCount} {.status.initContainerStatuses[?(@.name=="kcbackup")].containerID}`)
+		if err != nil {
+			return 0, "", err
+		}
+		f := strings.Fields(out)
+		if len(f) != 2 {
+			return 0, "", fmt.Errorf("no kcbackup init container status in %q", out)
+		}
+		n, err := strconv.Atoi(f[0])
+		return n, strings.TrimPrefix(f[1], "containerd://"), err
+	}
+	before, id, err := restarts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := 5001
+	insert := func() {
+		if _, err := conn.Exec(ctx, "INSERT INTO ledger VALUES ($1::int, 'row ' || $1::int)", next); err != nil {
+			t.Fatalf("insert row %d: %v", next, err)
+		}
+		next++
+	}
+	for i := 0; i < 20; i++ {
+		insert()
+	}
+	if _, err := node.Ctr(ctx, "tasks", "kill", "-s", "SIGKILL", id); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(ctx, "kubelet restarts the sidecar", 2*time.Minute, nil, func() error {
+		insert()
+		n, newID, err := restarts()
+		if err != nil {
+			return err
+		}
+		if n <= before || newID == id {
+			return fmt.Errorf("restartCount %d (was %d)", n, before)
+		}
+		_, err = metric(ctx, "kcbackup_archive_lag_bytes")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		insert()
+	}
+	waitLagNearZero(t, ctx, pgName+"-0")
+	t.Logf("sidecar killed and restarted by kubelet; %d rows committed across it", next-5001)
 }
 
 // assertSidecarInjected checks the PostgreSQL pod as the operator changed it: the native
@@ -714,7 +804,40 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Delete the operator's pod in the middle: the new one resumes the same step.
+	var step, startTime, jobUID string
+	if err := waitFor(ctx, "the restore past creating its Job", 5*time.Minute, nil, func() error {
+		out, err := jsonpath(ctx, "keycloakbackup", "restore", "{.status.restore.step} {.status.restore.startTime}")
+		if err != nil {
+			return err
+		}
+		f := strings.Fields(out)
+		if len(f) == 2 && (f[0] == "RestoringData" || f[0] == "StartingDatabase" || f[0] == "WaitingForArchive") {
+			step, startTime = f[0], f[1]
+			if jobUID, err = jsonpath(ctx, "job", "restore-restore", "{.metadata.uid}"); err != nil || jobUID == "" {
+				return fmt.Errorf("no restore Job yet (%v)", err)
+			}
+			return nil
+		}
+		return fmt.Errorf("step %q", out)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Kubectl(ctx, "-n", "kcbackup-system", "delete", "pod", "-l", "app.kubernetes.io/name=kcbackup-operator", "--wait=false"); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("operator pod deleted at step %s", step)
 	st := waitPhase(t, ctx, "restore", "Restored", 10*time.Minute, "Failed")
+	if got, _ := jsonpath(ctx, "keycloakbackup", "restore", "{.status.restore.startTime}"); got != startTime {
+		t.Errorf("restore startTime %s, was %s before the operator restarted: the procedure started over", got, startTime)
+	}
+	if got, _ := jsonpath(ctx, "job", "restore-restore", "{.metadata.uid}"); got != jobUID {
+		t.Errorf("restore Job uid %s, was %s: the Job was created twice", got, jobUID)
+	}
+	events, _ := node.Kubectl(ctx, "-n", ns, "get", "events", "--field-selector", "involvedObject.name=restore,reason=RestoreStarted", "-o", "name")
+	if n := len(strings.Fields(events)); n != 1 {
+		t.Errorf("%d RestoreStarted events, want 1", n)
+	}
 	t.Logf("restore to %s: Restored in %.1fs, timeline %d -> %d", target.Format(time.RFC3339), time.Since(t0).Seconds(), st.Restore.PreviousTimeline, st.Restore.Timeline)
 	if st.Restore.Timeline <= tl {
 		t.Errorf("timeline %d after the restore, want above %d", st.Restore.Timeline, tl)
@@ -741,7 +864,7 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	for _, e := range es {
 		names = append(names, e.Name())
 	}
-	if len(names) < 2 {
+	if len(names) != 2 {
 		t.Errorf("the data volume holds %v: want the restored pgdata and the old one beside it", names)
 	} else {
 		t.Logf("data volume after the restore: %v", names)
@@ -750,6 +873,155 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 		r, _ := jsonpath(ctx, "deployment", "keycloak", "{.status.readyReplicas}")
 		if r != "1" {
 			return fmt.Errorf("ready replicas %q", r)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestScheduledBackupsOnMinIO: a second PostgreSQL archives to MinIO on a schedule of every
+// minute. Deleting its pod during a scheduled backup fails that backup clearly; the next
+// one succeeds. MinIO listens on loopback; pods reach it through a proxy on the node IP.
+func TestScheduledBackupsOnMinIO(t *testing.T) {
+	ctx := context.Background()
+	m := harness.StartMinIO(t)
+	bucket := m.NewBucket(t)
+	backend := strings.TrimPrefix(m.Endpoint(), "http://")
+	p, err := Listen(node.Net.NodeIP.String(), func(context.Context) (string, error) { return backend, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = p.Close() })
+
+	name := "keycloak-postgres-s3"
+	pod := name + "-0"
+	dir := node.path("volumes", "pgdata-s3")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 999, 999); err != nil {
+		t.Fatal(err)
+	}
+	objs := hostPathPV("kc-test-pgdata-s3", "data-"+name+"-0", dir) + fmt.Sprintf(`
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: kcbackup-s3, namespace: %s}
+stringData: {AWS_ACCESS_KEY_ID: %q, AWS_SECRET_ACCESS_KEY: %q}
+`, ns, m.AccessKey(), m.SecretKey()) + postgresManifest(name)
+	if _, err := node.KubectlStdin(ctx, objs, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Kubectl(ctx, "-n", ns, "rollout", "status", "statefulset/"+name, "--timeout=180s"); err != nil {
+		t.Fatal(err)
+	}
+	// Enough data that a base backup takes a few seconds.
+	if err := waitFor(ctx, "fill the database", 3*time.Minute, nil, func() error {
+		ip, err := podIP(ctx, pod)
+		if err != nil {
+			return err
+		}
+		c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:5432/keycloak?sslmode=disable&connect_timeout=5", pgPassword, ip))
+		if err != nil {
+			return err
+		}
+		defer c.Close(ctx)
+		_, err = c.Exec(ctx, `CREATE TABLE IF NOT EXISTS filler AS
+			SELECT g AS id, (SELECT string_agg(md5(random()::text || g), '') FROM generate_series(1, 16)) AS pad
+			FROM generate_series(1, 120000) g`)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+
+	kb := fmt.Sprintf(`apiVersion: keycloak.org/v1alpha1
+kind: KeycloakBackup
+metadata: {name: s3-every-minute, namespace: %s}
+spec:
+  instanceSelector:
+    matchLabels: {app.kubernetes.io/name: %s}
+  storage:
+    s3:
+      bucket: %s
+      prefix: cluster-test
+      region: us-east-1
+      endpoint: http://%s
+      forcePathStyle: true
+      credentialsSecret: {name: kcbackup-s3}
+  postgres:
+    user: postgres
+    passwordSecret: {name: keycloak-postgres, key: password}
+  schedule: "* * * * *"
+  retention: {keepBackups: 3}
+`, ns, name, bucket, p.Addr)
+	if _, err := node.KubectlStdin(ctx, kb, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	backups := func() (int, kcbStatus, error) {
+		st, err := getKCB(ctx, "s3-every-minute")
+		return len(st.Backups), st, err
+	}
+	if err := waitFor(ctx, "the first scheduled backup", 4*time.Minute, nil, func() error {
+		n, st, err := backups()
+		if err != nil {
+			return err
+		}
+		if n < 1 {
+			return fmt.Errorf("phase %q, %d backups (%s)", st.Phase, n, st.ready())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitLagNearZero(t, ctx, pod)
+	out, err := m.Client().ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
+	if err != nil || len(out.Contents) == 0 {
+		t.Fatalf("nothing archived in bucket %s (%v)", bucket, err)
+	}
+	t.Logf("first scheduled backup done; %d objects in the bucket", len(out.Contents))
+
+	t.Log("delete the PostgreSQL pod during the next scheduled backup")
+	n0, _, _ := backups()
+	if err := waitFor(ctx, "the next scheduled backup running", 3*time.Minute, nil, func() error {
+		_, st, err := backups()
+		if err != nil {
+			return err
+		}
+		if st.Phase != "BackingUp" {
+			return fmt.Errorf("phase %q", st.Phase)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.Kubectl(ctx, "-n", ns, "delete", "pod", pod, "--wait=false"); err != nil {
+		t.Fatal(err)
+	}
+	var failure string
+	if err := waitFor(ctx, "the interrupted backup reported failed", 3*time.Minute, nil, func() error {
+		_, st, err := backups()
+		if err != nil {
+			return err
+		}
+		for _, c := range st.Conditions {
+			if c.Type == "Ready" && (c.Reason == "BackupFailed" || c.Reason == "BackupLost") {
+				failure = c.Reason + ": " + c.Message
+				return nil
+			}
+		}
+		return fmt.Errorf("phase %q (%s)", st.Phase, st.ready())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("interrupted backup: %s", failure)
+	if err := waitFor(ctx, "a later scheduled backup succeeds", 4*time.Minute, nil, func() error {
+		n, st, err := backups()
+		if err != nil {
+			return err
+		}
+		if n <= n0 {
+			return fmt.Errorf("%d backups, had %d (%s)", n, n0, st.ready())
 		}
 		return nil
 	}); err != nil {

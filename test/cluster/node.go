@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -799,6 +800,73 @@ func (n *Node) unmountAll() error {
 		return fmt.Errorf("still mounted: %s", strings.Join(ms, ", "))
 	}
 	return nil
+}
+
+// Leftovers lists what Stop should have removed and did not: it is empty after a clean stop.
+func (n *Node) Leftovers() []string {
+	var out []string
+	n.mu.Lock()
+	procs := append([]*proc(nil), n.procs...)
+	n.mu.Unlock()
+	for _, p := range procs {
+		select {
+		case <-p.done:
+		default:
+			out = append(out, fmt.Sprintf("process %s (pid %d)", p.name, p.cmd.Process.Pid))
+		}
+	}
+	for _, pid := range shimsOf(n.containerdSock()) {
+		out = append(out, fmt.Sprintf("containerd shim pid %d", pid))
+	}
+	for _, m := range mountsUnder(n.Dir) {
+		out = append(out, "mount "+m)
+	}
+	if n.Net.Bridge != "" && exec.Command("ip", "link", "show", n.Net.Bridge).Run() == nil {
+		out = append(out, "bridge "+n.Net.Bridge)
+	}
+	if b, _ := exec.Command("ip", "-4", "route", "show", "table", "all").Output(); n.Net.Bridge != "" &&
+		(strings.Contains(string(b), n.Net.Services.String()) || strings.Contains(string(b), n.Net.PodCIDR.String())) {
+		out = append(out, "a route for "+n.Net.Services.String()+" or "+n.Net.PodCIDR.String())
+	}
+	for name := range netnsNames() {
+		if !n.netnsPre[name] {
+			out = append(out, "network namespace "+name)
+		}
+	}
+	if _, err := os.Stat(n.Dir); err == nil {
+		out = append(out, "directory "+n.Dir)
+	}
+	if _, err := os.Stat("/var/log/containers"); err == nil && n.logLinks {
+		out = append(out, "/var/log/containers")
+	}
+	return out
+}
+
+// CheckPodRoutes checks every pod network namespace of this node: its routes lead only to
+// the pod network (no default route, no gateway), so a pod can reach nothing else.
+func (n *Node) CheckPodRoutes() (int, error) {
+	checked := 0
+	for name := range netnsNames() {
+		if n.netnsPre[name] {
+			continue
+		}
+		b, err := exec.Command("ip", "-n", name, "-4", "route", "show", "table", "all").CombinedOutput()
+		if err != nil {
+			return checked, fmt.Errorf("routes of %s: %v: %s", name, err, b)
+		}
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || f[0] == "local" || f[0] == "broadcast" {
+				continue
+			}
+			dst, err := netip.ParsePrefix(f[0])
+			if f[0] == "default" || err != nil || !n.Net.PodCIDR.Contains(dst.Addr()) || dst.Bits() < n.Net.PodCIDR.Bits() {
+				return checked, fmt.Errorf("pod network namespace %s has a route outside %s: %q", name, n.Net.PodCIDR, line)
+			}
+		}
+		checked++
+	}
+	return checked, nil
 }
 
 // shimsOf returns the pids of the containerd shims serving the containerd at sock.

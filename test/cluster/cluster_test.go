@@ -473,12 +473,18 @@ func jsonpath(ctx context.Context, kind, name, path string) (string, error) {
 	return strings.TrimSpace(out), err
 }
 
-// db connects to PostgreSQL in the running pod, directly on its pod IP.
+// db connects to the story's PostgreSQL.
 func db(t *testing.T, ctx context.Context) *pgx.Conn {
 	t.Helper()
+	return dbPod(t, ctx, pgName+"-0")
+}
+
+// dbPod connects to PostgreSQL in pod, directly on its pod IP.
+func dbPod(t *testing.T, ctx context.Context, pod string) *pgx.Conn {
+	t.Helper()
 	var conn *pgx.Conn
-	err := waitFor(ctx, "connect to PostgreSQL", 2*time.Minute, nil, func() error {
-		ip, err := podIP(ctx, pgName+"-0")
+	err := waitFor(ctx, "connect to PostgreSQL in "+pod, 2*time.Minute, nil, func() error {
+		ip, err := podIP(ctx, pod)
 		if err != nil {
 			return err
 		}
@@ -917,23 +923,13 @@ stringData: {AWS_ACCESS_KEY_ID: %q, AWS_SECRET_ACCESS_KEY: %q}
 		t.Fatal(err)
 	}
 	// Enough data that a base backup takes a few seconds.
-	if err := waitFor(ctx, "fill the database", 3*time.Minute, nil, func() error {
-		ip, err := podIP(ctx, pod)
-		if err != nil {
-			return err
-		}
-		c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:5432/keycloak?sslmode=disable&connect_timeout=5", pgPassword, ip))
-		if err != nil {
-			return err
-		}
-		defer c.Close(ctx)
-		_, err = c.Exec(ctx, `CREATE TABLE IF NOT EXISTS filler AS
-			SELECT g AS id, (SELECT string_agg(md5(random()::text || g), '') FROM generate_series(1, 16)) AS pad
-			FROM generate_series(1, 120000) g`)
-		return err
-	}); err != nil {
+	conn := dbPod(t, ctx, pod)
+	if _, err := conn.Exec(ctx, `CREATE TABLE filler AS
+		SELECT g AS id, (SELECT string_agg(md5(random()::text || k::text || g::text), '') FROM generate_series(1, 16) k) AS pad
+		FROM generate_series(1, 120000) g`); err != nil {
 		t.Fatal(err)
 	}
+	_ = conn.Close(ctx)
 
 	kb := fmt.Sprintf(`apiVersion: keycloak.org/v1alpha1
 kind: KeycloakBackup

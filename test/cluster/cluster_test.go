@@ -1023,4 +1023,32 @@ spec:
 	}); err != nil {
 		t.Fatal(err)
 	}
+
+	t.Log("restore to latest from MinIO, with the schedule suspended")
+	if _, err := node.Kubectl(ctx, "-n", ns, "patch", "keycloakbackup", "s3-every-minute", "--type=merge", "-p", `{"spec":{"suspend":true}}`); err != nil {
+		t.Fatal(err)
+	}
+	waitPhase(t, ctx, "s3-every-minute", "Suspended", 3*time.Minute)
+	conn = dbPod(t, ctx, pod)
+	if _, err := conn.Exec(ctx, "CREATE TABLE marker AS SELECT 42 AS answer"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.Close(ctx)
+	waitLagNearZero(t, ctx, pod)
+	restore := strings.Replace(strings.Replace(kb, "name: s3-every-minute", "name: s3-restore-latest", 1),
+		"  schedule: \"* * * * *\"\n  retention: {keepBackups: 3}\n", "  restoreTo: latest\n", 1)
+	if !strings.Contains(restore, "restoreTo: latest") {
+		t.Fatalf("could not make the restore resource from:\n%s", kb)
+	}
+	t0 := time.Now()
+	if _, err := node.KubectlStdin(ctx, restore, "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	st := waitPhase(t, ctx, "s3-restore-latest", "Restored", 10*time.Minute, "Failed")
+	t.Logf("restore to latest from MinIO: Restored in %.1fs, timeline %d -> %d", time.Since(t0).Seconds(), st.Restore.PreviousTimeline, st.Restore.Timeline)
+	conn = dbPod(t, ctx, pod)
+	var answer, rows int
+	if err := conn.QueryRow(ctx, "SELECT answer, (SELECT count(*) FROM filler) FROM marker").Scan(&answer, &rows); err != nil || answer != 42 || rows != 120000 {
+		t.Errorf("after the restore: marker %d, filler rows %d (%v); want 42 and 120000", answer, rows, err)
+	}
 }

@@ -6,6 +6,7 @@
 #   make generate  deepcopy, CRD and RBAC from the markers in api/ and operator/
 #   make demo      archive, back up, break and restore a local PostgreSQL (file:// archive)
 #   make bench     kcbackup side by side with the standard PostgreSQL tools
+#   make test-cluster  the KeycloakBackup story on a real single-node Kubernetes (root; see test/cluster)
 #
 # Components the tests start are built once into $(KCBACKUP_CACHE) by test/tools/install.sh
 # (PostgreSQL 17 and 18: a Debian root filesystem each, about 3 minutes each the first time).
@@ -19,7 +20,7 @@ export GOFLAGS := -mod=mod
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 75m
 
-.PHONY: all build test lint generate demo bench tools clean
+.PHONY: all build test lint generate demo bench tools clean test-cluster
 
 all: build
 
@@ -37,6 +38,12 @@ lint:
 
 test: tools lint build
 	go test $(GO_TEST_FLAGS) ./...
+
+# Builds what the node needs into $(KCBACKUP_CACHE) first (20-30 minutes cold, seconds warm).
+test-cluster:
+	test/cluster/build.sh
+	go vet -tags cluster ./test/cluster/
+	go test -tags cluster -count=1 -timeout 45m -v ./test/cluster/
 
 generate:
 	operator/hack/generate.sh

@@ -11,7 +11,7 @@
 # The test harness runs those servers inside their root (chroot) on a loopback port.
 #
 # Usage: test/tools/install.sh [postgres] [pgroot-17] [pgroot-18] [minio] [etcd] [kube-apiserver]
-#                              [kubectl] [envtest] [promtool] [recovery-tools]
+#                              [kubectl] [envtest] [promtool] [recovery-tools] [cluster]
 #        (default: all of them)
 set -euo pipefail
 
@@ -211,7 +211,8 @@ for t in "${targets[@]}"; do
     pgroot-18) install_pgroot 18 sid ;;
     promtool) install_promtool ;;
     recovery-tools) install_recovery_tools ;;
+    cluster) "$(dirname "$0")/../cluster/build.sh" ;; # the real node: root, 20-30 minutes cold
     kubectl) install_kubectl ;;
-    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool, recovery-tools)"; exit 2 ;;
+    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool, recovery-tools, cluster)"; exit 2 ;;
   esac
 done

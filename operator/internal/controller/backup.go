@@ -157,6 +157,9 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 	} else if r.windowDue(kb) {
 		if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
 			kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+		} else {
+			// One constant message: an idle schedule must not change its status each time.
+			kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionTrue, kcv1.ReasonSidecarAnswering, "the sidecar answers and reports the archive's catalog")
 		}
 	}
 	// Step 2: suspended: nothing new starts.

@@ -6,6 +6,8 @@
 #   make generate  deepcopy, CRD and RBAC from the markers in api/ and operator/
 #   make demo      archive, back up, break and restore a local PostgreSQL (file:// archive)
 #   make bench     kcbackup side by side with the standard PostgreSQL tools
+#   make soak      the randomized history checker over many seeds: make soak SEEDS=200
+#                  [FIRST_SEED=1] [STEPS=10]; failures in bin/soak-report.jsonl
 #
 # Components the tests start are built once into $(KCBACKUP_CACHE) by test/tools/install.sh.
 
@@ -18,7 +20,7 @@ export GOFLAGS := -mod=mod
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 75m
 
-.PHONY: all build test lint generate demo bench tools clean
+.PHONY: all build test lint generate demo bench tools clean soak
 
 all: build
 
@@ -45,6 +47,15 @@ demo: build
 
 bench: build tools
 	go run ./test/bench
+
+SEEDS ?= 20
+FIRST_SEED ?= 1
+STEPS ?= 10
+soak: tools
+	mkdir -p bin && rm -f bin/soak-report.jsonl
+	KCBACKUP_HISTORY_SEEDS=$(SEEDS) KCBACKUP_HISTORY_FIRST_SEED=$(FIRST_SEED) KCBACKUP_HISTORY_STEPS=$(STEPS) \
+	KCBACKUP_HISTORY_REPORT=$(CURDIR)/bin/soak-report.jsonl \
+	go test -count=1 -timeout 0 -run 'TestHistory$$' -v ./test/history
 
 clean:
 	rm -rf bin demo

@@ -40,8 +40,7 @@ func (w *world) killSidecar() error {
 	if err := w.sc.Start(); err != nil {
 		return err
 	}
-	w.sc.WaitReady(sidecarReady)
-	return nil
+	return w.waitReady()
 }
 
 // crash stops PostgreSQL in immediate mode while rows are being written, then restarts
@@ -159,11 +158,16 @@ func (w *world) promote(n int) error {
 	if err := w.waitArchived(); err != nil {
 		return err
 	}
+	if err := w.dropLeftRecoverySettings(old); err != nil {
+		return err
+	}
 	standby := harness.StartStandby(w.t, old, harness.PGOptions{})
 	if err := w.sc.Stop(time.Minute); err != nil {
 		w.logf("  sidecar stop: %v", err)
 	}
-	w.startSidecar(standby)
+	if err := w.startSidecar(standby); err != nil {
+		return err
+	}
 	if err := w.write(n); err != nil {
 		return err
 	}
@@ -195,6 +199,30 @@ func (w *world) promote(n int) error {
 		}
 	}
 	return w.adopt(standby, born, w.m.all(w.m.Live), "promotion")
+}
+
+// recoveryTargets are the settings that bound a recovery to one target and timeline.
+var recoveryTargets = []string{"recovery_target", "recovery_target_time", "recovery_target_lsn", "recovery_target_xid",
+	"recovery_target_name", "recovery_target_inclusive", "recovery_target_action", "recovery_target_timeline"}
+
+// dropLeftRecoverySettings reports recovery targets a restore left in postgresql.auto.conf
+// of a cluster that has long been promoted: a standby cloned from it inherits them and
+// cannot follow the primary's timeline ("unexpected timeline ID"). They are reset so the
+// history goes on.
+func (w *world) dropLeftRecoverySettings(pg *harness.Postgres) error {
+	left, err := pg.QueryString(w.ctx, `SELECT coalesce(string_agg(name || ' = ' || setting, ', '), '') FROM pg_file_settings
+		WHERE name LIKE 'recovery_target%' AND sourcefile LIKE '%postgresql.auto.conf'`)
+	if err != nil || left == "" {
+		return err
+	}
+	w.finding(fail("promotion: a restored cluster can be cloned into a standby",
+		"postgresql.auto.conf of the cluster restored on timeline %d still sets %s; a standby cloned from it stops following at that timeline (reset here to go on)", w.m.Live, left))
+	for _, name := range recoveryTargets {
+		if err := pg.Exec(w.ctx, "ALTER SYSTEM RESET "+name); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // adopt makes pg, just promoted onto a new timeline holding want, the live cluster.
@@ -347,8 +375,7 @@ func (w *world) hole() error {
 	if err := w.sc.Start(); err != nil {
 		return err
 	}
-	w.sc.WaitReady(sidecarReady)
-	return nil
+	return w.waitReady()
 }
 
 func clipList(s []string) string {

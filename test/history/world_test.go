@@ -3,6 +3,8 @@ package history
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -105,7 +107,9 @@ func (w *world) setup() error {
 		w.url = "file://" + sharedArchiveDir(w.t)
 	}
 	w.pg = harness.StartPostgres(w.t, w.pgOptions())
-	w.startSidecar(w.pg)
+	if err := w.startSidecar(w.pg); err != nil {
+		return err
+	}
 	if err := w.pg.Exec(w.ctx, "CREATE TABLE ledger (id bigserial PRIMARY KEY, note text NOT NULL UNIQUE); CREATE TABLE filler (n int, pad text)"); err != nil {
 		return err
 	}
@@ -139,8 +143,32 @@ func sharedArchiveDir(t *testing.T) string {
 	return dir
 }
 
-func (w *world) startSidecar(pg *harness.Postgres) {
-	w.sc = harness.StartSidecar(w.t, pg, harness.SidecarOptions{Storage: w.url, Env: w.env, Args: []string{"--partial-interval", w.plan.Config.Partial}})
+func (w *world) startSidecar(pg *harness.Postgres) error {
+	w.sc = harness.StartSidecar(w.t, pg, harness.SidecarOptions{Storage: w.url, Env: w.env, NoWait: true, Args: []string{"--partial-interval", w.plan.Config.Partial}})
+	return w.waitReady()
+}
+
+// waitReady waits until the sidecar answers /readyz with 200.
+func (w *world) waitReady() error {
+	deadline := time.Now().Add(sidecarReady)
+	client := &http.Client{Timeout: 5 * time.Second}
+	last := ""
+	for time.Now().Before(deadline) {
+		resp, err := client.Get(w.sc.URL() + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = fmt.Sprintf("%s %s", resp.Status, strings.TrimSpace(string(body)))
+		}
+		if w.sc.Exited() {
+			return fail("archiving: the sidecar runs", "the sidecar exited:\n%s", tailLines(w.sc.Log(), 30))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fail("archiving: the sidecar becomes ready", "not ready after %s (last answer %q):\n%s", sidecarReady, last, tailLines(w.sc.Log(), 20))
 }
 
 // kcbackup runs a kcbackup command with the storage credentials.

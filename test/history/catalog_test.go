@@ -174,16 +174,20 @@ func timeField(obj map[string]json.RawMessage, names ...string) (time.Time, erro
 	return time.Time{}, fmt.Errorf("no time in any of %v", names)
 }
 
-// covered reports whether every instant of [from, to] lies in the union of rs (of one
-// timeline), allowing slack at the joins.
+// covered reports whether every instant of [from, to] (a single instant when they are
+// equal) lies in the union of rs (of one timeline), allowing slack at the joins.
 func covered(rs []timeRange, from, to time.Time, slack time.Duration) bool {
 	rs = slices.Clone(rs)
 	sort.Slice(rs, func(i, j int) bool { return rs[i].From.Before(rs[j].From) })
-	at := from
+	at, started := from, false
 	for _, r := range rs {
 		if r.From.After(at.Add(slack)) {
 			break
 		}
+		if r.To.Add(slack).Before(at) {
+			continue // wholly before what is left to cover
+		}
+		started = true
 		if r.To.After(at) {
 			at = r.To
 		}
@@ -191,7 +195,7 @@ func covered(rs []timeRange, from, to time.Time, slack time.Duration) bool {
 			return true
 		}
 	}
-	return !at.Add(slack).Before(to)
+	return started && !at.Add(slack).Before(to)
 }
 
 func TestParseRangesReadsBothWindowShapes(t *testing.T) {
@@ -249,5 +253,11 @@ func TestCoveredNeedsTheWholeInterval(t *testing.T) {
 	}
 	if covered(rs, t0.Add(-time.Second), t0.Add(10*time.Second), 0) {
 		t.Fatal("an interval starting before the ranges is not covered")
+	}
+	if !covered(rs, t0.Add(30*time.Second), t0.Add(30*time.Second), 0) || covered(rs, t0.Add(150*time.Second), t0.Add(150*time.Second), 0) {
+		t.Fatal("an instant is covered only inside a range")
+	}
+	if covered(nil, t0, t0, 0) || covered(rs, t0.Add(5*time.Minute), t0.Add(5*time.Minute), 0) {
+		t.Fatal("an instant outside every range is not covered")
 	}
 }

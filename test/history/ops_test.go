@@ -203,20 +203,21 @@ func (w *world) promote(n int) error {
 
 // recoveryTargets are the settings that bound a recovery to one target and timeline.
 var recoveryTargets = []string{"recovery_target", "recovery_target_time", "recovery_target_lsn", "recovery_target_xid",
-	"recovery_target_name", "recovery_target_inclusive", "recovery_target_action", "recovery_target_timeline"}
+	"recovery_target_name", "recovery_target_inclusive", "recovery_target_action", "recovery_target_timeline", "restore_command"}
 
-// dropLeftRecoverySettings reports recovery targets a restore left in postgresql.auto.conf
-// of a cluster that has long been promoted: a standby cloned from it inherits them and
-// cannot follow the primary's timeline ("unexpected timeline ID"). They are reset so the
-// history goes on.
+// dropLeftRecoverySettings reports the recovery settings a restore left in
+// postgresql.auto.conf of a cluster that has long been promoted: a standby cloned from it
+// inherits them and cannot follow the primary's timeline ("unexpected timeline ID"), or,
+// through restore_command, fetches a zero-padded partial segment from the archive and
+// PANICs at promotion ("invalid magic number"). They are reset so the history goes on.
 func (w *world) dropLeftRecoverySettings(pg *harness.Postgres) error {
 	left, err := pg.QueryString(w.ctx, `SELECT coalesce(string_agg(name || ' = ' || setting, ', '), '') FROM pg_file_settings
-		WHERE name LIKE 'recovery_target%' AND sourcefile LIKE '%postgresql.auto.conf'`)
+		WHERE (name LIKE 'recovery_target%' OR name = 'restore_command') AND sourcefile LIKE '%postgresql.auto.conf'`)
 	if err != nil || left == "" {
 		return err
 	}
 	w.finding(fail("promotion: a restored cluster can be cloned into a standby",
-		"postgresql.auto.conf of the cluster restored on timeline %d still sets %s; a standby cloned from it stops following at that timeline (reset here to go on)", w.m.Live, left))
+		"postgresql.auto.conf of the cluster restored on timeline %d still sets %s; a standby cloned from it stops following at that timeline or PANICs at promotion on a partial segment restore_command serves (reset here to go on)", w.m.Live, left))
 	for _, name := range recoveryTargets {
 		if err := pg.Exec(w.ctx, "ALTER SYSTEM RESET "+name); err != nil {
 			return err

@@ -22,8 +22,9 @@ const (
 	envReport    = "KCBACKUP_HISTORY_REPORT"     // append one JSON line per failure to this file
 )
 
-// defaultSeeds and defaultSteps are the short run: one file:// history and one MinIO one.
-var defaultSeeds = []int64{3, 4}
+// defaultSeeds and defaultSteps are the short run: a file:// history (restore, promotion,
+// prune) and a MinIO one (backup, outage, prune, restore).
+var defaultSeeds = []int64{22, 29}
 
 const defaultSteps, soakSteps = 4, 10
 

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -100,12 +101,24 @@ func (m *model) fork(id, parent uint32, history walarchive.TimelineHistory, rows
 }
 
 // onPath reports whether WAL position lsn of timeline tli lies on timeline target's path.
+// An ancestor's part of the path ends at the earliest switch point from it on (see
+// historyOf: switch points need not increase).
 func (m *model) onPath(target, tli uint32, lsn walarchive.LSN) bool {
 	if tli == target {
 		return true
 	}
-	sp, ok := m.Timelines[target].History.SwitchPointOf(tli)
-	return ok && lsn <= sp
+	h := m.Timelines[target].History
+	for i, s := range h {
+		if s.Parent != tli {
+			continue
+		}
+		end := s.SwitchPoint
+		for _, later := range h[i+1:] {
+			end = min(end, later.SwitchPoint)
+		}
+		return lsn <= end
+	}
+	return false
 }
 
 // restorableLatest reports whether the live timeline has a backup on its path started
@@ -269,4 +282,23 @@ func (w *writer) resolve(ctx context.Context, pg *harness.Postgres) ([]row, erro
 		}
 	}
 	return rows, nil
+}
+
+func TestOnPathEndsAnAncestorAtItsEarliestLaterSwitchPoint(t *testing.T) {
+	m := newModel()
+	// Timeline 4 restored along timeline 3 to a point of timeline 2's part (0/801CE8),
+	// before timeline 3 branched (0/A0E0F8): PostgreSQL writes 3's history, then 3 0/801CE8.
+	m.Timelines[4] = &timelineModel{ID: 4, History: walarchive.TimelineHistory{{Parent: 1, SwitchPoint: 0x700100}, {Parent: 2, SwitchPoint: 0xA0E0F8}, {Parent: 3, SwitchPoint: 0x801CE8}}}
+	for _, tc := range []struct {
+		tli  uint32
+		lsn  walarchive.LSN
+		want bool
+	}{
+		{1, 0x700000, true}, {1, 0x700200, false}, {2, 0x801000, true}, {2, 0x900000, false},
+		{3, 0x900000, false}, {4, 0x900000, true}, {5, 0x100, false},
+	} {
+		if got := m.onPath(4, tc.tli, tc.lsn); got != tc.want {
+			t.Errorf("onPath(4, %d, %s) = %v; want %v", tc.tli, tc.lsn, got, tc.want)
+		}
+	}
 }

@@ -181,7 +181,7 @@ func (w *world) kcbackup(timeout time.Duration, extraEnv []string, args ...strin
 func (w *world) catalog() (catalog, error) {
 	out, stderr, code := w.kcbackup(cliTimeout, nil, "list", "--storage", w.url, "--json")
 	if code != 0 {
-		return catalog{}, fmt.Errorf("list --json exited %d: %s", code, stderr)
+		return catalog{}, fail("list: the catalog reads the archive", "list --json exited %d: %s", code, strings.TrimSpace(stderr))
 	}
 	c, err := parseCatalog([]byte(out))
 	if err == nil && len(c.Inverted) > 0 {
@@ -259,7 +259,10 @@ func (w *world) timeline(pg *harness.Postgres) (uint32, error) {
 	return uint32(n), err
 }
 
-// historyOf reads timeline tli's history file from the server's pg_wal.
+// historyOf reads timeline tli's history file from the server's pg_wal. It is parsed as
+// PostgreSQL reads it (timeline.c readTimeLineHistory): timelines increase, switch points
+// need not, since a restore along a timeline to a point before its branch writes the
+// target timeline's history followed by an earlier switch point.
 func historyOf(ctx context.Context, pg *harness.Postgres, tli uint32) (walarchive.TimelineHistory, error) {
 	if tli == 1 {
 		return nil, nil
@@ -268,7 +271,20 @@ func historyOf(ctx context.Context, pg *harness.Postgres, tli uint32) (walarchiv
 	if err != nil {
 		return nil, err
 	}
-	return walarchive.ParseTimelineHistory([]byte(s))
+	var h walarchive.TimelineHistory
+	for _, line := range strings.Split(s, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 || strings.HasPrefix(f[0], "#") {
+			continue
+		}
+		parent, err1 := strconv.ParseUint(f[0], 10, 32)
+		lsn, err2 := walarchive.ParseLSN(f[1])
+		if err1 != nil || err2 != nil || (len(h) > 0 && uint32(parent) <= h[len(h)-1].Parent) {
+			return nil, fmt.Errorf("history of timeline %d: bad line %q", tli, line)
+		}
+		h = append(h, walarchive.TimelineSwitch{Parent: uint32(parent), SwitchPoint: lsn})
+	}
+	return h, nil
 }
 
 // waitArchived waits until the sidecar archives the live timeline up to the server's

@@ -1,0 +1,67 @@
+package history
+
+import (
+	"os"
+	"testing"
+)
+
+// fixedPlans are histories that broke an invariant when they were found, replayed as they
+// ran (the seed also fixes the checks' sampling). Each names the seed and step where the
+// failure showed. They run when asked (KCBACKUP_HISTORY_FIXED=1), all or one by one:
+//
+//	KCBACKUP_HISTORY_FIXED=1 go test ./test/history -run 'TestHistoryFixed/PruneKeepsTheLiveTimelineRestorable' -v
+var fixedPlans = []struct {
+	name string
+	seed int64
+	plan string
+}{
+	// Right after the first backup, list reports a window whose latest is before its
+	// earliest (the newest WAL object is older than the backup's stop).
+	{"WindowNeverEndsBeforeItStarts", 3, "storage=file,sync=false,partial=1s"},
+	// Backups on three timelines; --keep-within removes every backup on the live
+	// timeline's path: the window of the live timeline becomes empty (step 5).
+	{"PruneKeepsTheLiveTimelineRestorable", 1, "storage=file,sync=true,partial=0 hole:834:0.816 backup:86:0.388 restore:983:0.233 backup:468:0.191 restore:923:0.734 prune:790:0.878"},
+	// A time before the in-place restore's promotion lies on timeline 1 (where the cluster
+	// wrote then) and on timeline 2's path: restore without --timeline silently gives 2's.
+	{"AmbiguousTimeIsRefused", 64, "storage=file,sync=false,partial=200ms restore:153:0.150"},
+	// A WAL hole on timeline 2: the sidecar loops on "TIMELINE_HISTORY 2: expected 1
+	// result set, got 0" and never becomes ready again (step 3).
+	{"SidecarRecoversFromAHoleOnALaterTimeline", 5, "storage=file,sync=false,partial=200ms prune:510:0.478 restore:558:0.143 write:96:0.481 hole:821:0.780"},
+	// The restored cluster keeps restore's recovery settings in postgresql.auto.conf; a
+	// standby cloned from it cannot follow timeline 3, or PANICs at promotion on a
+	// zero-padded partial that restore_command serves (step 1).
+	{"StandbyOfARestoredCluster", 63, "storage=file,sync=false,partial=1s restore:105:0.706 promote:175:0.894"},
+	// A restore along timeline 3 to a point of timeline 2's part of its path: PostgreSQL
+	// writes timeline 4's history with a switch point earlier than the one before it,
+	// which walarchive.ParseTimelineHistory refuses (step 6).
+	{"RestoreBeforeABranchPointKeepsTheArchiveReadable", 63, "storage=file,sync=false,partial=1s restore:105:0.706 promote:175:0.894 crash:50:0.800 backup:777:0.502 crash:48:0.667 write:188:0.847 restore:68:0.090"},
+	// After a promotion (sidecar moved to the standby before the last rows), a restore to
+	// latest lacked 456 of the 1223 rows the promoted timeline holds (step 5).
+	{"LatestAfterPromotionHoldsEveryRow", 68, "storage=file,sync=false,partial=1s crash:168:0.778 restore:33:0.306 write:49:0.029 prune:145:0.094 backup:249:0.246 promote:62:0.198"},
+}
+
+// envFixed ("1") runs the fixed histories.
+const envFixed = "KCBACKUP_HISTORY_FIXED"
+
+func TestHistoryFixed(t *testing.T) {
+	if os.Getenv(envFixed) != "1" {
+		t.Skipf("the fixed histories run when asked: %s=1", envFixed)
+	}
+	for _, fp := range fixedPlans {
+		t.Run(fp.name, func(t *testing.T) {
+			p, err := parsePlan(fp.seed, fp.plan)
+			if err != nil {
+				t.Fatal(err)
+			}
+			runPlan(t, p)
+		})
+	}
+}
+
+func TestFixedPlansParse(t *testing.T) {
+	for _, fp := range fixedPlans {
+		if _, err := parsePlan(fp.seed, fp.plan); err != nil {
+			t.Errorf("%s: %v", fp.name, err)
+		}
+	}
+}

@@ -146,13 +146,7 @@ func (w *world) check(i int, s step, last bool) error {
 
 // checkSample is invariant (a), sampled: a restore to one time, chosen one of three ways.
 func (w *world) checkSample(r *rand.Rand, cat catalog) error {
-	var dead []*timelineModel
-	for _, tl := range w.m.Timelines {
-		if tl.ID != w.m.Live && len(tl.Rows) > 0 {
-			dead = append(dead, tl)
-		}
-	}
-	sort.Slice(dead, func(i, j int) bool { return dead[i].ID < dead[j].ID })
+	dead := w.deadTimelines()
 	live := rangesOf(cat.Ranges, w.m.Live)
 	kind := r.IntN(4)
 	switch {
@@ -165,6 +159,18 @@ func (w *world) checkSample(r *rand.Rand, cat catalog) error {
 	}
 	w.logf("  (a) no reported range to sample")
 	return nil
+}
+
+// deadTimelines are the timelines the cluster left, with rows, by number.
+func (w *world) deadTimelines() []*timelineModel {
+	var dead []*timelineModel
+	for _, tl := range w.m.Timelines {
+		if tl.ID != w.m.Live && len(tl.Rows) > 0 {
+			dead = append(dead, tl)
+		}
+	}
+	sort.Slice(dead, func(i, j int) bool { return dead[i].ID < dead[j].ID })
+	return dead
 }
 
 // sampleTime picks a time in rg: a commit timestamp of its timeline in it (the inclusive
@@ -240,10 +246,7 @@ func (w *world) sampleDefaultTimeline(r *rand.Rand, rg timeRange) error {
 // sampleDeadTimeline: a time in an old timeline's life, restored with --timeline, is exact
 // when accepted; refused only when no reported range covers it.
 func (w *world) sampleDeadTimeline(r *rand.Rand, tl *timelineModel, cat catalog) error {
-	from, to := tl.Born, tl.Died
-	if from.IsZero() {
-		from = tl.Rows[0].TS
-	}
+	from, to := tl.life()
 	if !to.After(from) {
 		return nil
 	}

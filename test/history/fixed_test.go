@@ -38,6 +38,11 @@ var fixedPlans = []struct {
 	// After a promotion (sidecar moved to the standby before the last rows), a restore to
 	// latest lacked 456 of the 1223 rows the promoted timeline holds (step 5).
 	{"LatestAfterPromotionHoldsEveryRow", 68, "storage=file,sync=false,partial=1s crash:168:0.778 restore:33:0.306 write:49:0.029 prune:145:0.094 backup:249:0.246 promote:62:0.198"},
+	// A backup taken after an in-place restore carries that restore's recovery_target_time
+	// in postgresql.auto.conf; restore --to latest of it adds none of its own, so recovery
+	// aims at the old target and fails "recovery ended before configured recovery target
+	// was reached" (step 9).
+	{"LatestOfABackupTakenAfterARestore", 101, "storage=s3,sync=true,partial=0 kill:938:0.754 restore:368:0.024 restore:146:0.636 write:59:0.633 outage:195:0.287 restore:273:0.655 write:120:0.982 crash:34:0.882 kill:167:0.680 backup:368:0.708"},
 }
 
 // envFixed ("1") runs the fixed histories.

@@ -77,6 +77,19 @@ func (m *model) all(tli uint32) map[string]time.Time {
 	return m.expectedAt(tli, time.Date(9999, 1, 1, 0, 0, 0, 0, time.UTC))
 }
 
+// life returns when the cluster wrote on tl: from its birth (its first row for timeline 1)
+// to its death (now while it is live).
+func (tl *timelineModel) life() (time.Time, time.Time) {
+	from, to := tl.Born, tl.Died
+	if from.IsZero() && len(tl.Rows) > 0 {
+		from = tl.Rows[0].TS
+	}
+	if to.IsZero() {
+		to = time.Now()
+	}
+	return from, to
+}
+
 // liveAt returns the timeline the cluster wrote on at wall-clock time t.
 func (m *model) liveAt(t time.Time) uint32 {
 	best := uint32(1)

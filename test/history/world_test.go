@@ -2,6 +2,7 @@ package history
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -193,7 +194,10 @@ func (w *world) catalog() (catalog, error) {
 // finding records a broken invariant that does not stop the history (the first of each
 // kind per history): the test fails, and the history goes on to find more.
 func (w *world) finding(err error) {
-	f := err.(*failure)
+	var f *failure
+	if !errors.As(err, &f) {
+		f = &failure{Invariant: "finding", Detail: err.Error()}
+	}
 	if w.found == nil {
 		w.found = map[string]bool{}
 	}

@@ -33,7 +33,9 @@ var fixedPlans = []struct {
 	{"StandbyOfARestoredCluster", 63, "storage=file,sync=false,partial=1s restore:105:0.706 promote:175:0.894"},
 	// A restore along timeline 3 to a point of timeline 2's part of its path: PostgreSQL
 	// writes timeline 4's history with a switch point earlier than the one before it,
-	// which walarchive.ParseTimelineHistory refuses (step 6).
+	// which walarchive.ParseTimelineHistory refuses (step 6); the sidecar then stops
+	// archiving for good ("timeline 3 history from the server: ... does not follow", seed 306
+	// step 3 too).
 	{"RestoreBeforeABranchPointKeepsTheArchiveReadable", 63, "storage=file,sync=false,partial=1s restore:105:0.706 promote:175:0.894 crash:50:0.800 backup:777:0.502 crash:48:0.667 write:188:0.847 restore:68:0.090"},
 	// After a promotion (sidecar moved to the standby before the last rows), a restore to
 	// latest lacked 456 of the 1223 rows the promoted timeline holds (step 5).

@@ -316,50 +316,47 @@ func (w *world) waitArchived() error {
 	return fail("archiving", "the archive did not reach the server's flush position %s on timeline %d within %s (%s)\n%s", flush, w.m.Live, catchUpTimeout, last, tailLines(w.sc.Log(), 30))
 }
 
-// restoreInto restores the archive into a new directory and starts PostgreSQL on it; the
-// caller stops it and removes the directory with the returned function. A refused or
-// failed restore returns code != 0 and its stderr.
-func (w *world) restoreInto(to string, args ...string) (*harness.Postgres, func(), int, string) {
+// restoreLedger restores into a new directory, starts PostgreSQL on it and returns its
+// ledger; code and stderr are the restore's when it was refused (code > 0) or when the
+// restored server did not start or finish recovery (code -1). The server runs in a subtest,
+// so that a start the harness gives up on fails that subtest and the history reports it.
+func (w *world) restoreLedger(to string, args ...string) (map[string]time.Time, int, string, error) {
 	parent, err := os.MkdirTemp("", "kcbackup-history-restore-")
 	if err != nil {
-		w.t.Fatal(err)
+		return nil, 0, "", err
 	}
+	defer os.RemoveAll(parent)
 	os.Chmod(parent, 0o755)
-	cleanup := func() { os.RemoveAll(parent) }
 	dir := filepath.Join(parent, "pgdata")
 	all := append([]string{"restore", "--storage", w.url, "--pgdata", dir, "--to", to, "--owner", "postgres"}, args...)
 	_, stderr, code := w.kcbackup(cliTimeout, nil, all...)
 	if code != 0 {
-		cleanup()
-		return nil, nil, code, stderr
-	}
-	pg := harness.StartFromDataDir(w.t, dir, harness.PGOptions{})
-	stop := func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		pg.Stop(ctx, "immediate")
-		cleanup()
-	}
-	ctx, cancel := context.WithTimeout(w.ctx, promoteTimeout)
-	defer cancel()
-	if err := pg.WaitPromoted(ctx); err != nil {
-		log := tailLines(pg.Log(), 25)
-		stop()
-		return nil, nil, -1, fmt.Sprintf("restored server did not finish recovery: %v\n%s", err, log)
-	}
-	return pg, stop, 0, ""
-}
-
-// restoreLedger restores into a new directory, starts PostgreSQL on it and returns its
-// ledger; code and stderr are the restore's when it was refused or failed.
-func (w *world) restoreLedger(to string, args ...string) (map[string]time.Time, int, string, error) {
-	pg, stop, code, stderr := w.restoreInto(to, args...)
-	if code != 0 {
 		return nil, code, stderr, nil
 	}
-	defer stop()
-	got, err := readLedger(w.ctx, pg)
-	return got, 0, "", err
+	var got map[string]time.Time
+	var why string
+	ok := w.t.Run("restored", func(t *testing.T) {
+		pg := harness.StartFromDataDir(t, dir, harness.PGOptions{})
+		defer pg.Stop(context.Background(), "immediate")
+		ctx, cancel := context.WithTimeout(w.ctx, promoteTimeout)
+		defer cancel()
+		if err := pg.WaitPromoted(ctx); err != nil {
+			why = fmt.Sprintf("restored server did not finish recovery: %v\n%s", err, tailLines(pg.Log(), 25))
+			t.Error(why)
+			return
+		}
+		if got, err = readLedger(w.ctx, pg); err != nil {
+			why = err.Error()
+			t.Error(why)
+		}
+	})
+	if !ok {
+		if why == "" {
+			why = "the restored server did not start (its log is in the subtest's output above)"
+		}
+		return nil, -1, why, nil
+	}
+	return got, 0, "", nil
 }
 
 func tailLines(s string, n int) string {

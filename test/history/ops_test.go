@@ -20,7 +20,7 @@ func (w *world) apply(s step) error {
 	case opKill:
 		return w.killSidecar()
 	case opCrash:
-		return w.crash(s.N)
+		return w.crash(s.N, w.minio != nil && s.F >= 0.9)
 	case opOutage:
 		return w.outage(s.N)
 	case opPromote:
@@ -44,22 +44,40 @@ func (w *world) killSidecar() error {
 }
 
 // crash stops PostgreSQL in immediate mode while rows are being written, then restarts
-// it. In synchronous mode a restore to latest taken while the server is down must hold
-// every acknowledged commit.
-func (w *world) crash(n int) error {
+// it; with storeDown, MinIO is stopped first and started after the crash. In synchronous
+// mode a restore to latest taken while the server is down must hold every acknowledged
+// commit (with synchronous_commit = on, commits wait while the store is down).
+func (w *world) crash(n int, storeDown bool) error {
+	if storeDown {
+		if err := w.minio.Stop(w.ctx); err != nil {
+			return err
+		}
+	}
 	wr, err := startWriter(w.ctx, w.pg, w.nextNote, 0)
 	if err != nil {
 		return err
 	}
-	if err := wr.waitCount(n, writeTimeout); err != nil {
-		wr.finish()
-		return err
+	if storeDown {
+		w.waitStorageDown()
+	}
+	if !storeDown || !(w.plan.Config.Sync && w.plan.Config.Commit == "on") {
+		if err := wr.waitCount(n, writeTimeout); err != nil {
+			wr.finish()
+			return err
+		}
 	}
 	if err := w.pg.Stop(w.ctx, "immediate"); err != nil {
 		return err
 	}
 	wr.finish()
-	w.logf("  crashed with %d rows acknowledged, %d in flight", len(wr.acked), len(wr.uncertain))
+	w.logf("  crashed with %d rows acknowledged, %d in flight (store down: %v)", len(wr.acked), len(wr.uncertain), storeDown)
+	if storeDown {
+		ctx, cancel := context.WithTimeout(w.ctx, 2*time.Minute)
+		defer cancel()
+		if err := w.minio.Start(ctx); err != nil {
+			return err
+		}
+	}
 	var syncErr error
 	if w.plan.Config.Sync {
 		syncErr = w.checkAckedAfterCrash(wr)
@@ -120,17 +138,7 @@ func (w *world) outage(n int) error {
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st, err := w.sc.Status(w.ctx)
-		if err == nil && !st.StorageUp {
-			break
-		}
-		if time.Now().After(deadline) {
-			break // a quiet sidecar may not have touched the store yet
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	w.waitStorageDown()
 	if !w.plan.Config.Sync {
 		wr.waitCount(n, writeTimeout)
 	}
@@ -143,6 +151,18 @@ func (w *world) outage(n int) error {
 	wr.finish()
 	w.logf("  outage: %d rows written around it", len(wr.acked))
 	return w.settle(wr, werr)
+}
+
+// waitStorageDown waits, at most a minute, until the sidecar reports the store down (a quiet
+// sidecar may not have touched it yet).
+func (w *world) waitStorageDown() {
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		if st, err := w.sc.Status(w.ctx); err == nil && !st.StorageUp {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
 
 // promote clones the primary into a standby, moves the sidecar to it, writes n rows,

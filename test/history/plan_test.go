@@ -12,7 +12,7 @@ const (
 	opWrite   = "write"   // N ledger rows, one transaction each
 	opBackup  = "backup"  // kcbackup backup
 	opKill    = "kill"    // sidecar SIGKILL, then restart
-	opCrash   = "crash"   // PostgreSQL immediate stop under N rows of load, then restart
+	opCrash   = "crash"   // PostgreSQL immediate stop under N rows of load (F >= 0.9 on s3: with the store down), then restart
 	opOutage  = "outage"  // MinIO stopped under load, then started (s3 only)
 	opPromote = "promote" // a new standby takes over (N rows written first)
 	opRestore = "restore" // in-place restore to a point F of a reported range N (mod count)
@@ -25,6 +25,7 @@ type config struct {
 	Storage string // "file" or "s3"
 	Sync    bool   // synchronous_standby_names = 'kcbackup', --partial-interval 0
 	Partial string // --partial-interval
+	Commit  string // synchronous_commit in synchronous mode: "on" or "remote_write"
 }
 
 // step is one operation with its parameters: N a count or choice, F a fraction in [0, 1).
@@ -44,7 +45,11 @@ type plan struct {
 }
 
 func (p plan) String() string {
-	parts := []string{fmt.Sprintf("storage=%s,sync=%t,partial=%s", p.Config.Storage, p.Config.Sync, p.Config.Partial)}
+	cfg := fmt.Sprintf("storage=%s,sync=%t,partial=%s", p.Config.Storage, p.Config.Sync, p.Config.Partial)
+	if p.Config.Commit != "on" {
+		cfg += ",commit=" + p.Config.Commit
+	}
+	parts := []string{cfg}
 	for _, s := range p.Steps {
 		parts = append(parts, s.String())
 	}
@@ -95,6 +100,11 @@ func generatePlan(seed int64, steps int) plan {
 		}
 		p.Steps = append(p.Steps, s)
 	}
+	// Drawn last, so that the plans of earlier versions keep their steps.
+	p.Config.Commit = "on"
+	if p.Config.Sync && r.IntN(2) == 0 {
+		p.Config.Commit = "remote_write"
+	}
 	return p
 }
 
@@ -104,7 +114,7 @@ func parsePlan(seed int64, s string) (plan, error) {
 	if len(fields) == 0 {
 		return plan{}, fmt.Errorf("empty plan: expected \"storage=file,sync=false,partial=1s op:N:F ...\"")
 	}
-	p := plan{Seed: seed}
+	p := plan{Seed: seed, Config: config{Commit: "on"}}
 	for _, kv := range strings.Split(fields[0], ",") {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
@@ -121,8 +131,13 @@ func parsePlan(seed int64, s string) (plan, error) {
 			p.Config.Sync = b
 		case "partial":
 			p.Config.Partial = v
+		case "commit":
+			if v != "on" && v != "remote_write" {
+				return plan{}, fmt.Errorf("plan: commit=%q: expected on or remote_write", v)
+			}
+			p.Config.Commit = v
 		default:
-			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync or partial", k)
+			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync, partial or commit", k)
 		}
 	}
 	if p.Config.Storage == "" || p.Config.Partial == "" {

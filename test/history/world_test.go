@@ -77,7 +77,7 @@ func (w *world) pgOptions() harness.PGOptions {
 	}
 	if w.plan.Config.Sync {
 		s["synchronous_standby_names"] = "kcbackup"
-		s["synchronous_commit"] = "on"
+		s["synchronous_commit"] = w.plan.Config.Commit
 	}
 	return harness.PGOptions{WALSegmentSizeMB: 1, Settings: s}
 }

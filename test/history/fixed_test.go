@@ -49,6 +49,9 @@ var fixedPlans = []struct {
 	// archive caught up, yet a restore to latest lacks the 267 rows written in the 1.3 s
 	// before the crash and promotes without a word (step 4).
 	{"LatestAfterACrashHoldsEveryRow", 305, "storage=s3,sync=false,partial=200ms restore:707:0.279 crash:30:0.888 backup:797:0.431 backup:843:0.142 crash:197:0.047"},
+	// synchronous_commit = remote_write with the store down: a commit returns, the server
+	// crashes, and a restore to latest lacks it (step 0).
+	{"RemoteWriteCommitsSurviveACrash", 1526, "storage=s3,sync=true,partial=0,commit=remote_write crash:122:0.998"},
 }
 
 // envFixed ("1") runs the fixed histories.

@@ -60,11 +60,17 @@ func (w *world) crash(n int, storeDown bool) error {
 	if storeDown {
 		w.waitStorageDown()
 	}
-	if !storeDown || !(w.plan.Config.Sync && w.plan.Config.Commit == "on") {
+	switch {
+	case !storeDown:
 		if err := wr.waitCount(n, writeTimeout); err != nil {
 			wr.finish()
 			return err
 		}
+	case w.plan.Config.Sync:
+		// Commits should wait for the store; those a weaker level releases are the point.
+		wr.waitCount(1, storeDownCommitWait)
+	default:
+		wr.waitCount(n, writeTimeout)
 	}
 	if err := w.pg.Stop(w.ctx, "immediate"); err != nil {
 		return err

@@ -32,6 +32,8 @@ const (
 	catchUpTimeout = 3 * time.Minute
 	// sidecarReady is how long a (re)started sidecar may take to answer /readyz.
 	sidecarReady = time.Minute
+	// storeDownCommitWait bounds the wait for a synchronous commit with the store down.
+	storeDownCommitWait = 15 * time.Second
 	// writeTimeout bounds a write step of up to 200 rows (synchronous commits included).
 	writeTimeout = 3 * time.Minute
 )

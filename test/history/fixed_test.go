@@ -52,10 +52,11 @@ var fixedPlans = []struct {
 	// synchronous_commit = remote_write with the store down: a commit returns, the server
 	// crashes, and a restore to latest lacks it (step 0).
 	{"RemoteWriteCommitsSurviveACrash", 1526, "storage=s3,sync=true,partial=0,commit=remote_write crash:122:0.998"},
-	// A second in-place restore (to timeline 4, a point of timeline 3's life): the sidecar's
+	// An in-place restore after a promotion (to timeline 4, a point of timeline 3's life): the sidecar's
 	// new slot starts at the backup's 0/700028 and it streams timeline 1 from 0/700000,
 	// which the restored server no longer has ("requested WAL segment
-	// 00000002000000000000000A has already been removed"): archiving stops (step 4).
+	// 00000002000000000000000A has already been removed"): archiving stops (step 4; a
+	// replay stopped already at the first in-place restore, step 2).
 	{"ArchivingFollowsASecondInPlaceRestore", 106, "storage=file,sync=false,partial=200ms promote:147:0.634 backup:339:0.905 restore:317:0.134 write:182:0.054 restore:414:0.708"},
 }
 

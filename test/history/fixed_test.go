@@ -58,6 +58,16 @@ var fixedPlans = []struct {
 	// 00000002000000000000000A has already been removed"): archiving stops (step 4; a
 	// replay stopped already at the first in-place restore, step 2).
 	{"ArchivingFollowsASecondInPlaceRestore", 106, "storage=file,sync=false,partial=200ms promote:147:0.634 backup:339:0.905 restore:317:0.134 write:182:0.054 restore:414:0.708"},
+	// Synchronous mode (synchronous_commit = on): PostgreSQL stopped in immediate mode under
+	// load; a restore to latest taken with the server down lacks 116 acknowledged commits
+	// (step 7).
+	{"SynchronousCommitsSurviveACrash", 137, "storage=s3,sync=true,partial=0 write:76:0.265 kill:104:0.738 write:178:0.744 restore:276:0.538 crash:190:0.033 restore:706:0.301 backup:745:0.379 crash:109:0.702"},
+	// Synchronous mode, sidecar SIGKILLed and restarted, archive reported caught up: a
+	// restore to latest lacks the last 2 acknowledged commits (step 5).
+	{"LatestAfterASidecarKillHoldsEveryRow", 136, "storage=file,sync=true,partial=0 restore:204:0.282 prune:265:0.064 write:28:0.808 prune:916:0.282 backup:299:0.710 kill:144:0.979"},
+	// Synchronous mode, a MinIO outage under load: after it, a restore to latest lacks 20
+	// of the rows written around the outage (step 7).
+	{"LatestAfterAnOutageHoldsEveryRow", 220, "storage=s3,sync=true,partial=0 backup:907:0.679 outage:115:0.733 restore:452:0.731 prune:410:0.281 prune:149:0.940 backup:217:0.815 backup:388:0.870 outage:189:0.089"},
 }
 
 // envFixed ("1") runs the fixed histories.

@@ -7,6 +7,8 @@
 #   make demo      archive, back up, break and restore a local PostgreSQL (file:// archive)
 #   make bench     kcbackup side by side with the standard PostgreSQL tools
 #   make test-cluster  the KeycloakBackup story on a real single-node Kubernetes (root; see test/cluster)
+#   make soak      the randomized history checker over many seeds: make soak SEEDS=200
+#                  [FIRST_SEED=1] [STEPS=10]; failures in bin/soak-report.jsonl
 #
 # Components the tests start are built once into $(KCBACKUP_CACHE) by test/tools/install.sh
 # (PostgreSQL 17 and 18: a Debian root filesystem each, about 3 minutes each the first time).
@@ -20,7 +22,7 @@ export GOFLAGS := -mod=mod
 LDFLAGS := -s -w -X main.version=$(VERSION)
 GO_TEST_FLAGS ?= -count=1 -timeout 75m
 
-.PHONY: all build test lint generate demo bench tools clean test-cluster
+.PHONY: all build test lint generate demo bench tools clean test-cluster soak
 
 all: build
 
@@ -55,6 +57,15 @@ demo: build
 
 bench: build tools
 	go run ./test/bench
+
+SEEDS ?= 20
+FIRST_SEED ?= 1
+STEPS ?= 10
+soak: tools
+	mkdir -p bin && rm -f bin/soak-report.jsonl
+	KCBACKUP_HISTORY_SEEDS=$(SEEDS) KCBACKUP_HISTORY_FIRST_SEED=$(FIRST_SEED) KCBACKUP_HISTORY_STEPS=$(STEPS) \
+	KCBACKUP_HISTORY_REPORT=$(CURDIR)/bin/soak-report.jsonl \
+	go test -count=1 -timeout 0 -run 'TestHistory$$' -v ./test/history
 
 clean:
 	rm -rf bin demo

@@ -1,0 +1,163 @@
+package history
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"strings"
+)
+
+// Operations a plan is made of.
+const (
+	opWrite   = "write"   // N ledger rows, one transaction each
+	opBackup  = "backup"  // kcbackup backup
+	opKill    = "kill"    // sidecar SIGKILL, then restart
+	opCrash   = "crash"   // PostgreSQL immediate stop under N rows of load (F >= 0.9 on s3: with the store down), then restart
+	opOutage  = "outage"  // MinIO stopped under load, then started (s3 only)
+	opPromote = "promote" // a new standby takes over (N rows written first)
+	opRestore = "restore" // in-place restore to a point F of a reported range N (mod count)
+	opPrune   = "prune"   // kcbackup prune: N encodes the flags, F the --keep-within share
+	opHole    = "hole"    // WAL hole: slot invalidated while the sidecar is stopped
+)
+
+// config is what a seed decides once, before its steps.
+type config struct {
+	Storage string // "file" or "s3"
+	Sync    bool   // synchronous_standby_names = 'kcbackup', --partial-interval 0
+	Partial string // --partial-interval
+	Commit  string // synchronous_commit in synchronous mode: "on" or "remote_write"
+}
+
+// step is one operation with its parameters: N a count or choice, F a fraction in [0, 1).
+type step struct {
+	Op string
+	N  int
+	F  float64
+}
+
+func (s step) String() string { return fmt.Sprintf("%s:%d:%.3f", s.Op, s.N, s.F) }
+
+// plan is a configuration and its steps; its String form is what KCBACKUP_HISTORY_PLAN takes.
+type plan struct {
+	Seed   int64
+	Config config
+	Steps  []step
+}
+
+func (p plan) String() string {
+	cfg := fmt.Sprintf("storage=%s,sync=%t,partial=%s", p.Config.Storage, p.Config.Sync, p.Config.Partial)
+	if p.Config.Commit != "on" {
+		cfg += ",commit=" + p.Config.Commit
+	}
+	parts := []string{cfg}
+	for _, s := range p.Steps {
+		parts = append(parts, s.String())
+	}
+	return strings.Join(parts, " ")
+}
+
+// weights of the operations in a generated plan.
+var weights = []struct {
+	op string
+	w  int
+}{
+	{opWrite, 3}, {opBackup, 2}, {opKill, 1}, {opCrash, 1}, {opOutage, 1},
+	{opPromote, 1}, {opRestore, 3}, {opPrune, 2}, {opHole, 1},
+}
+
+// generatePlan derives a whole plan from seed, before anything runs, so a seed replays
+// the same operations with the same parameters.
+func generatePlan(seed int64, steps int) plan {
+	r := rand.New(rand.NewPCG(uint64(seed), 0x6b636b7570))
+	p := plan{Seed: seed}
+	p.Config.Storage = []string{"file", "s3"}[r.IntN(2)]
+	p.Config.Sync = r.IntN(4) == 0
+	p.Config.Partial = []string{"200ms", "1s"}[r.IntN(2)]
+	if p.Config.Sync {
+		p.Config.Partial = "0"
+	}
+	total := 0
+	for _, w := range weights {
+		total += w.w
+	}
+	for len(p.Steps) < steps {
+		pick := r.IntN(total)
+		var op string
+		for _, w := range weights {
+			if pick < w.w {
+				op = w.op
+				break
+			}
+			pick -= w.w
+		}
+		if op == opOutage && p.Config.Storage != "s3" {
+			op = opWrite
+		}
+		s := step{Op: op, N: r.IntN(1000), F: float64(r.IntN(1000)) / 1000}
+		switch op {
+		case opWrite, opCrash, opPromote, opOutage:
+			s.N = 20 + s.N%180
+		}
+		p.Steps = append(p.Steps, s)
+	}
+	// Drawn last, so that the plans of earlier versions keep their steps.
+	p.Config.Commit = "on"
+	if p.Config.Sync && r.IntN(2) == 0 {
+		p.Config.Commit = "remote_write"
+	}
+	return p
+}
+
+// parsePlan reads the String form of a plan.
+func parsePlan(seed int64, s string) (plan, error) {
+	fields := strings.Fields(s)
+	if len(fields) == 0 {
+		return plan{}, fmt.Errorf("empty plan: expected \"storage=file,sync=false,partial=1s op:N:F ...\"")
+	}
+	p := plan{Seed: seed, Config: config{Commit: "on"}}
+	for _, kv := range strings.Split(fields[0], ",") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "storage":
+			if v != "file" && v != "s3" {
+				return plan{}, fmt.Errorf("plan: storage=%q: expected file or s3", v)
+			}
+			p.Config.Storage = v
+		case "sync":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return plan{}, fmt.Errorf("plan: sync=%q: expected true or false", v)
+			}
+			p.Config.Sync = b
+		case "partial":
+			p.Config.Partial = v
+		case "commit":
+			if v != "on" && v != "remote_write" {
+				return plan{}, fmt.Errorf("plan: commit=%q: expected on or remote_write", v)
+			}
+			p.Config.Commit = v
+		default:
+			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync, partial or commit", k)
+		}
+	}
+	if p.Config.Storage == "" || p.Config.Partial == "" {
+		return plan{}, fmt.Errorf("plan %q: storage and partial are required", fields[0])
+	}
+	known := map[string]bool{}
+	for _, w := range weights {
+		known[w.op] = true
+	}
+	for _, f := range fields[1:] {
+		parts := strings.Split(f, ":")
+		if len(parts) != 3 || !known[parts[0]] {
+			return plan{}, fmt.Errorf("plan step %q: expected op:N:F with op one of write, backup, kill, crash, outage, promote, restore, prune, hole", f)
+		}
+		n, err1 := strconv.Atoi(parts[1])
+		x, err2 := strconv.ParseFloat(parts[2], 64)
+		if err1 != nil || err2 != nil || n < 0 || x < 0 || x >= 1 {
+			return plan{}, fmt.Errorf("plan step %q: expected a count N >= 0 and a fraction 0 <= F < 1", f)
+		}
+		p.Steps = append(p.Steps, step{Op: parts[0], N: n, F: x})
+	}
+	return p, nil
+}

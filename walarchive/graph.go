@@ -197,13 +197,24 @@ func (g *Graph) Ranges(tli uint32) ([]Range, error) {
 		}
 		// The backup's own WAL is archived, so its stop is reachable even when the WAL up to
 		// it was stored before the backup recorded its stop time.
-		to := end.LastModified
-		if to.Before(b.StopTime) {
-			to = b.StopTime
+		// Bounds are whole microseconds, PostgreSQL's precision, rounded inwards: every
+		// time written as PostgreSQL writes it that lies in [From, To] restores.
+		from := ceilMicro(b.StopTime)
+		to := end.LastModified.Truncate(time.Microsecond)
+		if to.Before(from) {
+			to = from
 		}
-		out = append(out, Range{Timeline: tli, From: b.StopTime, Backup: b.ID, To: to, End: end, Hole: end.Missing != ""})
+		out = append(out, Range{Timeline: tli, From: from, Backup: b.ID, To: to, End: end, Hole: end.Missing != ""})
 	}
 	return out, nil
+}
+
+// ceilMicro rounds t up to a whole microsecond.
+func ceilMicro(t time.Time) time.Time {
+	if u := t.Truncate(time.Microsecond); u.Before(t) {
+		return u.Add(time.Microsecond)
+	}
+	return t
 }
 
 // BackupsOn returns the backups on path p whose WAL run is the one of range r, oldest first.

@@ -351,22 +351,3 @@ func TestPlanRestoreRefusesAnArchiveOfAnUnknownPostgreSQLVersion(t *testing.T) {
 		}
 	}
 }
-
-// After timeline 1's archive ends (its server replaced, its tail lost), a time before
-// timeline 2's first transaction is the fork's state on timeline 2: refused without
-// --timeline. Once timeline 2 has its own history, its times are its own.
-func TestPlanRestoreRefusesTheTimeBetweenAForkAndTheNewTimelinesFirstTransaction(t *testing.T) {
-	t0 := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
-	a, bs := forkedArchive(t, t0) // timeline 1 commits until commitAt(t0, 20); timeline 2's from t0+105m
-	dead := commitAt(t0, 40)
-	if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: dead}}); !errors.Is(err, ErrAmbiguousTimeline) || !strings.Contains(err.Error(), "--timeline 2") {
-		t.Fatalf("target between the fork and timeline 2's first transaction: %v; want ErrAmbiguousTimeline naming --timeline 2", err)
-	}
-	if p, err := planAt(t, a, RestoreRequest{Target: Target{Time: dead}, Timeline: 2}); err != nil || p.Backup.ID != bs[0].ID {
-		t.Fatalf("--timeline 2: %s, %v", p.Backup.ID, err)
-	}
-	own := t0.Add(106*time.Minute + 10*time.Second)
-	if p, err := planAt(t, a, RestoreRequest{Target: Target{Time: own}}); err != nil || p.Timeline != 2 || p.Stop != StopAtTime {
-		t.Fatalf("target in timeline 2's own history: timeline %d stop %s, %v", p.Timeline, p.Stop, err)
-	}
-}

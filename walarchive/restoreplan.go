@@ -220,9 +220,6 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 		return first.tli, first.r, nil
 	}
 	pFirst, _ := g.Path(first.tli)
-	if err := a.refuseForkDeadZone(ctx, g, pFirst, first.r, req, v); err != nil {
-		return 0, Range{}, err
-	}
 	for _, c := range cands[1:] {
 		pc, _ := g.Path(c.tli)
 		d, differ := divergence(pFirst, pc)
@@ -242,81 +239,6 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 			req.Target, ErrAmbiguousTimeline, c.tli, first.tli, d, c.tli, c.tli, first.tli, first.tli)
 	}
 	return first.tli, first.r, nil
-}
-
-// refuseForkDeadZone refuses a target that lies after the last transaction timeline p's
-// path shares with its parent and before p's own first transaction: restored along p it is
-// the fork's state, while the cluster may then still have run on the parent, whose archive
-// need not reach that time (its last WAL can be lost with the server it replaced).
-func (a *Archive) refuseForkDeadZone(ctx context.Context, g *Graph, p WALPath, r Range, req RestoreRequest, v PGVersion) error {
-	if len(p.History) == 0 {
-		return nil
-	}
-	last := p.History[len(p.History)-1]
-	d := last.SwitchPoint
-	if !containsTLI(g.Timelines, last.Parent) {
-		return nil
-	}
-	shared, ok, err := a.lastXactBefore(ctx, p, d, r, g, v)
-	if err != nil {
-		return fmt.Errorf("restore target %s: cannot read the WAL where timeline %d forked from %d: %w; pass --timeline", req.Target, p.Target, last.Parent, err)
-	}
-	if ok && shared.Time.After(req.Target.Time) {
-		return nil // recovery stops before the fork: the same on both
-	}
-	own, found, err := a.firstXactFrom(ctx, p, d, r.End, v)
-	if err != nil {
-		return fmt.Errorf("restore target %s: cannot read timeline %d's WAL after its fork: %w; pass --timeline", req.Target, p.Target, err)
-	}
-	if found && !own.Time.After(req.Target.Time) {
-		return nil // timeline p had begun its own history by the target
-	}
-	return fmt.Errorf("restore target %s: %w: it lies after timeline %d forked from timeline %d at %s and before timeline %d's first transaction of its own; restored along timeline %d it is the state at the fork; pass --timeline %d for that, or --timeline %d (kcbackup list shows how far timeline %d's archive reaches)",
-		req.Target, ErrAmbiguousTimeline, p.Target, last.Parent, d, p.Target, p.Target, p.Target, last.Parent, last.Parent)
-}
-
-// firstXactFrom returns the first transaction end on path p whose record starts at or after
-// from, scanning forward to the end of WAL end.
-func (a *Archive) firstXactFrom(ctx context.Context, p WALPath, from LSN, end WALEnd, v PGVersion) (XactRecord, bool, error) {
-	seg := a.SegmentSize()
-	fetch := func(n uint64) ([]byte, error) {
-		buf := new(bytes.Buffer)
-		name := SegmentName(p.TimelineOfSegment(n), n, seg)
-		if _, err := a.FetchWALFile(ctx, name, buf); err != nil {
-			return nil, fmt.Errorf("scan %s: %w", name, err)
-		}
-		return buf.Bytes(), nil
-	}
-	var cur []byte
-	for n := from.SegmentNo(seg); n <= end.LastSegment; n++ {
-		var err error
-		if cur == nil {
-			if cur, err = fetch(n); err != nil {
-				return XactRecord{}, false, err
-			}
-		}
-		var next []byte
-		if n < end.LastSegment {
-			if next, err = fetch(n + 1); err != nil {
-				return XactRecord{}, false, err
-			}
-		}
-		var first XactRecord
-		found := false
-		stream := io.MultiReader(bytes.NewReader(cur), bytes.NewReader(next))
-		if _, err := ScanXacts(stream, v, n, seg, func(x XactRecord) {
-			if !found && x.LSN >= from && x.LSN < SegmentStartLSN(n+1, seg) {
-				first, found = x, true
-			}
-		}); err != nil {
-			return XactRecord{}, false, fmt.Errorf("scan %s: %w", SegmentName(p.TimelineOfSegment(n), n, seg), err)
-		}
-		if found {
-			return first, true, nil
-		}
-		cur = next
-	}
-	return XactRecord{}, false, nil
 }
 
 // rangeHint says how a target outside every range relates to them.

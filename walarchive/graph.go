@@ -233,26 +233,24 @@ func (g *Graph) BackupsOn(p WALPath, r Range) []BackupRecord {
 }
 
 // Ranges returns the restorable ranges of timeline tli's path with exact ends: a range that
-// ends at a hole, and the last range of a timeline that is not the newest (its server was
-// replaced or promoted away: no more WAL comes), reach only as far as their last
-// transaction, read from their WAL. After an in-place restore the old timeline's range so
-// ends where its history did, not where its last WAL was stored.
+// ends at a hole reaches only as far as its last transaction, read from its WAL (WAL after
+// it is lost). The last range of a timeline keeps the upload time of its last WAL as its
+// end, even for an old timeline: its last transaction is not when its server stopped, and
+// ending it earlier would let a time on two histories look as if it lay on one.
 func (a *Archive) Ranges(ctx context.Context, g *Graph, tli uint32) ([]Range, error) {
 	rs, err := g.Ranges(tli)
 	if err != nil {
 		return nil, err
 	}
 	p, _ := g.Path(tli)
-	live, _ := g.Live()
 	for i := range rs {
-		ended := tli != live && i == len(rs)-1
-		if !rs[i].Hole && !ended {
+		if !rs[i].Hole {
 			continue
 		}
 		bs := g.BackupsOn(p, rs[i])
 		x, ok, err := a.LastXact(ctx, p, bs[0].StopLSN.SegmentNo(a.SegmentSize()), rs[i].End)
 		if err != nil {
-			return nil, fmt.Errorf("timeline %d: the end of the range from %s: %w", tli, fmtT(rs[i].From), err)
+			return nil, fmt.Errorf("timeline %d: the range before the hole at %s: %w", tli, rs[i].End.Missing, err)
 		}
 		if ok && x.Time.After(rs[i].From) {
 			rs[i].To = x.Time

@@ -156,3 +156,40 @@ func TestSidecarArchivesWithOnlyTheRecipientAndRestoresNeedTheIdentity(t *testin
 		t.Fatalf("restored %s rows; want 1500", got)
 	}
 }
+
+// A sidecar that holds only the recipients cannot read the partial an earlier run stored:
+// after a restart it must neither stall nor shrink it. The segment is stored when complete.
+func TestRecipientOnlySidecarKeepsArchivingAfterARestart(t *testing.T) {
+	ctx := context.Background()
+	url := fileArchive(t)
+	keyDir := t.TempDir()
+	os.Chmod(keyDir, 0o755)
+	idFile, pub := writeAgeIdentity(t, keyDir, "key.txt")
+	rcptFile := filepath.Join(keyDir, "recipients.txt")
+	os.WriteFile(rcptFile, []byte(pub+"\n"), 0o644)
+	onlyRecipient := []string{"KCBACKUP_ENCRYPTION_RECIPIENT_FILE=" + rcptFile}
+	withIdentity := []string{"KCBACKUP_ENCRYPTION_KEY_FILE=" + idFile}
+
+	pg := harness.StartPostgres(t, pgSettings(nil))
+	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: onlyRecipient, Args: []string{"--partial-interval", "200ms"}})
+	exec1(t, pg, "CREATE TABLE t AS SELECT g FROM generate_series(1, 1000) g")
+	if _, stderr, code := harness.Kcbackup(t, ctx, append(pg.Env(), withIdentity...), "backup", "--storage", url); code != 0 {
+		t.Fatalf("backup: %s", stderr)
+	}
+	exec1(t, pg, "INSERT INTO t VALUES (1001)")
+	waitArchived(t, sc, flushLSN(t, pg), time.Minute) // a partial of the current segment is stored
+	if err := sc.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc.WaitReady(time.Minute)
+	exec1(t, pg, "INSERT INTO t VALUES (1002); SELECT pg_switch_wal()")
+	exec1(t, pg, "INSERT INTO t VALUES (1003)")
+	waitArchived(t, sc, flushLSN(t, pg), 2*time.Minute)
+	restored, _ := restoreAndStart(t, withIdentity, url, "latest")
+	if got := query(t, restored, "SELECT count(*) FROM t"); got != "1003" {
+		t.Fatalf("restored %s rows; want 1003", got)
+	}
+}

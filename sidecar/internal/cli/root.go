@@ -85,7 +85,7 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 	root.PersistentFlags().StringVar(&g.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	root.PersistentFlags().StringVar(&g.logFormat, "log-format", "text", "log format: text or json")
 	root.PersistentFlags().StringVar(&g.keyFile, "encryption-key-file", "", "age identity file (AGE-SECRET-KEY-1..., from age-keygen): encrypts a new archive to its public key, and is required to read an encrypted one")
-	root.PersistentFlags().StringVar(&g.rcptFile, "encryption-recipient-file", "", "age recipients file (age1... public keys, one a line): the keys objects are encrypted to; alone, it lets this process archive without being able to read (no restores; restarting over a stored partial needs the identity)")
+	root.PersistentFlags().StringVar(&g.rcptFile, "encryption-recipient-file", "", "age recipients file (age1... public keys, one a line): the keys objects are encrypted to; alone, it lets this process archive without being able to read (no restores; after a restart, the segment in progress is archived only when complete)")
 	root.PersistentPreRunE = func(cmd *cobra.Command, args []string) error {
 		return bindEnv(cmd)
 	}

@@ -616,6 +616,13 @@ func (s *Streamer) storedPartialLength(ctx context.Context, tli uint32, segno ui
 	switch {
 	case errors.Is(err, storage.ErrNotFound):
 		return 0, nil
+	case errors.Is(err, walarchive.ErrWrongKey):
+		// Archiving with only the recipients (public keys): this sidecar cannot read what an
+		// earlier run stored, so it cannot know how long it is. It never replaces it (that
+		// could shrink it): the segment is stored when complete, which supersedes it. Until
+		// then this segment's tail is not uploaded, nor acknowledged.
+		s.log.Warn("cannot read the stored partial with the recipient-only key; its segment is archived when complete", "key", key)
+		return s.segSize, nil
 	case errors.Is(err, walarchive.ErrCorrupt):
 		s.log.Warn("stored partial fails verification; it will be replaced", "key", key, "err", err)
 		return 0, nil

@@ -124,13 +124,7 @@ func checkObjectsWithStandardTools(t *testing.T, root, identityFile string) {
 func TestSidecarArchivesWithOnlyTheRecipientAndRestoresNeedTheIdentity(t *testing.T) {
 	ctx := context.Background()
 	url := fileArchive(t)
-	keyDir := t.TempDir()
-	os.Chmod(keyDir, 0o755)
-	idFile, pub := writeAgeIdentity(t, keyDir, "key.txt")
-	rcptFile := filepath.Join(keyDir, "recipients.txt")
-	os.WriteFile(rcptFile, []byte(pub+"\n"), 0o644)
-	onlyRecipient := []string{"KCBACKUP_ENCRYPTION_RECIPIENT_FILE=" + rcptFile}
-	withIdentity := []string{"KCBACKUP_ENCRYPTION_KEY_FILE=" + idFile}
+	onlyRecipient, withIdentity := recipientAndIdentity(t)
 
 	pg := harness.StartPostgres(t, pgSettings(nil))
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: onlyRecipient})
@@ -162,13 +156,7 @@ func TestSidecarArchivesWithOnlyTheRecipientAndRestoresNeedTheIdentity(t *testin
 func TestRecipientOnlySidecarKeepsArchivingAfterARestart(t *testing.T) {
 	ctx := context.Background()
 	url := fileArchive(t)
-	keyDir := t.TempDir()
-	os.Chmod(keyDir, 0o755)
-	idFile, pub := writeAgeIdentity(t, keyDir, "key.txt")
-	rcptFile := filepath.Join(keyDir, "recipients.txt")
-	os.WriteFile(rcptFile, []byte(pub+"\n"), 0o644)
-	onlyRecipient := []string{"KCBACKUP_ENCRYPTION_RECIPIENT_FILE=" + rcptFile}
-	withIdentity := []string{"KCBACKUP_ENCRYPTION_KEY_FILE=" + idFile}
+	onlyRecipient, withIdentity := recipientAndIdentity(t)
 
 	pg := harness.StartPostgres(t, pgSettings(nil))
 	sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Env: onlyRecipient, Args: []string{"--partial-interval", "200ms"}})
@@ -192,4 +180,18 @@ func TestRecipientOnlySidecarKeepsArchivingAfterARestart(t *testing.T) {
 	if got := query(t, restored, "SELECT count(*) FROM t"); got != "1003" {
 		t.Fatalf("restored %s rows; want 1003", got)
 	}
+}
+
+// recipientAndIdentity makes an age identity and returns the environment that gives kcbackup
+// only its recipient (public key), and the one that gives it the identity.
+func recipientAndIdentity(t *testing.T) (onlyRecipient, withIdentity []string) {
+	t.Helper()
+	keyDir := t.TempDir()
+	os.Chmod(keyDir, 0o755)
+	idFile, pub := writeAgeIdentity(t, keyDir, "key.txt")
+	rcptFile := filepath.Join(keyDir, "recipients.txt")
+	if err := os.WriteFile(rcptFile, []byte(pub+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return []string{"KCBACKUP_ENCRYPTION_RECIPIENT_FILE=" + rcptFile}, []string{"KCBACKUP_ENCRYPTION_KEY_FILE=" + idFile}
 }

@@ -234,12 +234,17 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "restore --storage URL --pgdata DIR --to (RFC3339 time | latest)",
 		Short: "Restore a base backup and set up recovery to a point in time",
-		Long: `restore picks the newest backup that ends at or before the target (or --backup), checks the
-target lies in the recovery window, and refuses a target without a time zone, all before
-touching DIR. It extracts the backup into a staging directory beside DIR, verifying every
-checksum, writes recovery.signal and the recovery settings (restore_command calling
-'kcbackup wal-fetch', recovery_target_time with an explicit offset, recovery_target_timeline,
-recovery_target_action = promote), then moves a non-empty DIR aside to
+		Long: `restore finds the restorable range (see kcbackup list) that holds the target, picks the
+newest backup of that range that ends at or before the target (or --backup), and refuses,
+before touching DIR: a target without a time zone, outside every range (in a hole in the
+WAL, before the oldest backup, after the end), on two timelines whose histories differ then
+(pass --timeline), or in WAL it cannot read. It extracts the backup into a staging directory
+beside DIR, verifying every checksum, writes recovery.signal and the recovery settings
+(restore_command calling 'kcbackup wal-fetch'; recovery_target_time with an explicit offset
+when the archive holds a transaction that ended after the target, otherwise
+recovery_target_lsn of the last archived transaction by the target, or recovery_target =
+'immediate' when none ended after the backup, so recovery never replays WAL archived later;
+recovery_target_timeline; recovery_target_action = promote), then moves a non-empty DIR aside to
 DIR.kcbackup-replaced-<time> (only with --move-aside; it is never deleted) and the restored
 data into DIR. Start PostgreSQL on DIR: it replays WAL to the target and promotes to a new
 timeline, which 'kcbackup run' keeps archiving into the same archive.

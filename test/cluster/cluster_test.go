@@ -602,6 +602,15 @@ func TestKeycloakBackupStory(t *testing.T) {
 		INSERT INTO ledger SELECT g, 'row ' || g FROM generate_series(1, 5000) g`); err != nil {
 		t.Fatal(err)
 	}
+	// Keycloak 26's session and discovery tables, which the restore's Keycloak clean-up
+	// (spec.restore.sessions, default online) needs: without them it fails closed.
+	schema, err := os.ReadFile("../../sidecar/internal/keycloak/testdata/keycloak26.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, string(schema)); err != nil {
+		t.Fatalf("Keycloak 26 schema fixture: %v", err)
+	}
 
 	t.Log("the sidecar's lag comes back near zero")
 	waitLagNearZero(t, ctx, pgName+"-0")

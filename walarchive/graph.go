@@ -108,6 +108,17 @@ func (g *Graph) Path(tli uint32) (WALPath, error) {
 	return WALPath{Target: tli, History: g.history[tli], segSize: g.segSize}, nil
 }
 
+// storedSince reports whether WAL of timeline tli from segment fromSeg on was stored at or
+// after t: that timeline was still being written then.
+func (g *Graph) storedSince(tli uint32, fromSeg uint64, t time.Time) bool {
+	for k, e := range g.wal {
+		if k.tli == tli && k.segno >= fromSeg && !e.mod.Before(t) {
+			return true
+		}
+	}
+	return false
+}
+
 // Has reports whether the WAL of (tli, segno) is stored, complete or as a partial.
 func (g *Graph) Has(tli uint32, segno uint64) (complete, partial bool) {
 	e := g.wal[walPos{tli, segno}]

@@ -351,3 +351,30 @@ func TestPlanRestoreRefusesAnArchiveOfAnUnknownPostgreSQLVersion(t *testing.T) {
 		}
 	}
 }
+
+// Timeline 1 goes on past a hole that ends its ranges; timeline 2 forked before the hole.
+// A time after the hole is not in timeline 1's ranges, yet timeline 1 held it: answering
+// with timeline 2's fork state would be another history. Found by the history checker
+// (seeds 3019 and 3037).
+func TestPlanRestoreRefusesATimeAnotherTimelineHeldPastAHole(t *testing.T) {
+	t0 := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	b2, b8 := backupAt("20260101T000000Z", 2, t0), backupAt("20260101T010000Z", 8, t0)
+	a := fakeArchive(t, 2, 20, t0, b2, b8)
+	fakeWAL(t, a, 2, 5, 9, t0.Add(100*time.Minute))
+	h := TimelineHistory{{Parent: 1, SwitchPoint: SegmentStartLSN(5, seg1M), Reason: "before 2026-01-01"}}
+	if err := a.PutHistory(context.Background(), 2, h.Format()); err != nil {
+		t.Fatal(err)
+	}
+	a.Storage.Delete(context.Background(), SegmentKey(1, 12, seg1M)) // timeline 1's slot was invalidated
+	target := commitAt(t0, 16)
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); !errors.Is(err, ErrAmbiguousTimeline) || !strings.Contains(err.Error(), "past a hole") {
+		t.Fatalf("a time timeline 1 held past its hole: %v; want ErrAmbiguousTimeline", err)
+	}
+	if p, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}, Timeline: 2}); err != nil || p.Timeline != 2 {
+		t.Fatalf("--timeline 2: %d, %v", p.Timeline, err)
+	}
+	// Before the fork both hold the same history: no refusal.
+	if p, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 3).Add(10 * time.Second)}}); err != nil || p.Timeline != 2 {
+		t.Fatalf("before the fork: %d, %v", p.Timeline, err)
+	}
+}

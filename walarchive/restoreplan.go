@@ -238,7 +238,44 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 		return 0, Range{}, fmt.Errorf("restore target %s: %w: timelines %d and %d part at %s and both reach that time with different histories; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
 			req.Target, ErrAmbiguousTimeline, c.tli, first.tli, d, c.tli, c.tli, first.tli, first.tli)
 	}
+	var inRange []uint32
+	for _, c := range cands {
+		inRange = append(inRange, c.tli)
+	}
+	if err := a.refuseHiddenHistory(ctx, g, pFirst, first.r, req, v, first.tli, inRange); err != nil {
+		return 0, Range{}, err
+	}
 	return first.tli, first.r, nil
+}
+
+// refuseHiddenHistory refuses a target that another, diverging timeline held too although
+// none of its ranges holds it: its WAL goes on past a hole that ends its ranges. Answering
+// with timeline p's history would silently give another history than the one the cluster
+// had then.
+func (a *Archive) refuseHiddenHistory(ctx context.Context, g *Graph, p WALPath, r Range, req RestoreRequest, v PGVersion, chosen uint32, inRange []uint32) error {
+	for _, o := range g.Timelines {
+		if containsTLI(inRange, o) {
+			continue // its ranges hold the target: checked above
+		}
+		po, err := g.Path(o)
+		if err != nil {
+			continue
+		}
+		d, differ := divergence(p, po)
+		if !differ || !g.storedSince(o, d.SegmentNo(g.segSize), req.Target.Time) {
+			continue
+		}
+		x, ok, err := a.lastXactBefore(ctx, p, d, r, g, v)
+		if err != nil {
+			return fmt.Errorf("restore target %s: timelines %d and %d part at %s, and their common WAL cannot be read to tell them apart: %w; pass --timeline", req.Target, chosen, o, d, err)
+		}
+		if ok && x.Time.After(req.Target.Time) {
+			continue // recovery stops before they part: the same on both
+		}
+		return fmt.Errorf("restore target %s: %w: timeline %d parts from timeline %d at %s, and timeline %d's WAL goes on to that time, past a hole in it, so it cannot be restored there; pass --timeline %d for timeline %d's history, or a time that one of timeline %d's ranges holds (kcbackup list)",
+			req.Target, ErrAmbiguousTimeline, chosen, o, d, o, chosen, chosen, o)
+	}
+	return nil
 }
 
 // rangeHint says how a target outside every range relates to them.

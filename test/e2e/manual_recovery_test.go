@@ -159,10 +159,12 @@ func archiveRowsAroundTarget(t *testing.T, pg *harness.Postgres, sc *harness.Sid
 		t.Fatalf("backup: %s", stderr)
 	}
 	exec1(t, pg, "INSERT INTO realm_user (id) SELECT g FROM generate_series(301, 700) g")
-	// The target lies strictly between the last commit before it and the first after it.
-	time.Sleep(300 * time.Millisecond)
+	// The target lies strictly between the last commit before it and the first after it:
+	// the server's clock is read after the commit and waited past before the next one.
 	target := lsnTime(t, pg)
-	time.Sleep(300 * time.Millisecond)
+	for !lsnTime(t, pg).After(target) {
+		time.Sleep(time.Millisecond)
+	}
 	exec1(t, pg, "DELETE FROM realm_user WHERE id <= 650")
 	exec1(t, pg, "INSERT INTO realm_user (id) SELECT g FROM generate_series(701, 900) g")
 	waitArchived(t, sc, flushLSN(t, pg), 60*time.Second)

@@ -130,7 +130,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.BackupScale, "backup-scale", 100, "pgbench scale of the base backup run")
 	fs.IntVar(&c.RestoreWALMiB, "restore-wal-mib", 1024, "WAL generated after the base backup of the restore run, MiB")
 	fs.IntVar(&c.WALFetchSegments, "walfetch-segments", 200, "segments fetched in each wal-fetch run (at most what the catch-up archive holds)")
-	fs.DurationVar(&c.WALFetchGap, "walfetch-gap", 0, "pause between wal-fetch calls")
+	fs.DurationVar(&c.WALFetchGap, "walfetch-gap", 100*time.Millisecond, "pause between wal-fetch calls, standing in for PostgreSQL replaying a segment")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
 	fs.StringVar(&only, "only", "", "comma-separated phases to run: "+strings.Join(phaseNames, ","))
 	if err := fs.Parse(args); err != nil {

@@ -202,6 +202,16 @@ func (a *Archive) Put(ctx context.Context, key string, r io.Reader) (PutResult, 
 	return PutObject(ctx, a.Storage, key, r, a.Identity.Compression, a.Key)
 }
 
+// PutPrecompressed stores under key a stream that is already zstd-compressed (see
+// NewPrecompressedObjectWriterKey), replacing what was there. It is for zstd archives only:
+// an archive with compression "none" stores what it is given as it is.
+func (a *Archive) PutPrecompressed(ctx context.Context, key string, r io.Reader) (PutResult, error) {
+	if a.Identity.Compression != CompressionZstd {
+		return PutResult{}, fmt.Errorf("put %s: the archive's compression is %q, not zstd: precompressed objects are refused", key, a.Identity.Compression)
+	}
+	return putWith(ctx, a.Storage.Put, key, r, func(w io.Writer) (*ObjectWriter, error) { return NewPrecompressedObjectWriterKey(w, a.Key) })
+}
+
 // PutObject frames, compresses (and with a key, encrypts) and stores a stream of any length
 // under key in bounded memory.
 func PutObject(ctx context.Context, st storage.Storage, key string, r io.Reader, c Compression, k Key) (PutResult, error) {

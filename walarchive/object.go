@@ -111,6 +111,7 @@ type ObjectWriter struct {
 	age    io.WriteCloser // nil when not encrypted
 	comp   io.WriteCloser // the zstd encoder or the raw-block writer, writing to inner
 	enc    *zstd.Encoder
+	pre    *precompressedBody // set when the body is written already compressed
 	sum    hash.Hash
 	n      uint64
 	closed bool
@@ -125,6 +126,19 @@ func NewObjectWriter(w io.Writer, c Compression) (*ObjectWriter, error) {
 // NewObjectWriterKey starts an object on w; with a key, the whole object is encrypted to
 // the key's recipients.
 func NewObjectWriterKey(w io.Writer, c Compression, key Key) (*ObjectWriter, error) {
+	return newObjectWriter(w, c, key, false)
+}
+
+// NewPrecompressedObjectWriterKey starts a zstd object whose body is written to it already
+// compressed: zstd frames, as PostgreSQL's server-side compression sends them. The object
+// stored is the same as NewObjectWriterKey's with CompressionZstd, so every reader reads it
+// alike; the trailer's length and SHA-256 cover the decompressed payload, which is decoded
+// as it passes to compute them (an undecodable or cut body fails Write or Close).
+func NewPrecompressedObjectWriterKey(w io.Writer, key Key) (*ObjectWriter, error) {
+	return newObjectWriter(w, CompressionZstd, key, true)
+}
+
+func newObjectWriter(w io.Writer, c Compression, key Key, precompressed bool) (*ObjectWriter, error) {
 	code, err := c.code()
 	if err != nil {
 		return nil, err
@@ -142,20 +156,87 @@ func NewObjectWriterKey(w io.Writer, c Compression, key Key) (*ObjectWriter, err
 	if _, err := ow.inner.Write(header); err != nil {
 		return nil, fmt.Errorf("write object header: %w", err)
 	}
-	if c == CompressionZstd {
+	switch {
+	case precompressed:
+		ow.pre = newPrecompressedBody(ow.inner, ow.sum, &ow.n)
+		ow.comp = ow.pre
+	case c == CompressionZstd:
 		ow.enc = encoderPool.Get().(*zstd.Encoder)
 		ow.enc.Reset(ow.inner)
 		ow.comp = ow.enc
-	} else {
+	default:
 		ow.comp = newRawFrameWriter(ow.inner)
 	}
 	return ow, nil
 }
 
-// Write adds payload bytes.
+// precompressedBody passes compressed bytes through to w and decodes them on the side,
+// hashing and counting the payload they hold; a bounded pipe lets decoding overlap the
+// next bytes' arrival.
+type precompressedBody struct {
+	w    io.Writer
+	pw   *PipeWriter
+	done chan error
+	err  error // the decoder's error, once it has stopped early
+}
+
+func newPrecompressedBody(w io.Writer, sum hash.Hash, n *uint64) *precompressedBody {
+	pr, pw := Pipe(1 << 20)
+	b := &precompressedBody{w: w, pw: pw, done: make(chan error, 1)}
+	go func() {
+		dec := decoderPool.Get().(*zstd.Decoder)
+		err := dec.Reset(pr)
+		if err == nil {
+			var c int64
+			c, err = io.Copy(sum, dec)
+			*n = uint64(c)
+		}
+		dec.Reset(nil)
+		decoderPool.Put(dec)
+		if err != nil {
+			err = fmt.Errorf("the compressed body does not decode: %w", err)
+			pr.CloseWithError(err)
+		}
+		b.done <- err
+	}()
+	return b
+}
+
+func (b *precompressedBody) Write(p []byte) (int, error) {
+	if b.err != nil {
+		return 0, b.err
+	}
+	n, err := b.w.Write(p)
+	if err != nil {
+		return n, err
+	}
+	if _, err := b.pw.Write(p[:n]); err != nil {
+		b.err = <-b.done // the decoder stopped: its error says why
+		if b.err == nil {
+			b.err = errors.New("the compressed body has bytes after its last zstd frame")
+		}
+		return n, b.err
+	}
+	return n, nil
+}
+
+// Close waits for the decoder to reach the end of the body.
+func (b *precompressedBody) Close() error {
+	if b.err != nil {
+		return b.err
+	}
+	b.pw.Close()
+	b.err = <-b.done
+	return b.err
+}
+
+// Write adds payload bytes (for a precompressed object: compressed bytes).
 func (ow *ObjectWriter) Write(p []byte) (int, error) {
 	if ow.closed {
 		return 0, errors.New("write to closed object writer")
+	}
+	if ow.pre != nil {
+		return ow.pre.Write(p) // the decoder hashes and counts the payload
 	}
 	n, err := ow.comp.Write(p)
 	ow.sum.Write(p[:n])

@@ -10,10 +10,14 @@ import (
 // putFramed frames, compresses (and with a key, encrypts) r while put stores the result,
 // in bounded memory.
 func putFramed(ctx context.Context, put func(context.Context, string, io.Reader) error, key string, r io.Reader, c Compression, k Key) (PutResult, error) {
+	return putWith(ctx, put, key, r, func(w io.Writer) (*ObjectWriter, error) { return NewObjectWriterKey(w, c, k) })
+}
+
+func putWith(ctx context.Context, put func(context.Context, string, io.Reader) error, key string, r io.Reader, newWriter func(io.Writer) (*ObjectWriter, error)) (PutResult, error) {
 	pr, pw := Pipe(4 << 20)
 	var res PutResult
 	go func() {
-		ow, err := NewObjectWriterKey(pw, c, k)
+		ow, err := newWriter(pw)
 		if err == nil {
 			_, err = io.Copy(ow, r)
 			if cerr := ow.Close(); err == nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -25,6 +26,10 @@ var ErrRunning = errors.New("a base backup of this cluster is already running")
 // lockKey is the advisory lock that keeps two kcbackup backups of one cluster apart,
 // whether they run in the sidecar or from the CLI.
 const lockKey = 0x6b636261636b7570 // "kcbackup"
+
+// DefaultZstdWorkers is the libzstd threads the server compresses a base backup with
+// unless told otherwise: chosen by measurement (make bench; README, Performance).
+const DefaultZstdWorkers = 0
 
 // Options configure one base backup.
 type Options struct {
@@ -43,10 +48,18 @@ type Options struct {
 	WALTimeout time.Duration
 	// OnID is called with the backup's ID as soon as it is chosen.
 	OnID func(id string)
-	// Progress, when set, is called as data arrives (bytes done, estimated total).
+	// Progress, when set, is called as data arrives (bytes done, estimated total). Only
+	// then does the server size the tablespaces first (BASE_BACKUP's PROGRESS).
 	Progress func(done, total int64)
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// ManifestSHA256 has the manifest carry SHA-256 file checksums instead of CRC32C.
+	ManifestSHA256 bool
+	// ClientCompression compresses in this process instead of having the server compress
+	// (a zstd archive's default).
+	ClientCompression bool
+	// ZstdWorkers is the libzstd threads the server compresses with (0: in the backend).
+	ZstdWorkers int
+	Logger      *slog.Logger
+	Now         func() time.Time
 }
 
 // Take runs one base backup and returns its record once the backup is complete: data,
@@ -103,11 +116,18 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 		o.OnID(id)
 	}
 	log := o.Logger.With("backup", id)
-	log.Info("base backup starting")
 
-	// Step 3: stream BASE_BACKUP into the archive.
-	sink := &archiveSink{ctx: ctx, archive: archive, prefix: walarchive.BackupPrefix(id), progress: o.Progress}
-	bb, err := pgrepl.BaseBackup(ctx, conn, pgrepl.BaseBackupOptions{Label: "kcbackup " + id, FastCheckpoint: o.FastCheckpoint}, sink)
+	// Step 3: stream BASE_BACKUP into the archive. A zstd archive has the server compress
+	// (the sidecar's CPU is then spent only on checking what it stores); the objects are
+	// the same either way.
+	bbo := pgrepl.BaseBackupOptions{Label: "kcbackup " + id, FastCheckpoint: o.FastCheckpoint,
+		Progress: o.Progress != nil, ManifestSHA256: o.ManifestSHA256}
+	if archive.Identity.Compression == walarchive.CompressionZstd && !o.ClientCompression {
+		bbo.ServerZstd, bbo.ServerZstdWorkers = true, o.ZstdWorkers
+	}
+	log.Info("base backup starting", "server_zstd", bbo.ServerZstd)
+	sink := &archiveSink{ctx: ctx, archive: archive, prefix: walarchive.BackupPrefix(id), progress: o.Progress, serverZstd: bbo.ServerZstd}
+	bb, err := pgrepl.BaseBackup(ctx, conn, bbo, sink)
 	if cerr := sink.closeCurrent(); err == nil {
 		err = cerr
 	}
@@ -116,7 +136,7 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 		return walarchive.BackupRecord{}, fmt.Errorf("base backup %s: %w", id, err)
 	}
 	stopped := o.Now().UTC()
-	log.Info("base backup data stored; waiting for its WAL", "start_lsn", bb.Start, "stop_lsn", bb.Stop, "bytes", sink.raw)
+	log.Info("base backup data stored; waiting for its WAL", "start_lsn", bb.Start, "stop_lsn", bb.Stop, "received_bytes", sink.raw)
 
 	// Step 4: the backup is usable only with all WAL from start to stop in the archive.
 	wctx, cancel := context.WithTimeout(ctx, o.WALTimeout)
@@ -149,12 +169,13 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 // archiveSink streams each archive of the backup into its own object through a pipe, so
 // memory stays bounded whatever the database's size.
 type archiveSink struct {
-	ctx      context.Context
-	archive  *walarchive.Archive
-	prefix   string
-	progress func(done, total int64)
-	total    int64
-	raw      uint64
+	ctx        context.Context
+	archive    *walarchive.Archive
+	prefix     string
+	progress   func(done, total int64)
+	serverZstd bool // the archives arrive compressed, named "<name>.zst"
+	total      int64
+	raw        uint64 // bytes received (compressed, when the server compresses)
 
 	cur     *walarchive.PipeWriter
 	curObj  walarchive.BackupObject
@@ -178,14 +199,22 @@ func (s *archiveSink) Started(start walarchive.LSN, tli uint32, tbs []pgrepl.Tab
 }
 
 func (s *archiveSink) NewArchive(name, location string) error {
-	return s.open(walarchive.BackupObject{Name: name, Location: location})
+	if s.serverZstd {
+		tar, ok := strings.CutSuffix(name, ".zst")
+		if !ok {
+			return fmt.Errorf("the server sent archive %q uncompressed; zstd compression was asked for", name)
+		}
+		return s.open(walarchive.BackupObject{Name: tar, Location: location}, true)
+	}
+	return s.open(walarchive.BackupObject{Name: name, Location: location}, false)
 }
 
 func (s *archiveSink) Manifest() error {
-	return s.open(walarchive.BackupObject{Name: "backup_manifest"})
+	return s.open(walarchive.BackupObject{Name: "backup_manifest"}, false)
 }
 
-func (s *archiveSink) open(obj walarchive.BackupObject) error {
+// open starts the object obj; precompressed says its bytes arrive zstd-compressed.
+func (s *archiveSink) open(obj walarchive.BackupObject, precompressed bool) error {
 	if err := s.closeCurrent(); err != nil {
 		return err
 	}
@@ -198,8 +227,12 @@ func (s *archiveSink) open(obj walarchive.BackupObject) error {
 	s.cur, s.curObj, s.curDone = pw, obj, make(chan putOutcome, 1)
 	key := s.prefix + obj.Name
 	s.stored = append(s.stored, key)
+	put := s.archive.Put
+	if precompressed {
+		put = s.archive.PutPrecompressed
+	}
 	go func(done chan putOutcome) {
-		res, err := s.archive.Put(s.ctx, key, pr)
+		res, err := put(s.ctx, key, pr)
 		pr.CloseWithError(errors.New("upload ended"))
 		done <- putOutcome{res, err}
 	}(s.curDone)

@@ -85,7 +85,7 @@ func (s *Service) take(job *apiclient.BackupJob, idReady chan struct{}) {
 	signal := func() { once.Do(func() { close(idReady) }) }
 	defer signal()
 	rec, err := Take(context.Background(), Options{
-		PG: s.cfg.PG, Storage: s.cfg.Storage, Key: s.cfg.Key, FastCheckpoint: true,
+		PG: s.cfg.PG, Storage: s.cfg.Storage, Key: s.cfg.Key, FastCheckpoint: true, ZstdWorkers: DefaultZstdWorkers,
 		WaitArchived: s.cfg.Streamer.WaitArchived, Logger: s.cfg.Logger,
 		OnID: func(id string) {
 			s.mu.Lock()

@@ -60,8 +60,10 @@ func printJSON(w io.Writer, v any) error {
 
 func newBackupCmd(g *globalOptions) *cobra.Command {
 	var storageURL, pgURL string
-	var asJSON, spread bool
+	var asJSON, spread, showProgress bool
 	var walTimeout time.Duration
+	var checksums, compressOn string
+	var zstdWorkers int
 	cmd := &cobra.Command{
 		Use:   "backup --storage URL",
 		Short: "Take one base backup now and print its ID",
@@ -92,8 +94,26 @@ cluster: a second one is refused.`,
 			if err != nil {
 				return err
 			}
-			opts := backup.Options{PG: pgcfg, Storage: st, Key: key, FastCheckpoint: !spread, WALTimeout: walTimeout, Logger: log}
-			if isTerminal(g.stderr) {
+			opts := backup.Options{PG: pgcfg, Storage: st, Key: key, FastCheckpoint: !spread, WALTimeout: walTimeout, Logger: log,
+				ZstdWorkers: zstdWorkers}
+			switch strings.ToLower(checksums) {
+			case "crc32c":
+			case "sha256", "sha-256":
+				opts.ManifestSHA256 = true
+			default:
+				return fmt.Errorf("invalid --manifest-checksums %q: expected crc32c or sha256", checksums)
+			}
+			switch compressOn {
+			case "server":
+			case "client":
+				opts.ClientCompression = true
+			default:
+				return fmt.Errorf("invalid --compress-on %q: expected server or client", compressOn)
+			}
+			if zstdWorkers < 0 || zstdWorkers > 64 {
+				return fmt.Errorf("invalid --zstd-workers %d: expected 0 to 64", zstdWorkers)
+			}
+			if showProgress || isTerminal(g.stderr) {
 				opts.Progress = progressPrinter(g.stderr)
 			}
 			rec, err := backup.Take(ctx, opts)
@@ -116,6 +136,10 @@ cluster: a second one is refused.`,
 	f.BoolVar(&asJSON, "json", false, "print the backup's record as JSON")
 	f.BoolVar(&spread, "spread-checkpoint", false, "wait for a spread checkpoint instead of requesting a fast one")
 	f.DurationVar(&walTimeout, "wal-timeout", 10*time.Minute, "how long to wait for the backup's WAL to reach the archive")
+	f.BoolVar(&showProgress, "progress", false, "print progress even when stderr is not a terminal (the server then sizes the data directory first)")
+	f.StringVar(&checksums, "manifest-checksums", "crc32c", "file checksums in the backup manifest: crc32c or sha256")
+	f.StringVar(&compressOn, "compress-on", "server", "where a zstd archive's base backup is compressed: server (PostgreSQL's BASE_BACKUP COMPRESSION) or client (this process)")
+	f.IntVar(&zstdWorkers, "zstd-workers", backup.DefaultZstdWorkers, "with --compress-on server: libzstd threads in the server (0: in the backend process itself)")
 	return cmd
 }
 

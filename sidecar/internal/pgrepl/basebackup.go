@@ -22,18 +22,42 @@ type BaseBackupOptions struct {
 	FastCheckpoint bool
 	// MaxRateKB throttles the server (kB/s); 0 is unlimited.
 	MaxRateKB int
+	// Progress asks for progress messages. The server then sizes every tablespace first,
+	// a second scan of the data directory, so it is asked for only when someone watches.
+	Progress bool
+	// ManifestSHA256 asks for SHA-256 file checksums in the manifest instead of CRC32C,
+	// which the server computes several times faster and pg_verifybackup checks alike.
+	ManifestSHA256 bool
+	// ServerZstd has the server compress each archive with zstd at level 1 (PostgreSQL
+	// 15+), with ServerZstdWorkers libzstd threads (0: in the backend process itself). The
+	// archives then arrive named "<name>.zst", each one zstd frame; the manifest does not.
+	ServerZstd        bool
+	ServerZstdWorkers int
 }
 
 // Command renders the BASE_BACKUP command. WAL is not included (the archive has it) and
 // the server does not wait for archive_command (kcbackup checks its own archive).
 func (o BaseBackupOptions) Command() string {
+	checksums := "CRC32C"
+	if o.ManifestSHA256 {
+		checksums = "SHA256"
+	}
 	parts := []string{
 		"LABEL '" + strings.ReplaceAll(o.Label, "'", "''") + "'",
-		"PROGRESS",
 		"WAIT false",
 		"MANIFEST 'yes'",
-		"MANIFEST_CHECKSUMS 'SHA256'",
+		"MANIFEST_CHECKSUMS '" + checksums + "'",
 		"TABLESPACE_MAP",
+	}
+	if o.Progress {
+		parts = append(parts, "PROGRESS")
+	}
+	if o.ServerZstd {
+		detail := "level=1"
+		if o.ServerZstdWorkers > 0 {
+			detail += fmt.Sprintf(",workers=%d", o.ServerZstdWorkers)
+		}
+		parts = append(parts, "COMPRESSION 'zstd'", "COMPRESSION_DETAIL '"+detail+"'")
 	}
 	if o.FastCheckpoint {
 		parts = append(parts, "CHECKPOINT 'fast'")

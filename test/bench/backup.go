@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kcbackup/kcbackup/test/harness"
@@ -63,23 +64,30 @@ func (e *env) baseBackupPhase(t *benchTB, res *Results) error {
 		progress("%s: %s took %.1fs", t.Name(), c.name, *c.secs)
 	}
 
-	progress("%s: kcbackup backup", t.Name())
-	rec, took, err := e.takeBackup(ctx, pg, url)
-	if err != nil {
-		return err
+	// kcbackup with its defaults, then the alternatives the defaults were chosen against.
+	for _, flags := range [][]string{nil, {"--zstd-workers", "1"}, {"--zstd-workers", "2"}, {"--compress-on", "client"}, {"--manifest-checksums", "sha256"}} {
+		progress("%s: kcbackup backup %s", t.Name(), strings.Join(flags, " "))
+		rec, took, err := e.takeBackup(ctx, pg, url, flags...)
+		if err != nil {
+			return err
+		}
+		progress("%s: kcbackup backup %s took %.1fs", t.Name(), strings.Join(flags, " "), took.Seconds())
+		if flags == nil {
+			r.KcbackupSeconds, r.KcbackupBytes = took.Seconds(), int64(rec.StoredBytes())
+			continue
+		}
+		r.Variants = append(r.Variants, BackupVariant{Flags: strings.Join(flags, " "), Seconds: took.Seconds(), Bytes: int64(rec.StoredBytes())})
 	}
-	r.KcbackupSeconds = took.Seconds()
-	r.KcbackupBytes = int64(rec.StoredBytes())
-	progress("%s: kcbackup backup took %.1fs", t.Name(), r.KcbackupSeconds)
 	res.BaseBackup = r
 	return nil
 }
 
-// takeBackup runs `kcbackup backup --json` and returns its record and wall time.
-func (e *env) takeBackup(ctx context.Context, pg *harness.Postgres, url string) (walarchive.BackupRecord, time.Duration, error) {
+// takeBackup runs `kcbackup backup --json` with extra flags and returns its record and
+// wall time.
+func (e *env) takeBackup(ctx context.Context, pg *harness.Postgres, url string, flags ...string) (walarchive.BackupRecord, time.Duration, error) {
 	var rec walarchive.BackupRecord
 	began := time.Now()
-	out, err := e.kcbackup(ctx, pg.Env(), "backup", "--storage", url, "--json")
+	out, err := e.kcbackup(ctx, pg.Env(), append([]string{"backup", "--storage", url, "--json"}, flags...)...)
 	if err != nil {
 		return rec, 0, err
 	}

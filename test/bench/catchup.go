@@ -47,18 +47,24 @@ func (e *env) catchupPhase(t *benchTB, res *Results) error {
 		return err
 	}
 
-	// Step 3: drain it.
-	progress("%s: starting the sidecar on a backlog of %d MiB", t.Name(), int64(flush-start)>>20)
-	began := time.Now()
-	if err := sc.Start(); err != nil {
+	// Step 3: drain it, the store CatchupRTT away.
+	progress("%s: starting the sidecar on a backlog of %d MiB, store round trip %s", t.Name(), int64(flush-start)>>20, e.cfg.CatchupRTT)
+	var took time.Duration
+	if err := e.withRTT(e.cfg.CatchupRTT, func() error {
+		began := time.Now()
+		if err := sc.Start(); err != nil {
+			return err
+		}
+		if _, err := waitArchived(ctx, sc, flush, 60*time.Minute); err != nil {
+			return err
+		}
+		took = time.Since(began)
+		return nil
+	}); err != nil {
 		return err
 	}
-	if _, err := waitArchived(ctx, sc, flush, 60*time.Minute); err != nil {
-		return err
-	}
-	took := time.Since(began)
 	backlog := int64(flush - start)
-	res.Catchup = &CatchupResult{BacklogBytes: backlog, Seconds: took.Seconds(), MiBPerSecond: float64(backlog) / (1 << 20) / took.Seconds()}
+	res.Catchup = &CatchupResult{BacklogBytes: backlog, Seconds: took.Seconds(), MiBPerSecond: float64(backlog) / (1 << 20) / took.Seconds(), RTTSeconds: e.cfg.CatchupRTT.Seconds()}
 	progress("%s: drained %d MiB in %s (%.1f MiB/s)", t.Name(), backlog>>20, took.Round(time.Millisecond), res.Catchup.MiBPerSecond)
 
 	// Step 4: stored bytes per WAL byte of this archive; the wal-fetch phase reads it next.

@@ -24,6 +24,9 @@ type env struct {
 	cfg   Config
 	bin   string
 	minio *harness.MinIO
+	// store is the latency proxy every S3 client of the run reaches MinIO through; its
+	// round trip is 0 except where a phase sets it.
+	store *latencyProxy
 
 	// catchupURL is the archive the catch-up phase filled; the wal-fetch phase reads it.
 	catchupURL string
@@ -37,11 +40,23 @@ func newEnv(ctx context.Context, root *benchTB, cfg Config) (*env, error) {
 	root.Cleanup(func() { os.RemoveAll(filepath.Dir(bin)) })
 	progress("starting MinIO")
 	m := harness.StartMinIO(root)
-	for _, kv := range append(m.Env(), "KCBACKUP_S3_FORCE_PATH_STYLE=true") {
+	proxy, err := startLatencyProxy(strings.TrimPrefix(m.Endpoint(), "http://"))
+	if err != nil {
+		return nil, fmt.Errorf("start the latency proxy: %w", err)
+	}
+	root.Cleanup(func() { proxy.Close() })
+	for _, kv := range append(m.Env(), "KCBACKUP_S3_FORCE_PATH_STYLE=true", "AWS_ENDPOINT_URL_S3=http://"+proxy.Addr()) {
 		k, v, _ := strings.Cut(kv, "=")
 		root.Setenv(k, v)
 	}
-	return &env{ctx: ctx, cfg: cfg, bin: bin, minio: m}, nil
+	return &env{ctx: ctx, cfg: cfg, bin: bin, minio: m, store: proxy}, nil
+}
+
+// withRTT runs f with the store's round trip set to rtt, then sets it back to 0.
+func (e *env) withRTT(rtt time.Duration, f func() error) error {
+	e.store.SetRTT(rtt)
+	defer e.store.SetRTT(0)
+	return f()
 }
 
 // newArchive creates a fresh bucket and returns an s3:// storage URL in it.

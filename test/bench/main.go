@@ -53,6 +53,10 @@ type Config struct {
 	// RestoreWALMiB is how much WAL, in MiB, is generated after the base backup of the
 	// restore run.
 	RestoreWALMiB int
+	// RestoreRTTs are the store round trips the kcbackup restores run at.
+	RestoreRTTs []time.Duration
+	// CatchupRTT is the store round trip of the catch-up drain.
+	CatchupRTT time.Duration
 	// WALFetchSegments is how many segments the wal-fetch runs fetch.
 	WALFetchSegments int
 	// WALFetchGap is a pause between wal-fetch calls, standing in for replay time.
@@ -79,6 +83,8 @@ func (c Config) Validate() error {
 		return errors.New("-partial-interval must be >= 0, -archive-timeout and -drain-window >= 1s")
 	case c.CatchupMiB < 64 || c.RestoreWALMiB < 64:
 		return errors.New("-catchup-mib and -restore-wal-mib must be at least 64")
+	case len(c.RestoreRTTs) == 0:
+		return errors.New("-restore-rtts needs at least one round trip")
 	case c.WALFetchSegments < 2:
 		return errors.New("-walfetch-segments must be at least 2")
 	case c.OutDir == "":
@@ -116,7 +122,7 @@ func main() {
 // parseFlags builds the Config; -quick changes the defaults of the flags not given.
 func parseFlags(args []string) (Config, error) {
 	var c Config
-	var only string
+	var only, rtts string
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "smoke run with small sizes (a few minutes); explicit flags still win")
 	fs.DurationVar(&c.LagDuration, "lag-duration", 60*time.Second, "pgbench duration of each lag and TPS run")
@@ -131,6 +137,8 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.RestoreWALMiB, "restore-wal-mib", 1024, "WAL generated after the base backup of the restore run, MiB")
 	fs.IntVar(&c.WALFetchSegments, "walfetch-segments", 200, "segments fetched in each wal-fetch run (at most what the catch-up archive holds)")
 	fs.DurationVar(&c.WALFetchGap, "walfetch-gap", 100*time.Millisecond, "pause between wal-fetch calls, standing in for PostgreSQL replaying a segment")
+	fs.StringVar(&rtts, "restore-rtts", "0s,20ms,60ms", "comma-separated store round trips (added by a proxy in front of MinIO) the kcbackup restores run at")
+	fs.DurationVar(&c.CatchupRTT, "catchup-rtt", 60*time.Millisecond, "store round trip of the catch-up drain")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
 	fs.StringVar(&only, "only", "", "comma-separated phases to run: "+strings.Join(phaseNames, ","))
 	if err := fs.Parse(args); err != nil {
@@ -159,6 +167,13 @@ func parseFlags(args []string) (Config, error) {
 	}
 	if only != "" {
 		c.Only = strings.Split(only, ",")
+	}
+	for _, r := range strings.Split(rtts, ",") {
+		d, err := time.ParseDuration(strings.TrimSpace(r))
+		if err != nil || d < 0 || d > 10*time.Second {
+			return c, fmt.Errorf("-restore-rtts %q: expected durations from 0s to 10s, such as 0s,20ms,60ms", rtts)
+		}
+		c.RestoreRTTs = append(c.RestoreRTTs, d)
 	}
 	return c, c.Validate()
 }
@@ -244,6 +259,8 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		"restoreWALMiB":    c.RestoreWALMiB,
 		"walFetchSegments": c.WALFetchSegments,
 		"walFetchGap":      c.WALFetchGap.String(),
+		"restoreRTTs":      fmt.Sprint(c.RestoreRTTs),
+		"catchupRTT":       c.CatchupRTT.String(),
 		"only":             c.Only,
 	})
 }

@@ -16,8 +16,8 @@ import (
 const recoveryTimeout = 30 * time.Minute
 
 // restorePhase times restore and replay to the end of the archive of at least RestoreWALMiB
-// of WAL written after the base backups: kcbackup restore (prefetch 8, then 0) from MinIO,
-// and a pg_basebackup copy recovered with restore_command = 'cp ARCHIVE/%f %p' from the
+// of WAL written after the base backups: kcbackup restore (prefetch 8, then 0) from MinIO
+// at each of RestoreRTTs (the round trip the proxy adds), and a pg_basebackup copy recovered with restore_command = 'cp ARCHIVE/%f %p' from the
 // archive_command archive on local disk. Each restored cluster is started with
 // archive_mode=off, so none adds to the archives the next one reads.
 func (e *env) restorePhase(t *benchTB, res *Results) error {
@@ -100,30 +100,40 @@ func (e *env) restorePhase(t *benchTB, res *Results) error {
 		progress("%s: cp recovery took %.1fs (copy %.1fs, start and replay %.1fs)", t.Name(), r.CpSeconds, copied.Seconds(), replay.Seconds())
 		os.RemoveAll(dir)
 	}
-	for _, c := range []struct {
-		prefetch string
-		secs     *float64
-		restore  *float64
-	}{
-		{"8", &r.KcbackupSeconds, &r.KcbackupRestoreSeconds},
-		{"0", &r.NoPrefetchSeconds, &r.NoPrefetchRestoreSeconds},
-	} {
-		dir := filepath.Join(work, "kcbackup-"+c.prefetch)
-		progress("%s: kcbackup restore --to latest --prefetch %s", t.Name(), c.prefetch)
-		began := time.Now()
-		if _, err := e.kcbackup(ctx, nil, "restore", "--storage", url, "--pgdata", dir, "--to", "latest",
-			"--owner", "postgres", "--prefetch", c.prefetch); err != nil {
-			return err
+	// (k) kcbackup restore at each store round trip, with and without prefetch.
+	for _, rtt := range e.cfg.RestoreRTTs {
+		run := RestoreRun{RTTSeconds: rtt.Seconds()}
+		for _, c := range []struct {
+			prefetch string
+			secs     *float64
+			restore  *float64
+		}{
+			{"8", &run.PrefetchSeconds, &run.PrefetchRestoreSeconds},
+			{"0", &run.NoPrefetchSeconds, &run.NoPrefetchRestoreSeconds},
+		} {
+			dir := filepath.Join(work, "kcbackup-"+c.prefetch)
+			progress("%s: kcbackup restore --to latest --prefetch %s, store round trip %s", t.Name(), c.prefetch, rtt)
+			if err := e.withRTT(rtt, func() error {
+				began := time.Now()
+				if _, err := e.kcbackup(ctx, nil, "restore", "--storage", url, "--pgdata", dir, "--to", "latest",
+					"--owner", "postgres", "--prefetch", c.prefetch); err != nil {
+					return err
+				}
+				restored := time.Since(began)
+				replay, err := e.startRestored(t, dir, nil)
+				if err != nil {
+					return fmt.Errorf("kcbackup restore --prefetch %s: %w", c.prefetch, err)
+				}
+				*c.secs, *c.restore = time.Since(began).Seconds(), restored.Seconds()
+				progress("%s: kcbackup --prefetch %s at %s took %.1fs (restore %.1fs, start and replay %.1fs)", t.Name(), c.prefetch, rtt, *c.secs, restored.Seconds(), replay.Seconds())
+				waitPrefetchIdle(filepath.Join(dir, "pg_wal", "kcbackup-prefetch", "*", "*.inprogress"), time.Minute)
+				return nil
+			}); err != nil {
+				return err
+			}
+			os.RemoveAll(dir)
 		}
-		restored := time.Since(began)
-		replay, err := e.startRestored(t, dir, nil)
-		if err != nil {
-			return fmt.Errorf("kcbackup restore --prefetch %s: %w", c.prefetch, err)
-		}
-		*c.secs, *c.restore = time.Since(began).Seconds(), restored.Seconds()
-		progress("%s: kcbackup --prefetch %s took %.1fs (restore %.1fs, start and replay %.1fs)", t.Name(), c.prefetch, *c.secs, restored.Seconds(), replay.Seconds())
-		waitPrefetchIdle(filepath.Join(dir, "pg_wal", "kcbackup-prefetch", "*", "*.inprogress"), time.Minute)
-		os.RemoveAll(dir)
+		r.Runs = append(r.Runs, run)
 	}
 	res.Restore = r
 	return nil

@@ -101,6 +101,23 @@ func (h TimelineHistory) span(i int) (begin, end LSN) {
 	return begin, end
 }
 
+// PathPiece is the WAL one ancestor contributes to a timeline's path: [Begin, End).
+type PathPiece struct {
+	Timeline   uint32
+	Begin, End LSN
+}
+
+// Path returns each ancestor's piece of the path, oldest first; an ancestor that covers no
+// WAL (a restore along an older part of its parent's path) has Begin >= End.
+func (h TimelineHistory) Path() []PathPiece {
+	out := make([]PathPiece, len(h))
+	for i := range h {
+		b, e := h.span(i)
+		out[i] = PathPiece{Timeline: h[i].Parent, Begin: b, End: e}
+	}
+	return out
+}
+
 // Holds reports whether WAL position lsn of ancestor parent lies on the path h describes:
 // parent's WAL up to and including its end (a backup that stopped exactly at a switch point
 // lies on both sides).

@@ -33,6 +33,11 @@ func TestTimelineHistoryWhoseSwitchPointsGoBack(t *testing.T) {
 			t.Errorf("TimelineOfSegment(%d) = %d; want %d", seg, got, want)
 		}
 	}
+	// The sidecar starts streaming after the pieces its archive holds: timeline 2's is empty.
+	want := []PathPiece{{Timeline: 1, Begin: 0, End: 0x3000000}, {Timeline: 2, Begin: 0x5000000, End: 0x3000000}}
+	if got := h.Path(); len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
+		t.Errorf("Path() = %+v; want %+v", got, want)
+	}
 	if _, err := ParseTimelineHistory([]byte("2\t0/5000000\n1\t0/6000000\n")); err == nil {
 		t.Error("a history whose timelines do not increase was accepted")
 	}

@@ -429,12 +429,29 @@ func (s *Streamer) session(ctx context.Context) error {
 // startPosition returns the timeline and segment-aligned LSN to stream from: the segment
 // holding the slot's restart_lsn, or earlier when the archive ends before it and the server
 // still has that WAL (the gap is then filled).
+//
+// When the restart point lies on an ancestor of the server's timeline (a slot created just
+// after an in-place restore or a promotion reserves WAL from the restored backup's redo
+// point), the ancestors' WAL up to where the server's path leaves them is usually archived
+// already: recovery read it from this archive. Streaming it again would ask the server for
+// segments it never had (an ancestor's files past the restore's switch point, or a history
+// whose switch points go back), so the session starts on the first timeline of the path
+// whose WAL the archive lacks.
 func (s *Streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, info pgrepl.ServerInfo, slot pgrepl.SlotInfo) (uint32, walarchive.LSN, error) {
 	tli := slot.RestartTLI
 	if tli == 0 {
 		tli = info.Timeline
 	}
 	start := slot.RestartLSN.SegmentStart(s.segSize)
+	if tli != info.Timeline && info.Timeline > 1 {
+		var err error
+		if tli, start, err = s.pathStart(ctx, conn, info.Timeline, slot.RestartLSN); err != nil {
+			return 0, 0, err
+		}
+		if tli != info.Timeline {
+			return tli, start, nil
+		}
+	}
 	want, ok, err := s.archiveNeeds(ctx, tli)
 	if err != nil {
 		return 0, 0, err
@@ -459,6 +476,70 @@ func (s *Streamer) startPosition(ctx context.Context, conn *pgconn.PgConn, info 
 			"timeline", tli, "archive_end", want, "streaming_from", start)
 	}
 	return tli, start, nil
+}
+
+// pathStart walks the server's path (timeline cur and its history) from restart, an LSN on
+// an ancestor, and returns the first place whose WAL the archive lacks: the first missing
+// complete segment of an ancestor, when the server still has it, or else the segment where
+// cur began. An ancestor's segment holding its switch point is not needed: the next
+// timeline's file begins with the same bytes. A missing segment the server no longer has
+// is a hole, reported as such.
+func (s *Streamer) pathStart(ctx context.Context, conn *pgconn.PgConn, cur uint32, restart walarchive.LSN) (uint32, walarchive.LSN, error) {
+	res, err := pglogrepl.TimelineHistory(ctx, conn, int32(cur))
+	if err != nil {
+		return 0, 0, fmt.Errorf("TIMELINE_HISTORY %d: %w", cur, err)
+	}
+	h, err := walarchive.ParseTimelineHistory(res.Content)
+	if err != nil {
+		return 0, 0, fmt.Errorf("timeline %d history from the server: %w", cur, err)
+	}
+	for _, p := range h.Path() {
+		if p.End <= restart || p.Begin >= p.End {
+			continue
+		}
+		from := max(p.Begin, restart).SegmentNo(s.segSize)
+		upto := p.End.SegmentNo(s.segSize) // exclusive: that segment is read from the next timeline
+		have, err := s.completeSegments(ctx, p.Timeline)
+		if err != nil {
+			return 0, 0, err
+		}
+		for seg := from; seg < upto; seg++ {
+			if have[seg] {
+				continue
+			}
+			lsn := walarchive.SegmentStartLSN(seg, s.segSize)
+			if s.serverHas(ctx, conn, p.Timeline, lsn) {
+				s.log.Info("archiving an ancestor timeline's WAL the archive lacks", "timeline", p.Timeline, "from", lsn, "server_timeline", cur)
+				return p.Timeline, lsn, nil
+			}
+			s.noteGap()
+			s.log.Error("the archive has a gap on an ancestor timeline the server no longer has; take a new base backup",
+				"timeline", p.Timeline, "missing", lsn, "server_timeline", cur)
+			break
+		}
+	}
+	begin := walarchive.LSN(0)
+	if len(h) > 0 {
+		begin = h[len(h)-1].SwitchPoint
+	}
+	start := max(begin, restart).SegmentStart(s.segSize)
+	s.log.Info("the slot's restart point lies on an ancestor timeline whose WAL is archived; streaming the server's timeline", "timeline", cur, "from", start, "slot_restart", restart)
+	return cur, start, nil
+}
+
+// completeSegments returns the numbers of the complete segments archived on timeline tli.
+func (s *Streamer) completeSegments(ctx context.Context, tli uint32) (map[uint64]bool, error) {
+	objs, err := s.cfg.Storage.List(ctx, walarchive.TimelineDir(tli))
+	if err != nil {
+		return nil, fmt.Errorf("list archived WAL of timeline %d: %w", tli, err)
+	}
+	have := make(map[uint64]bool, len(objs))
+	for _, o := range objs {
+		if f, err := walarchive.ParseWALKey(o.Key, s.segSize); err == nil && f.Kind == walarchive.WALFileSegment {
+			have[f.SegNo] = true
+		}
+	}
+	return have, nil
 }
 
 // oldestOnServer returns the start of the oldest segment of timeline tli, at or before

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -14,8 +15,16 @@ import (
 )
 
 // uploader stores ended segments in order, and the tail of the current segment as a
-// partial at most every PartialInterval, retrying storage errors with backoff. It runs
-// until ctx ends.
+// partial, retrying storage errors with backoff. It runs until ctx ends.
+//
+// The tail goes up as soon as bytes are pending and the previous upload has finished, but
+// a partial starts at most every PartialInterval: there is no fixed tick. A byte that
+// arrives during an upload is then durable at most one interval (or, when uploads take
+// longer than the interval, one upload) after that upload ends, so the archive lag stays
+// under the interval plus one upload, and under two uploads on a store slower than the
+// interval. Each partial re-sends its segment from the start (an object is written whole),
+// so PartialInterval is also what bounds the upload amplification: at most one partial,
+// of at most one segment, per interval.
 func (s *Streamer) uploader(ctx context.Context) {
 	select {
 	case <-ctx.Done():
@@ -25,20 +34,27 @@ func (s *Streamer) uploader(ctx context.Context) {
 	bo := backoff.NewExponentialBackOff()
 	bo.InitialInterval = 200 * time.Millisecond
 	bo.MaxInterval = 10 * time.Second
-	tick := s.cfg.PartialInterval
-	if tick <= 0 || tick > 250*time.Millisecond {
-		tick = 50 * time.Millisecond
-	}
-	ticker := time.NewTicker(tick)
-	defer ticker.Stop()
+	// A slow safety poll only: new bytes and ended segments wake the uploader, and a tail
+	// that is pending but not due yet sets a timer for the moment it is.
+	safety := time.NewTicker(250 * time.Millisecond)
+	defer safety.Stop()
+	due := time.NewTimer(time.Hour)
+	defer due.Stop()
 	for {
-		job, err := s.nextJob(ctx)
+		job, at, err := s.nextJob(ctx)
 		if err == nil && job == nil {
+			due.Stop()
+			var dueC <-chan time.Time
+			if !at.IsZero() {
+				due.Reset(max(at.Sub(s.cfg.Now()), 0))
+				dueC = due.C
+			}
 			select {
 			case <-ctx.Done():
 				return
 			case <-s.wake:
-			case <-ticker.C:
+			case <-dueC:
+			case <-safety.C:
 			}
 			continue
 		}
@@ -62,29 +78,46 @@ func (s *Streamer) uploader(ctx context.Context) {
 }
 
 // nextJob picks the next upload: the oldest ended segment, else the current tail when a
-// partial is due. It returns nil when there is nothing to do.
-func (s *Streamer) nextJob(ctx context.Context) (func() error, error) {
+// partial is due. Without a job it returns when a pending tail falls due (zero when no
+// tail is pending).
+func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(s.queue) > 0 {
+		var batch []*segment
+		for _, seg := range s.queue {
+			if seg.written < s.segSize || len(batch) == endedParallel {
+				break
+			}
+			batch = append(batch, seg)
+		}
+		if len(batch) > 1 {
+			return func() error { return s.uploadBatch(ctx, batch) }, time.Time{}, nil
+		}
 		seg := s.queue[0]
-		return func() error { return s.uploadEnded(ctx, seg) }, nil
+		return func() error { return s.uploadEnded(ctx, seg) }, time.Time{}, nil
 	}
 	cur := s.cur
 	if cur == nil || cur.written == 0 {
-		return nil, nil
+		return nil, time.Time{}, nil
 	}
 	key := [2]uint64{uint64(cur.tli), cur.segno}
 	if cur.written <= s.partialStored[key] {
-		return nil, nil
+		return nil, time.Time{}, nil
 	}
-	if !s.draining && s.cfg.Now().Sub(s.lastPartialAt) < s.cfg.PartialInterval {
-		return nil, nil
+	if at := s.lastPartialAt.Add(s.cfg.PartialInterval); !s.draining && s.cfg.Now().Before(at) {
+		return nil, at, nil
 	}
 	n := cur.written
 	s.lastPartialAt = s.cfg.Now()
-	return func() error { return s.uploadPartial(ctx, cur, n) }, nil
+	return func() error { return s.uploadPartial(ctx, cur, n) }, time.Time{}, nil
 }
+
+// endedParallel is how many complete segments are uploaded at once when several are
+// queued (a backlog after an outage or a restart): a store a round trip away is then
+// limited by round trips, not by bandwidth. Memory grows by about one compressed segment
+// and a 4 MiB pipe per upload.
+const endedParallel = 4
 
 // uploadEnded stores a segment that receives no more bytes: under its final name when it
 // is complete, as a partial when its timeline ended inside it.
@@ -93,43 +126,85 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 		if err := s.uploadPartial(ctx, seg, seg.written); err != nil {
 			return err
 		}
-	} else {
-		f, err := os.Open(seg.path)
-		if err != nil {
-			return err
-		}
-		key := walarchive.SegmentKey(seg.tli, seg.segno, s.segSize)
-		res, err := s.archive.PutImmutable(ctx, key, f)
-		f.Close()
-		s.noteStorage(metrics.KindSegment, err)
-		if errors.Is(err, walarchive.ErrConflict) {
-			// Never overwrite, and never acknowledge WAL whose archived copy differs: the
-			// stored object is kept, archiving stops here (the slot keeps the WAL on the
-			// server), readiness fails and upload errors count until someone looks.
-			s.log.Error("archived segment differs from the server's; the stored object is kept and archiving is stalled", "key", key, "err", err)
-			return err
-		}
-		if err != nil {
-			return err
-		}
-		s.countUpload(metrics.KindSegment, res)
-		s.m.LastArchivedSegment.Set(float64(s.cfg.Now().Unix()))
-		// The tail partial of this segment is superseded.
-		s.mu.Lock()
-		delete(s.partialStored, [2]uint64{uint64(seg.tli), seg.segno})
-		s.mu.Unlock()
-		if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil {
-			s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
-		}
-		s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize), seg.gen)
+		s.dropEnded(seg)
+		return nil
 	}
+	if err := s.storeComplete(ctx, seg); err != nil {
+		return err
+	}
+	s.finishComplete(seg)
+	return nil
+}
+
+// uploadBatch stores complete segments from the head of the queue at once, then
+// acknowledges them in order, up to the first that failed.
+func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment) error {
+	errs := make([]error, len(batch))
+	var wg sync.WaitGroup
+	for i, seg := range batch {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = s.storeComplete(ctx, seg)
+		}()
+	}
+	wg.Wait()
+	for i, seg := range batch {
+		if errs[i] != nil {
+			return errs[i] // the later ones are found stored on the retry
+		}
+		s.finishComplete(seg)
+	}
+	return nil
+}
+
+// storeComplete stores a complete segment under its final name and deletes its superseded
+// partial. It does not acknowledge it: finishComplete does, in order.
+func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
+	f, err := os.Open(seg.path)
+	if err != nil {
+		return err
+	}
+	key := walarchive.SegmentKey(seg.tli, seg.segno, s.segSize)
+	res, err := s.archive.PutImmutable(ctx, key, f)
+	f.Close()
+	s.noteStorage(metrics.KindSegment, err)
+	if errors.Is(err, walarchive.ErrConflict) {
+		// Never overwrite, and never acknowledge WAL whose archived copy differs: the
+		// stored object is kept, archiving stops here (the slot keeps the WAL on the
+		// server), readiness fails and upload errors count until someone looks.
+		s.log.Error("archived segment differs from the server's; the stored object is kept and archiving is stalled", "key", key, "err", err)
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	s.countUpload(metrics.KindSegment, res)
+	s.m.LastArchivedSegment.Set(float64(s.cfg.Now().Unix()))
+	// The tail partial of this segment is superseded.
+	s.mu.Lock()
+	delete(s.partialStored, [2]uint64{uint64(seg.tli), seg.segno})
+	s.mu.Unlock()
+	if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil {
+		s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
+	}
+	return nil
+}
+
+// finishComplete acknowledges a stored complete segment and drops it from the queue.
+func (s *Streamer) finishComplete(seg *segment) {
+	s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize), seg.gen)
+	s.dropEnded(seg)
+}
+
+// dropEnded removes an archived ended segment from the spool and the queue's head.
+func (s *Streamer) dropEnded(seg *segment) {
 	os.Remove(seg.path)
 	s.mu.Lock()
 	if len(s.queue) > 0 && s.queue[0] == seg {
 		s.queue = s.queue[1:]
 	}
 	s.mu.Unlock()
-	return nil
 }
 
 // uploadPartial stores the first n bytes of seg as its partial, unless a partial at least

@@ -82,8 +82,17 @@ func (e *env) startCluster(t *benchTB, scale int, settings map[string]string) *h
 func (e *env) startSidecar(t *benchTB, pg *harness.Postgres, url string) *harness.Sidecar {
 	return harness.StartSidecar(t, pg, harness.SidecarOptions{
 		Storage: url,
-		Args:    []string{"--partial-interval", e.cfg.PartialInterval.String(), "--log-level", "info"},
+		Args:    e.sidecarArgs(),
 	})
+}
+
+// sidecarArgs are the flags of every `kcbackup run` of the bench.
+func (e *env) sidecarArgs() []string {
+	args := []string{"--log-level", "info"}
+	if e.cfg.PartialInterval >= 0 {
+		args = append(args, "--partial-interval", e.cfg.PartialInterval.String())
+	}
+	return args
 }
 
 var tpsPattern = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)

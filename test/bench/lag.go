@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/rand"
 	"fmt"
 	"math"
 	"os"
@@ -25,6 +27,7 @@ import (
 const (
 	methodNone        = "no archiving"
 	methodKcbackup    = "kcbackup run"
+	methodKcbackupRTT = "kcbackup run, slow store"
 	methodReceive     = "pg_receivewal"
 	methodReceiveSync = "pg_receivewal --synchronous"
 	methodArchiveCmd  = "archive_command cp"
@@ -46,7 +49,11 @@ type durableFunc func(ctx context.Context, conn *pgconn.PgConn) (walarchive.LSN,
 // cluster, and measures the archive lag, the TPS and the sidecar's resource use.
 func (e *env) lagPhase(t *benchTB, res *Results) error {
 	var failed []string
-	for _, method := range []string{methodNone, methodKcbackup, methodReceive, methodReceiveSync, methodArchiveCmd} {
+	methods := []string{methodNone, methodKcbackup, methodReceive, methodReceiveSync, methodArchiveCmd}
+	if e.cfg.LagSlowRTT > 0 {
+		methods = append(methods, methodKcbackupRTT)
+	}
+	for _, method := range methods {
 		if e.ctx.Err() != nil {
 			return e.ctx.Err()
 		}
@@ -97,8 +104,9 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 	var sc *harness.Sidecar
 	var url string
 	var firstLSN walarchive.LSN
+	kc := method == methodKcbackup || method == methodKcbackupRTT
 	switch method {
-	case methodKcbackup:
+	case methodKcbackup, methodKcbackupRTT:
 		url = e.newArchive(t, "lag")
 		if firstLSN, err = currentLSN(ctx, pg); err != nil {
 			return r, err
@@ -140,7 +148,18 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 			return r, err
 		}
 	}
-	progress("%s: pgbench -c %d -j %d -T %s", t.Name(), e.cfg.Clients, e.cfg.Jobs, e.cfg.LagDuration)
+	if method == methodKcbackupRTT {
+		r.RTTSeconds = e.cfg.LagSlowRTT.Seconds()
+		e.store.SetRTT(e.cfg.LagSlowRTT)
+		defer e.store.SetRTT(0)
+	}
+	var before uploadCounters
+	if kc {
+		if before, err = readUploadCounters(sc); err != nil {
+			return r, err
+		}
+	}
+	progress("%s: pgbench -c %d -j %d -T %s, store round trip %s", t.Name(), e.cfg.Clients, e.cfg.Jobs, e.cfg.LagDuration, e.store.RTT())
 	s, err := newSampler(ctx, pg, durable)
 	if err != nil {
 		return r, err
@@ -174,8 +193,28 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 		progress("%s: lag p50 %s p99 %s max %s (%d samples, %d unresolved)", t.Name(), fmtSec(r.P50), fmtSec(r.P99), fmtSec(r.Max), r.Samples, unresolved)
 	}
 
-	// Step 4: the sidecar's resources and the archive's stored bytes.
-	if sc != nil {
+	// Step 4: what the sidecar uploaded for the WAL it received, and how long one upload
+	// of the average size takes on this store.
+	if kc {
+		after, err := readUploadCounters(sc)
+		if err != nil {
+			return r, err
+		}
+		r.Uploads = after.sub(before)
+		if r.Uploads.Objects > 0 {
+			avg := int64(r.Uploads.StoredBytes / r.Uploads.Objects)
+			secs, err := e.probeUpload(ctx, url, avg)
+			if err != nil {
+				return r, err
+			}
+			r.Uploads.OneUploadSeconds = secs
+		}
+		progress("%s: uploaded %.0f MiB raw, %.0f MiB stored in %.0f objects for %.0f MiB of WAL; one upload of the average size takes %.0f ms",
+			t.Name(), r.Uploads.RawBytes/(1<<20), r.Uploads.StoredBytes/(1<<20), r.Uploads.Objects, r.Uploads.WALBytes/(1<<20), r.Uploads.OneUploadSeconds*1000)
+	}
+
+	// Step 5: the sidecar's resources and the archive's stored bytes.
+	if sc != nil && method == methodKcbackup {
 		cpuAfter, err := procCPUSeconds(pid)
 		if err != nil {
 			return r, err
@@ -199,6 +238,69 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 		res.Storage = append(res.Storage, ratio)
 	}
 	return r, nil
+}
+
+// uploadCounters are the sidecar's upload metrics at one moment (or, from sub, over a run).
+type uploadCounters struct {
+	WALBytes    float64 `json:"walBytes"`
+	RawBytes    float64 `json:"uploadedRawBytes"`
+	StoredBytes float64 `json:"uploadedStoredBytes"`
+	Objects     float64 `json:"uploads"`
+	// OneUploadSeconds is the median time of one PUT of the run's average stored object
+	// size, from the bench to the same store.
+	OneUploadSeconds float64 `json:"oneUploadSeconds"`
+}
+
+func readUploadCounters(sc *harness.Sidecar) (uploadCounters, error) {
+	var c uploadCounters
+	for _, m := range []struct {
+		name string
+		v    *float64
+	}{
+		{"kcbackup_received_wal_bytes_total", &c.WALBytes},
+		{`kcbackup_uploaded_bytes_total{encoding="raw"}`, &c.RawBytes},
+		{`kcbackup_uploaded_bytes_total{encoding="compressed"}`, &c.StoredBytes},
+	} {
+		v, err := sc.Metric(m.name)
+		if err != nil && !strings.Contains(err.Error(), "not found") {
+			return c, err
+		}
+		*m.v = v
+	}
+	for _, kind := range []string{"segment", "partial"} {
+		v, err := sc.Metric(`kcbackup_uploads_total{kind="` + kind + `"}`)
+		if err != nil && !strings.Contains(err.Error(), "not found") {
+			return c, err
+		}
+		c.Objects += v
+	}
+	return c, nil
+}
+
+func (c uploadCounters) sub(o uploadCounters) uploadCounters {
+	return uploadCounters{WALBytes: c.WALBytes - o.WALBytes, RawBytes: c.RawBytes - o.RawBytes, StoredBytes: c.StoredBytes - o.StoredBytes, Objects: c.Objects - o.Objects}
+}
+
+// probeUpload returns the median of five PUTs of size incompressible bytes to the archive's
+// storage, through the proxy at its current round trip.
+func (e *env) probeUpload(ctx context.Context, url string, size int64) (float64, error) {
+	st, err := walarchive.OpenStorage(ctx, url)
+	if err != nil {
+		return 0, err
+	}
+	data := make([]byte, size)
+	rand.Read(data)
+	var took []float64
+	for i := range 6 {
+		began := time.Now()
+		if _, err := walarchive.PutObject(ctx, st, fmt.Sprintf("bench-probe/%d", i), bytes.NewReader(data), walarchive.CompressionNone, nil); err != nil {
+			return 0, fmt.Errorf("probe upload: %w", err)
+		}
+		if i > 0 { // the first one also opens the connection
+			took = append(took, time.Since(began).Seconds())
+		}
+	}
+	return *percentile(took, 0.5), nil
 }
 
 // sampler reads pg_current_wal_lsn() and the durable position every sampleInterval over

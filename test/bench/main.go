@@ -39,7 +39,8 @@ type Config struct {
 	LagScale int
 	// Clients and Jobs are pgbench's -c and -j for every load.
 	Clients, Jobs int
-	// PartialInterval is kcbackup run's --partial-interval.
+	// PartialInterval is kcbackup run's --partial-interval; negative leaves kcbackup's
+	// default.
 	PartialInterval time.Duration
 	// ArchiveTimeout is archive_timeout for the archive_command runs.
 	ArchiveTimeout time.Duration
@@ -55,6 +56,8 @@ type Config struct {
 	RestoreWALMiB int
 	// RestoreRTTs are the store round trips the kcbackup restores run at.
 	RestoreRTTs []time.Duration
+	// LagSlowRTT is the store round trip of the extra kcbackup lag run (0: none).
+	LagSlowRTT time.Duration
 	// CatchupRTT is the store round trip of the catch-up drain.
 	CatchupRTT time.Duration
 	// WALFetchSegments is how many segments the wal-fetch runs fetch.
@@ -79,8 +82,8 @@ func (c Config) Validate() error {
 		return errors.New("-lag-scale and -backup-scale must be at least 1")
 	case c.Clients < 1 || c.Jobs < 1 || c.Jobs > c.Clients:
 		return fmt.Errorf("-clients %d -jobs %d: expected 1 <= jobs <= clients", c.Clients, c.Jobs)
-	case c.PartialInterval < 0 || c.ArchiveTimeout < time.Second || c.DrainWindow < time.Second:
-		return errors.New("-partial-interval must be >= 0, -archive-timeout and -drain-window >= 1s")
+	case c.ArchiveTimeout < time.Second || c.DrainWindow < time.Second:
+		return errors.New("-archive-timeout and -drain-window must be at least 1s")
 	case c.CatchupMiB < 64 || c.RestoreWALMiB < 64:
 		return errors.New("-catchup-mib and -restore-wal-mib must be at least 64")
 	case len(c.RestoreRTTs) == 0:
@@ -99,6 +102,14 @@ func (c Config) Validate() error {
 		return errors.New("-only walfetch needs catchup too: wal-fetch reads the catch-up archive")
 	}
 	return nil
+}
+
+// partialIntervalName is --partial-interval as the run used it.
+func (c Config) partialIntervalName() string {
+	if c.PartialInterval < 0 {
+		return "kcbackup's default"
+	}
+	return c.PartialInterval.String()
 }
 
 // runs reports whether the phase is selected.
@@ -129,7 +140,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.LagScale, "lag-scale", 20, "pgbench scale of the lag runs")
 	fs.IntVar(&c.Clients, "clients", 4, "pgbench -c")
 	fs.IntVar(&c.Jobs, "jobs", 2, "pgbench -j")
-	fs.DurationVar(&c.PartialInterval, "partial-interval", time.Second, "kcbackup run --partial-interval")
+	fs.DurationVar(&c.PartialInterval, "partial-interval", -1, "kcbackup run --partial-interval (default: kcbackup's own)")
 	fs.DurationVar(&c.ArchiveTimeout, "archive-timeout", 60*time.Second, "archive_timeout of the archive_command runs")
 	fs.DurationVar(&c.DrainWindow, "drain-window", 0, "how long to watch the durable position after the load (default archive-timeout + 10s)")
 	fs.IntVar(&c.CatchupMiB, "catchup-mib", 2048, "WAL backlog of the catch-up run, MiB")
@@ -138,6 +149,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.IntVar(&c.WALFetchSegments, "walfetch-segments", 200, "segments fetched in each wal-fetch run (at most what the catch-up archive holds)")
 	fs.DurationVar(&c.WALFetchGap, "walfetch-gap", 100*time.Millisecond, "pause between wal-fetch calls, standing in for PostgreSQL replaying a segment")
 	fs.StringVar(&rtts, "restore-rtts", "0s,20ms,60ms", "comma-separated store round trips (added by a proxy in front of MinIO) the kcbackup restores run at")
+	fs.DurationVar(&c.LagSlowRTT, "lag-slow-rtt", 60*time.Millisecond, "store round trip of an extra kcbackup lag run (0: none)")
 	fs.DurationVar(&c.CatchupRTT, "catchup-rtt", 60*time.Millisecond, "store round trip of the catch-up drain")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
 	fs.StringVar(&only, "only", "", "comma-separated phases to run: "+strings.Join(phaseNames, ","))
@@ -251,7 +263,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		"lagScale":         c.LagScale,
 		"clients":          c.Clients,
 		"jobs":             c.Jobs,
-		"partialInterval":  c.PartialInterval.String(),
+		"partialInterval":  c.partialIntervalName(),
 		"archiveTimeout":   c.ArchiveTimeout.String(),
 		"drainWindow":      c.DrainWindow.String(),
 		"catchupMiB":       c.CatchupMiB,
@@ -261,6 +273,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		"walFetchGap":      c.WALFetchGap.String(),
 		"restoreRTTs":      fmt.Sprint(c.RestoreRTTs),
 		"catchupRTT":       c.CatchupRTT.String(),
+		"lagSlowRTT":       c.LagSlowRTT.String(),
 		"only":             c.Only,
 	})
 }

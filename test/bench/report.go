@@ -37,6 +37,10 @@ type LagResult struct {
 	P50        *float64 `json:"p50Seconds"`
 	P99        *float64 `json:"p99Seconds"`
 	Max        *float64 `json:"maxSeconds"`
+	// RTTSeconds is the store round trip the proxy added (kcbackup runs only).
+	RTTSeconds float64 `json:"rttSeconds,omitempty"`
+	// Uploads is what the sidecar uploaded during the run (kcbackup runs only).
+	Uploads uploadCounters `json:"uploads"`
 }
 
 // SidecarUsage is the sidecar's resource use during its lag run.
@@ -157,24 +161,44 @@ func buildTable(r *Results) table {
 	for _, l := range r.Lag {
 		byMethod[l.Method] = l
 	}
-	for _, m := range []string{methodKcbackup, methodReceive, methodReceiveSync, methodArchiveCmd} {
+	for _, m := range []string{methodKcbackup, methodKcbackupRTT, methodReceive, methodReceiveSync, methodArchiveCmd} {
 		l, ok := byMethod[m]
 		target, v := "", ""
-		if m == methodKcbackup {
+		label := m
+		switch m {
+		case methodKcbackup:
 			target, v = "p99 <= 1 s", notMeasured
+		case methodKcbackupRTT:
+			if !ok {
+				continue
+			}
+			label = fmt.Sprintf("kcbackup run, store %s", fmtRTT(l.RTTSeconds))
+			target = fmt.Sprintf("p99 <= 2x one upload (%.0f ms)", l.Uploads.OneUploadSeconds*1000)
 		}
 		if !ok {
-			add(lagName, m, notMeasured, target, v)
+			add(lagName, label, notMeasured, target, v)
 			continue
 		}
 		fig := fmt.Sprintf("%s / %s / %s", fmtSec(l.P50), fmtSec(l.P99), fmtSec(l.Max))
 		if l.Unresolved > 0 {
 			fig += fmt.Sprintf(" (%d of %d samples not durable %s after the load)", l.Unresolved, l.Samples, c.DrainWindow)
 		}
-		if m == methodKcbackup {
+		switch m {
+		case methodKcbackup:
 			v = verdict(l.P99 != nil && *l.P99 <= 1)
+		case methodKcbackupRTT:
+			v = verdict(l.P99 != nil && *l.P99 <= 2*l.Uploads.OneUploadSeconds)
 		}
-		add(lagName, m, fig, target, v)
+		add(lagName, label, fig, target, v)
+	}
+	for _, m := range []string{methodKcbackup, methodKcbackupRTT} {
+		l, ok := byMethod[m]
+		if !ok || l.Uploads.WALBytes <= 0 {
+			continue
+		}
+		u := l.Uploads
+		add("Upload amplification (uploaded / WAL received)", fmt.Sprintf("kcbackup run, store %s", fmtRTT(l.RTTSeconds)),
+			fmt.Sprintf("%.2fx raw, %.2fx stored (%.0f objects, %.1f a second, for %.0f MiB WAL)", u.RawBytes/u.WALBytes, u.StoredBytes/u.WALBytes, u.Objects, u.Objects/c.LagDuration.Seconds(), u.WALBytes/(1<<20)), "", "")
 	}
 	tpsName := fmt.Sprintf("pgbench TPS (-s %d, %s)", c.LagScale, c.LagDuration)
 	base, haveBase := byMethod[methodNone]
@@ -270,7 +294,8 @@ func buildTable(r *Results) table {
 	}
 
 	t.notes = append(t.notes,
-		fmt.Sprintf("Lag: pg_current_wal_lsn() and each method's durable position sampled every %s; lag of a sample = first later time the durable position reached it. Durable: kcbackup archivedLSN (/v1/status, --partial-interval %s); pg_receivewal flush_lsn in pg_stat_replication; archive_command end of last_archived_wal (archive_timeout %s).", sampleInterval, c.PartialInterval, c.ArchiveTimeout),
+		"Upload amplification: each partial re-sends its segment from the start, so the raw bytes uploaded exceed the WAL; at most one partial starts per --partial-interval, which bounds it. One upload: the median PUT of the run's average object size from the bench to the same store.",
+		fmt.Sprintf("Lag: pg_current_wal_lsn() and each method's durable position sampled every %s; lag of a sample = first later time the durable position reached it. Durable: kcbackup archivedLSN (/v1/status, --partial-interval %s); pg_receivewal flush_lsn in pg_stat_replication; archive_command end of last_archived_wal (archive_timeout %s).", sampleInterval, c.partialIntervalName(), c.ArchiveTimeout),
 		"Restore times run from the start of the restore (or of copying the base backup) to pg_is_in_recovery() = false.",
 		"Store RTT: every S3 request goes to MinIO on loopback through a proxy in the bench that delays each direction by half the round trip (and a new connection's first bytes by one more round trip, for its handshake).",
 	)

@@ -132,7 +132,7 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 	if err := s.storeComplete(ctx, seg); err != nil {
 		return err
 	}
-	s.finishComplete(seg)
+	s.finishComplete(ctx, seg)
 	return nil
 }
 
@@ -153,13 +153,13 @@ func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment) error {
 		if errs[i] != nil {
 			return errs[i] // the later ones are found stored on the retry
 		}
-		s.finishComplete(seg)
+		s.finishComplete(ctx, seg)
 	}
 	return nil
 }
 
-// storeComplete stores a complete segment under its final name and deletes its superseded
-// partial. It does not acknowledge it: finishComplete does, in order.
+// storeComplete stores a complete segment under its final name. It does not acknowledge
+// it: finishComplete does, in order.
 func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
 	f, err := os.Open(seg.path)
 	if err != nil {
@@ -181,20 +181,24 @@ func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
 	}
 	s.countUpload(metrics.KindSegment, res)
 	s.m.LastArchivedSegment.Set(float64(s.cfg.Now().Unix()))
-	// The tail partial of this segment is superseded.
-	s.mu.Lock()
-	delete(s.partialStored, [2]uint64{uint64(seg.tli), seg.segno})
-	s.mu.Unlock()
-	if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil {
-		s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
-	}
 	return nil
 }
 
-// finishComplete acknowledges a stored complete segment and drops it from the queue.
-func (s *Streamer) finishComplete(seg *segment) {
+// finishComplete acknowledges a stored complete segment, drops it from the queue and
+// deletes its superseded partial in the background: the next upload (often the next
+// segment's tail) need not wait a round trip for it. A partial left behind when the
+// process ends is harmless: the complete segment is what is read.
+func (s *Streamer) finishComplete(ctx context.Context, seg *segment) {
 	s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize), seg.gen)
 	s.dropEnded(seg)
+	s.mu.Lock()
+	delete(s.partialStored, [2]uint64{uint64(seg.tli), seg.segno})
+	s.mu.Unlock()
+	go func() {
+		if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil && ctx.Err() == nil {
+			s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
+		}
+	}()
 }
 
 // dropEnded removes an archived ended segment from the spool and the queue's head.

@@ -66,6 +66,8 @@ type Config struct {
 	WALFetchGap time.Duration
 	// OutDir receives results.json and results.md.
 	OutDir string
+	// Readme, when set, is the README whose generated table the run replaces.
+	Readme string
 	// Only lists the phases to run; empty means all.
 	Only []string
 }
@@ -133,7 +135,7 @@ func main() {
 // parseFlags builds the Config; -quick changes the defaults of the flags not given.
 func parseFlags(args []string) (Config, error) {
 	var c Config
-	var only, rtts string
+	var only, rtts, readme string
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	quick := fs.Bool("quick", false, "smoke run with small sizes (a few minutes); explicit flags still win")
 	fs.DurationVar(&c.LagDuration, "lag-duration", 60*time.Second, "pgbench duration of each lag and TPS run")
@@ -152,6 +154,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.DurationVar(&c.LagSlowRTT, "lag-slow-rtt", 60*time.Millisecond, "store round trip of an extra kcbackup lag run (0: none)")
 	fs.DurationVar(&c.CatchupRTT, "catchup-rtt", 60*time.Millisecond, "store round trip of the catch-up drain")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
+	fs.StringVar(&readme, "readme", "auto", "README whose bench table to replace with this run's (auto: the repository's README.md after a full run, none after -quick or -only; none: never)")
 	fs.StringVar(&only, "only", "", "comma-separated phases to run: "+strings.Join(phaseNames, ","))
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -180,6 +183,15 @@ func parseFlags(args []string) (Config, error) {
 	if only != "" {
 		c.Only = strings.Split(only, ",")
 	}
+	switch readme {
+	case "auto":
+		if !*quick && only == "" {
+			c.Readme = filepath.Join(harness.RepoRoot(), "README.md")
+		}
+	case "none", "":
+	default:
+		c.Readme = readme
+	}
 	for _, r := range strings.Split(rtts, ",") {
 		d, err := time.ParseDuration(strings.TrimSpace(r))
 		if err != nil || d < 0 || d > 10*time.Second {
@@ -198,7 +210,7 @@ func Run(ctx context.Context, cfg Config) error {
 	root := newBenchTB(ctx, "setup")
 	defer root.runCleanups()
 	started := time.Now()
-	res := &Results{StartedAt: started.UTC(), Config: cfg}
+	res := &Results{StartedAt: started.UTC(), Config: cfg, Machine: machine()}
 	var e *env
 	if err := guard("setup", func() error {
 		var err error
@@ -247,6 +259,11 @@ func Run(ctx context.Context, cfg Config) error {
 	fmt.Print(table.text())
 	if err := writeResults(cfg.OutDir, res, table); err != nil {
 		errs = append(errs, err)
+	}
+	if cfg.Readme != "" {
+		if err := updateReadme(cfg.Readme, table); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -129,12 +129,21 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 		return nil
 	}
 	// Step 2: fetch it, retrying storage errors; "not found" is answered only when true.
+	// On the restore's first segment the prefetcher starts first, so the next segments
+	// download while this one does (with the store a round trip away, the next call then
+	// finds its segment waiting); later, only after a segment was found, so that polling
+	// past the archive's end starts no prefetcher.
+	prefetch := o.prefetch > 0 && f.Kind == walarchive.WALFileSegment
+	if prefetch && !o.prefetchStarted() {
+		o.startPrefetch(name)
+		prefetch = false
+	}
 	err = o.retry(ctx, func() error {
 		return fetchTo(ctx, archive, name, dest)
 	})
 	switch {
 	case err == nil:
-		if o.prefetch > 0 && f.Kind == walarchive.WALFileSegment {
+		if prefetch {
 			o.startPrefetch(name)
 		}
 		return nil
@@ -224,6 +233,13 @@ func (o *walFetchOptions) startPrefetch(served string) {
 	if cmd.Start() == nil {
 		_ = cmd.Process.Release()
 	}
+}
+
+// prefetchStarted reports whether a prefetcher of this restore has run (it records the
+// segment size first thing).
+func (o *walFetchOptions) prefetchStarted() bool {
+	_, err := os.Stat(filepath.Join(o.prefetchDir, segSizeFile))
+	return err == nil
 }
 
 // prefetchNeeded reports whether at least half of the next --prefetch segments after served

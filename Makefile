@@ -5,7 +5,7 @@
 #   make lint      gofmt and go vet
 #   make generate  deepcopy, CRD and RBAC from the markers in api/ and operator/
 #   make demo      archive, back up, break and restore a local PostgreSQL (file:// archive)
-#   make bench     kcbackup side by side with the standard PostgreSQL tools
+#   make bench     kcbackup side by side with the standard PostgreSQL tools (BENCH_FLAGS=-quick: a smoke run)
 #   make test-cluster  the KeycloakBackup story on a real single-node Kubernetes (root; see test/cluster)
 #   make soak      the randomized history checker over many seeds: make soak SEEDS=200
 #                  [FIRST_SEED=1] [STEPS=10]; failures in bin/soak-report.jsonl
@@ -57,7 +57,7 @@ demo: build
 	test/demo/demo.sh
 
 bench: build tools
-	go run ./test/bench
+	go run ./test/bench $(BENCH_FLAGS)
 
 SEEDS ?= 20
 FIRST_SEED ?= 1

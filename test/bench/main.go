@@ -163,9 +163,10 @@ func parseFlags(args []string) (Config, error) {
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if *quick {
 		quickDefaults := map[string]func(){
-			"lag-duration":      func() { c.LagDuration = 15 * time.Second },
+			"lag-duration":      func() { c.LagDuration = 10 * time.Second },
 			"lag-scale":         func() { c.LagScale = 5 },
-			"drain-window":      func() { c.DrainWindow = 15 * time.Second },
+			"drain-window":      func() { c.DrainWindow = 10 * time.Second },
+			"restore-rtts":      func() { rtts = "60ms" },
 			"catchup-mib":       func() { c.CatchupMiB = 512 },
 			"backup-scale":      func() { c.BackupScale = 10 },
 			"restore-wal-mib":   func() { c.RestoreWALMiB = 256 },

@@ -88,6 +88,15 @@ func testRestoreTwiceAndToAPointOnTheOldTimeline(t *testing.T, version int) {
 	if tl := query(t, r1, "SELECT timeline_id FROM pg_control_checkpoint()"); tl != "2" {
 		exec1(t, r1, "CHECKPOINT")
 	}
+	// The restore's recovery_end_command removed its recovery settings: a standby cloned
+	// from r1 would inherit postgresql.auto.conf.
+	if left := query(t, r1, `SELECT coalesce(string_agg(name, ', '), '') FROM pg_file_settings
+		WHERE (name LIKE 'recovery_target%' OR name IN ('restore_command', 'recovery_end_command')) AND sourcefile LIKE '%postgresql.auto.conf'`); left != "" {
+		t.Fatalf("after promotion, postgresql.auto.conf still sets %s", left)
+	}
+	if got := query(t, r1, "SELECT setting FROM pg_file_settings WHERE name = 'archive_mode' AND sourcefile LIKE '%postgresql.auto.conf'"); got != "off" {
+		t.Fatalf("after promotion, postgresql.auto.conf sets archive_mode to %q; want off (the sidecar archives)", got)
+	}
 	sc1 := harness.StartSidecar(t, r1, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
 	exec1(t, r1, "INSERT INTO ledger (note) SELECT 'on timeline 2' FROM generate_series(1, 7)")
 	waitArchived(t, sc1, flushLSN(t, r1), time.Minute)

@@ -3,7 +3,6 @@ package history
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"time"
 
@@ -232,7 +231,7 @@ func (w *world) promote(n int) error {
 var recoveryTargets = []string{"recovery_target", "recovery_target_time", "recovery_target_lsn", "recovery_target_xid",
 	"recovery_target_name", "recovery_target_inclusive", "recovery_target_action", "recovery_target_timeline", "restore_command"}
 
-// dropLeftRecoverySettings reports the recovery settings a restore left in
+// dropLeftRecoverySettings reports (as a finding) the recovery settings a restore left in
 // postgresql.auto.conf of a cluster that has long been promoted: a standby cloned from it
 // inherits them and cannot follow the primary's timeline ("unexpected timeline ID"), or,
 // through restore_command, fetches a zero-padded partial segment from the archive and
@@ -243,14 +242,9 @@ func (w *world) dropLeftRecoverySettings(pg *harness.Postgres) error {
 	if err != nil || left == "" {
 		return err
 	}
-	// A known limit, stated in the README ("Limits and choices"): kcbackup cannot yet clear
-	// its recovery settings after promotion. KCBACKUP_HISTORY_STRICT=1 counts it as a failure.
-	msg := fmt.Sprintf("postgresql.auto.conf of the cluster restored on timeline %d still sets %s; a standby cloned from it stops following at that timeline or PANICs at promotion on a partial segment restore_command serves (reset here to go on)", w.m.Live, left)
-	if os.Getenv("KCBACKUP_HISTORY_STRICT") == "1" {
-		w.finding(fail("promotion: a restored cluster can be cloned into a standby", "%s", msg))
-	} else {
-		w.logf("  KNOWN LIMIT (README, Limits and choices): %s", msg)
-	}
+	// The restore's recovery_end_command (kcbackup recovery-end) removes them when recovery
+	// ends: any left is a finding.
+	w.finding(fail("promotion: a restored cluster can be cloned into a standby", "postgresql.auto.conf of the cluster restored on timeline %d still sets %s; a standby cloned from it stops following at that timeline or PANICs at promotion on a partial segment restore_command serves (reset here to go on)", w.m.Live, left))
 	for _, name := range recoveryTargets {
 		if err := pg.Exec(w.ctx, "ALTER SYSTEM RESET "+name); err != nil {
 			return err

@@ -3,8 +3,11 @@ package history
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/kcbackup/kcbackup/test/harness"
 )
 
 // Operations a plan is made of.
@@ -26,6 +29,7 @@ type config struct {
 	Sync    bool   // synchronous_standby_names = 'kcbackup', --partial-interval 0
 	Partial string // --partial-interval
 	Commit  string // synchronous_commit in synchronous mode: "on" or "remote_write"
+	PG      int    // PostgreSQL major version (harness.PGVersions); 15 when a plan names none
 }
 
 // step is one operation with its parameters: N a count or choice, F a fraction in [0, 1).
@@ -48,6 +52,9 @@ func (p plan) String() string {
 	cfg := fmt.Sprintf("storage=%s,sync=%t,partial=%s", p.Config.Storage, p.Config.Sync, p.Config.Partial)
 	if p.Config.Commit != "on" {
 		cfg += ",commit=" + p.Config.Commit
+	}
+	if p.Config.PG != harness.PGDefaultVersion {
+		cfg += ",pg=" + strconv.Itoa(p.Config.PG)
 	}
 	parts := []string{cfg}
 	for _, s := range p.Steps {
@@ -105,6 +112,9 @@ func generatePlan(seed int64, steps int) plan {
 	if p.Config.Sync && r.IntN(2) == 0 {
 		p.Config.Commit = "remote_write"
 	}
+	// Every supported version the harness runs; a seed names its version, whatever is
+	// installed, so it replays the same everywhere.
+	p.Config.PG = harness.PGVersions[r.IntN(len(harness.PGVersions))]
 	return p
 }
 
@@ -114,7 +124,7 @@ func parsePlan(seed int64, s string) (plan, error) {
 	if len(fields) == 0 {
 		return plan{}, fmt.Errorf("empty plan: expected \"storage=file,sync=false,partial=1s op:N:F ...\"")
 	}
-	p := plan{Seed: seed, Config: config{Commit: "on"}}
+	p := plan{Seed: seed, Config: config{Commit: "on", PG: harness.PGDefaultVersion}}
 	for _, kv := range strings.Split(fields[0], ",") {
 		k, v, _ := strings.Cut(kv, "=")
 		switch k {
@@ -136,8 +146,14 @@ func parsePlan(seed int64, s string) (plan, error) {
 				return plan{}, fmt.Errorf("plan: commit=%q: expected on or remote_write", v)
 			}
 			p.Config.Commit = v
+		case "pg":
+			n, err := strconv.Atoi(v)
+			if err != nil || !slices.Contains(harness.PGVersions, n) {
+				return plan{}, fmt.Errorf("plan: pg=%q: expected one of %v", v, harness.PGVersions)
+			}
+			p.Config.PG = n
 		default:
-			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync, partial or commit", k)
+			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync, partial, commit or pg", k)
 		}
 	}
 	if p.Config.Storage == "" || p.Config.Partial == "" {

@@ -81,7 +81,7 @@ func (w *world) pgOptions() harness.PGOptions {
 		s["synchronous_standby_names"] = "kcbackup"
 		s["synchronous_commit"] = w.plan.Config.Commit
 	}
-	return harness.PGOptions{WALSegmentSizeMB: 1, Settings: s}
+	return harness.PGOptions{WALSegmentSizeMB: 1, Settings: s, Version: w.plan.Config.PG}
 }
 
 func (w *world) logf(format string, args ...any) {

@@ -98,6 +98,7 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 		newVerifyCmd(g),
 		newPruneCmd(g),
 		newCatCmd(g),
+		newRecoveryEndCmd(g),
 	)
 	return root
 }

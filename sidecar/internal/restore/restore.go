@@ -356,6 +356,10 @@ func writeRecoveryConfig(dir string, o Options) error {
 	} else {
 		fmt.Fprintf(&b, "recovery_target_timeline = '%d'\n", p.Timeline)
 	}
+	// Once recovery has ended, these settings only harm: a standby cloned from the restored
+	// cluster would inherit them. PostgreSQL runs recovery_end_command after it removed
+	// recovery.signal; it removes this block but for archive_mode.
+	fmt.Fprintf(&b, "recovery_end_command = %s\n", GUCQuote(ShellQuote(o.Kcbackup)+" recovery-end"))
 	// Archiving on the new timeline is done by the sidecar, never by archive_command.
 	b.WriteString("archive_mode = off\n")
 	f, err := os.OpenFile(filepath.Join(dir, "postgresql.auto.conf"), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)

@@ -1,0 +1,35 @@
+package cli
+
+import (
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/kcbackup/kcbackup/sidecar/internal/restore"
+)
+
+// ---- recovery-end ----
+
+func newRecoveryEndCmd(g *globalOptions) *cobra.Command {
+	var pgdata string
+	cmd := &cobra.Command{
+		Use:   "recovery-end [--pgdata DIR]",
+		Short: "Remove a restore's recovery settings from postgresql.auto.conf once recovery has ended (run by PostgreSQL)",
+		Long: `A restore sets recovery_end_command to this command. PostgreSQL runs it once, when the
+restored cluster has ended recovery (recovery.signal is gone), in the data directory. It
+removes the restore's block from postgresql.auto.conf (restore_command, recovery_target_*,
+recovery_end_command), keeping archive_mode = off and every other line, so a standby cloned
+from the restored cluster inherits no old target. It refuses while recovery.signal exists.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			n, err := restore.ClearRecoverySettings(pgdata)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(g.stderr, "kcbackup recovery-end: removed %d lines of restore settings from %s/postgresql.auto.conf\n", n, pgdata)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&pgdata, "pgdata", ".", "the data directory (PostgreSQL runs recovery_end_command in it)")
+	return cmd
+}

@@ -143,7 +143,7 @@ func (m *MinIO) NewBucket(t testing.TB) string {
 }
 
 // Start starts the server, on the same ports and data directory as before, and waits until
-// it answers its liveness check. Starting a running server is an error.
+// it is ready to serve requests. Starting a running server is an error.
 func (m *MinIO) Start(ctx context.Context) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -180,7 +180,7 @@ func (m *MinIO) Start(ctx context.Context) error {
 	}()
 	m.cmd, m.done = cmd, done
 
-	if err := m.waitLive(ctx, done); err != nil {
+	if err := m.waitReady(ctx, done); err != nil {
 		m.stopLocked(ctx)
 		return fmt.Errorf("MinIO on %s did not become live (log %s): %w", m.Endpoint(), m.logPath, err)
 	}
@@ -212,12 +212,14 @@ func (m *MinIO) stopLocked(ctx context.Context) error {
 	}
 }
 
-// waitLive polls /minio/health/live until it answers 200, the process exits, or ctx (bounded
-// by minioStartTimeout) ends.
-func (m *MinIO) waitLive(ctx context.Context, exited <-chan struct{}) error {
+// waitReady polls /minio/health/ready until it answers 200, the process exits, or ctx
+// (bounded by minioStartTimeout) ends. Liveness is not enough: a live server still answers
+// 503 XMinioServerNotInitialized while it formats its drive (seen under load, on the first
+// CreateBucket).
+func (m *MinIO) waitReady(ctx context.Context, exited <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, minioStartTimeout)
 	defer cancel()
-	url := m.Endpoint() + "/minio/health/live"
+	url := m.Endpoint() + "/minio/health/ready"
 	client := &http.Client{Timeout: 2 * time.Second}
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()

@@ -267,6 +267,10 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, p *proc, c
 		if last = cond(); last == nil {
 			return nil
 		}
+		var s *stopWaiting
+		if errors.As(last, &s) {
+			return fmt.Errorf("%s: %w", what, s.err)
+		}
 		if p != nil {
 			select {
 			case <-p.done:
@@ -284,6 +288,16 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, p *proc, c
 		}
 	}
 }
+
+// stopWaiting, returned by a waitFor condition, ends the wait at once: the condition can no
+// longer come true (a KeycloakBackup ended in another phase), so waiting out the timeout
+// would only hide why.
+type stopWaiting struct{ err error }
+
+func (s *stopWaiting) Error() string { return s.err.Error() }
+
+// stopErr wraps err so that waitFor returns it at once.
+func stopErr(err error) error { return &stopWaiting{err: err} }
 
 // containerdSock is containerd's gRPC socket.
 func (n *Node) containerdSock() string { return n.path("containerd", "containerd.sock") }

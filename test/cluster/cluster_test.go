@@ -7,6 +7,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/test/harness"
 )
 
@@ -625,6 +627,41 @@ func waitArchived(t *testing.T, ctx context.Context, conn *pgx.Conn, pod string)
 	}
 }
 
+// waitWindowCovers waits until the archive, as the sidecar in pod of StatefulSet sts lists
+// it (the catalog the operator checks a restore target against), has a range holding
+// target. A target it never covers fails here with the ranges, not later as a refused restore.
+func waitWindowCovers(t *testing.T, ctx context.Context, sts, pod string, target time.Time) {
+	t.Helper()
+	token, err := jsonpath(ctx, "secret", sts+"-kcbackup-token", "{.data.token}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(token)
+	if err != nil {
+		t.Fatalf("token Secret of %s: %v", sts, err)
+	}
+	if err := waitFor(ctx, "the archive's ranges hold "+target.Format(time.RFC3339), 30*time.Second, nil, func() error {
+		ip, err := podIP(ctx, pod)
+		if err != nil {
+			return err
+		}
+		cat, err := apiclient.New(fmt.Sprintf("http://%s:%d", ip, sidecarPort), string(raw), nil).Catalog(ctx)
+		if err != nil {
+			return err
+		}
+		var rs []string
+		for _, w := range cat.Windows {
+			if w.Contains(target) {
+				return nil
+			}
+			rs = append(rs, fmt.Sprintf("timeline %d %s to %s hole %t", w.Timeline, w.Earliest.Format(time.RFC3339Nano), w.Latest.Format(time.RFC3339Nano), w.Hole))
+		}
+		return fmt.Errorf("ranges: %s", strings.Join(rs, "; "))
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // operatorLogs holds what saveOperatorLogs kept of operator pods since deleted.
 var operatorLogs strings.Builder
 
@@ -857,6 +894,7 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	// The lag gauge cannot tell: it is refreshed once a second and read 0 just after the
 	// drop, before the sidecar had it (a fresh-clone run failed so).
 	waitArchived(t, ctx, conn, pgName+"-0")
+	waitWindowCovers(t, ctx, pgName, pgName+"-0", target)
 	_ = conn.Close(ctx)
 
 	t0 := time.Now()
@@ -1153,6 +1191,7 @@ spec:
 		t.Fatal(err)
 	}
 	waitArchived(t, ctx, conn, pod)
+	waitWindowCovers(t, ctx, name, pod, target)
 	_ = conn.Close(ctx)
 	t0 = time.Now()
 	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-before-drop", fmt.Sprintf("  restoreTo: %q\n", target.Format(time.RFC3339))), "apply", "-f", "-"); err != nil {

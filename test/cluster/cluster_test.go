@@ -6,9 +6,11 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -64,20 +66,26 @@ func runMain(m *testing.M) int {
 	}
 	node = n
 	fmt.Fprintf(os.Stderr, "cluster: node up in %.1fs\n", time.Since(start).Seconds())
-	// Interrupted (Ctrl-C, or SIGTERM from a CI runner): clean up before going.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sigs
-		fmt.Fprintf(os.Stderr, "cluster: %v: stopping the node\n", s)
+	// Interrupted (Ctrl-C, or SIGTERM from a CI runner), or about to be killed by go test's
+	// -timeout (which exits without running deferred calls): dump and clean up before going,
+	// so that nothing is left running or mounted.
+	abort := func(why string) {
+		fmt.Fprintf(os.Stderr, "cluster: %s: stopping the node\n", why)
 		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		dumpNamespace(dctx)
 		cancel()
 		if err := n.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "stop the node: %v\n", err)
 		}
+		killChildren() // MinIO of TestScheduledBackupsOnMinIO: its t.Cleanup will not run
 		os.Exit(2)
-	}()
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() { abort((<-sigs).String()) }()
+	if d := testTimeout(); d > 2*time.Minute {
+		time.AfterFunc(d-time.Minute, func() { abort("go test -timeout " + d.String() + " is a minute away") })
+	}
 	code := 1
 	func() {
 		defer func() {
@@ -107,6 +115,31 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	return code
+}
+
+// killChildren SIGKILLs this process's remaining child processes (by pid, from /proc).
+func killChildren() {
+	me := strconv.Itoa(os.Getpid())
+	eachProc("stat", func(pid int, b []byte) {
+		// pid (comm) state ppid ...: comm may hold spaces, so split after its last ')'.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 1 && f[1] == me {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// testTimeout is go test's -timeout (0: none).
+func testTimeout() time.Duration {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	f := flag.Lookup("test.timeout")
+	if f == nil {
+		return 0
+	}
+	d, _ := time.ParseDuration(f.Value.String())
+	return d
 }
 
 // setUp installs the operator from deploy/ and the database and its application.

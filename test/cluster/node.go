@@ -886,27 +886,32 @@ func (n *Node) CheckPodRoutes() (int, error) {
 // shimsOf returns the pids of the containerd shims serving the containerd at sock.
 func shimsOf(sock string) []int {
 	var out []int
-	ds, _ := os.ReadDir("/proc")
-	for _, d := range ds {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
+	eachProc("cmdline", func(pid int, b []byte) {
 		args := strings.Split(string(b), "\x00")
 		if len(args) == 0 || filepath.Base(args[0]) != "containerd-shim-runc-v2" {
-			continue
+			return
 		}
 		for i := range args[:len(args)-1] {
 			if args[i] == "-address" && args[i+1] == sock {
 				out = append(out, pid)
 			}
 		}
-	}
+	})
 	return out
+}
+
+// eachProc calls fn with every process's pid and its /proc/<pid>/file.
+func eachProc(file string, fn func(pid int, b []byte)) {
+	ds, _ := os.ReadDir("/proc")
+	for _, d := range ds {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", d.Name(), file)); err == nil {
+			fn(pid, b)
+		}
+	}
 }
 
 func netnsNames() map[string]bool {

@@ -6,8 +6,11 @@
 package cluster
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
@@ -24,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/test/harness"
 )
 
@@ -62,17 +66,26 @@ func runMain(m *testing.M) int {
 	}
 	node = n
 	fmt.Fprintf(os.Stderr, "cluster: node up in %.1fs\n", time.Since(start).Seconds())
-	// Interrupted (Ctrl-C, or SIGTERM from a CI runner): clean up before going.
-	sigs := make(chan os.Signal, 1)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
-	go func() {
-		s := <-sigs
-		fmt.Fprintf(os.Stderr, "cluster: %v: stopping the node\n", s)
+	// Interrupted (Ctrl-C, or SIGTERM from a CI runner), or about to be killed by go test's
+	// -timeout (which exits without running deferred calls): dump and clean up before going,
+	// so that nothing is left running or mounted.
+	abort := func(why string) {
+		fmt.Fprintf(os.Stderr, "cluster: %s: stopping the node\n", why)
+		dctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		dumpNamespace(dctx)
+		cancel()
 		if err := n.Stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "stop the node: %v\n", err)
 		}
+		killChildren() // MinIO of TestScheduledBackupsOnMinIO: its t.Cleanup will not run
 		os.Exit(2)
-	}()
+	}
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	go func() { abort((<-sigs).String()) }()
+	if d := testTimeout(); d > 2*time.Minute {
+		time.AfterFunc(d-time.Minute, func() { abort("go test -timeout " + d.String() + " is a minute away") })
+	}
 	code := 1
 	func() {
 		defer func() {
@@ -86,10 +99,7 @@ func runMain(m *testing.M) int {
 			n.DumpLogs(30)
 			return
 		}
-		code = m.Run()
-		if code != 0 {
-			dumpNamespace(ctx)
-		}
+		code = m.Run() // each test dumps the namespace when it fails (dumpOnFailure)
 	}()
 	if dbProxy != nil {
 		_ = dbProxy.Close()
@@ -105,6 +115,31 @@ func runMain(m *testing.M) int {
 		return 1
 	}
 	return code
+}
+
+// killChildren SIGKILLs this process's remaining child processes (by pid, from /proc).
+func killChildren() {
+	me := strconv.Itoa(os.Getpid())
+	eachProc("stat", func(pid int, b []byte) {
+		// pid (comm) state ppid ...: comm may hold spaces, so split after its last ')'.
+		f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+		if len(f) > 1 && f[1] == me {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+}
+
+// testTimeout is go test's -timeout (0: none).
+func testTimeout() time.Duration {
+	if !flag.Parsed() {
+		flag.Parse()
+	}
+	f := flag.Lookup("test.timeout")
+	if f == nil {
+		return 0
+	}
+	d, _ := time.ParseDuration(f.Value.String())
+	return d
 }
 
 // setUp installs the operator from deploy/ and the database and its application.
@@ -399,6 +434,7 @@ type kcbStatus struct {
 	} `json:"recoveryWindow"`
 	Restore *struct {
 		Step             string `json:"step"`
+		StartTime        string `json:"startTime"`
 		PreviousTimeline int64  `json:"previousTimeline"`
 		Timeline         int64  `json:"timeline"`
 	} `json:"restore"`
@@ -425,7 +461,8 @@ func (s kcbStatus) ready() string {
 	return "no Ready condition"
 }
 
-// waitPhase waits until the KeycloakBackup reaches want, failing early on any phase in stop.
+// waitPhase waits until the KeycloakBackup reaches want; a phase in stop ends the wait at
+// once, with the Ready condition saying why.
 func waitPhase(t *testing.T, ctx context.Context, name, want string, timeout time.Duration, stop ...string) kcbStatus {
 	t.Helper()
 	var st kcbStatus
@@ -434,10 +471,8 @@ func waitPhase(t *testing.T, ctx context.Context, name, want string, timeout tim
 		if st, err = getKCB(ctx, name); err != nil {
 			return err
 		}
-		for _, s := range stop {
-			if st.Phase == s {
-				return fmt.Errorf("phase %s (%s)", st.Phase, st.ready())
-			}
+		if err := st.endedIn(name, stop...); err != nil {
+			return err
 		}
 		if st.Phase != want {
 			return fmt.Errorf("phase %q (%s)", st.Phase, st.ready())
@@ -445,16 +480,24 @@ func waitPhase(t *testing.T, ctx context.Context, name, want string, timeout tim
 		return nil
 	})
 	if err != nil {
-		if st.Phase != "" && st.Phase != want {
-			for _, s := range stop {
-				if st.Phase == s {
-					t.Fatalf("KeycloakBackup %s ended %s, want %s: %s", name, st.Phase, want, st.ready())
-				}
-			}
-		}
 		t.Fatal(err)
 	}
 	return st
+}
+
+// endedIn returns an error that ends a waitFor when the KeycloakBackup is in one of the
+// phases of stop (it will not leave it): the phase, the step and the Ready condition.
+func (s kcbStatus) endedIn(name string, stop ...string) error {
+	for _, p := range stop {
+		if s.Phase == p {
+			step := ""
+			if s.Restore != nil {
+				step = " at restore step " + s.Restore.Step
+			}
+			return stopErr(fmt.Errorf("KeycloakBackup %s ended %s%s: %s", name, s.Phase, step, s.ready()))
+		}
+	}
+	return nil
 }
 
 func podIP(ctx context.Context, pod string) (string, error) {
@@ -556,16 +599,135 @@ func waitLagNearZero(t *testing.T, ctx context.Context, pod string) {
 	t.Logf("archive lag in %s: %s", pod, last)
 }
 
+// pastTarget returns a restore target: the next whole second after everything committed on
+// conn so far, once the server's clock has passed it (so what comes next is after it).
+func pastTarget(t *testing.T, ctx context.Context, conn *pgx.Conn) time.Time {
+	t.Helper()
+	var now time.Time
+	if err := conn.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
+		t.Fatal(err)
+	}
+	target := now.UTC().Truncate(time.Second).Add(time.Second)
+	if err := waitFor(ctx, "the server clock past the target", 10*time.Second, nil, func() error {
+		var t2 time.Time
+		if err := conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&t2); err != nil {
+			return err
+		}
+		if !t2.After(target.Add(500 * time.Millisecond)) {
+			return fmt.Errorf("server time %s", t2)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return target
+}
+
+// loadKeycloakSchema creates Keycloak 26's session and discovery tables (the fixture), which
+// the restore's Keycloak clean-up (spec.restore.sessions, default online) needs: without
+// them it fails closed and keeps the application at zero.
+func loadKeycloakSchema(t *testing.T, ctx context.Context, conn *pgx.Conn) {
+	t.Helper()
+	schema, err := os.ReadFile("../../sidecar/internal/keycloak/testdata/keycloak26.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, string(schema)); err != nil {
+		t.Fatalf("Keycloak 26 schema fixture: %v", err)
+	}
+}
+
+// waitArchived waits until the sidecar in pod has archived all the WAL PostgreSQL has
+// flushed now (conn is a connection to that PostgreSQL).
+func waitArchived(t *testing.T, ctx context.Context, conn *pgx.Conn, pod string) {
+	t.Helper()
+	var lsn string
+	var flushed int64
+	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text, (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").Scan(&lsn, &flushed); err != nil {
+		t.Fatal(err)
+	}
+	if err := waitFor(ctx, "WAL up to "+lsn+" archived from "+pod, 2*time.Minute, nil, func() error {
+		a, err := metricOf(ctx, pod, "kcbackup_archived_lsn_bytes")
+		if err != nil {
+			return err
+		}
+		if int64(a) < flushed {
+			return fmt.Errorf("archived up to %.0f, want %d", a, flushed)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitWindowCovers waits until the archive, as the sidecar in pod of StatefulSet sts lists
+// it (the catalog the operator checks a restore target against), has a range holding
+// target. A target it never covers fails here with the ranges, not later as a refused restore.
+func waitWindowCovers(t *testing.T, ctx context.Context, sts, pod string, target time.Time) {
+	t.Helper()
+	token, err := jsonpath(ctx, "secret", sts+"-kcbackup-token", "{.data.token}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := base64.StdEncoding.DecodeString(token)
+	if err != nil {
+		t.Fatalf("token Secret of %s: %v", sts, err)
+	}
+	if err := waitFor(ctx, "the archive's ranges hold "+target.Format(time.RFC3339), 30*time.Second, nil, func() error {
+		ip, err := podIP(ctx, pod)
+		if err != nil {
+			return err
+		}
+		cat, err := apiclient.New(fmt.Sprintf("http://%s:%d", ip, sidecarPort), string(raw), nil).Catalog(ctx)
+		if err != nil {
+			return err
+		}
+		var rs []string
+		for _, w := range cat.Windows {
+			if w.Contains(target) {
+				return nil
+			}
+			rs = append(rs, fmt.Sprintf("timeline %d %s to %s hole %t", w.Timeline, w.Earliest.Format(time.RFC3339Nano), w.Latest.Format(time.RFC3339Nano), w.Hole))
+		}
+		return fmt.Errorf("ranges: %s", strings.Join(rs, "; "))
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// operatorLogs holds what saveOperatorLogs kept of operator pods since deleted.
+var operatorLogs strings.Builder
+
+// saveOperatorLogs keeps the operator's log so far, for dumpNamespace: a deleted pod's log
+// is gone with it.
+func saveOperatorLogs(ctx context.Context, why string) {
+	out, err := node.Kubectl(ctx, "-n", "kcbackup-system", "logs", "-l", "app.kubernetes.io/name=kcbackup-operator", "--tail=-1", "--prefix")
+	fmt.Fprintf(&operatorLogs, "---- operator log %s\n%s%s\n", why, out, errOrEmpty(err))
+}
+
+// dumpOnFailure dumps the namespace, the KeycloakBackups and the operator's log when t
+// failed, right away, while the state that made it fail is still there.
+func dumpOnFailure(t *testing.T) {
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpNamespace(context.Background())
+		}
+	})
+}
+
 func dumpNamespace(ctx context.Context) {
 	for _, args := range [][]string{
 		{"get", "pods,statefulsets,deployments,jobs,pvc,keycloakbackups", "-A", "-o", "wide"},
 		{"-n", ns, "get", "keycloakbackups", "-o", "yaml"},
 		{"-n", ns, "get", "events", "--sort-by=.lastTimestamp"},
-		{"-n", "kcbackup-system", "logs", "deployment/kcbackup-operator", "--tail=60"},
+		{"-n", "kcbackup-system", "logs", "-l", "app.kubernetes.io/name=kcbackup-operator", "--tail=300", "--prefix"},
 		{"-n", ns, "logs", pgName + "-0", "--all-containers", "--tail=40"},
 	} {
 		out, err := node.Kubectl(ctx, args...)
 		fmt.Fprintf(os.Stderr, "---- kubectl %s\n%s%v\n", strings.Join(args, " "), out, errOrEmpty(err))
+	}
+	if operatorLogs.Len() > 0 {
+		fmt.Fprint(os.Stderr, operatorLogs.String())
 	}
 }
 
@@ -579,6 +741,7 @@ func errOrEmpty(err error) string {
 // TestKeycloakBackupStory runs the steps in order: each needs the one before.
 func TestKeycloakBackupStory(t *testing.T) {
 	ctx := context.Background()
+	dumpOnFailure(t)
 
 	t.Log("manual backup to the archive claim")
 	t0 := time.Now()
@@ -602,15 +765,7 @@ func TestKeycloakBackupStory(t *testing.T) {
 		INSERT INTO ledger SELECT g, 'row ' || g FROM generate_series(1, 5000) g`); err != nil {
 		t.Fatal(err)
 	}
-	// Keycloak 26's session and discovery tables, which the restore's Keycloak clean-up
-	// (spec.restore.sessions, default online) needs: without them it fails closed.
-	schema, err := os.ReadFile("../../sidecar/internal/keycloak/testdata/keycloak26.sql")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := conn.Exec(ctx, string(schema)); err != nil {
-		t.Fatalf("Keycloak 26 schema fixture: %v", err)
-	}
+	loadKeycloakSchema(t, ctx, conn)
 
 	t.Log("the sidecar's lag comes back near zero")
 	waitLagNearZero(t, ctx, pgName+"-0")
@@ -759,24 +914,7 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM ledger").Scan(&before); err != nil {
 		t.Fatal(err)
 	}
-	// The target: a whole second after the rows committed, before the drop.
-	var now time.Time
-	if err := conn.QueryRow(ctx, "SELECT now()").Scan(&now); err != nil {
-		t.Fatal(err)
-	}
-	target := now.UTC().Truncate(time.Second).Add(time.Second)
-	if err := waitFor(ctx, "the server clock past the target", 10*time.Second, nil, func() error {
-		var t2 time.Time
-		if err := conn.QueryRow(ctx, "SELECT clock_timestamp()").Scan(&t2); err != nil {
-			return err
-		}
-		if !t2.After(target.Add(500 * time.Millisecond)) {
-			return fmt.Errorf("server time %s", t2)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	target := pastTarget(t, ctx, conn)
 	if _, err := conn.Exec(ctx, "DROP TABLE ledger"); err != nil {
 		t.Fatal(err)
 	}
@@ -784,19 +922,12 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&tl); err != nil {
 		t.Fatal(err)
 	}
-	// The drop must be archived before the window covers the target.
-	if err := waitFor(ctx, "the drop archived", 2*time.Minute, nil, func() error {
-		b, err := metric(ctx, "kcbackup_archive_lag_bytes")
-		if err != nil {
-			return err
-		}
-		if b > 0 {
-			return fmt.Errorf("lag %.0f bytes", b)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	// The drop must be archived before the window covers the target: until then the
+	// archive ends before the target and the operator refuses it (TargetOutsideWindow).
+	// The lag gauge cannot tell: it is refreshed once a second and read 0 just after the
+	// drop, before the sidecar had it (a fresh-clone run failed so).
+	waitArchived(t, ctx, conn, pgName+"-0")
+	waitWindowCovers(t, ctx, pgName, pgName+"-0", target)
 	_ = conn.Close(ctx)
 
 	t0 := time.Now()
@@ -809,9 +940,12 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	// The operator scales the application to zero before it stops PostgreSQL.
 	if err := waitFor(ctx, "keycloak scaled to zero", 3*time.Minute, nil, func() error {
 		if r, _ := jsonpath(ctx, "deployment", "keycloak", "{.spec.replicas}"); r != "0" {
-			st, _ := getKCB(ctx, "restore")
-			if st.Phase == "Failed" || st.Phase == "Restored" {
-				return nil
+			st, err := getKCB(ctx, "restore")
+			if err != nil {
+				return err
+			}
+			if err := st.endedIn("restore", "Failed", "Restored"); err != nil {
+				return err
 			}
 			return fmt.Errorf("replicas %s", r)
 		}
@@ -822,22 +956,29 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	// Delete the operator's pod in the middle: the new one resumes the same step.
 	var step, startTime, jobUID string
 	if err := waitFor(ctx, "the restore past creating its Job", 5*time.Minute, nil, func() error {
-		out, err := jsonpath(ctx, "keycloakbackup", "restore", "{.status.restore.step} {.status.restore.startTime}")
+		st, err := getKCB(ctx, "restore")
 		if err != nil {
 			return err
 		}
-		f := strings.Fields(out)
-		if len(f) == 2 && (f[0] == "RestoringData" || f[0] == "StartingDatabase" || f[0] == "WaitingForArchive") {
-			step, startTime = f[0], f[1]
+		if err := st.endedIn("restore", "Failed", "Restored"); err != nil {
+			return err
+		}
+		if st.Restore == nil {
+			return fmt.Errorf("no status.restore yet (phase %q)", st.Phase)
+		}
+		switch st.Restore.Step {
+		case "RestoringData", "StartingDatabase", "WaitingForArchive":
+			step, startTime = st.Restore.Step, st.Restore.StartTime
 			if jobUID, err = jsonpath(ctx, "job", "restore-restore", "{.metadata.uid}"); err != nil || jobUID == "" {
 				return fmt.Errorf("no restore Job yet (%v)", err)
 			}
 			return nil
 		}
-		return fmt.Errorf("step %q", out)
+		return fmt.Errorf("step %s (%s)", st.Restore.Step, st.ready())
 	}); err != nil {
 		t.Fatal(err)
 	}
+	saveOperatorLogs(ctx, "before its pod was deleted mid-restore")
 	if _, err := node.Kubectl(ctx, "-n", "kcbackup-system", "delete", "pod", "-l", "app.kubernetes.io/name=kcbackup-operator", "--wait=false"); err != nil {
 		t.Fatal(err)
 	}
@@ -900,6 +1041,7 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 // one succeeds. MinIO listens on loopback; pods reach it through a proxy on the node IP.
 func TestScheduledBackupsOnMinIO(t *testing.T) {
 	ctx := context.Background()
+	dumpOnFailure(t)
 	m := harness.StartMinIO(t)
 	bucket := m.NewBucket(t)
 	backend := strings.TrimPrefix(m.Endpoint(), "http://")
@@ -938,11 +1080,14 @@ stringData: {AWS_ACCESS_KEY_ID: %q, AWS_SECRET_ACCESS_KEY: %q}
 		FROM generate_series(1, 120000) g`); err != nil {
 		t.Fatal(err)
 	}
+	loadKeycloakSchema(t, ctx, conn)
 	_ = conn.Close(ctx)
 
-	kb := fmt.Sprintf(`apiVersion: keycloak.org/v1alpha1
+	// s3KB is a KeycloakBackup on the bucket; extra is appended to its spec.
+	s3KB := func(kbName, extra string) string {
+		return fmt.Sprintf(`apiVersion: keycloak.org/v1alpha1
 kind: KeycloakBackup
-metadata: {name: s3-every-minute, namespace: %s}
+metadata: {name: %s, namespace: %s}
 spec:
   instanceSelector:
     matchLabels: {app.kubernetes.io/name: %s}
@@ -957,10 +1102,26 @@ spec:
   postgres:
     user: postgres
     passwordSecret: {name: keycloak-postgres, key: password}
-  schedule: "* * * * *"
-  retention: {keepBackups: 3}
-`, ns, name, bucket, p.Addr)
-	if _, err := node.KubectlStdin(ctx, kb, "apply", "-f", "-"); err != nil {
+%s`, kbName, ns, name, bucket, p.Addr, extra)
+	}
+
+	t.Log("manual backup to MinIO")
+	t0 := time.Now()
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-manual", ""), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitPhase(t, ctx, "s3-manual", "Completed", 6*time.Minute, "Failed"); len(st.Backups) == 0 {
+		t.Fatalf("phase Completed but no backup in status: %+v", st)
+	}
+	t.Logf("manual backup to MinIO Completed in %.1fs", time.Since(t0).Seconds())
+	waitLagNearZero(t, ctx, pod)
+	out, err := m.Client().ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
+	if err != nil || len(out.Contents) == 0 {
+		t.Fatalf("nothing archived in bucket %s (%v)", bucket, err)
+	}
+	t.Logf("%d objects in the bucket", len(out.Contents))
+
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-every-minute", "  schedule: \"* * * * *\"\n  retention: {keepBackups: 3}\n"), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	backups := func() (int, kcbStatus, error) {
@@ -980,11 +1141,7 @@ spec:
 		t.Fatal(err)
 	}
 	waitLagNearZero(t, ctx, pod)
-	out, err := m.Client().ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
-	if err != nil || len(out.Contents) == 0 {
-		t.Fatalf("nothing archived in bucket %s (%v)", bucket, err)
-	}
-	t.Logf("first scheduled backup done; %d objects in the bucket", len(out.Contents))
+	t.Log("first scheduled backup done")
 
 	t.Log("delete the PostgreSQL pod during the next scheduled backup")
 	n0, _, _ := backups()
@@ -1033,31 +1190,73 @@ spec:
 		t.Fatal(err)
 	}
 
-	t.Log("restore to latest from MinIO, with the schedule suspended")
+	t.Log("restores from MinIO, with the schedule suspended")
 	if _, err := node.Kubectl(ctx, "-n", ns, "patch", "keycloakbackup", "s3-every-minute", "--type=merge", "-p", `{"spec":{"suspend":true}}`); err != nil {
 		t.Fatal(err)
 	}
 	waitPhase(t, ctx, "s3-every-minute", "Suspended", 3*time.Minute)
+
+	// Outside the window: refused before anything is stopped.
+	uid, err := jsonpath(ctx, "pod", pod, "{.metadata.uid}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-too-early", "  restoreTo: \"2020-01-01T00:00:00Z\"\n"), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	if st := waitPhase(t, ctx, "s3-restore-too-early", "Failed", 3*time.Minute, "Restored"); !strings.Contains(st.ready(), "TargetOutsideWindow") {
+		t.Errorf("failed for another reason than TargetOutsideWindow: %s", st.ready())
+	}
+	if got, _ := jsonpath(ctx, "pod", pod, "{.metadata.uid}"); got != uid {
+		t.Errorf("the PostgreSQL pod was replaced (uid %s, was %s): the refused restore stopped it", got, uid)
+	}
+	if _, err := node.Kubectl(ctx, "-n", ns, "get", "job", "s3-restore-too-early-restore"); err == nil {
+		t.Errorf("a restore Job was created for a refused restore")
+	}
+
+	// A table dropped, restoreTo just before: the table is back.
 	conn = dbPod(t, ctx, pod)
 	if _, err := conn.Exec(ctx, "CREATE TABLE marker AS SELECT 42 AS answer"); err != nil {
 		t.Fatal(err)
 	}
-	_ = conn.Close(ctx)
-	waitLagNearZero(t, ctx, pod)
-	restore := strings.Replace(strings.Replace(kb, "name: s3-every-minute", "name: s3-restore-latest", 1),
-		"  schedule: \"* * * * *\"\n  retention: {keepBackups: 3}\n", "  restoreTo: latest\n", 1)
-	if !strings.Contains(restore, "restoreTo: latest") {
-		t.Fatalf("could not make the restore resource from:\n%s", kb)
-	}
-	t0 := time.Now()
-	if _, err := node.KubectlStdin(ctx, restore, "apply", "-f", "-"); err != nil {
+	target := pastTarget(t, ctx, conn)
+	if _, err := conn.Exec(ctx, "DROP TABLE marker"); err != nil {
 		t.Fatal(err)
 	}
-	st := waitPhase(t, ctx, "s3-restore-latest", "Restored", 10*time.Minute, "Failed")
-	t.Logf("restore to latest from MinIO: Restored in %.1fs, timeline %d -> %d", time.Since(t0).Seconds(), st.Restore.PreviousTimeline, st.Restore.Timeline)
+	waitArchived(t, ctx, conn, pod)
+	waitWindowCovers(t, ctx, name, pod, target)
+	_ = conn.Close(ctx)
+	t0 = time.Now()
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-before-drop", fmt.Sprintf("  restoreTo: %q\n", target.Format(time.RFC3339))), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	st := waitPhase(t, ctx, "s3-restore-before-drop", "Restored", 10*time.Minute, "Failed")
+	t.Logf("restore to %s from MinIO: Restored in %.1fs, timeline %d -> %d", target.Format(time.RFC3339), time.Since(t0).Seconds(), st.Restore.PreviousTimeline, st.Restore.Timeline)
 	conn = dbPod(t, ctx, pod)
 	var answer, rows int
 	if err := conn.QueryRow(ctx, "SELECT answer, (SELECT count(*) FROM filler) FROM marker").Scan(&answer, &rows); err != nil || answer != 42 || rows != 120000 {
 		t.Errorf("after the restore: marker %d, filler rows %d (%v); want 42 and 120000", answer, rows, err)
+	}
+
+	// Restore to latest: a row written just before is there.
+	if _, err := conn.Exec(ctx, "INSERT INTO marker VALUES (43)"); err != nil {
+		t.Fatal(err)
+	}
+	waitArchived(t, ctx, conn, pod)
+	_ = conn.Close(ctx)
+	t0 = time.Now()
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-latest", "  restoreTo: latest\n"), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	prev := st.Restore.Timeline
+	st = waitPhase(t, ctx, "s3-restore-latest", "Restored", 10*time.Minute, "Failed")
+	t.Logf("restore to latest from MinIO: Restored in %.1fs, timeline %d -> %d", time.Since(t0).Seconds(), st.Restore.PreviousTimeline, st.Restore.Timeline)
+	if st.Restore.PreviousTimeline != prev || st.Restore.Timeline <= prev {
+		t.Errorf("restore to latest: timeline %d -> %d, want from %d to a newer one", st.Restore.PreviousTimeline, st.Restore.Timeline, prev)
+	}
+	conn = dbPod(t, ctx, pod)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM marker WHERE answer IN (42, 43)").Scan(&n); err != nil || n != 2 {
+		t.Errorf("after the restore to latest: %d of the 2 marker rows (%v)", n, err)
 	}
 }

@@ -267,6 +267,10 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, p *proc, c
 		if last = cond(); last == nil {
 			return nil
 		}
+		var s *stopWaiting
+		if errors.As(last, &s) {
+			return fmt.Errorf("%s: %w", what, s.err)
+		}
 		if p != nil {
 			select {
 			case <-p.done:
@@ -284,6 +288,16 @@ func waitFor(ctx context.Context, what string, timeout time.Duration, p *proc, c
 		}
 	}
 }
+
+// stopWaiting, returned by a waitFor condition, ends the wait at once: the condition can no
+// longer come true (a KeycloakBackup ended in another phase), so waiting out the timeout
+// would only hide why.
+type stopWaiting struct{ err error }
+
+func (s *stopWaiting) Error() string { return s.err.Error() }
+
+// stopErr wraps err so that waitFor returns it at once.
+func stopErr(err error) error { return &stopWaiting{err: err} }
 
 // containerdSock is containerd's gRPC socket.
 func (n *Node) containerdSock() string { return n.path("containerd", "containerd.sock") }
@@ -872,27 +886,32 @@ func (n *Node) CheckPodRoutes() (int, error) {
 // shimsOf returns the pids of the containerd shims serving the containerd at sock.
 func shimsOf(sock string) []int {
 	var out []int
-	ds, _ := os.ReadDir("/proc")
-	for _, d := range ds {
-		pid, err := strconv.Atoi(d.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", d.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
+	eachProc("cmdline", func(pid int, b []byte) {
 		args := strings.Split(string(b), "\x00")
 		if len(args) == 0 || filepath.Base(args[0]) != "containerd-shim-runc-v2" {
-			continue
+			return
 		}
 		for i := range args[:len(args)-1] {
 			if args[i] == "-address" && args[i+1] == sock {
 				out = append(out, pid)
 			}
 		}
-	}
+	})
 	return out
+}
+
+// eachProc calls fn with every process's pid and its /proc/<pid>/file.
+func eachProc(file string, fn func(pid int, b []byte)) {
+	ds, _ := os.ReadDir("/proc")
+	for _, d := range ds {
+		pid, err := strconv.Atoi(d.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join("/proc", d.Name(), file)); err == nil {
+			fn(pid, b)
+		}
+	}
 }
 
 func netnsNames() map[string]bool {

@@ -211,7 +211,7 @@ for t in "${targets[@]}"; do
     pgroot-18) install_pgroot 18 sid ;;
     promtool) install_promtool ;;
     recovery-tools) install_recovery_tools ;;
-    cluster) "$(dirname "$0")/../cluster/build.sh" ;; # the real node: root, 20-30 minutes cold
+    cluster) "$(dirname "$0")/../cluster/build.sh" ;; # the real node: root, 30-45 minutes cold
     kubectl) install_kubectl ;;
     *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool, recovery-tools, cluster)"; exit 2 ;;
   esac

@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -52,28 +49,11 @@ func runPG(t *testing.T, pg *harness.Postgres, name string, args ...string) stri
 	return out.String()
 }
 
-// fileArchive makes a file:// archive as the README's permission model says: the sidecar
-// writes directories 0750 and objects 0640, and a setgid archive root owned by the restoring
-// user's group (what fsGroup does to a pod's volume) makes every one of them readable by
-// that group. restore_command runs as postgres and reads what the sidecar, as root, writes.
+// fileArchive makes a file:// archive as the README's permission model says
+// (harness.FileArchiveDir).
 func fileArchive(t *testing.T) string {
 	t.Helper()
-	dir := t.TempDir()
-	os.Chmod(filepath.Dir(dir), 0o755) // traversable on the way to the root
-	if os.Geteuid() == 0 {
-		g, err := user.LookupGroup("postgres")
-		if err != nil {
-			t.Fatalf("group postgres: %v", err)
-		}
-		gid, _ := strconv.Atoi(g.Gid)
-		if err := os.Chown(dir, 0, gid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := os.Chmod(dir, 0o750|os.ModeSetgid); err != nil {
-		t.Fatal(err)
-	}
-	return "file://" + dir
+	return "file://" + harness.FileArchiveDir(t)
 }
 
 func query(t *testing.T, pg *harness.Postgres, sql string) string {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/user"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -107,7 +106,7 @@ func (w *world) setup() error {
 			w.t.Setenv(k, v)
 		}
 	} else {
-		w.url = "file://" + sharedArchiveDir(w.t)
+		w.url = "file://" + harness.FileArchiveDir(w.t)
 	}
 	w.pg = harness.StartPostgres(w.t, w.pgOptions())
 	if err := w.startSidecar(w.pg); err != nil {
@@ -120,30 +119,6 @@ func (w *world) setup() error {
 		return err
 	}
 	return w.backup()
-}
-
-// sharedArchiveDir makes a file:// archive that the postgres OS user (restore_command)
-// can read whatever the sidecar writes later: the directory belongs to the postgres group
-// with the setgid bit, so every directory and file created below it (0750 and 0640 by the
-// file backend) belongs to that group too. A one-time chmod would miss later objects.
-func sharedArchiveDir(t *testing.T) string {
-	t.Helper()
-	dir := t.TempDir()
-	os.Chmod(filepath.Dir(dir), 0o755)
-	if os.Geteuid() == 0 {
-		g, err := user.LookupGroup("postgres")
-		if err != nil {
-			t.Fatalf("the archive's group: %v", err)
-		}
-		gid, _ := strconv.Atoi(g.Gid)
-		if err := os.Chown(dir, 0, gid); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.Chmod(dir, 0o750|os.ModeSetgid); err != nil {
-			t.Fatal(err)
-		}
-	}
-	return dir
 }
 
 func (w *world) startSidecar(pg *harness.Postgres) error {

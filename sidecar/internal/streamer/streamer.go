@@ -585,22 +585,15 @@ func (s *Streamer) slotInvalidation(ctx context.Context) (lost bool, reason stri
 // archiveNeeds returns the first LSN the archive lacks on timeline tli: after its last
 // complete segment, or, with nothing archived on tli, where tli began (from its history).
 func (s *Streamer) archiveNeeds(ctx context.Context, tli uint32) (walarchive.LSN, bool, error) {
-	objs, err := s.cfg.Storage.List(ctx, walarchive.TimelineDir(tli))
+	have, err := s.completeSegments(ctx, tli)
 	if err != nil {
-		return 0, false, fmt.Errorf("list archived WAL of timeline %d: %w", tli, err)
+		return 0, false, err
 	}
-	var last uint64
-	found := false
-	for _, o := range objs {
-		f, err := walarchive.ParseWALKey(o.Key, s.segSize)
-		if err != nil || f.Kind != walarchive.WALFileSegment {
-			continue
+	if len(have) > 0 {
+		last := uint64(0)
+		for seg := range have {
+			last = max(last, seg)
 		}
-		if !found || f.SegNo > last {
-			last, found = f.SegNo, true
-		}
-	}
-	if found {
 		return walarchive.SegmentStartLSN(last+1, s.segSize), true, nil
 	}
 	if tli == 1 {

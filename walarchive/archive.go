@@ -167,18 +167,12 @@ type PutResult struct {
 // a history file). Storing the same bytes again succeeds without writing; different bytes
 // fail with ErrConflict and the stored object is kept. The storage's PutIfAbsent decides
 // atomically, so of two racing writers one stores and the other compares. r is read twice
-// when the key exists.
+// when the key exists. There is no Stat first: it would add a store round trip to every
+// segment to save an upload only on a retry.
 func (a *Archive) PutImmutable(ctx context.Context, key string, r io.ReadSeeker) (PutResult, error) {
-	_, err := a.Storage.Stat(ctx, key) // saves an upload when it is there (a retry)
-	if errors.Is(err, storage.ErrNotFound) {
-		res, perr := putFramed(ctx, a.Storage.PutIfAbsent, key, r, a.Identity.Compression, a.Key)
-		if !errors.Is(perr, storage.ErrExists) {
-			return res, perr
-		}
-		err = nil
-	}
-	if err != nil {
-		return PutResult{}, fmt.Errorf("put %s: %w", key, err)
+	res, err := putFramed(ctx, a.Storage.PutIfAbsent, key, r, a.Identity.Compression, a.Key)
+	if !errors.Is(err, storage.ErrExists) {
+		return res, err
 	}
 	ours, err := hashReader(r)
 	if err != nil {

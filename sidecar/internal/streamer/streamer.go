@@ -164,6 +164,10 @@ type Streamer struct {
 	queue       []*segment
 	// partialStored is the raw length of the partial object stored for (tli, segno).
 	partialStored map[[2]uint64]uint64
+	// noPartialFrom[tli] is a segment number from which timeline tli had no partial stored
+	// when this process listed it at the start of streaming tli: a later segment's first
+	// partial needs no read of a stored one (the slot lets only this process stream it).
+	noPartialFrom map[uint32]uint64
 	lastPartialAt time.Time
 	draining      bool
 	samples       []sample
@@ -193,6 +197,7 @@ func New(cfg Config) (*Streamer, error) {
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
 		storageUp:     true,
 		partialStored: map[[2]uint64]uint64{},
+		noPartialFrom: map[uint32]uint64{},
 		wake:          make(chan struct{}, 1),
 		archivedSig:   make(chan struct{}, 1),
 		archiveSet:    make(chan struct{}),
@@ -417,6 +422,7 @@ func (s *Streamer) session(ctx context.Context) error {
 		s.mu.Unlock()
 		s.m.Timeline.Set(float64(tli))
 		s.m.Up.Set(1)
+		s.listPartials(ctx, tli)
 		next, nextStart, err := s.stream(ctx, conn, tli, start)
 		if err != nil {
 			return err
@@ -675,6 +681,26 @@ func (s *Streamer) archiveHistory(ctx context.Context, conn *pgconn.PgConn, tli 
 		}
 		return err
 	})
+}
+
+// listPartials records in noPartialFrom the segment after the last partial stored on
+// timeline tli. A failed listing records nothing: each segment's first partial then reads
+// the stored one, as it would without the listing.
+func (s *Streamer) listPartials(ctx context.Context, tli uint32) {
+	objs, err := s.cfg.Storage.List(ctx, walarchive.TimelineDir(tli))
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.noPartialFrom, tli)
+	if err != nil {
+		return
+	}
+	from := uint64(0)
+	for _, o := range objs {
+		if f, err := walarchive.ParseWALKey(o.Key, s.segSize); err == nil && f.Kind == walarchive.WALFilePartial {
+			from = max(from, f.SegNo+1)
+		}
+	}
+	s.noPartialFrom[tli] = from
 }
 
 // storedPartialLength returns the raw length of the partial stored for a segment (0 when

@@ -217,6 +217,9 @@ func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64) er
 	key := [2]uint64{uint64(seg.tli), seg.segno}
 	s.mu.Lock()
 	stored, known := s.partialStored[key]
+	if from, listed := s.noPartialFrom[seg.tli]; !known && listed && seg.segno >= from {
+		known = true // none was stored when this process listed the timeline
+	}
 	s.mu.Unlock()
 	if !known {
 		// Before the first partial of a segment in this process, learn how long the stored

@@ -212,10 +212,12 @@ func (m *MinIO) stopLocked(ctx context.Context) error {
 	}
 }
 
-// waitReady polls /minio/health/ready until it answers 200, the process exits, or ctx
-// (bounded by minioStartTimeout) ends. Liveness is not enough: a live server still answers
-// 503 XMinioServerNotInitialized while it formats its drive (seen under load, on the first
-// CreateBucket).
+// waitReady polls until /minio/health/ready answers 200 and then an authenticated
+// ListBuckets succeeds, until the process exits, or until ctx (bounded by
+// minioStartTimeout) ends. Liveness is not enough: a live server still answers 503
+// XMinioServerNotInitialized while it formats its drive. Nor is /ready alone: under load
+// it answered 200 while the first CreateBucket still got that 503 (cold CI run,
+// 2026-12-02).
 func (m *MinIO) waitReady(ctx context.Context, exited <-chan struct{}) error {
 	ctx, cancel := context.WithTimeout(ctx, minioStartTimeout)
 	defer cancel()
@@ -233,9 +235,16 @@ func (m *MinIO) waitReady(ctx context.Context, exited <-chan struct{}) error {
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return nil
+				lctx, lcancel := context.WithTimeout(ctx, 2*time.Second)
+				_, err = m.client.ListBuckets(lctx, &s3.ListBucketsInput{}, func(o *s3.Options) { o.RetryMaxAttempts = 1 })
+				lcancel()
+				if err == nil {
+					return nil
+				}
+				err = fmt.Errorf("ListBuckets after /ready: %w", err)
+			} else {
+				err = fmt.Errorf("GET %s: %s", url, resp.Status)
 			}
-			err = fmt.Errorf("GET %s: %s", url, resp.Status)
 		}
 		lastErr = err
 		select {

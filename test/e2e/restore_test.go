@@ -326,6 +326,18 @@ func TestSecondBackupIsRefusedAndAKilledBackupIsNeverListed(t *testing.T) {
 	waitForObject(t, strings.TrimPrefix(url, "file://"), "base.tar", job.ID)
 	cmd.Process.Kill()
 	cmd.Wait()
+	// The killed backup's backend releases the backup lock when it sees its client gone:
+	// soon, not at once (a backup started right after the kill was refused as "already
+	// running" under load). Nothing else holds an advisory lock here.
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		n, err := pg.QueryString(ctx, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'")
+		if err == nil && n == "0" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the killed backup's lock is still held a minute later (advisory locks %q, %v)", n, err)
+		}
+	}
 	a := openArchive(t, url)
 	backups, _, _ := a.Backups(ctx)
 	if len(backups) != 1 || backups[0].ID != job.ID {

@@ -535,17 +535,29 @@ func (s *Streamer) pathStart(ctx context.Context, conn *pgconn.PgConn, cur uint3
 
 // completeSegments returns the numbers of the complete segments archived on timeline tli.
 func (s *Streamer) completeSegments(ctx context.Context, tli uint32) (map[uint64]bool, error) {
+	have, _, err := s.listTimeline(ctx, tli)
+	return have, err
+}
+
+// listTimeline lists timeline tli's archived WAL once: the numbers of its complete
+// segments, and the segment after its last partial (0 with none).
+func (s *Streamer) listTimeline(ctx context.Context, tli uint32) (complete map[uint64]bool, noPartialFrom uint64, err error) {
 	objs, err := s.cfg.Storage.List(ctx, walarchive.TimelineDir(tli))
 	if err != nil {
-		return nil, fmt.Errorf("list archived WAL of timeline %d: %w", tli, err)
+		return nil, 0, fmt.Errorf("list archived WAL of timeline %d: %w", tli, err)
 	}
-	have := make(map[uint64]bool, len(objs))
+	complete = make(map[uint64]bool, len(objs))
 	for _, o := range objs {
-		if f, err := walarchive.ParseWALKey(o.Key, s.segSize); err == nil && f.Kind == walarchive.WALFileSegment {
-			have[f.SegNo] = true
+		f, err := walarchive.ParseWALKey(o.Key, s.segSize)
+		switch {
+		case err != nil:
+		case f.Kind == walarchive.WALFileSegment:
+			complete[f.SegNo] = true
+		case f.Kind == walarchive.WALFilePartial:
+			noPartialFrom = max(noPartialFrom, f.SegNo+1)
 		}
 	}
-	return have, nil
+	return complete, noPartialFrom, nil
 }
 
 // oldestOnServer returns the start of the oldest segment of timeline tli, at or before
@@ -687,20 +699,13 @@ func (s *Streamer) archiveHistory(ctx context.Context, conn *pgconn.PgConn, tli 
 // timeline tli. A failed listing records nothing: each segment's first partial then reads
 // the stored one, as it would without the listing.
 func (s *Streamer) listPartials(ctx context.Context, tli uint32) {
-	objs, err := s.cfg.Storage.List(ctx, walarchive.TimelineDir(tli))
+	_, from, err := s.listTimeline(ctx, tli)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	delete(s.noPartialFrom, tli)
-	if err != nil {
-		return
+	if err == nil {
+		s.noPartialFrom[tli] = from
 	}
-	from := uint64(0)
-	for _, o := range objs {
-		if f, err := walarchive.ParseWALKey(o.Key, s.segSize); err == nil && f.Kind == walarchive.WALFilePartial {
-			from = max(from, f.SegNo+1)
-		}
-	}
-	s.noPartialFrom[tli] = from
 }
 
 // storedPartialLength returns the raw length of the partial stored for a segment (0 when

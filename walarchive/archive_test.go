@@ -108,6 +108,33 @@ func TestFetchWALFileServesPartialPaddedAndReportsAbsence(t *testing.T) {
 	}
 }
 
+func TestFetchCompleteSegmentNeverServesThePartial(t *testing.T) {
+	ctx := context.Background()
+	a, _ := InitArchive(ctx, memory.New(), testIdentity(), nil)
+	if _, err := a.Put(ctx, PartialKey(1, 5, seg1M), bytes.NewReader(bytes.Repeat([]byte{7}, 1000))); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := a.FetchCompleteSegment(ctx, 1, 5, &out); !errors.Is(err, ErrWALNotInArchive) || out.Len() != 0 {
+		t.Fatalf("complete fetch with only a partial stored: %v, %d bytes written; want ErrWALNotInArchive and none", err, out.Len())
+	}
+	full := bytes.Repeat([]byte{9}, seg1M)
+	a.PutImmutable(ctx, SegmentKey(1, 5, seg1M), bytes.NewReader(full))
+	if err := a.FetchCompleteSegment(ctx, 1, 5, &out); err != nil || !bytes.Equal(out.Bytes(), full) {
+		t.Fatalf("complete fetch: %v, %d bytes", err, out.Len())
+	}
+	// A stored "segment" of the wrong size is corruption, never absence.
+	a.PutImmutable(ctx, SegmentKey(1, 6, seg1M), bytes.NewReader(full[:seg1M/2]))
+	out.Reset()
+	if err := a.FetchCompleteSegment(ctx, 1, 6, &out); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("short segment: err = %v; want ErrCorrupt", err)
+	}
+	out.Reset()
+	if _, err := a.FetchWALFile(ctx, SegmentName(1, 6, seg1M), &out); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("short segment through FetchWALFile: err = %v; want ErrCorrupt", err)
+	}
+}
+
 func TestFetchWALFileReportsCorruptionNotAbsence(t *testing.T) {
 	ctx := context.Background()
 	st := memory.New()

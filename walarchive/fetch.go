@@ -51,21 +51,15 @@ func (a *Archive) FetchWALFile(ctx context.Context, name string, w io.Writer) (F
 		}
 		return FetchedPartial, pad(w, a.SegmentSize()-uint64(n))
 	}
-	// A complete segment. Probe the key first: a partially written w cannot be rewound, so
-	// the fallback to the partial is decided before any byte is written.
+	// A complete segment: read it at once (one round trip, not a lookup and a read). A
+	// missing object is reported before any byte reaches w, so the fallback to the partial
+	// is still decided before w is written.
 	key := SegmentKey(f.Timeline, f.SegNo, a.SegmentSize())
-	_, err = a.Storage.Stat(ctx, key)
+	err = a.getSegment(ctx, key, w)
 	if err == nil {
-		n, err := a.Get(ctx, key, w)
-		if err != nil {
-			return 0, err
-		}
-		if uint64(n) != a.SegmentSize() {
-			return 0, fmt.Errorf("%s: %w: %d bytes, expected the segment size %d", key, ErrCorrupt, n, a.SegmentSize())
-		}
 		return FetchedComplete, nil
 	}
-	if !errors.Is(err, storage.ErrNotFound) {
+	if !errors.Is(err, errNothingWritten) {
 		return 0, err
 	}
 	pkey := PartialKey(f.Timeline, f.SegNo, a.SegmentSize())
@@ -73,16 +67,9 @@ func (a *Archive) FetchWALFile(ctx context.Context, name string, w io.Writer) (F
 	if errors.Is(err, storage.ErrNotFound) {
 		// The segment may have been completed (and its partial deleted) between the two
 		// lookups: look for it once more before answering "not found".
-		if _, serr := a.Storage.Stat(ctx, key); serr == nil {
-			n, err := a.Get(ctx, key, w)
-			if err != nil {
-				return 0, err
-			}
-			if uint64(n) != a.SegmentSize() {
-				return 0, fmt.Errorf("%s: %w: %d bytes, expected the segment size %d", key, ErrCorrupt, n, a.SegmentSize())
-			}
+		if serr := a.getSegment(ctx, key, w); serr == nil {
 			return FetchedComplete, nil
-		} else if !errors.Is(serr, storage.ErrNotFound) {
+		} else if !errors.Is(serr, errNothingWritten) {
 			return 0, serr
 		}
 	}
@@ -93,6 +80,38 @@ func (a *Archive) FetchWALFile(ctx context.Context, name string, w io.Writer) (F
 		return 0, fmt.Errorf("%s: %w: %d bytes is more than a segment", pkey, ErrCorrupt, n)
 	}
 	return FetchedPartial, pad(w, a.SegmentSize()-uint64(n))
+}
+
+// FetchCompleteSegment writes complete segment segno of timeline tli to w, verified, and
+// never its partial: an error wrapping ErrWALNotInArchive when the archive holds no complete
+// segment under that name (a prefetcher must not keep a tail that may still grow).
+func (a *Archive) FetchCompleteSegment(ctx context.Context, tli uint32, segno uint64, w io.Writer) error {
+	err := a.getSegment(ctx, SegmentKey(tli, segno, a.SegmentSize()), w)
+	if errors.Is(err, errNothingWritten) {
+		return fmt.Errorf("%s: %w", SegmentName(tli, segno, a.SegmentSize()), ErrWALNotInArchive)
+	}
+	return err
+}
+
+// errNothingWritten wraps storage.ErrNotFound when the object is missing and no byte has
+// reached the writer, so the caller may still write something else to it.
+var errNothingWritten = errors.New("no such object, nothing written")
+
+// getSegment copies the complete segment at key to w, verified and checked for the
+// segment's size.
+func (a *Archive) getSegment(ctx context.Context, key string, w io.Writer) error {
+	cw := &countingWriter{w: w}
+	n, err := a.Get(ctx, key, cw)
+	if err != nil {
+		if cw.n == 0 && errors.Is(err, storage.ErrNotFound) {
+			return fmt.Errorf("%s: %w: %w", key, errNothingWritten, err)
+		}
+		return err
+	}
+	if uint64(n) != a.SegmentSize() {
+		return fmt.Errorf("%s: %w: %d bytes, expected the segment size %d", key, ErrCorrupt, n, a.SegmentSize())
+	}
+	return nil
 }
 
 func notFoundAs(name string, err error) error {

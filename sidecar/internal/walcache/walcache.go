@@ -8,7 +8,6 @@ package walcache
 import (
 	"bytes"
 	"context"
-	"errors"
 	"sync"
 	"time"
 
@@ -139,18 +138,11 @@ func (c *Cache) prefetch(a *walarchive.Archive, f walarchive.WALFile) {
 			defer close(e.done)
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 			defer cancel()
-			key := walarchive.SegmentKey(f.Timeline, segno, a.SegmentSize())
-			if _, err := a.Storage.Stat(ctx, key); err != nil {
-				e.err = err // not complete (yet): never cache a partial, it may grow
-				return
-			}
+			// Complete segments only (one read, no lookup first): a partial may grow.
 			var b bytes.Buffer
-			if _, err := a.Get(ctx, key, &b); err != nil {
+			b.Grow(int(a.SegmentSize()))
+			if err := a.FetchCompleteSegment(ctx, f.Timeline, segno, &b); err != nil {
 				e.err = err
-				return
-			}
-			if uint64(b.Len()) != a.SegmentSize() {
-				e.err = errors.New("wrong size")
 				return
 			}
 			e.data = b.Bytes()

@@ -22,7 +22,8 @@ import (
 // arrives during an upload is then durable at most one interval (or, when uploads take
 // longer than the interval, one upload) after that upload ends, so the archive lag stays
 // under the interval plus one upload, and under two uploads on a store slower than the
-// interval. Each partial re-sends its segment from the start (an object is written whole),
+// interval. At a segment's end the complete segment and the next segment's tail go up
+// together, so the boundary costs one upload, not two. Each partial re-sends its segment from the start (an object is written whole),
 // so PartialInterval is also what bounds the upload amplification: at most one partial,
 // of at most one segment, per interval.
 func (s *Streamer) uploader(ctx context.Context) {
@@ -91,18 +92,23 @@ func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error)
 			}
 			batch = append(batch, seg)
 		}
-		if len(batch) > 1 {
-			return func() error { return s.uploadBatch(ctx, batch) }, time.Time{}, nil
+		// When every queued segment is complete and the tail is due, the tail goes up
+		// beside them rather than after: at a segment's end the lag is then one upload,
+		// not two one after another. It is acknowledged only after them, in order.
+		var tail *segment
+		var tailN uint64
+		if len(batch) == len(s.queue) && s.tailDueLocked() {
+			tail, tailN = s.cur, s.cur.written
+			s.lastPartialAt = s.cfg.Now()
+		}
+		if len(batch) > 1 || tail != nil {
+			return func() error { return s.uploadBatch(ctx, batch, tail, tailN) }, time.Time{}, nil
 		}
 		seg := s.queue[0]
 		return func() error { return s.uploadEnded(ctx, seg) }, time.Time{}, nil
 	}
 	cur := s.cur
-	if cur == nil || cur.written == 0 {
-		return nil, time.Time{}, nil
-	}
-	key := [2]uint64{uint64(cur.tli), cur.segno}
-	if cur.written <= s.partialStored[key] {
+	if !s.tailPendingLocked() {
 		return nil, time.Time{}, nil
 	}
 	if at := s.lastPartialAt.Add(s.cfg.PartialInterval); !s.draining && s.cfg.Now().Before(at) {
@@ -110,7 +116,19 @@ func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error)
 	}
 	n := cur.written
 	s.lastPartialAt = s.cfg.Now()
-	return func() error { return s.uploadPartial(ctx, cur, n) }, time.Time{}, nil
+	return func() error { return s.uploadPartial(ctx, cur, n, true) }, time.Time{}, nil
+}
+
+// tailPendingLocked reports whether the current segment has bytes its stored partial
+// lacks.
+func (s *Streamer) tailPendingLocked() bool {
+	cur := s.cur
+	return cur != nil && cur.written > 0 && cur.written > s.partialStored[[2]uint64{uint64(cur.tli), cur.segno}]
+}
+
+// tailDueLocked reports whether the current segment's tail is pending and may go up now.
+func (s *Streamer) tailDueLocked() bool {
+	return s.tailPendingLocked() && (s.draining || !s.cfg.Now().Before(s.lastPartialAt.Add(s.cfg.PartialInterval)))
 }
 
 // endedParallel is how many complete segments are uploaded at once when several are
@@ -123,7 +141,7 @@ const endedParallel = 4
 // is complete, as a partial when its timeline ended inside it.
 func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 	if seg.written < s.segSize {
-		if err := s.uploadPartial(ctx, seg, seg.written); err != nil {
+		if err := s.uploadPartial(ctx, seg, seg.written, true); err != nil {
 			return err
 		}
 		s.dropEnded(seg)
@@ -136,10 +154,13 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 	return nil
 }
 
-// uploadBatch stores complete segments from the head of the queue at once, then
-// acknowledges them in order, up to the first that failed.
-func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment) error {
+// uploadBatch stores complete segments from the head of the queue at once, and with them,
+// when tail is set, the first tailN bytes of the current segment as its partial; then it
+// acknowledges them in order, up to the first that failed. The tail is acknowledged only
+// when every segment before it was.
+func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment, tail *segment, tailN uint64) error {
 	errs := make([]error, len(batch))
+	var tailErr error
 	var wg sync.WaitGroup
 	for i, seg := range batch {
 		wg.Add(1)
@@ -148,12 +169,33 @@ func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment) error {
 			errs[i] = s.storeComplete(ctx, seg)
 		}()
 	}
+	if tail != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tailErr = s.uploadPartial(ctx, tail, tailN, false)
+		}()
+	}
 	wg.Wait()
 	for i, seg := range batch {
 		if errs[i] != nil {
+			if tail != nil && tailErr == nil {
+				// Stored but not acknowledged: have the tail uploaded (and acknowledged)
+				// again once the segments before it are. Its next upload is at least
+				// tailN long, as long as anything stored, so the partial still only grows.
+				s.mu.Lock()
+				s.partialStored[[2]uint64{uint64(tail.tli), tail.segno}] = 0
+				s.mu.Unlock()
+			}
 			return errs[i] // the later ones are found stored on the retry
 		}
 		s.finishComplete(ctx, seg)
+	}
+	if tail != nil {
+		if tailErr != nil {
+			return tailErr
+		}
+		s.advance(walarchive.SegmentStartLSN(tail.segno, s.segSize)+walarchive.LSN(tailN), tail.gen)
 	}
 	return nil
 }
@@ -212,8 +254,8 @@ func (s *Streamer) dropEnded(seg *segment) {
 }
 
 // uploadPartial stores the first n bytes of seg as its partial, unless a partial at least
-// that long is already stored.
-func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64) error {
+// that long is already stored, and with ack set acknowledges them.
+func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64, ack bool) error {
 	key := [2]uint64{uint64(seg.tli), seg.segno}
 	s.mu.Lock()
 	stored, known := s.partialStored[key]
@@ -252,7 +294,9 @@ func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64) er
 	s.mu.Lock()
 	s.partialStored[key] = n
 	s.mu.Unlock()
-	s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize)+walarchive.LSN(n), seg.gen)
+	if ack {
+		s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize)+walarchive.LSN(n), seg.gen)
+	}
 	return nil
 }
 

@@ -133,4 +133,49 @@ func TestWALFetchPrefetchesTheNextSegmentsAndServesThemIdentically(t *testing.T)
 	if len(a) != 1<<20 || !bytes.Equal(a, b) {
 		t.Fatalf("prefetched segment differs from a direct fetch (%d bytes)", len(a))
 	}
+	// The call that took first+1 started nothing: the one prefetcher saw it taken and
+	// keeps the window full, three segments ahead.
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if _, err := os.Stat(filepath.Join(pre, name(first+4))); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			entries, _ := os.ReadDir(pre)
+			t.Fatalf("after %s was taken, %s was not prefetched (prefetch dir: %v)", name(first+1), name(first+4), entries)
+		}
+	}
+	if n := prefetchers(pre); n != 1 {
+		t.Fatalf("%d prefetcher processes for %s; want 1", n, pre)
+	}
+	// Removing the directory (recovery-end does, once recovery is over) stops it.
+	if err := os.RemoveAll(pre); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); prefetchers(pre) > 0; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the prefetcher still runs 30s after its directory was removed")
+		}
+	}
+}
+
+// prefetchers counts the running wal-fetch prefetchers of prefetch directory dir.
+func prefetchers(dir string) int {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	n := 0
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		worker, inDir := false, false
+		for i, a := range args {
+			worker = worker || a == "--prefetch-worker"
+			inDir = inDir || (a == "--prefetch-dir" && i+1 < len(args) && args[i+1] == dir)
+		}
+		if worker && inDir {
+			n++
+		}
+	}
+	return n
 }

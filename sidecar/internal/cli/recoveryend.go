@@ -2,6 +2,9 @@ package cli
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -19,7 +22,9 @@ func newRecoveryEndCmd(g *globalOptions) *cobra.Command {
 restored cluster has ended recovery (recovery.signal is gone), in the data directory. It
 removes the restore's block from postgresql.auto.conf (restore_command, recovery_target_*,
 recovery_end_command), keeping archive_mode = off and every other line, so a standby cloned
-from the restored cluster inherits no old target. It refuses while recovery.signal exists.`,
+from the restored cluster inherits no old target. It refuses while recovery.signal exists.
+It then removes pg_wal/kcbackup-prefetch (segments wal-fetch prefetched that recovery did
+not need); its prefetcher stops when the directory is gone.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			n, err := restore.ClearRecoverySettings(pgdata)
@@ -27,9 +32,28 @@ from the restored cluster inherits no old target. It refuses while recovery.sign
 				return err
 			}
 			fmt.Fprintf(g.stderr, "kcbackup recovery-end: removed %d lines of restore settings from %s/postgresql.auto.conf\n", n, pgdata)
+			removePrefetched(g, pgdata)
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&pgdata, "pgdata", ".", "the data directory (PostgreSQL runs recovery_end_command in it)")
 	return cmd
+}
+
+// removePrefetched removes the prefetch directories of standalone restores. A prefetcher
+// may still be finishing a download into one: a few attempts, then a warning (PostgreSQL
+// logs it and goes on; the files are copies of archived segments).
+func removePrefetched(g *globalOptions, pgdata string) {
+	dir := filepath.Join(pgdata, "pg_wal", "kcbackup-prefetch")
+	if _, err := os.Stat(dir); err != nil {
+		return
+	}
+	var err error
+	for range 5 {
+		if err = os.RemoveAll(dir); err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	fmt.Fprintf(g.stderr, "kcbackup recovery-end: could not remove %s (%v); remove it by hand\n", dir, err)
 }

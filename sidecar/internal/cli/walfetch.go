@@ -9,12 +9,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -64,10 +60,15 @@ the storage kept failing for --retry-for or an object failed verification, which
 PostgreSQL stop recovery with an error rather than end it early and promote.
 
 With --prefetch N and --prefetch-dir DIR (relative paths are relative to the working
-directory, the data directory under restore_command), the next N segments are downloaded in
-parallel in the background so replay does not wait on one download at a time. Only complete
-segments are prefetched (they never change), each in its own directory per restore, so
-files from an earlier restore are never used.`,
+directory, the data directory under restore_command), one background prefetcher per DIR
+keeps the N segments after the last one asked for downloaded, verified and fsynced in DIR,
+so replay does not wait on downloads: a call whose segment is waiting only renames it into
+place, and the prefetcher fetches the next. The first call, and any call whose segment was
+not waiting, starts the prefetcher if none runs; it exits 10s after no segment was taken,
+or when DIR is removed (kcbackup recovery-end does). Only complete segments are prefetched
+(they never change), each restore in its own DIR, so files from an earlier restore are
+never used. kcbackup restore writes restore_command so that the shell renames a waiting
+segment itself (mv) before starting wal-fetch.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd.Context(), args[0], args[1]) },
 	}
@@ -98,8 +99,9 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	}
 	// Step 1: a prefetched complete segment is moved into place before anything else is
 	// opened: this path is what keeps replay from waiting on downloads.
+	// The prefetcher sees the file taken and fetches the next one itself: this call does
+	// nothing more.
 	if o.prefetch > 0 && !o.prefetchRun && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
-		o.startPrefetch(name)
 		return nil
 	}
 	key, err := o.g.key()
@@ -124,18 +126,18 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	}
 	if o.prefetchRun {
 		if f.Kind == walarchive.WALFileSegment {
-			o.prefetchWorker(ctx, archive, f)
+			o.prefetcher(ctx, archive, f)
 		}
 		return nil
 	}
 	// Step 2: fetch it, retrying storage errors; "not found" is answered only when true.
-	// On the restore's first segment the prefetcher starts first, so the next segments
-	// download while this one does (with the store a round trip away, the next call then
-	// finds its segment waiting); later, only after a segment was found, so that polling
-	// past the archive's end starts no prefetcher.
+	// A segment that was not waiting moves the prefetcher here (and starts it if none
+	// runs). On the restore's first segment that happens first, so the next segments
+	// download while this one does; later, only after the segment was found, so that
+	// polling past the archive's end starts no prefetcher.
 	prefetch := o.prefetch > 0 && f.Kind == walarchive.WALFileSegment
 	if prefetch && !o.prefetchStarted() {
-		o.startPrefetch(name)
+		o.movePrefetcher(name)
 		prefetch = false
 	}
 	err = o.retry(ctx, func() error {
@@ -144,7 +146,7 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	switch {
 	case err == nil:
 		if prefetch {
-			o.startPrefetch(name)
+			o.movePrefetcher(name)
 		}
 		return nil
 	case errors.Is(err, walarchive.ErrWALNotInArchive):
@@ -206,112 +208,6 @@ func (o *walFetchOptions) takePrefetched(name, dest string) bool {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-}
-
-// segSizeFile, in a prefetch directory, records the archive's segment size so a fetch can
-// tell which segments come next without opening the archive.
-const segSizeFile = ".segment-size"
-
-// startPrefetch launches a detached worker that prefetches the segments after served,
-// unless earlier workers already hold or claim most of them (a fork costs more than the
-// rest of a prefetched fetch). It never fails the current fetch.
-func (o *walFetchOptions) startPrefetch(served string) {
-	if err := os.MkdirAll(o.prefetchDir, 0o700); err != nil {
-		return
-	}
-	if !o.prefetchNeeded(served) {
-		return
-	}
-	self, err := os.Executable()
-	if err != nil {
-		return
-	}
-	args := []string{"wal-fetch", "--prefetch-worker", "--storage", o.storage, "--prefetch", strconv.Itoa(o.prefetch),
-		"--prefetch-dir", o.prefetchDir, "--encryption-key-file", o.g.keyFileAbs(), "--retry-for", o.retryFor.String(), served, "-"}
-	cmd := exec.Command(self, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if cmd.Start() == nil {
-		_ = cmd.Process.Release()
-	}
-}
-
-// prefetchStarted reports whether a prefetcher of this restore has run (it records the
-// segment size first thing).
-func (o *walFetchOptions) prefetchStarted() bool {
-	_, err := os.Stat(filepath.Join(o.prefetchDir, segSizeFile))
-	return err == nil
-}
-
-// prefetchNeeded reports whether at least half of the next --prefetch segments after served
-// are neither prefetched nor claimed (or the segment size is not known yet).
-func (o *walFetchOptions) prefetchNeeded(served string) bool {
-	b, err := os.ReadFile(filepath.Join(o.prefetchDir, segSizeFile))
-	if err != nil {
-		return true
-	}
-	segSize, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil || walarchive.ValidateSegmentSize(segSize) != nil {
-		return true
-	}
-	tli, segno, err := walarchive.ParseSegmentName(served, segSize)
-	if err != nil {
-		return true
-	}
-	missing := 0
-	for i := 1; i <= o.prefetch; i++ {
-		p := filepath.Join(o.prefetchDir, walarchive.SegmentName(tli, segno+uint64(i), segSize))
-		if _, err := os.Stat(p); err == nil {
-			continue
-		}
-		if _, err := os.Stat(p + ".inprogress"); err == nil {
-			continue
-		}
-		missing++
-	}
-	return missing*2 >= o.prefetch
-}
-
-// prefetchWorker downloads, in parallel, the complete segments after served that are
-// neither present nor claimed by another worker (claims are .inprogress files; a claim
-// older than two minutes is from a worker that died and is taken over). Segments not in
-// the archive (its end) are skipped; partials are never prefetched, as they may grow.
-func (o *walFetchOptions) prefetchWorker(ctx context.Context, a *walarchive.Archive, served walarchive.WALFile) {
-	_ = writeAtomically(filepath.Join(o.prefetchDir, segSizeFile), segSizeFile, func(w io.Writer) error {
-		_, err := io.WriteString(w, strconv.FormatUint(a.SegmentSize(), 10))
-		return err
-	})
-	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
-	for i := 1; i <= o.prefetch; i++ {
-		segno := served.SegNo + uint64(i)
-		name := walarchive.SegmentName(served.Timeline, segno, a.SegmentSize())
-		p := filepath.Join(o.prefetchDir, name)
-		if _, err := os.Stat(p); err == nil {
-			continue
-		}
-		marker := p + ".inprogress"
-		m, err := os.OpenFile(marker, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-		if err != nil {
-			if st, serr := os.Stat(marker); serr == nil && time.Since(st.ModTime()) > 2*time.Minute {
-				os.Remove(marker)
-			}
-			continue
-		}
-		m.Close()
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			defer os.Remove(marker)
-			key := walarchive.SegmentKey(served.Timeline, segno, a.SegmentSize())
-			if _, err := a.Storage.Stat(ctx, key); err != nil {
-				return
-			}
-			_ = o.retry(ctx, func() error { return fetchTo(ctx, a, name, p) })
-		}()
-	}
-	wg.Wait()
 }
 
 // runViaSidecar fetches through the sidecar's GET /v1/wal/{name}.

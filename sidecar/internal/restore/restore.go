@@ -300,6 +300,16 @@ func syncFS(dir string) error {
 	return unix.Syncfs(int(d.Fd()))
 }
 
+// PrefetchedFastPath is what restore_command runs before wal-fetch when segments are
+// prefetched into dir: a segment waiting there (complete, verified and fsynced by the
+// prefetcher, which then fetches the next) is renamed into place by the shell, with no
+// process of kcbackup's to start; anything else (not prefetched yet, still downloading, a
+// history file or a partial) falls through to wal-fetch. Both paths are in pg_wal, so
+// the rename is atomic.
+func PrefetchedFastPath(dir string) string {
+	return "mv -f " + ShellQuote(dir) + "/%f %p 2>/dev/null || "
+}
+
 // writeRecoveryConfig appends the recovery settings to postgresql.auto.conf (read last, so
 // they win) and creates recovery.signal.
 func writeRecoveryConfig(dir string, o Options) error {
@@ -311,14 +321,20 @@ func writeRecoveryConfig(dir string, o Options) error {
 	if o.FetchVia != "" {
 		// The sidecar verifies, decrypts and prefetches; PostgreSQL needs only the token.
 		fetch = []string{o.Kcbackup, "wal-fetch", "--sidecar", o.FetchVia, "--token-file", o.FetchTokenFile}
-	} else if o.Prefetch > 0 {
-		fetch = append(fetch, "--prefetch", fmt.Sprint(o.Prefetch), "--prefetch-dir", "pg_wal/kcbackup-prefetch/"+p.Backup.ID+"-"+o.Now().UTC().Format("20060102T150405"))
+	}
+	prefetchDir := ""
+	if o.FetchVia == "" && o.Prefetch > 0 {
+		prefetchDir = "pg_wal/kcbackup-prefetch/" + p.Backup.ID + "-" + o.Now().UTC().Format("20060102T150405")
+		fetch = append(fetch, "--prefetch", fmt.Sprint(o.Prefetch), "--prefetch-dir", prefetchDir)
 	}
 	var quoted []string
 	for _, a := range fetch {
 		quoted = append(quoted, ShellQuote(a))
 	}
 	cmd := strings.Join(quoted, " ") + " %f %p"
+	if prefetchDir != "" {
+		cmd = PrefetchedFastPath(prefetchDir) + cmd
+	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n# Added by kcbackup restore at %s: backup %s, target %s, timeline %d.\n", o.Now().UTC().Format(time.RFC3339), p.Backup.ID, p.Target, p.Timeline)
 	fmt.Fprintf(&b, "restore_command = %s\n", GUCQuote(cmd))

@@ -4,6 +4,7 @@ import (
 	"archive/tar"
 	"bytes"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -108,5 +109,65 @@ func TestRecoveryConfigOverridesAnEarlierRestoresTarget(t *testing.T) {
 				t.Errorf("stop at %s: %s = %q; want %q", tc.stop, g, got[g], tc.want[g])
 			}
 		}
+	}
+}
+
+// TestPrefetchedSegmentIsRenamedByTheShellAndTheRestFallsThrough runs the restore_command
+// a standalone restore writes, as PostgreSQL does (sh -c in the data directory), with
+// wal-fetch standing in as /bin/false so the fallthrough is visible.
+func TestPrefetchedSegmentIsRenamedByTheShellAndTheRestFallsThrough(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
+	plan := walarchive.RestorePlan{Stop: walarchive.StopAtEnd, Timeline: 1, Backup: walarchive.BackupRecord{ID: "20261201T100000Z"}}
+	o := Options{Plan: plan, Kcbackup: "/bin/false", StorageURL: "file:///a b's", Prefetch: 8, Now: func() time.Time { return now }}
+	if err := writeRecoveryConfig(dir, o); err != nil {
+		t.Fatal(err)
+	}
+	data, _ := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
+	var cmd string
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "restore_command = '"); ok {
+			cmd = strings.ReplaceAll(strings.TrimSuffix(v, "'"), "''", "'")
+		}
+	}
+	pre := filepath.Join(dir, "pg_wal", "kcbackup-prefetch", "20261201T100000Z-20261201T100000")
+	if !strings.HasPrefix(cmd, PrefetchedFastPath("pg_wal/kcbackup-prefetch/20261201T100000Z-20261201T100000")) || !strings.Contains(cmd, "/bin/false") || !strings.HasSuffix(cmd, " %f %p") {
+		t.Fatalf("restore_command = %q", cmd)
+	}
+	if err := os.MkdirAll(pre, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	seg := "000000010000000000000005"
+	if err := os.WriteFile(filepath.Join(pre, seg), []byte("segment"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run := func(f string) error {
+		c := exec.Command("sh", "-c", strings.ReplaceAll(strings.ReplaceAll(cmd, "%f", f), "%p", "pg_wal/RECOVERYXLOG"))
+		c.Dir = dir
+		return c.Run()
+	}
+	if err := run(seg); err != nil {
+		t.Fatalf("prefetched %s: %v", seg, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "pg_wal", "RECOVERYXLOG")); err != nil || string(b) != "segment" {
+		t.Fatalf("RECOVERYXLOG after the fast path: %q, %v", b, err)
+	}
+	if _, err := os.Stat(filepath.Join(pre, seg)); err == nil {
+		t.Fatal("the prefetched segment is still in the prefetch directory")
+	}
+	// Not prefetched (and a history file): wal-fetch runs, here /bin/false.
+	for _, f := range []string{"000000010000000000000006", "00000002.history"} {
+		if err := run(f); err == nil {
+			t.Fatalf("%s was not prefetched, yet restore_command succeeded without wal-fetch", f)
+		}
+	}
+	// Through the sidecar there is no prefetch directory and no fast path.
+	dir2 := t.TempDir()
+	o.FetchVia, o.FetchTokenFile = "http://127.0.0.1:8008", "/t"
+	if err := writeRecoveryConfig(dir2, o); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(dir2, "postgresql.auto.conf")); strings.Contains(string(b), "mv -f") {
+		t.Fatalf("restore_command through the sidecar has the prefetch fast path:\n%s", b)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path"
 	"path/filepath"
 	"sort"
@@ -128,14 +129,29 @@ func (e *env) walFetchPhase(t *benchTB, res *Results) error {
 		return fmt.Errorf("the catch-up archive holds %d complete segments; need at least 2", len(names))
 	}
 	dir := t.TempDir()
-	pdir := filepath.Join(dir, "prefetch")
-	fetch := func(name string, extra ...string) (time.Duration, bool, error) {
+	// fetch runs one call: `kcbackup wal-fetch` itself, or with shell set the
+	// restore_command kcbackup restore writes, as PostgreSQL runs it (sh -c): the shell
+	// renames a prefetched segment itself (restore.PrefetchedFastPath) and starts wal-fetch
+	// only for the rest.
+	fetch := func(name, pdir string, shell bool, extra ...string) (time.Duration, bool, error) {
 		dest := filepath.Join(dir, name)
-		_, serr := os.Stat(filepath.Join(pdir, name))
-		ready := serr == nil
-		args := append([]string{"wal-fetch", "--storage", url}, extra...)
+		ready := false
+		if pdir != "" {
+			_, serr := os.Stat(filepath.Join(pdir, name))
+			ready = serr == nil
+		}
+		args := append(append([]string{"wal-fetch", "--storage", url}, extra...), name, dest)
 		began := time.Now()
-		if _, err := e.kcbackup(ctx, nil, append(args, name, dest)...); err != nil {
+		if shell {
+			var quoted []string
+			for _, a := range append([]string{e.bin}, args...) {
+				quoted = append(quoted, "'"+strings.ReplaceAll(a, "'", `'\''`)+"'")
+			}
+			line := "mv -f '" + pdir + "'/" + name + " " + dest + " 2>/dev/null || " + strings.Join(quoted, " ")
+			if out, err := exec.CommandContext(ctx, "sh", "-c", line).CombinedOutput(); err != nil {
+				return 0, false, fmt.Errorf("restore_command %s: %w: %s", line, err, out)
+			}
+		} else if _, err := e.kcbackup(ctx, nil, args...); err != nil {
 			return 0, false, err
 		}
 		took := time.Since(began)
@@ -150,29 +166,42 @@ func (e *env) walFetchPhase(t *benchTB, res *Results) error {
 	progress("%s: %d segments without prefetch", t.Name(), len(names))
 	var plain []float64
 	for _, n := range names {
-		d, _, err := fetch(n)
+		d, _, err := fetch(n, "", false)
 		if err != nil {
 			return err
 		}
 		plain = append(plain, d.Seconds())
 	}
 
-	// Step 2: with prefetch; the first call only starts the prefetcher.
-	progress("%s: %d segments with --prefetch 8", t.Name(), len(names))
-	var pre, ready []float64
-	for i, n := range names {
-		d, ok, err := fetch(n, "--prefetch", "8", "--prefetch-dir", pdir)
-		if err != nil {
-			return err
-		}
-		if i > 0 {
-			pre = append(pre, d.Seconds())
-			if ok {
-				ready = append(ready, d.Seconds())
+	// Steps 2 and 3: with prefetch, through restore_command's shell and by wal-fetch alone;
+	// the first call only starts the prefetcher.
+	prefetched := func(shell bool) (pre, ready []float64, err error) {
+		pdir := filepath.Join(dir, fmt.Sprintf("prefetch-%v", shell))
+		progress("%s: %d segments with --prefetch 8 (restore_command's shell: %v)", t.Name(), len(names), shell)
+		for i, n := range names {
+			d, ok, err := fetch(n, pdir, shell, "--prefetch", "8", "--prefetch-dir", pdir)
+			if err != nil {
+				return nil, nil, err
+			}
+			if i > 0 {
+				pre = append(pre, d.Seconds())
+				if ok {
+					ready = append(ready, d.Seconds())
+				}
 			}
 		}
+		os.RemoveAll(pdir) // stops its prefetcher
+		waitPrefetchIdle(filepath.Join(pdir, "*.inprogress"), time.Minute)
+		return pre, ready, nil
 	}
-	waitPrefetchIdle(filepath.Join(pdir, "*.inprogress"), time.Minute)
+	pre, ready, err := prefetched(true)
+	if err != nil {
+		return err
+	}
+	alone, aloneReady, err := prefetched(false)
+	if err != nil {
+		return err
+	}
 	res.WALFetch = &WALFetchResult{
 		Segments:        len(names),
 		GapSeconds:      e.cfg.WALFetchGap.Seconds(),
@@ -184,6 +213,10 @@ func (e *env) walFetchPhase(t *benchTB, res *Results) error {
 		ReadyP50:        percentile(ready, 0.5),
 		ReadyP99:        percentile(ready, 0.99),
 		ReadyCalls:      len(ready),
+		AloneReadyP50:   percentile(aloneReady, 0.5),
+		AloneReadyP99:   percentile(aloneReady, 0.99),
+		AloneReadyCalls: len(aloneReady),
+		AloneCalls:      len(alone),
 	}
 	return nil
 }

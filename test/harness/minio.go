@@ -168,6 +168,8 @@ func (m *MinIO) Start(ctx context.Context) error {
 	)
 	cmd.Stdout = logFile
 	cmd.Stderr = logFile
+	// A test binary that dies (a timeout's panic, a kill) takes its MinIO with it.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logFile.Close()
 		return fmt.Errorf("run %s: %w", m.binary, err)

@@ -44,7 +44,7 @@ lint:
 # test-cluster, root) runs after the Go tests, even when they failed, and make test fails if
 # either did; it fails, never skips, when it is not root or cannot build a component. After
 # the Go tests, not beside them: on 2 cores both at once would only slow each other down.
-# What the node needs (test/cluster/build.sh: 30-45 minutes cold, seconds warm) is built
+# What the node needs (test/cluster/build.sh: about 12 minutes cold, seconds warm) is built
 # beside the Go tests, which mostly wait on servers; its log is bin/cluster-build.log.
 test: tools lint build
 	@rc=0; bpid=; \

@@ -132,7 +132,7 @@ func (o *walFetchOptions) prefetcher(ctx context.Context, a *walarchive.Archive,
 	retryAt := map[prefetchKey]time.Time{}
 	results := make(chan prefetchResult, prefetchParallel)
 	lastActivity := time.Now()
-	tick := time.NewTicker(5 * time.Millisecond)
+	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
 		if _, err := os.Stat(o.prefetchDir); err != nil {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -26,13 +25,12 @@ import (
 //
 // Files in a prefetch directory:
 //
-//	.segment-size     the archive's segment size (written by the prefetcher first)
-//	.position         the segment the last wal-fetch call fetched itself
+//	.position         the segment the last wal-fetch call fetched itself (its presence:
+//	                  a prefetcher was started for this restore)
 //	.prefetcher.lock  flock(2)-held by the running prefetcher
 //	SEGMENT           a prefetched complete segment
 //	SEGMENT.inprogress  claims SEGMENT while it downloads (a wal-fetch call waits for it)
 const (
-	segSizeFile  = ".segment-size"
 	positionFile = ".position"
 	lockFile     = ".prefetcher.lock"
 )
@@ -46,10 +44,9 @@ const prefetchParallel = 8
 // it leaves are still served; the next call that finds none starts a new prefetcher.
 const prefetchIdle = 10 * time.Second
 
-// prefetchStarted reports whether a prefetcher of this restore has run (it records the
-// segment size first thing).
+// prefetchStarted reports whether a prefetcher was started for this restore.
 func (o *walFetchOptions) prefetchStarted() bool {
-	_, err := os.Stat(filepath.Join(o.prefetchDir, segSizeFile))
+	_, err := os.Stat(filepath.Join(o.prefetchDir, positionFile))
 	return err == nil
 }
 
@@ -118,13 +115,8 @@ func (o *walFetchOptions) prefetcher(ctx context.Context, a *walarchive.Archive,
 		return
 	}
 	segSize := a.SegmentSize()
-	_ = writeAtomically(filepath.Join(o.prefetchDir, segSizeFile), segSizeFile, func(w io.Writer) error {
-		_, err := io.WriteString(w, strconv.FormatUint(segSize, 10))
-		return err
-	})
-	path := func(k prefetchKey) string {
-		return filepath.Join(o.prefetchDir, walarchive.SegmentName(k.tli, k.segno, segSize))
-	}
+	name := func(k prefetchKey) string { return walarchive.SegmentName(k.tli, k.segno, segSize) }
+	path := func(k prefetchKey) string { return filepath.Join(o.prefetchDir, name(k)) }
 	tli, pos := first.Timeline, first.SegNo
 	seenPosition := ""
 	placed := map[prefetchKey]bool{}
@@ -135,8 +127,15 @@ func (o *walFetchOptions) prefetcher(ctx context.Context, a *walarchive.Archive,
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if _, err := os.Stat(o.prefetchDir); err != nil {
+		// One listing a tick says what is waiting, what was taken, and whether the
+		// directory is still there.
+		entries, err := os.ReadDir(o.prefetchDir)
+		if err != nil {
 			break // removed: recovery is over
+		}
+		waiting := make(map[string]bool, len(entries))
+		for _, e := range entries {
+			waiting[e.Name()] = true
 		}
 		now := time.Now()
 		// Where recovery is: the last segment a call fetched itself, or the newest taken.
@@ -147,7 +146,7 @@ func (o *walFetchOptions) prefetcher(ctx context.Context, a *walarchive.Archive,
 			}
 		}
 		for k := range placed {
-			if _, err := os.Stat(path(k)); err != nil {
+			if !waiting[name(k)] {
 				delete(placed, k)
 				if k.tli == tli && k.segno > pos {
 					pos = k.segno
@@ -167,7 +166,7 @@ func (o *walFetchOptions) prefetcher(ctx context.Context, a *walarchive.Archive,
 			if placed[k] || inflight[k] || now.Before(retryAt[k]) {
 				continue
 			}
-			if _, err := os.Stat(path(k)); err == nil {
+			if waiting[name(k)] {
 				placed[k] = true // left by an earlier prefetcher
 				continue
 			}
@@ -180,12 +179,12 @@ func (o *walFetchOptions) prefetcher(ctx context.Context, a *walarchive.Archive,
 		select {
 		case r := <-results:
 			delete(inflight, r.key)
-			switch {
-			case r.err == nil:
+			if r.err == nil {
 				placed[r.key], lastActivity = true, time.Now()
-			case errors.Is(r.err, walarchive.ErrWALNotInArchive):
-				retryAt[r.key] = time.Now().Add(time.Second) // the archive's end, for now
-			default:
+			} else {
+				// Not in the archive (its end, for now), claimed by another process, or a
+				// storage error: try again in a second. A call that needs the segment
+				// first fetches it itself and reports what is wrong.
 				retryAt[r.key] = time.Now().Add(time.Second)
 			}
 		case <-tick.C:

@@ -98,9 +98,7 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 		return &ExitError{Code: exitFatal, Err: errors.New("--prefetch needs --prefetch-dir")}
 	}
 	// Step 1: a prefetched complete segment is moved into place before anything else is
-	// opened: this path is what keeps replay from waiting on downloads.
-	// The prefetcher sees the file taken and fetches the next one itself: this call does
-	// nothing more.
+	// opened, and that is all: the prefetcher sees it taken and fetches the next one.
 	if o.prefetch > 0 && !o.prefetchRun && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
 		return nil
 	}

@@ -318,12 +318,11 @@ func writeRecoveryConfig(dir string, o Options) error {
 	if o.KeyFile != "" {
 		fetch = append(fetch, "--encryption-key-file", o.KeyFile)
 	}
+	prefetchDir := ""
 	if o.FetchVia != "" {
 		// The sidecar verifies, decrypts and prefetches; PostgreSQL needs only the token.
 		fetch = []string{o.Kcbackup, "wal-fetch", "--sidecar", o.FetchVia, "--token-file", o.FetchTokenFile}
-	}
-	prefetchDir := ""
-	if o.FetchVia == "" && o.Prefetch > 0 {
+	} else if o.Prefetch > 0 {
 		prefetchDir = "pg_wal/kcbackup-prefetch/" + p.Backup.ID + "-" + o.Now().UTC().Format("20060102T150405")
 		fetch = append(fetch, "--prefetch", fmt.Sprint(o.Prefetch), "--prefetch-dir", prefetchDir)
 	}

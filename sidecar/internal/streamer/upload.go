@@ -23,9 +23,9 @@ import (
 // longer than the interval, one upload) after that upload ends, so the archive lag stays
 // under the interval plus one upload, and under two uploads on a store slower than the
 // interval. At a segment's end the complete segment and the next segment's tail go up
-// together, so the boundary costs one upload, not two. Each partial re-sends its segment from the start (an object is written whole),
-// so PartialInterval is also what bounds the upload amplification: at most one partial,
-// of at most one segment, per interval.
+// together, so the boundary costs one upload, not two. Each partial re-sends its segment
+// from the start (an object is written whole), so PartialInterval is also what bounds the
+// upload amplification: at most one partial, of at most one segment, per interval.
 func (s *Streamer) uploader(ctx context.Context) {
 	select {
 	case <-ctx.Done():
@@ -111,8 +111,8 @@ func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error)
 	if !s.tailPendingLocked() {
 		return nil, time.Time{}, nil
 	}
-	if at := s.lastPartialAt.Add(s.cfg.PartialInterval); !s.draining && s.cfg.Now().Before(at) {
-		return nil, at, nil
+	if !s.tailDueLocked() {
+		return nil, s.lastPartialAt.Add(s.cfg.PartialInterval), nil
 	}
 	n := cur.written
 	s.lastPartialAt = s.cfg.Now()

@@ -134,8 +134,10 @@ func TestWALFetchPrefetchesTheNextSegmentsAndServesThemIdentically(t *testing.T)
 		t.Fatalf("prefetched segment differs from a direct fetch (%d bytes)", len(a))
 	}
 	// The call that took first+1 started nothing: the one prefetcher saw it taken and
-	// keeps the window full, three segments ahead.
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+	// keeps the window full, three segments ahead. It must do so before its idle exit
+	// (prefetchIdle, 10 s after a segment was taken): after that nothing would.
+	taken := time.Now()
+	for deadline := taken.Add(prefetchIdle); ; time.Sleep(20 * time.Millisecond) {
 		if _, err := os.Stat(filepath.Join(pre, name(first+4))); err == nil {
 			break
 		}
@@ -147,16 +149,22 @@ func TestWALFetchPrefetchesTheNextSegmentsAndServesThemIdentically(t *testing.T)
 	if n := prefetchers(pre); n != 1 {
 		t.Fatalf("%d prefetcher processes for %s; want 1", n, pre)
 	}
-	// Removing the directory (recovery-end does, once recovery is over) stops it.
+	// Removing the directory (recovery-end does, once recovery is over) stops it, sooner
+	// than its idle exit would: prefetchIdle after it placed first+4, which it did after
+	// taken.
 	if err := os.RemoveAll(pre); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(30 * time.Second); prefetchers(pre) > 0; time.Sleep(20 * time.Millisecond) {
+	for deadline := taken.Add(prefetchIdle); prefetchers(pre) > 0; time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) {
-			t.Fatal("the prefetcher still runs 30s after its directory was removed")
+			t.Fatal("the prefetcher still runs after its directory was removed, as long as its idle exit takes")
 		}
 	}
 }
+
+// prefetchIdle is how long wal-fetch's prefetcher waits with nothing taken before it exits
+// (prefetchIdle in sidecar/internal/cli/prefetch.go).
+const prefetchIdle = 10 * time.Second
 
 // prefetchers counts the running wal-fetch prefetchers of prefetch directory dir.
 func prefetchers(dir string) int {

@@ -190,7 +190,10 @@ func (e *env) walFetchPhase(t *benchTB, res *Results) error {
 				}
 			}
 		}
-		os.RemoveAll(pdir) // stops its prefetcher
+		// Renamed away first, as recovery-end does, so its prefetcher stops and adds nothing.
+		if err := os.Rename(pdir, pdir+".removing"); err == nil {
+			os.RemoveAll(pdir + ".removing")
+		}
 		waitPrefetchIdle(filepath.Join(pdir, "*.inprogress"), time.Minute)
 		return pre, ready, nil
 	}

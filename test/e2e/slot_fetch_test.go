@@ -152,7 +152,12 @@ func TestWALFetchPrefetchesTheNextSegmentsAndServesThemIdentically(t *testing.T)
 	// Removing the directory (recovery-end does, once recovery is over) stops it, sooner
 	// than its idle exit would: prefetchIdle after it placed first+4, which it did after
 	// taken.
-	if err := os.RemoveAll(pre); err != nil {
+	// As recovery-end does: renamed away first, so the prefetcher neither mistakes the
+	// deletions for segments taken nor writes into the tree being removed.
+	if err := os.Rename(pre, pre+".removing"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(pre + ".removing"); err != nil {
 		t.Fatal(err)
 	}
 	for deadline := taken.Add(prefetchIdle); prefetchers(pre) > 0; time.Sleep(20 * time.Millisecond) {

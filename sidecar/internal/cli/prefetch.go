@@ -44,6 +44,18 @@ const prefetchParallel = 8
 // it leaves are still served; the next call that finds none starts a new prefetcher.
 const prefetchIdle = 10 * time.Second
 
+// removePrefetchDir removes a prefetch directory (or a tree of them) so that a prefetcher
+// writing into it stops and adds nothing while it goes: it is renamed to a unique sibling
+// first, then removed. Deleting the files in place would look to the prefetcher like
+// recovery taking them, and it would fetch the next ones into the directory being removed.
+func removePrefetchDir(dir string) error {
+	gone := fmt.Sprintf("%s.removing-%d", dir, os.Getpid())
+	if err := os.Rename(dir, gone); err != nil {
+		return err
+	}
+	return os.RemoveAll(gone)
+}
+
 // prefetchStarted reports whether a prefetcher was started for this restore.
 func (o *walFetchOptions) prefetchStarted() bool {
 	_, err := os.Stat(filepath.Join(o.prefetchDir, positionFile))

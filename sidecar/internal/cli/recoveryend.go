@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/spf13/cobra"
 
@@ -40,20 +39,17 @@ not need); its prefetcher stops when the directory is gone.`,
 	return cmd
 }
 
-// removePrefetched removes the prefetch directories of standalone restores. A prefetcher
-// may still be finishing a download into one: a few attempts, then a warning (PostgreSQL
-// logs it and goes on; the files are copies of archived segments).
+// removePrefetched removes the prefetch directories of standalone restores. It renames
+// the directory away first: a running prefetcher then finds its directory gone and stops,
+// and as it creates files only by their paths under the old name, none can appear in the
+// tree while it is removed. The files are copies of archived segments; on failure a
+// warning (PostgreSQL logs it and goes on).
 func removePrefetched(g *globalOptions, pgdata string) {
 	dir := filepath.Join(pgdata, "pg_wal", "kcbackup-prefetch")
 	if _, err := os.Stat(dir); err != nil {
 		return
 	}
-	var err error
-	for range 5 {
-		if err = os.RemoveAll(dir); err == nil {
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+	if err := removePrefetchDir(dir); err != nil {
+		fmt.Fprintf(g.stderr, "kcbackup recovery-end: could not remove %s (%v); remove it by hand\n", dir, err)
 	}
-	fmt.Fprintf(g.stderr, "kcbackup recovery-end: could not remove %s (%v); remove it by hand\n", dir, err)
 }

@@ -74,6 +74,22 @@ const (
 	ReasonKeycloakSchemaMismatch = "KeycloakSchemaMismatch"
 	// ReasonPausedForRestore: a schedule or backup waits while a restore holds the workload.
 	ReasonPausedForRestore = "PausedForRestore"
+	// ReasonRestoreJobNotOwned: a Job with the restore Job's name exists and is not owned by
+	// this resource (a leftover of a deleted resource of the same name, or someone else's);
+	// it is never taken as this restore's result.
+	ReasonRestoreJobNotOwned = "RestoreJobNotOwned"
+	// ReasonRestoreJobLost: the restore Job this resource created disappeared before its
+	// outcome was seen. It is not created again: it may have moved the data directory aside.
+	ReasonRestoreJobLost = "RestoreJobLost"
+	// ReasonWALNotArchived: the archive did not reach the server's flush position within
+	// spec.restore.timeout; PostgreSQL was not stopped and the application was scaled back.
+	ReasonWALNotArchived = "WALNotArchived"
+	// ReasonTargetNotYetArchived: restoreTo lies just past the recovery window's end, within
+	// the archive lag: the restore waits (a bounded time) for the window to reach it.
+	ReasonTargetNotYetArchived = "TargetNotYetArchived"
+	// ReasonArchiveUnreadable: the archive's catalog cannot be read now (a storage or
+	// sidecar error); the target check is retried.
+	ReasonArchiveUnreadable = "ArchiveUnreadable"
 )
 
 // RestoreLatest is the restoreTo value that restores to the end of the archive.

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 )
 
 // KeycloakBackupSpec says which PostgreSQL workload to protect, where its archive lives, and
@@ -312,7 +313,7 @@ const (
 )
 
 // RestoreStep is the step a restore has reached. The steps run in the order below.
-// +kubebuilder:validation:Enum=CheckingTarget;StoppingApplication;StoppingDatabase;RestoringData;StartingDatabase;WaitingForArchive;CleaningKeycloak;StartingApplication;Done
+// +kubebuilder:validation:Enum=CheckingTarget;StoppingApplication;ArchivingWAL;StoppingDatabase;RestoringData;StartingDatabase;WaitingForArchive;CleaningKeycloak;StartingApplication;Done
 type RestoreStep string
 
 // The restore steps, in order.
@@ -321,6 +322,10 @@ const (
 	RestoreCheckingTarget RestoreStep = "CheckingTarget"
 	// RestoreStoppingApplication scales the application to zero and waits for its pods to go.
 	RestoreStoppingApplication RestoreStep = "StoppingApplication"
+	// RestoreArchivingWAL takes the server's flush position once the application is stopped
+	// and waits until the archive holds the old timeline's WAL up to it, before PostgreSQL
+	// is stopped.
+	RestoreArchivingWAL RestoreStep = "ArchivingWAL"
 	// RestoreStoppingDatabase scales PostgreSQL to zero and waits for its pods to go.
 	RestoreStoppingDatabase RestoreStep = "StoppingDatabase"
 	// RestoreRestoringData runs the Job that restores into the data volume.
@@ -433,6 +438,15 @@ type RestoreStatus struct {
 	// JobName is the restore Job.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// JobUID is the UID of the restore Job this resource created (or found, owned by it). A
+	// recorded Job is never created again: if it disappears before its outcome was seen,
+	// the restore fails.
+	// +optional
+	JobUID types.UID `json:"jobUID,omitempty"`
+	// FlushLSN is the server's WAL flush position on the replaced timeline, taken once the
+	// application was stopped. PostgreSQL is stopped only when the archive holds WAL up to it.
+	// +optional
+	FlushLSN string `json:"flushLSN,omitempty"`
 	// StepStartTime is when the current step began; its deadline (spec.restore.timeout)
 	// counts from here.
 	// +optional
@@ -495,6 +509,12 @@ type KeycloakBackupStatus struct {
 	// LastBackupTime is when the newest successful backup of this resource stopped.
 	// +optional
 	LastBackupTime *metav1.Time `json:"lastBackupTime,omitempty"`
+
+	// LastFailedBackupTime is set when the newest backup attempt of this resource failed (to
+	// when it ended), and cleared when a backup succeeds. The operator's alert gauges are
+	// seeded from it, and from lastBackupTime, after a restart.
+	// +optional
+	LastFailedBackupTime *metav1.Time `json:"lastFailedBackupTime,omitempty"`
 
 	// LastScheduleTime is the schedule tick the newest backup was started for.
 	// +optional

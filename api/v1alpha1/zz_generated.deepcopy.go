@@ -154,6 +154,10 @@ func (in *KeycloakBackupStatus) DeepCopyInto(out *KeycloakBackupStatus) {
 		in, out := &in.LastBackupTime, &out.LastBackupTime
 		*out = (*in).DeepCopy()
 	}
+	if in.LastFailedBackupTime != nil {
+		in, out := &in.LastFailedBackupTime, &out.LastFailedBackupTime
+		*out = (*in).DeepCopy()
+	}
 	if in.LastScheduleTime != nil {
 		in, out := &in.LastScheduleTime, &out.LastScheduleTime
 		*out = (*in).DeepCopy()

@@ -99,6 +99,7 @@ func (r *Reconciler) followBackup(ctx context.Context, kb *kcv1.KeycloakBackup, 
 	}
 	kb.Status.CurrentBackupID = ""
 	kb.Status.LastBackupTime = ptrTime(b.StopTime)
+	kb.Status.LastFailedBackupTime = nil
 	r.Metrics.backupSucceeded(kb.Namespace, kb.Name, float64(b.StopTime.Unix()))
 	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonBackupCompleted,
 		fmt.Sprintf("base backup %s completed: %s to %s, %d bytes stored", b.ID, b.StartLSN, b.StopLSN, b.SizeBytes))
@@ -113,6 +114,7 @@ func (r *Reconciler) followBackup(ctx context.Context, kb *kcv1.KeycloakBackup, 
 // backupEnded records a failed backup attempt.
 func (r *Reconciler) backupEnded(kb *kcv1.KeycloakBackup, reason, msg string) {
 	kb.Status.CurrentBackupID = ""
+	kb.Status.LastFailedBackupTime = ptrTime(r.Clock.Now())
 	if !kb.IsScheduled() {
 		kb.Status.Phase = kcv1.PhaseFailed
 	}

@@ -2,8 +2,11 @@ package controller
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 )
 
 // Metrics are the operator's own series, one per KeycloakBackup. Alerts rely on these names.
@@ -73,6 +76,37 @@ func (m *Metrics) restoreResult(ns, name string, failed bool) {
 // restoreEndedFailed records a failed restore and its reason.
 func (m *Metrics) restoreEndedFailed(ns, name, reason string) {
 	m.restoreFailures.WithLabelValues(ns, name, reason).Inc()
+}
+
+// seed sets the gauges behind alerts from what the resource's status persists, so that an
+// operator restart (a fresh process, empty gauges) does not blind an alert until the next
+// backup or restore ends in this process. The status and the gauges are changed together by
+// the steps, so seeding at every reconcile only ever restores what was last stored.
+func (m *Metrics) seed(kb *kcv1.KeycloakBackup, now time.Time) {
+	ns, name, st := kb.Namespace, kb.Name, &kb.Status
+	if st.LastBackupTime != nil {
+		m.lastSuccess.WithLabelValues(ns, name).Set(float64(st.LastBackupTime.Unix()))
+	}
+	switch {
+	case st.LastFailedBackupTime != nil:
+		m.lastFailed.WithLabelValues(ns, name).Set(1)
+	case st.LastBackupTime != nil:
+		m.lastFailed.WithLabelValues(ns, name).Set(0)
+	}
+	if kb.IsScheduled() {
+		if sched, err := kcv1.ParseSchedule(kb.Spec.Schedule); err == nil {
+			next := sched.Next(now)
+			m.scheduled(ns, name, sched.Next(next).Sub(next).Seconds())
+		}
+	}
+	if kb.IsRestore() {
+		switch st.Phase {
+		case kcv1.PhaseFailed:
+			m.restoreResult(ns, name, true)
+		case kcv1.PhaseRestored:
+			m.restoreResult(ns, name, false)
+		}
+	}
 }
 
 // forget drops every series of a deleted resource.

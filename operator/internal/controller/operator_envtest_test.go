@@ -71,6 +71,7 @@ func TestEnvtestOperator(t *testing.T) {
 		{"RecoveryThatNeverEndsHitsTheDeadline", testRestoreDeadline},
 		{"StoppingThatNeverEndsHitsTheDeadlineAndScalesBack", testStopDeadline},
 		{"KeycloakSchemaMismatchKeepsKeycloakDown", testKeycloakSchemaMismatch},
+		{"AlertGaugesComeFromStatusAfterARestart", testAlertGaugesComeFromStatusAfterARestart},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

@@ -142,6 +142,9 @@ func (r *Reconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
+	// The alert gauges come from the stored status first: a restarted operator exports them
+	// before any backup or restore ends in this process.
+	r.Metrics.seed(kb, r.Clock.Now())
 	if kb.DeletionTimestamp != nil {
 		return ctrl.Result{}, nil
 	}

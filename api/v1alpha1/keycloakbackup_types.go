@@ -55,7 +55,9 @@ type KeycloakBackupSpec struct {
 
 	// RestoreTo restores the selected database in place to this time: an RFC 3339 timestamp
 	// with an explicit offset ("2026-03-01T12:00:00Z", "2026-03-01T13:00:00+01:00"), or
-	// "latest" for the end of the archive. The target must lie inside the recovery window.
+	// "latest" for the end of the archive. The target must lie inside the recovery window; one
+	// just past its end, by no more than the sidecar's archive lag plus a minute, is waited for
+	// (until that much time has passed since the target).
 	// The current data directory is moved aside, never deleted. Immutable; a restore runs once.
 	// +optional
 	// +kubebuilder:validation:Pattern=`^(latest|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$`
@@ -98,10 +100,12 @@ const (
 
 // RestoreOptions tunes an in-place restore.
 type RestoreOptions struct {
-	// Timeout bounds each step that waits (the application's and PostgreSQL's pods to stop,
-	// the restore Job, PostgreSQL to replay WAL, promote and archive on the new timeline, the
+	// Timeout bounds each step that waits (the application's pods to stop, the archive to
+	// reach the server's flush position before PostgreSQL stops, its pods to stop, the
+	// restore Job, PostgreSQL to replay WAL, promote and archive on the new timeline, the
 	// Keycloak clean-up). A step that takes longer ends the restore Failed with reason
-	// RestoreTimedOut. A Go duration; default 30m. The restore Job gets it as its
+	// RestoreTimedOut (WALNotArchived when the archive did not reach the flush position:
+	// nothing was stopped for good). A Go duration; default 30m. The restore Job gets it as its
 	// activeDeadlineSeconds. At least 1m.
 	// +optional
 	// +kubebuilder:validation:Type=string

@@ -492,6 +492,8 @@ type fakeSidecar struct {
 	// cleanups are the Keycloak clean-up requests; schemaMismatch makes them answer 422.
 	cleanups       []apiclient.KeycloakCleanupRequest
 	schemaMismatch bool
+	// catalogDown makes GET /v1/backups answer 503, as a sidecar whose store fails does.
+	catalogDown bool
 }
 
 func newFakeSidecar(t *testing.T, token func() string) *fakeSidecar {
@@ -553,6 +555,8 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		reply(http.StatusOK, j)
+	case r.Method == http.MethodGet && r.URL.Path == "/v1/backups" && f.catalogDown:
+		reply(http.StatusServiceUnavailable, apiclient.ErrorBody{Error: "list archive: storage unavailable"})
 	case r.Method == http.MethodGet && r.URL.Path == "/v1/backups":
 		if f.movingWindow {
 			f.mu.Unlock()

@@ -71,6 +71,13 @@ func TestEnvtestOperator(t *testing.T) {
 		{"RecoveryThatNeverEndsHitsTheDeadline", testRestoreDeadline},
 		{"StoppingThatNeverEndsHitsTheDeadlineAndScalesBack", testStopDeadline},
 		{"KeycloakSchemaMismatchKeepsKeycloakDown", testKeycloakSchemaMismatch},
+		{"LeftoverJobOfTheSameNameRefusedBeforeAnythingStops", testLeftoverJobRefusedBeforeAnythingStops},
+		{"ForeignJobAtTheRestoreStepIsNeverTheResult", testForeignJobAtRestoreStepIsNeverTheResult},
+		{"DeletedRestoreJobIsNotCreatedAgain", testDeletedRestoreJobIsNotRecreated},
+		{"DatabaseStopsOnlyOnceItsWALIsArchived", testDatabaseStopsOnlyOnceItsWALIsArchived},
+		{"ArchiveThatNeverCatchesUpGivesBack", testArchiveThatNeverCatchesUpGivesBack},
+		{"TargetJustPastTheWindowIsWaitedFor", testTargetJustPastTheWindowIsWaitedFor},
+		{"TargetPastTheWindowIsRefusedOnceTheLagHasPassed", testTargetPastTheWindowIsRefusedOnceTheLagHasPassed},
 		{"AlertGaugesComeFromStatusAfterARestart", testAlertGaugesComeFromStatusAfterARestart},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -50,15 +50,19 @@ const postgresUID = 999
 
 // reconcileRestore restores the database in place, one step per call:
 //
-//  1. CheckingTarget: the target lies inside the recovery window; remember the replicas.
+//  1. CheckingTarget: the target lies inside the recovery window (or just past its end,
+//     within the archive lag: wait for it); remember the replicas.
 //  2. StoppingApplication: scale the application to zero, wait for its pods to go.
-//  3. StoppingDatabase: scale PostgreSQL to zero, wait for its pods to go.
-//  4. RestoringData: a Job restores into the data volume, moving the old data aside.
-//  5. StartingDatabase: scale PostgreSQL back; it replays WAL to the target and promotes.
-//  6. WaitingForArchive: wait until the sidecar archives on the new timeline.
-//  7. CleaningKeycloak: through the sidecar, empty jgroups_ping and remove the sessions
+//  3. ArchivingWAL: take the server's flush position once, wait until the archive holds
+//     the old timeline's WAL up to it.
+//  4. StoppingDatabase: scale PostgreSQL to zero, wait for its pods to go.
+//  5. RestoringData: a Job (owned by the resource, its UID recorded) restores into the
+//     data volume, moving the old data aside.
+//  6. StartingDatabase: scale PostgreSQL back; it replays WAL to the target and promotes.
+//  7. WaitingForArchive: wait until the sidecar archives on the new timeline.
+//  8. CleaningKeycloak: through the sidecar, empty jgroups_ping and remove the sessions
 //     spec.restore.sessions names.
-//  8. StartingApplication: scale the application back. Restored.
+//  9. StartingApplication: scale the application back. Restored.
 //
 // Nothing is touched before step 1 succeeds, and step 1 takes the workload's restore lock.
 // The steps are recorded in status.restore, so the restore resumes where it stood after an
@@ -85,27 +89,10 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 		return r.restoreCheckTarget(ctx, kb, db, loc, token)
 
 	case kcv1.RestoreStoppingApplication:
-		stopped := true
-		for _, a := range rs.Applications {
-			w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
-			if apierrors.IsNotFound(err) {
-				continue
-			}
-			if err != nil {
-				return ctrl.Result{}, err
-			}
-			ok, err := r.scaleDown(ctx, kb, w)
-			if err != nil {
-				return ctrl.Result{}, err
-			}
-			stopped = stopped && ok
-		}
-		if !stopped {
-			r.restoreProgress(kb, "waiting for the application's pods to stop")
-			return next, nil
-		}
-		r.advance(kb, kcv1.RestoreStoppingDatabase, "the application is stopped; stopping PostgreSQL")
-		return next, nil
+		return r.restoreStopApplication(ctx, kb)
+
+	case kcv1.RestoreArchivingWAL:
+		return r.restoreArchiveTail(ctx, kb, db, token)
 
 	case kcv1.RestoreStoppingDatabase:
 		ok, err := r.scaleDown(ctx, kb, db)
@@ -117,26 +104,7 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 		return next, nil
 
 	case kcv1.RestoreRestoringData:
-		job, err := r.ensureRestoreJob(ctx, kb, db, loc)
-		if err != nil {
-			return ctrl.Result{}, err
-		}
-		switch jobOutcome(job) {
-		case jobRefused:
-			return r.restoreGiveBack(ctx, kb, db, kcv1.ReasonRestoreRefused, fmt.Sprintf(
-				"restore Job %s refused before touching the data directory: %s; PostgreSQL and the application were scaled back up",
-				job.Name, r.jobMessage(ctx, job)))
-		case jobSucceeded:
-			r.Recorder.Eventf(kb, job, corev1.EventTypeNormal, "RestoreJobSucceeded", "Restore", "restore Job %s succeeded", job.Name)
-			r.advance(kb, kcv1.RestoreStartingDatabase, "data restored; starting PostgreSQL to replay WAL and promote")
-			return next, nil
-		case jobFailed:
-			msg := fmt.Sprintf("restore Job %s failed (%s); PostgreSQL and the application stay scaled to zero for inspection "+
-				"(the previous data directory was moved aside next to %s, not deleted)", job.Name, r.jobMessage(ctx, job), loc.DataDir)
-			return r.restoreFailed(kb, kcv1.ReasonRestoreJobFailed, msg)
-		}
-		r.restoreProgress(kb, "restore Job "+job.Name+" is running")
-		return next, nil
+		return r.restoreData(ctx, kb, db, loc)
 
 	case kcv1.RestoreStartingDatabase:
 		if err := r.scale(ctx, kb, db, rs.Database.Replicas); err != nil {
@@ -146,22 +114,7 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 		return next, nil
 
 	case kcv1.RestoreWaitingForArchive:
-		sc, ok, err := r.sidecarClient(ctx, kb, db, token)
-		if err != nil || !ok {
-			r.restoreProgress(kb, "waiting for a running pod of "+db.String())
-			return next, err
-		}
-		st, ok := r.sidecarStatus(ctx, kb, sc)
-		if !ok || int64(st.Timeline) <= rs.PreviousTimeline || st.ArchivedLSN == "" || !st.Streaming {
-			r.restoreProgress(kb, fmt.Sprintf("waiting for PostgreSQL to promote past timeline %d and the sidecar to archive on the new one", rs.PreviousTimeline))
-			return next, nil
-		}
-		rs.Timeline = int64(st.Timeline)
-		if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
-			log.FromContext(ctx).Info("cannot read the catalog after the restore", "error", err.Error())
-		}
-		r.advance(kb, kcv1.RestoreCleaningKeycloak, fmt.Sprintf("PostgreSQL promoted to timeline %d and archives it; cleaning the Keycloak database", st.Timeline))
-		return next, nil
+		return r.restoreWaitForNewTimeline(ctx, kb, db, token)
 
 	case kcv1.RestoreCleaningKeycloak:
 		return r.restoreCleanKeycloak(ctx, kb, db, token)
@@ -183,6 +136,124 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, kb *kcv1.KeycloakBack
 	return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("unknown restore step %q", rs.Step))
 }
 
+// restoreStopApplication is step 2: the application workloads go to zero, and their pods.
+func (r *Reconciler) restoreStopApplication(ctx context.Context, kb *kcv1.KeycloakBackup) (ctrl.Result, error) {
+	next := ctrl.Result{RequeueAfter: r.PollInterval}
+	stopped := true
+	for _, a := range kb.Status.Restore.Applications {
+		w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
+		if apierrors.IsNotFound(err) {
+			continue
+		}
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		ok, err := r.scaleDown(ctx, kb, w)
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		stopped = stopped && ok
+	}
+	if !stopped {
+		r.restoreProgress(kb, "waiting for the application's pods to stop")
+		return next, nil
+	}
+	r.advance(kb, kcv1.RestoreArchivingWAL, "the application is stopped; waiting for the archive to hold the server's WAL")
+	return next, nil
+}
+
+// restoreWaitForNewTimeline is step 7: PostgreSQL promoted past the replaced timeline and
+// the sidecar archives on the new one.
+func (r *Reconciler) restoreWaitForNewTimeline(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, token string) (ctrl.Result, error) {
+	next := ctrl.Result{RequeueAfter: r.PollInterval}
+	rs := kb.Status.Restore
+	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
+	if err != nil || !ok {
+		r.restoreProgress(kb, "waiting for a running pod of "+db.String())
+		return next, err
+	}
+	st, ok := r.sidecarStatus(ctx, kb, sc)
+	if !ok || int64(st.Timeline) <= rs.PreviousTimeline || st.ArchivedLSN == "" || !st.Streaming {
+		r.restoreProgress(kb, fmt.Sprintf("waiting for PostgreSQL to promote past timeline %d and the sidecar to archive on the new one", rs.PreviousTimeline))
+		return next, nil
+	}
+	rs.Timeline = int64(st.Timeline)
+	if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
+		log.FromContext(ctx).Info("cannot read the catalog after the restore", "error", err.Error())
+	}
+	r.advance(kb, kcv1.RestoreCleaningKeycloak, fmt.Sprintf("PostgreSQL promoted to timeline %d and archives it; cleaning the Keycloak database", st.Timeline))
+	return next, nil
+}
+
+// restoreData is step 5: it follows the restore Job this resource owns, created once.
+func (r *Reconciler) restoreData(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (ctrl.Result, error) {
+	job, problem, err := r.ensureRestoreJob(ctx, kb, db, loc)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if problem != nil {
+		// Fail closed: a Job that is not ours, or ours that vanished, may have touched (or
+		// may still touch) the data directory, so PostgreSQL stays stopped.
+		return r.restoreFailed(kb, problem.reason, problem.msg)
+	}
+	switch jobOutcome(job) {
+	case jobRefused:
+		return r.restoreGiveBack(ctx, kb, db, kcv1.ReasonRestoreRefused, fmt.Sprintf(
+			"restore Job %s refused before touching the data directory: %s; PostgreSQL and the application were scaled back up",
+			job.Name, r.jobMessage(ctx, job)))
+	case jobSucceeded:
+		r.Recorder.Eventf(kb, job, corev1.EventTypeNormal, "RestoreJobSucceeded", "Restore", "restore Job %s succeeded", job.Name)
+		r.advance(kb, kcv1.RestoreStartingDatabase, "data restored; starting PostgreSQL to replay WAL and promote")
+		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+	case jobFailed:
+		msg := fmt.Sprintf("restore Job %s failed (%s); PostgreSQL and the application stay scaled to zero for inspection "+
+			"(the previous data directory was moved aside next to %s, not deleted)", job.Name, r.jobMessage(ctx, job), loc.DataDir)
+		return r.restoreFailed(kb, kcv1.ReasonRestoreJobFailed, msg)
+	}
+	r.restoreProgress(kb, "restore Job "+job.Name+" is running")
+	return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+}
+
+// restoreArchiveTail is step 3: before PostgreSQL stops, the archive must hold the WAL of
+// the timeline the restore replaces up to the server's flush position, taken once, after
+// the application stopped writing. Otherwise the old timeline's last transactions would
+// depend on the sidecar's short drain at shutdown; a restore that cannot get them archived
+// within spec.restore.timeout gives everything back (see restoreDeadline).
+func (r *Reconciler) restoreArchiveTail(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, token string) (ctrl.Result, error) {
+	next := ctrl.Result{RequeueAfter: r.PollInterval}
+	rs := kb.Status.Restore
+	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
+	if err != nil || !ok {
+		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to read the server's flush position")
+		return next, err
+	}
+	st, ok := r.sidecarStatus(ctx, kb, sc)
+	if !ok {
+		r.restoreProgress(kb, "waiting for the sidecar of "+db.String()+" to answer")
+		return next, nil
+	}
+	if rs.FlushLSN == "" {
+		if _, err := parseLSN(st.ServerFlushLSN); err != nil {
+			r.restoreProgress(kb, "the sidecar reports no usable server flush position yet: "+err.Error())
+			return next, nil
+		}
+		rs.FlushLSN = st.ServerFlushLSN
+	}
+	want, err := parseLSN(rs.FlushLSN)
+	if err != nil {
+		return r.restoreGiveBack(ctx, kb, db, kcv1.ReasonWALNotArchived, "status.restore.flushLSN: "+err.Error()+
+			"; PostgreSQL was not stopped and the application was scaled back up")
+	}
+	if got, err := parseLSN(st.ArchivedLSN); err != nil || got < want {
+		r.restoreProgress(kb, fmt.Sprintf("waiting for the archive to hold timeline %d's WAL up to the server's flush position %s (archived up to %s)",
+			st.Timeline, rs.FlushLSN, orDefault(st.ArchivedLSN, "nothing yet")))
+		return next, nil
+	}
+	r.advance(kb, kcv1.RestoreStoppingDatabase, fmt.Sprintf("the archive holds WAL up to the server's flush position %s (archived up to %s); stopping PostgreSQL",
+		rs.FlushLSN, st.ArchivedLSN))
+	return next, nil
+}
+
 // restoreCheckTarget is step 1: it refuses a target outside the recovery window before
 // anything is touched, and records what the later steps give back.
 func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation, token string) (ctrl.Result, error) {
@@ -199,28 +270,15 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBa
 		}
 		return r.restoreConflict(kb, db, holder)
 	}
-	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
-	if err != nil || !ok {
-		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to check the target against the archive")
-		return ctrl.Result{RequeueAfter: r.PollInterval}, err
+	if msg, err := r.foreignRestoreJob(ctx, kb); err != nil || msg != "" {
+		if err != nil {
+			return ctrl.Result{}, err
+		}
+		return r.restoreFailed(kb, kcv1.ReasonRestoreJobNotOwned, msg+"; this restore is refused and nothing was changed")
 	}
-	st, ok := r.sidecarStatus(ctx, kb, sc)
-	if !ok {
-		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
-	}
-	cat, err := r.refreshWindow(ctx, kb, sc)
-	if err != nil {
-		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
-		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
-	}
-	if cat.Window == nil {
-		return r.restoreFailed(kb, kcv1.ReasonNoBackup, "the archive holds no complete base backup; nothing to restore from")
-	}
-	target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo)
-	if !latest && !inSomeRange(cat, target, kb.Spec.Restore) {
-		return r.restoreFailed(kb, kcv1.ReasonTargetOutsideWindow, fmt.Sprintf(
-			"restoreTo %s is outside every recovery range (%s); nothing was changed",
-			kb.Spec.RestoreTo, describeRanges(cat)))
+	st, proceed, res, err := r.checkTargetAgainstArchive(ctx, kb, db, token)
+	if !proceed {
+		return res, err
 	}
 	// The lock, last: of two restores of one workload, the one that takes it runs.
 	holder, err := r.acquireRestoreLock(ctx, kb, db)
@@ -233,8 +291,63 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, kb *kcv1.KeycloakBa
 	if holder != nil {
 		return r.restoreConflict(kb, db, holder)
 	}
+	return r.restoreStart(ctx, kb, db, st)
+}
+
+// checkTargetAgainstArchive asks the sidecar for the archive's recovery ranges and decides
+// whether restoreTo can be reached. proceed is false when the caller must return res: a
+// wait (sidecar not answering, catalog unreadable, target not yet archived; all transient,
+// bounded by spec.restore.timeout) or a refusal for good.
+func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, token string) (apiclient.Status, bool, ctrl.Result, error) {
+	retry := ctrl.Result{RequeueAfter: r.PollInterval}
+	sc, ok, err := r.sidecarClient(ctx, kb, db, token)
+	if err != nil || !ok {
+		r.restoreProgress(kb, "waiting for a running pod of "+db.String()+" to check the target against the archive")
+		return apiclient.Status{}, false, retry, err
+	}
+	st, ok := r.sidecarStatus(ctx, kb, sc)
+	if !ok {
+		r.restoreProgress(kb, "waiting for the sidecar of "+db.String()+" to answer")
+		return st, false, retry, nil
+	}
+	cat, err := r.refreshWindow(ctx, kb, sc)
+	if err != nil {
+		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonArchiveUnreadable,
+			"cannot read the archive's catalog to check restoreTo, retrying (nothing was changed): "+err.Error())
+		return st, false, retry, nil
+	}
+	if cat.Window == nil {
+		res, err := r.restoreFailed(kb, kcv1.ReasonNoBackup, "the archive holds no complete base backup; nothing to restore from")
+		return st, false, res, err
+	}
+	target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo)
+	if latest {
+		return st, true, ctrl.Result{}, nil
+	}
+	lag := time.Duration(st.ArchiveLagSeconds * float64(time.Second))
+	verdict, end := judgeTarget(cat, target, r.Clock.Now(), lag, kb.Spec.Restore)
+	switch verdict {
+	case targetNotYet:
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonTargetNotYetArchived, fmt.Sprintf(
+			"restoreTo %s is %s past the recovery window's end %s, within the archive lag (%s) plus %s: waiting for the window "+
+				"to reach it, until %s at the latest (nothing was changed)", kb.Spec.RestoreTo, target.Sub(end).Round(time.Second),
+			end.UTC().Format(time.RFC3339), lag.Round(time.Second), windowEdgeMargin, target.Add(lag+windowEdgeMargin).UTC().Format(time.RFC3339)))
+		return st, false, retry, nil
+	case targetOutside:
+		res, err := r.restoreFailed(kb, kcv1.ReasonTargetOutsideWindow, fmt.Sprintf(
+			"restoreTo %s is outside every recovery range (%s), and not within the archive lag (%s) plus %s of the newest one's end; nothing was changed",
+			kb.Spec.RestoreTo, describeRanges(cat), lag.Round(time.Second), windowEdgeMargin))
+		return st, false, res, err
+	}
+	return st, true, ctrl.Result{}, nil
+}
+
+// restoreStart records, once the target is accepted and the lock held, what the later
+// steps give back, and moves on to stopping the application.
+func (r *Reconciler) restoreStart(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, st apiclient.Status) (ctrl.Result, error) {
 	rs := kb.Status.Restore
-	if !latest {
+	if target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo); !latest {
 		rs.TargetTime = ptrTime(target)
 	}
 	rs.StartTime = ptrTime(r.Clock.Now())
@@ -358,6 +471,12 @@ func (r *Reconciler) restoreDeadline(ctx context.Context, kb *kcv1.KeycloakBacku
 	switch rs.Step {
 	case kcv1.RestoreCheckingTarget:
 		res, err = r.restoreFailed(kb, kcv1.ReasonRestoreTimedOut, what+"; nothing was changed")
+	case kcv1.RestoreArchivingWAL:
+		res, err = r.restoreGiveBack(ctx, kb, db, kcv1.ReasonWALNotArchived, fmt.Sprintf(
+			"the archive did not reach the server's flush position %s within spec.restore.timeout %s (waited %s), so the WAL "+
+				"the restore would replace is not all archived; PostgreSQL was not stopped, the application was scaled back up and "+
+				"nothing was changed: check the sidecar's archiving (kcbackup_archive_lag_seconds, kcbackup_storage_up, its log), "+
+				"then create the restore again", orDefault(rs.FlushLSN, "(not read yet)"), timeout, waited.Round(time.Second)))
 	case kcv1.RestoreStoppingApplication, kcv1.RestoreStoppingDatabase:
 		res, err = r.restoreGiveBack(ctx, kb, db, kcv1.ReasonRestoreTimedOut, what+
 			"; the data directory was not touched, and PostgreSQL and the application were scaled back up")
@@ -452,28 +571,80 @@ func restoreJobName(kb *kcv1.KeycloakBackup) string {
 	return name + "-restore"
 }
 
-// ensureRestoreJob creates the restore Job once (its name is fixed, so a retry finds it)
-// and returns it.
-func (r *Reconciler) ensureRestoreJob(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (*batchv1.Job, error) {
+// jobProblem is why the restore Job cannot be trusted: its Ready reason and message.
+type jobProblem struct{ reason, msg string }
+
+// ensureRestoreJob returns the restore Job this resource owns, creating it once and
+// recording its UID in status.restore.jobUID. It is read from the API server, not the
+// cache, since a Job missing from a lagging cache must not look lost. A problem is
+// returned, and nothing created, when a Job of that name is not this resource's (a
+// leftover of a deleted resource of the same name is never taken as this restore's
+// result), or when the recorded Job disappeared: creating it again would restore twice
+// over a data directory the first one may already have moved aside.
+func (r *Reconciler) ensureRestoreJob(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (*batchv1.Job, *jobProblem, error) {
+	rs := kb.Status.Restore
 	job := &batchv1.Job{}
-	key := client.ObjectKey{Namespace: kb.Namespace, Name: kb.Status.Restore.JobName}
-	err := r.Client.Get(ctx, key, job)
-	if err == nil {
-		return job, nil
+	key := client.ObjectKey{Namespace: kb.Namespace, Name: rs.JobName}
+	err := r.APIReader.Get(ctx, key, job)
+	if err != nil && !apierrors.IsNotFound(err) {
+		return nil, nil, fmt.Errorf("get restore Job %s: %w", key.Name, err)
 	}
-	if !apierrors.IsNotFound(err) {
-		return nil, fmt.Errorf("get restore Job %s: %w", key.Name, err)
+	found := err == nil
+	switch {
+	case rs.JobUID != "" && (!found || job.UID != rs.JobUID):
+		return nil, &jobProblem{kcv1.ReasonRestoreJobLost, fmt.Sprintf(
+			"restore Job %s (uid %s) disappeared before its outcome was seen; it is not created again, because it may already have "+
+				"moved the data directory aside. PostgreSQL and the application stay scaled to zero: on claim %s, check whether %s "+
+				"was restored or moved aside (kept next to it, never deleted) and the Job's events; then scale PostgreSQL and the "+
+				"application back yourself, or create a new KeycloakBackup to restore again",
+			key.Name, rs.JobUID, loc.Volume.PersistentVolumeClaim.ClaimName, loc.DataDir)}, nil
+	case found && !metav1.IsControlledBy(job, kb):
+		return nil, &jobProblem{kcv1.ReasonRestoreJobNotOwned, notOwnedMessage(job, kb) +
+			"; it was not taken as this restore's result and no restore Job was created. PostgreSQL and the application stay " +
+			"scaled to zero, since that Job may act on the data volume: check what it did (its pod log, the data directory " +
+			loc.DataDir + "), delete it, then scale PostgreSQL and the application back, or create a new KeycloakBackup"}, nil
+	case found:
+		rs.JobUID = job.UID // created by this resource in a reconcile whose status patch was lost
+		return job, nil, nil
 	}
 	job, err = r.buildRestoreJob(kb, db, loc)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	if err := r.Client.Create(ctx, job); err != nil && !apierrors.IsAlreadyExists(err) {
-		return nil, fmt.Errorf("create restore Job %s: %w", key.Name, err)
+	if err := r.Client.Create(ctx, job); err != nil {
+		return nil, nil, fmt.Errorf("create restore Job %s: %w", key.Name, err)
 	}
+	rs.JobUID = job.UID
 	r.Recorder.Eventf(kb, job, corev1.EventTypeNormal, "RestoreJobCreated", "Restore",
-		"created Job %s restoring %s into claim %s", job.Name, kb.Spec.RestoreTo, loc.Volume.PersistentVolumeClaim.ClaimName)
-	return job, nil
+		"created Job %s (uid %s) restoring %s into claim %s", job.Name, job.UID, kb.Spec.RestoreTo, loc.Volume.PersistentVolumeClaim.ClaimName)
+	return job, nil, nil
+}
+
+// foreignRestoreJob returns a message when a Job with the name of kb's restore Job exists
+// and kb does not control it; it is checked before anything is stopped.
+func (r *Reconciler) foreignRestoreJob(ctx context.Context, kb *kcv1.KeycloakBackup) (string, error) {
+	job := &batchv1.Job{}
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: restoreJobName(kb)}, job)
+	if apierrors.IsNotFound(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("get Job %s: %w", restoreJobName(kb), err)
+	}
+	if metav1.IsControlledBy(job, kb) {
+		return "", nil
+	}
+	return notOwnedMessage(job, kb) + " (delete it once you have checked it restores nothing, then create the restore again)", nil
+}
+
+// notOwnedMessage says which Job is in the way and who controls it.
+func notOwnedMessage(job *batchv1.Job, kb *kcv1.KeycloakBackup) string {
+	owner := "no controller"
+	if ref := metav1.GetControllerOf(job); ref != nil {
+		owner = fmt.Sprintf("controller %s %q uid %s", ref.Kind, ref.Name, ref.UID)
+	}
+	return fmt.Sprintf("Job %s, which would be this restore's Job, exists and is not owned by KeycloakBackup %q uid %s (it has %s: "+
+		"a leftover of a deleted resource of the same name, or someone else's)", job.Name, kb.Name, kb.UID, owner)
 }
 
 // buildRestoreJob returns the Job that runs `kcbackup restore` against the data volume, as
@@ -614,23 +785,55 @@ func jobOutcome(job *batchv1.Job) outcome {
 	return jobRunning
 }
 
-// inSomeRange reports whether target lies in a restorable range (of the chosen timeline,
-// when spec.restore.timeline is set). The restore Job plans exactly; this only refuses,
-// before anything is stopped, what no range holds.
-func inSomeRange(cat apiclient.Catalog, target time.Time, o *kcv1.RestoreOptions) bool {
+// windowEdgeMargin is how far past the archive lag a target may lie beyond the recovery
+// window's end and still be waited for: the window's end is when the newest WAL was
+// stored, which trails the server by the lag and by the sidecar's upload cadence.
+const windowEdgeMargin = time.Minute
+
+// targetVerdict is what the target check decides.
+type targetVerdict int
+
+const (
+	// targetInside: a restorable range holds the target.
+	targetInside targetVerdict = iota
+	// targetNotYet: the target lies just past the newest range's end, by no more than the
+	// archive lag plus windowEdgeMargin, and that much time has not yet passed since the
+	// target: the archive may still reach it. Wait and check again.
+	targetNotYet
+	// targetOutside: before every range, in a hole, or too far past the end. Refuse.
+	targetOutside
+)
+
+// judgeTarget decides whether target can be restored to, from the archive's ranges (of the
+// chosen timeline, when spec.restore.timeline is set), the time now and the archive lag the
+// sidecar reports. end is the newest range's end. The restore Job plans exactly; this only
+// refuses, before anything is stopped, what no range holds or will hold.
+func judgeTarget(cat apiclient.Catalog, target, now time.Time, lag time.Duration, o *kcv1.RestoreOptions) (targetVerdict, time.Time) {
 	ranges := cat.Windows
 	if len(ranges) == 0 && cat.Window != nil { // a sidecar that reports only the newest range
 		ranges = []apiclient.RecoveryWindow{*cat.Window}
 	}
-	for _, w := range ranges {
+	var newest *apiclient.RecoveryWindow
+	for i, w := range ranges {
 		if o != nil && o.Timeline != nil && w.Timeline != 0 && int64(w.Timeline) != *o.Timeline {
 			continue
 		}
 		if w.Contains(target) {
-			return true
+			return targetInside, w.Latest
+		}
+		if newest == nil || w.Latest.After(newest.Latest) {
+			newest = &ranges[i]
 		}
 	}
-	return false
+	if newest == nil {
+		return targetOutside, time.Time{}
+	}
+	reach := lag + windowEdgeMargin
+	// A range ending at a hole never grows: the WAL after it is lost.
+	if newest.Hole || !target.After(newest.Latest) || target.Sub(newest.Latest) > reach || now.Sub(target) > reach {
+		return targetOutside, newest.Latest
+	}
+	return targetNotYet, newest.Latest
 }
 
 func describeRanges(cat apiclient.Catalog) string {

@@ -147,17 +147,18 @@ func TestRestoreTargetsAreCheckedAgainstEveryRange(t *testing.T) {
 		{Timeline: 2, Earliest: t0, Latest: t0.Add(4 * time.Hour)},
 	}}
 	two := int64(2)
+	now := t0.Add(10 * time.Hour)
 	for _, tc := range []struct {
 		target time.Time
 		opts   *kcv1.RestoreOptions
-		want   bool
+		want   targetVerdict
 	}{
-		{t0.Add(30 * time.Minute), nil, true},                                              // before the hole
-		{t0.Add(90 * time.Minute), &kcv1.RestoreOptions{Timeline: ptrTo(int64(1))}, false}, // in timeline 1's hole
-		{t0.Add(90 * time.Minute), &kcv1.RestoreOptions{Timeline: &two}, true},
-		{t0.Add(5 * time.Hour), nil, false},
+		{t0.Add(30 * time.Minute), nil, targetInside},                                              // before the hole
+		{t0.Add(90 * time.Minute), &kcv1.RestoreOptions{Timeline: ptrTo(int64(1))}, targetOutside}, // in timeline 1's hole
+		{t0.Add(90 * time.Minute), &kcv1.RestoreOptions{Timeline: &two}, targetInside},
+		{t0.Add(5 * time.Hour), nil, targetOutside},
 	} {
-		if got := inSomeRange(cat, tc.target, tc.opts); got != tc.want {
+		if got, _ := judgeTarget(cat, tc.target, now, 0, tc.opts); got != tc.want {
 			t.Errorf("target %s, options %+v: %v; want %v", tc.target, tc.opts, got, tc.want)
 		}
 	}
@@ -166,6 +167,65 @@ func TestRestoreTargetsAreCheckedAgainstEveryRange(t *testing.T) {
 	}
 	if got := restoreTimeline(nil); got != "latest" {
 		t.Errorf("--timeline %q; want latest", got)
+	}
+}
+
+// TestTargetJustPastTheWindowIsWaitedForWithinTheLag: a target the archive has not reached
+// yet, by no more than the lag plus a margin, is waited for (a bounded time); anything else
+// outside the ranges is refused for good.
+func TestTargetJustPastTheWindowIsWaitedForWithinTheLag(t *testing.T) {
+	end := time.Date(2026, 12, 1, 12, 0, 0, 0, time.UTC)
+	start := end.Add(-24 * time.Hour)
+	open := apiclient.Catalog{Window: &apiclient.RecoveryWindow{Earliest: start, Latest: end}}
+	holed := apiclient.Catalog{Windows: []apiclient.RecoveryWindow{{Timeline: 1, Earliest: start, Latest: end, Hole: true}}}
+	for _, tc := range []struct {
+		name        string
+		cat         apiclient.Catalog
+		target, now time.Time
+		lag         time.Duration
+		want        targetVerdict
+	}{
+		{"at the end", open, end, end, 0, targetInside},
+		{"20s past the end, lag 30s, just now", open, end.Add(20 * time.Second), end.Add(25 * time.Second), 30 * time.Second, targetNotYet},
+		{"a little in the future, within lag and margin", open, end.Add(50 * time.Second), end.Add(30 * time.Second), 0, targetNotYet},
+		{"20s past the end, but lag and margin have passed since", open, end.Add(20 * time.Second), end.Add(2 * time.Minute), 30 * time.Second, targetOutside},
+		{"further past the end than lag and margin", open, end.Add(5 * time.Minute), end.Add(5 * time.Minute), 30 * time.Second, targetOutside},
+		{"store down for two hours: the lag grows", open, end.Add(time.Hour), end.Add(90 * time.Minute), 2 * time.Hour, targetNotYet},
+		{"before the window's start", open, start.Add(-time.Second), end, time.Hour, targetOutside},
+		{"past a range that ends at a hole", holed, end.Add(10 * time.Second), end.Add(20 * time.Second), 30 * time.Second, targetOutside},
+		{"48 hours in the future", open, end.Add(48 * time.Hour), end, 30 * time.Second, targetOutside},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, gotEnd := judgeTarget(tc.cat, tc.target, tc.now, tc.lag, nil)
+			if got != tc.want {
+				t.Fatalf("judgeTarget(target %s, now %s, lag %s) = %v; want %v", tc.target, tc.now, tc.lag, got, tc.want)
+			}
+			if got != targetInside && !gotEnd.Equal(end) {
+				t.Errorf("window end %s; want %s", gotEnd, end)
+			}
+		})
+	}
+}
+
+func TestParseLSN(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want lsn
+		ok   bool
+	}{
+		{"0/3000000", 0x3000000, true},
+		{"1/0", 1 << 32, true},
+		{"FFFFFFFF/FFFFFFFF", 1<<64 - 1, true},
+		{"", 0, false},
+		{"3000000", 0, false},
+		{"0/", 0, false},
+		{"G/0", 0, false},
+		{"123456789/0", 0, false},
+	} {
+		got, err := parseLSN(tc.in)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("parseLSN(%q) = %v, %v; want %v, ok %v", tc.in, got, err, tc.want, tc.ok)
+		}
 	}
 }
 

@@ -2,8 +2,13 @@
 // exchange and a client the operator uses to call it.
 //
 // The sidecar listens on :8008 by default. Every /v1/ endpoint requires the header
-// "Authorization: Bearer <token>" and answers 401 without it. Bodies are JSON; errors are
-// {"error": "message"} with a 4xx or 5xx status.
+// "Authorization: Bearer <token>" and answers 401 without a known token. The admin token
+// (the operator's) opens every endpoint below. The fetch-only token (PostgreSQL's
+// restore_command's) opens only GET /v1/wal/{name} and gets 403 everywhere else. Bodies are
+// JSON; errors are {"error": "message"} with a 4xx or 5xx status.
+//
+//	GET  /v1/wal/{name}    → the verified WAL file; 404 only when the archive lacks it
+//	                       (admin or fetch-only token)
 //
 //	GET  /v1/status        → Status
 //	POST /v1/backups       → 202 BackupJob; 409 ConflictError when a backup is already running

@@ -146,15 +146,19 @@ func testManualBackup(t *testing.T, cfg *rest.Config) {
 		t.Errorf("pod volumes claims = %v, want the archive claim", claims)
 	}
 	// PostgreSQL itself runs restore_command (kcbackup wal-fetch --sidecar) during recovery:
-	// its container sees the binary through an image volume and the API token, and nothing
-	// of the storage (no archive volume, no credentials).
+	// its container sees the binary through an image volume and the fetch-only token, and
+	// nothing of the storage (no archive volume, no credentials) nor the admin token
+	// (TestEnvtestLeastPrivilege checks what each token file holds).
 	pg := d.Spec.Template.Spec.Containers[0]
 	pgMounts := map[string]string{}
 	for _, m := range pg.VolumeMounts {
 		pgMounts[m.Name] = m.MountPath
 	}
-	if pgMounts["kcbackup-image"] != "/var/run/kcbackup/image" || pgMounts["kcbackup-token"] != "/var/run/kcbackup/token" || pgMounts["data"] == "" {
-		t.Errorf("postgres container mounts = %v, want its data plus the kcbackup image and the token", pgMounts)
+	if pgMounts["kcbackup-image"] != "/var/run/kcbackup/image" || pgMounts["kcbackup-fetch-token"] != "/var/run/kcbackup/token" || pgMounts["data"] == "" {
+		t.Errorf("postgres container mounts = %v, want its data plus the kcbackup image and the fetch-only token", pgMounts)
+	}
+	if _, ok := pgMounts["kcbackup-token"]; ok {
+		t.Errorf("postgres container mounts the admin token volume: %v", pgMounts)
 	}
 	if _, ok := pgMounts["kcbackup-archive"]; ok {
 		t.Errorf("postgres container mounts the archive: %v", pgMounts)

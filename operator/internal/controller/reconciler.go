@@ -2,8 +2,6 @@ package controller
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -346,52 +344,6 @@ func (r *Reconciler) checkSecrets(ctx context.Context, kb *kcv1.KeycloakBackup) 
 	}
 	kb.SetCondition(kcv1.ConditionValid, metav1.ConditionTrue, kcv1.ReasonValid, "the spec is valid and the Secrets it names exist")
 	return true, nil
-}
-
-// ensureToken returns the sidecar API token of the workload, creating its Secret (owned by
-// the workload, so it lives as long as the sidecar may) on first use.
-func (r *Reconciler) ensureToken(ctx context.Context, kb *kcv1.KeycloakBackup, w workload) (string, error) {
-	key := client.ObjectKey{Namespace: kb.Namespace, Name: TokenSecretName(w.Name())}
-	var s corev1.Secret
-	err := r.APIReader.Get(ctx, key, &s)
-	if err == nil {
-		if t := string(s.Data[TokenKey]); t != "" {
-			return t, nil
-		}
-		return "", fmt.Errorf("token Secret %s has no key %q", key.Name, TokenKey)
-	}
-	if !apierrors.IsNotFound(err) {
-		return "", fmt.Errorf("get token Secret %s: %w", key.Name, err)
-	}
-	raw := make([]byte, 32)
-	if _, err := rand.Read(raw); err != nil {
-		return "", fmt.Errorf("generate token: %w", err)
-	}
-	token := hex.EncodeToString(raw)
-	gvk, err := r.Client.GroupVersionKindFor(w.Obj)
-	if err != nil {
-		return "", err
-	}
-	s = corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{
-			Name: key.Name, Namespace: key.Namespace,
-			Labels: map[string]string{"app.kubernetes.io/managed-by": "kcbackup-operator"},
-			OwnerReferences: []metav1.OwnerReference{{
-				APIVersion: gvk.GroupVersion().String(), Kind: gvk.Kind, Name: w.Name(), UID: w.Obj.GetUID(),
-			}},
-		},
-		Type: corev1.SecretTypeOpaque,
-		Data: map[string][]byte{TokenKey: []byte(token)},
-	}
-	if err := r.Client.Create(ctx, &s); err != nil {
-		if apierrors.IsAlreadyExists(err) {
-			return r.ensureToken(ctx, kb, w)
-		}
-		return "", fmt.Errorf("create token Secret %s: %w", key.Name, err)
-	}
-	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "TokenCreated", "CreateSecret",
-		"created Secret %s holding the sidecar API token of %s", key.Name, w)
-	return token, nil
 }
 
 // ensureSidecar injects the sidecar into the workload's pod template, or replaces it when

@@ -1,16 +1,22 @@
 package controller
 
 import (
+	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 	"github.com/kcbackup/kcbackup/sidecar/apiclient"
@@ -27,20 +33,31 @@ const (
 	// the pods to scrape.
 	SidecarLabel = kcv1.SidecarPodLabel
 
-	tokenVolume    = "kcbackup-token"
-	spoolVolume    = "kcbackup-spool"
-	spoolMountDir  = "/var/lib/kcbackup/spool"
-	caVolume       = "kcbackup-ca"
-	archiveVolume  = "kcbackup-archive"
-	imageVolume    = "kcbackup-image"
-	imageMountDir  = "/var/run/kcbackup/image"
-	tokenMountDir  = "/var/run/kcbackup/token"
-	tokenFile      = tokenMountDir + "/token"
+	tokenVolume   = "kcbackup-token"
+	spoolVolume   = "kcbackup-spool"
+	spoolMountDir = "/var/lib/kcbackup/spool"
+	caVolume      = "kcbackup-ca"
+	archiveVolume = "kcbackup-archive"
+	imageVolume   = "kcbackup-image"
+	imageMountDir = "/var/run/kcbackup/image"
+	tokenMountDir = "/var/run/kcbackup/token"
+	// fetchTokenVolume holds only the fetch-only token: the one token volume PostgreSQL's
+	// container mounts.
+	fetchTokenVolume = "kcbackup-fetch-token"
+	// tokenFile is the token as restore_command reads it in PostgreSQL's container (where
+	// the file holds the fetch-only token) and the admin token in the sidecar's.
+	tokenFile = tokenMountDir + "/token"
+	// fetchTokenFile is the fetch-only token in the sidecar's container.
+	fetchTokenFile = tokenMountDir + "/fetch-token"
 	caMountDir     = "/var/run/kcbackup/ca"
 	archiveMountAt = "/var/lib/kcbackup/archive"
 
-	// TokenKey is the key of the token in the token Secret.
+	// TokenKey is the key of the admin token in the token Secret: the operator's, opening
+	// every /v1 endpoint of the sidecar. Only the sidecar's container mounts it.
 	TokenKey = "token"
+	// FetchTokenKey is the key of the fetch-only token in the token Secret: it opens only
+	// GET /v1/wal, and is the only token PostgreSQL's container mounts (restore_command).
+	FetchTokenKey = "fetch-token"
 
 	// binaryInImage is where Dockerfile.sidecar installs the kcbackup binary.
 	binaryInImage = "/usr/local/bin/kcbackup"
@@ -59,7 +76,7 @@ var postgresEnvNames = map[string]bool{
 }
 
 // ownedVolumes are the pod volumes the operator adds and may replace.
-var ownedVolumes = map[string]bool{tokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true, spoolVolume: true}
+var ownedVolumes = map[string]bool{tokenVolume: true, fetchTokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true, spoolVolume: true}
 
 // binaryVolume returns the image volume holding the kcbackup binary, and its mount.
 func binaryVolume(image string) (corev1.Volume, corev1.VolumeMount) {
@@ -68,8 +85,94 @@ func binaryVolume(image string) (corev1.Volume, corev1.VolumeMount) {
 		corev1.VolumeMount{Name: imageVolume, MountPath: imageMountDir, ReadOnly: true}
 }
 
-// TokenSecretName is the name of the Secret holding the sidecar API token of a workload.
+// TokenSecretName is the name of the Secret holding the sidecar API tokens of a workload:
+// the admin token (TokenKey) and the fetch-only token (FetchTokenKey).
 func TokenSecretName(workloadName string) string { return workloadName + "-kcbackup-token" }
+
+// Updating the token Secret adds the fetch-only token to a Secret an older operator made.
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=update
+
+// ensureToken returns the workload's admin token, making the token Secret (owned by the
+// workload, so it lives as long as the sidecar may) on first use with both tokens. A Secret
+// without a usable fetch-only token (made by an older operator, or holding one equal to the
+// admin token) gets a new one; the admin token is never changed, so the running sidecar
+// keeps answering the operator.
+func (r *Reconciler) ensureToken(ctx context.Context, kb *kcv1.KeycloakBackup, w workload) (string, error) {
+	key := client.ObjectKey{Namespace: kb.Namespace, Name: TokenSecretName(w.Name())}
+	var s corev1.Secret
+	err := r.APIReader.Get(ctx, key, &s)
+	if apierrors.IsNotFound(err) {
+		return r.createTokenSecret(ctx, kb, w, key)
+	}
+	if err != nil {
+		return "", fmt.Errorf("get token Secret %s: %w", key.Name, err)
+	}
+	admin := string(s.Data[TokenKey])
+	if admin == "" {
+		return "", fmt.Errorf("token Secret %s has no key %q", key.Name, TokenKey)
+	}
+	if fetch := string(s.Data[FetchTokenKey]); fetch != "" && fetch != admin {
+		return admin, nil
+	}
+	fetch, err := newToken()
+	if err != nil {
+		return "", err
+	}
+	// The resourceVersion just read makes this update fail rather than overwrite a
+	// concurrent change; the reconcile then starts over.
+	s.Data[FetchTokenKey] = []byte(fetch)
+	if err := r.Client.Update(ctx, &s); err != nil {
+		return "", fmt.Errorf("add the fetch-only token to Secret %s: %w", key.Name, err)
+	}
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "FetchTokenAdded", "UpdateSecret",
+		"added a fetch-only token (key %q) to Secret %s for %s: PostgreSQL's container now gets it instead of the admin token", FetchTokenKey, key.Name, w)
+	return admin, nil
+}
+
+// createTokenSecret makes the token Secret with a new admin and a new fetch-only token.
+func (r *Reconciler) createTokenSecret(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, key client.ObjectKey) (string, error) {
+	admin, err := newToken()
+	if err != nil {
+		return "", err
+	}
+	fetch, err := newToken()
+	if err != nil {
+		return "", err
+	}
+	gvk, err := r.Client.GroupVersionKindFor(w.Obj)
+	if err != nil {
+		return "", err
+	}
+	s := corev1.Secret{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: key.Name, Namespace: key.Namespace,
+			Labels: map[string]string{"app.kubernetes.io/managed-by": "kcbackup-operator"},
+			OwnerReferences: []metav1.OwnerReference{{
+				APIVersion: gvk.GroupVersion().String(), Kind: gvk.Kind, Name: w.Name(), UID: w.Obj.GetUID(),
+			}},
+		},
+		Type: corev1.SecretTypeOpaque,
+		Data: map[string][]byte{TokenKey: []byte(admin), FetchTokenKey: []byte(fetch)},
+	}
+	if err := r.Client.Create(ctx, &s); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return r.ensureToken(ctx, kb, w)
+		}
+		return "", fmt.Errorf("create token Secret %s: %w", key.Name, err)
+	}
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "TokenCreated", "CreateSecret",
+		"created Secret %s holding the sidecar API tokens of %s", key.Name, w)
+	return admin, nil
+}
+
+// newToken returns 32 random bytes, hex-encoded.
+func newToken() (string, error) {
+	raw := make([]byte, 32)
+	if _, err := rand.Read(raw); err != nil {
+		return "", fmt.Errorf("generate token: %w", err)
+	}
+	return hex.EncodeToString(raw), nil
+}
 
 // storageEnv returns the environment that tells kcbackup (daemon or restore) where the
 // archive is and how to reach it. Credentials come from Secrets, never from values.
@@ -149,8 +252,9 @@ type sidecarSpec struct {
 	Volumes   []corev1.Volume
 	// PostgresContainer gets PostgresEnv and PostgresMounts, so that restore_command
 	// (kcbackup wal-fetch --sidecar, run by PostgreSQL during recovery) finds the binary and
-	// the API token. It fetches WAL through the sidecar, so PostgreSQL's container holds no
-	// storage settings or credentials.
+	// the fetch-only token. It fetches WAL through the sidecar, so PostgreSQL's container
+	// holds no storage settings or credentials, and no token that could back up, prune or
+	// clean anything.
 	PostgresContainer string
 	PostgresEnv       []corev1.EnvVar
 	PostgresMounts    []corev1.VolumeMount
@@ -174,6 +278,7 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 	env = append(env,
 		corev1.EnvVar{Name: "KCBACKUP_LISTEN", Value: ":" + strconv.Itoa(apiclient.DefaultPort)},
 		corev1.EnvVar{Name: "KCBACKUP_TOKEN_FILE", Value: tokenFile},
+		corev1.EnvVar{Name: "KCBACKUP_FETCH_TOKEN_FILE", Value: fetchTokenFile},
 		corev1.EnvVar{Name: "KCBACKUP_PGDATA", Value: loc.DataDir},
 		// The root filesystem is read-only: WAL waiting for upload goes to an emptyDir.
 		corev1.EnvVar{Name: "KCBACKUP_SPOOL", Value: spoolMountDir},
@@ -186,9 +291,16 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 	}
 	vols, mounts := storageVolumes(&spec.Storage)
 	binVol, binMount := binaryVolume(image)
-	pgMounts := []corev1.VolumeMount{binMount, {Name: tokenVolume, MountPath: tokenMountDir, ReadOnly: true}}
-	vols = append(vols, binVol, corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
-		SecretName: TokenSecretName(workloadName), Items: []corev1.KeyToPath{{Key: TokenKey, Path: "token"}}}}})
+	// PostgreSQL's container sees the fetch-only token at the path restore_command names
+	// (tokenFile), so a restore_command written by an earlier version still works; the
+	// sidecar's sees both tokens.
+	pgMounts := []corev1.VolumeMount{binMount, {Name: fetchTokenVolume, MountPath: tokenMountDir, ReadOnly: true}}
+	secretName := TokenSecretName(workloadName)
+	vols = append(vols, binVol,
+		corev1.Volume{Name: tokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: secretName, Items: []corev1.KeyToPath{{Key: TokenKey, Path: "token"}, {Key: FetchTokenKey, Path: "fetch-token"}}}}},
+		corev1.Volume{Name: fetchTokenVolume, VolumeSource: corev1.VolumeSource{Secret: &corev1.SecretVolumeSource{
+			SecretName: secretName, Items: []corev1.KeyToPath{{Key: FetchTokenKey, Path: "token"}}}}})
 	vols = append(vols, corev1.Volume{Name: spoolVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
 	mounts = append(mounts,
 		corev1.VolumeMount{Name: spoolVolume, MountPath: spoolMountDir},

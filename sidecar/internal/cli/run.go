@@ -32,6 +32,7 @@ type runOptions struct {
 	spoolMaxMB      int64
 	pgURL           string
 	tokenFile       string
+	fetchTokenFile  string
 	pgdata          string
 	compression     string
 	walPrefetch     int
@@ -52,8 +53,11 @@ archived yet. SIGTERM stops receiving, uploads the rest and exits 0.
 HTTP API on --listen: /metrics, /healthz, /readyz without authentication; /v1/status,
 /v1/backups, /v1/prune and /v1/wal/<file> (restore_command through the sidecar, with
 --wal-prefetch segments prefetched into memory) with 'Authorization: Bearer <token>', the
-token read from --token-file or the KCBACKUP_TOKEN environment variable (with neither, /v1
-is disabled).
+admin token read from --token-file or the KCBACKUP_TOKEN environment variable (with neither,
+/v1 is disabled). The fetch-only token, from --fetch-token-file or KCBACKUP_FETCH_TOKEN,
+opens GET /v1/wal/<file> and nothing else: it is the one PostgreSQL's restore_command
+holds, so the database's container cannot prune or back up. It must differ from the admin
+token.
 
 For synchronous archiving (no committed transaction missing from the archive), set
 --partial-interval 0 and add kcbackup to synchronous_standby_names.`,
@@ -68,7 +72,8 @@ For synchronous archiving (no committed transaction missing from the archive), s
 	f.StringVar(&o.spool, "spool", filepath.Join(os.TempDir(), "kcbackup-spool"), "local directory for WAL waiting for upload (emptied at start)")
 	f.Int64Var(&o.spoolMaxMB, "spool-max-mb", 1024, "pause receiving when the spool holds this many MiB (the slot keeps the WAL)")
 	f.StringVar(&o.pgURL, "pg-url", "", "PostgreSQL connection URL (default: the libpq PG* environment variables); prefer PGPASSWORD or a password file to a password in the URL")
-	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API bearer token (or set KCBACKUP_TOKEN)")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the admin API bearer token, which opens every /v1 endpoint (or set KCBACKUP_TOKEN)")
+	f.StringVar(&o.fetchTokenFile, "fetch-token-file", "", "file holding the fetch-only bearer token, which opens only GET /v1/wal (or set KCBACKUP_FETCH_TOKEN; optional)")
 	f.StringVar(&o.pgdata, "pgdata", "", "PostgreSQL data directory, to report its volume's free space (optional)")
 	f.StringVar(&o.compression, "compression", "zstd", "compression for a new archive: zstd or none")
 	f.IntVar(&o.walPrefetch, "wal-prefetch", 4, "segments GET /v1/wal prefetches into memory after each one served (restore through the sidecar; memory: this many segments)")
@@ -93,6 +98,13 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	}
 	token, err := readToken(o.tokenFile)
 	if err != nil {
+		return err
+	}
+	fetchToken, err := readFetchToken(o.fetchTokenFile)
+	if err != nil {
+		return err
+	}
+	if err := (server.Config{Token: token, FetchToken: fetchToken}).Validate(); err != nil {
 		return err
 	}
 	if o.pgdata != "" {
@@ -135,7 +147,7 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 		OnServe: func(src walcache.Source) { m.WALServed.WithLabelValues(string(src)).Inc() },
 	})
 	srv := server.New(server.Config{
-		Addr: o.listen, Token: token, Registry: m.Registry, Logger: log, Backups: bk, WAL: wal,
+		Addr: o.listen, Token: token, FetchToken: fetchToken, Registry: m.Registry, Logger: log, Backups: bk, WAL: wal,
 		KeycloakCleanup: func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error) {
 			return keycloak.Serve(ctx, pgcfg, req)
 		},
@@ -182,6 +194,22 @@ func statusOf(s streamer.Status) apiclient.Status {
 		st.ArchivedLSN = s.ArchivedLSN.String()
 	}
 	return st
+}
+
+// readFetchToken reads the fetch-only token from a file or KCBACKUP_FETCH_TOKEN.
+func readFetchToken(file string) (string, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("read --fetch-token-file: %w", err)
+		}
+		tok := strings.TrimSpace(string(b))
+		if tok == "" {
+			return "", fmt.Errorf("--fetch-token-file %s is empty: expected the fetch-only bearer token", file)
+		}
+		return tok, nil
+	}
+	return strings.TrimSpace(os.Getenv("KCBACKUP_FETCH_TOKEN")), nil
 }
 
 // readToken reads the API token from a file or KCBACKUP_TOKEN.

@@ -1,10 +1,15 @@
 // Package server is the sidecar's HTTP API: /metrics, /healthz and /readyz without
 // authentication (they carry no secrets), and /v1/* (status, backups, prune, WAL for
-// restore_command, the clean-up of a restored Keycloak database) behind a bearer token. The wire types are those of package apiclient.
+// restore_command, the clean-up of a restored Keycloak database) behind bearer tokens.
+// Two tokens, so that each container holds only what its job needs: the admin token (the
+// operator's) opens every /v1 endpoint; the fetch-only token (PostgreSQL's, for
+// restore_command) opens only GET /v1/wal/{name}, so a compromised database can read WAL
+// but cannot prune, back up or clean anything. The wire types are those of package apiclient.
 package server
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -53,9 +58,14 @@ func (e *RunningJobError) Error() string {
 type Config struct {
 	// Addr is the listen address, e.g. ":8008".
 	Addr string
-	// Token guards /v1/*. Empty disables /v1/* (403), so the API is never open by accident.
-	Token    string
-	Registry *prometheus.Registry
+	// Token is the admin token: it opens every /v1 endpoint. Empty disables every /v1
+	// endpoint but GET /v1/wal (403), so the API is never open by accident.
+	Token string
+	// FetchToken is the fetch-only token PostgreSQL's restore_command presents: it opens
+	// GET /v1/wal/{name} and nothing else (403 elsewhere). Empty: only the admin token
+	// fetches WAL. It must differ from Token (Validate).
+	FetchToken string
+	Registry   *prometheus.Registry
 	// Status returns the archiving status.
 	Status func() apiclient.Status
 	// Ready returns nil when the sidecar is streaming and the storage is up.
@@ -69,13 +79,24 @@ type Config struct {
 	Logger          *slog.Logger
 }
 
+// Validate refuses a configuration that would blur the two tokens: a fetch-only token
+// equal to the admin token would give PostgreSQL's container the admin's rights.
+func (c Config) Validate() error {
+	if c.FetchToken != "" && tokensEqual(c.FetchToken, c.Token) {
+		return errors.New("the fetch-only token (KCBACKUP_FETCH_TOKEN_FILE or KCBACKUP_FETCH_TOKEN) equals the admin token " +
+			"(KCBACKUP_TOKEN_FILE or KCBACKUP_TOKEN): expected two different tokens, since the fetch-only one is given to " +
+			"PostgreSQL's container and must not open backups, prune or the Keycloak clean-up")
+	}
+	return nil
+}
+
 // Server serves the API.
 type Server struct {
 	cfg Config
 	srv *http.Server
 }
 
-// New builds a server.
+// New builds a server; call cfg.Validate first.
 func New(cfg Config) *Server {
 	s := &Server{cfg: cfg}
 	s.srv = &http.Server{
@@ -102,11 +123,11 @@ func (s *Server) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
-	mux.Handle("GET /v1/status", s.auth(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /v1/status", s.auth(adminOnly, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.cfg.Status())
 	}))
-	mux.Handle("POST /v1/backups", s.auth(s.startBackup))
-	mux.Handle("GET /v1/backups", s.auth(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("POST /v1/backups", s.auth(adminOnly, s.startBackup))
+	mux.Handle("GET /v1/backups", s.auth(adminOnly, func(w http.ResponseWriter, r *http.Request) {
 		cat, err := s.cfg.Backups.Catalog(r.Context())
 		if err != nil {
 			writeError(w, http.StatusInternalServerError, err.Error(), "")
@@ -114,7 +135,7 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, cat)
 	}))
-	mux.Handle("GET /v1/backups/{id}", s.auth(func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("GET /v1/backups/{id}", s.auth(adminOnly, func(w http.ResponseWriter, r *http.Request) {
 		job, ok := s.cfg.Backups.Job(r.PathValue("id"))
 		if !ok {
 			writeError(w, http.StatusNotFound, fmt.Sprintf("no backup job %q on this sidecar", r.PathValue("id")), "")
@@ -122,25 +143,52 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, job)
 	}))
-	mux.Handle("POST /v1/prune", s.auth(s.prune))
-	mux.Handle("GET /v1/wal/{name}", s.auth(s.wal))
-	mux.Handle("POST /v1/keycloak/cleanup", s.auth(s.keycloakCleanup))
+	mux.Handle("POST /v1/prune", s.auth(adminOnly, s.prune))
+	mux.Handle("GET /v1/wal/{name}", s.auth(walFetch, s.wal))
+	mux.Handle("POST /v1/keycloak/cleanup", s.auth(adminOnly, s.keycloakCleanup))
 	return mux
 }
 
-func (s *Server) auth(next http.HandlerFunc) http.Handler {
+// access is who may call an endpoint.
+type access int
+
+const (
+	// adminOnly: the admin token only.
+	adminOnly access = iota
+	// walFetch: the admin token or the fetch-only token.
+	walFetch
+)
+
+// tokensEqual compares two tokens in constant time: both are hashed first, so neither the
+// content nor the length of the configured token leaks through timing.
+func tokensEqual(got, want string) bool {
+	g, w := sha256.Sum256([]byte(got)), sha256.Sum256([]byte(want))
+	return subtle.ConstantTimeCompare(g[:], w[:]) == 1
+}
+
+// auth admits a request whose bearer token may call an endpoint of access a: 401 without
+// a known token, 403 for the fetch-only token outside GET /v1/wal, and 403 when the sidecar
+// has no token that could open the endpoint.
+func (s *Server) auth(a access, next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.cfg.Token == "" {
-			writeError(w, http.StatusForbidden, "the API is disabled: the sidecar has no token (set KCBACKUP_TOKEN_FILE or KCBACKUP_TOKEN)", "")
-			return
-		}
 		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(s.cfg.Token)) != 1 {
+		// Both comparisons always run, so timing does not tell which token matched.
+		admin := tokensEqual(got, s.cfg.Token)
+		fetch := tokensEqual(got, s.cfg.FetchToken)
+		isAdmin := ok && s.cfg.Token != "" && admin
+		isFetch := ok && s.cfg.FetchToken != "" && fetch
+		switch {
+		case isAdmin, isFetch && a == walFetch:
+			next(w, r)
+		case isFetch:
+			writeError(w, http.StatusForbidden, fmt.Sprintf("this bearer token is the fetch-only token: it may only GET /v1/wal/{name} "+
+				"(restore_command); %s %s needs the admin token the operator holds", r.Method, r.URL.Path), "")
+		case s.cfg.Token == "" && (a == adminOnly || s.cfg.FetchToken == ""):
+			writeError(w, http.StatusForbidden, "the API is disabled: the sidecar has no admin token (set KCBACKUP_TOKEN_FILE or KCBACKUP_TOKEN)", "")
+		default:
 			w.Header().Set("WWW-Authenticate", `Bearer realm="kcbackup"`)
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'", "")
-			return
 		}
-		next(w, r)
 	})
 }
 

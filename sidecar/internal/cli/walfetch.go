@@ -72,7 +72,11 @@ not waiting, starts the prefetcher if none runs; it exits 10s after no segment w
 or when DIR is removed (kcbackup recovery-end does). Only complete segments are prefetched
 (they never change), each restore in its own DIR, so files from an earlier restore are
 never used. kcbackup restore writes restore_command so that the shell renames a waiting
-segment itself (mv) before starting wal-fetch.`,
+segment itself (mv) before starting wal-fetch. The prefetcher outlives the wal-fetch that
+started it, so PID 1 reaps it, and where PID 1 is the postmaster any other exit status
+than 0 or 1 makes PostgreSQL restart every backend: the prefetcher logs its errors to
+stderr (PostgreSQL's log) and exits 0, and on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGPIPE
+too. Only SIGKILL (the OOM killer's included) or a Go runtime failure can end it otherwise.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd.Context(), args[0], args[1]) },
 	}
@@ -101,9 +105,12 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	if o.prefetch > 0 && o.prefetchDir == "" {
 		return &ExitError{Code: exitFatal, Err: errors.New("--prefetch needs --prefetch-dir")}
 	}
+	if o.prefetchRun {
+		return o.runPrefetcher(ctx, name)
+	}
 	// Step 1: a prefetched complete segment is moved into place before anything else is
 	// opened, and that is all: the prefetcher sees it taken and fetches the next one.
-	if o.prefetch > 0 && !o.prefetchRun && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
+	if o.prefetch > 0 && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
 		return nil
 	}
 	key, err := o.g.key()
@@ -125,12 +132,6 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	f, err := walarchive.ParseWALFileName(name, archive.SegmentSize())
 	if err != nil {
 		return &ExitError{Code: exitFatal, Err: err}
-	}
-	if o.prefetchRun {
-		if f.Kind == walarchive.WALFileSegment {
-			o.prefetcher(ctx, archive, f)
-		}
-		return nil
 	}
 	// Step 2: fetch it, retrying storage errors; "not found" is answered only when true.
 	// A segment that was not waiting moves the prefetcher here (and starts it if none

@@ -139,9 +139,12 @@ const prefetcherDrain = 5 * time.Second
 //     waited for at most prefetcherDrain, and the process exits 0;
 //   - a panic of the prefetcher's own code is recovered and logged.
 //
-// What no process can catch remains: SIGKILL (the OOM killer's too) and a fatal error of
-// the Go runtime. Each makes a PID-1 postmaster restart its backends, as the death of any
-// child it reaps would; the prefetcher's memory is bounded (prefetchParallel segments).
+// What remains: SIGKILL (the OOM killer's too), a fatal error of the Go runtime, and a
+// signal in the process's first milliseconds, before runPrefetcher has its handlers in
+// place (the Go runtime then applies the default action). Each makes a PID-1 postmaster
+// restart its backends, as the death of any child it reaps would. The prefetcher's memory
+// is bounded (prefetchParallel segments); nothing in PostgreSQL signals it (it runs in a
+// session of its own).
 func (o *walFetchOptions) runPrefetcher(ctx context.Context, name string) (err error) {
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(o.g.stderr, "kcbackup prefetcher %s: "+format+"\n", append([]any{o.prefetchDir}, args...)...)

@@ -29,11 +29,14 @@ import (
 //	.position         the segment the last wal-fetch call fetched itself (its presence:
 //	                  a prefetcher was started for this restore)
 //	.prefetcher.lock  flock(2)-held by the running prefetcher
+//	.prefetcher.log   the prefetcher's errors, when wal-fetch's stderr is a pipe
 //	SEGMENT           a prefetched complete segment
 //	SEGMENT.inprogress  claims SEGMENT while it downloads (a wal-fetch call waits for it)
 const (
 	positionFile = ".position"
 	lockFile     = ".prefetcher.lock"
+	// prefetcherLogFile holds the prefetcher's errors when wal-fetch's stderr is a pipe.
+	prefetcherLogFile = ".prefetcher.log"
 )
 
 // prefetchParallel bounds the downloads the prefetcher runs at once: with the store a
@@ -87,12 +90,32 @@ func (o *walFetchOptions) movePrefetcher(served string) {
 		"--prefetch-dir", o.prefetchDir, "--encryption-key-file", o.g.keyFileAbs(), "--retry-for", o.retryFor.String(), served, "-"}
 	cmd := exec.Command(self, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	if f, ok := o.g.stderr.(*os.File); ok {
-		cmd.Stderr = f // PostgreSQL's log, as wal-fetch's own: the prefetcher logs its errors there
+	logTo, opened, err := prefetcherLog(o.g.stderr, o.prefetchDir)
+	if err != nil {
+		return
 	}
+	if opened {
+		defer logTo.Close()
+	}
+	cmd.Stderr = logTo
 	if cmd.Start() == nil {
 		_ = cmd.Process.Release()
 	}
+}
+
+// prefetcherLog opens where the prefetcher writes its errors: wal-fetch's own stderr
+// (PostgreSQL's log) when that is a file or a device, and otherwise (a pipe, which the
+// prefetcher would hold open long after wal-fetch exited, keeping whoever reads it to its
+// end waiting) the file .prefetcher.log in the prefetch directory.
+// opened says whether the caller must close the file.
+func prefetcherLog(stderr io.Writer, dir string) (f *os.File, opened bool, err error) {
+	if f, ok := stderr.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && (st.Mode().IsRegular() || st.Mode()&os.ModeCharDevice != 0) {
+			return f, false, nil
+		}
+	}
+	f, err = os.OpenFile(filepath.Join(dir, prefetcherLogFile), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	return f, err == nil, err
 }
 
 // prefetcherRunning reports whether a prefetcher holds dir's lock.

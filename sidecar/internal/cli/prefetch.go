@@ -156,7 +156,7 @@ const prefetcherDrain = 5 * time.Second
 // of a child it reaps for a crashed server process: it ends every backend and restarts
 // (postmaster.c, CleanupBackend and HandleChildCrash). So:
 //
-//   - every error is written to stderr (PostgreSQL's log) and the prefetcher exits 0:
+//   - every error is written to its log (prefetcherLog) and the prefetcher exits 0:
 //     wal-fetch calls then fetch their segments themselves and report what is wrong;
 //   - SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGPIPE are caught: downloads are cancelled,
 //     waited for at most prefetcherDrain, and the process exits 0;

@@ -75,7 +75,7 @@ never used. kcbackup restore writes restore_command so that the shell renames a 
 segment itself (mv) before starting wal-fetch. The prefetcher outlives the wal-fetch that
 started it, so PID 1 reaps it, and where PID 1 is the postmaster any other exit status
 than 0 or 1 makes PostgreSQL restart every backend: the prefetcher logs its errors to
-stderr (PostgreSQL's log) and exits 0, and on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGPIPE
+wal-fetch's stderr (PostgreSQL's log; DIR/.prefetcher.log when that is a pipe) and exits 0, and on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGPIPE
 too. Only SIGKILL (the OOM killer's included) or a Go runtime failure can end it otherwise.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd.Context(), args[0], args[1]) },

@@ -19,9 +19,13 @@ func newRecoveryEndCmd(g *globalOptions) *cobra.Command {
 		Short: "Remove a restore's recovery settings from postgresql.auto.conf once recovery has ended (run by PostgreSQL)",
 		Long: `A restore sets recovery_end_command to this command. PostgreSQL runs it once, when the
 restored cluster has ended recovery (recovery.signal is gone), in the data directory. It
-removes the restore's block from postgresql.auto.conf (restore_command, recovery_target_*,
+removes the restore's settings from postgresql.auto.conf (restore_command, recovery_target_*,
 recovery_end_command), keeping archive_mode = off and every other line, so a standby cloned
-from the restored cluster inherits no old target. It refuses while recovery.signal exists.
+from the restored cluster inherits no old target. It finds them in the restore's block and,
+when an ALTER SYSTEM during recovery rewrote the file without the block's comments, by
+their values; a restore_command or recovery_end_command that runs kcbackup in another form
+makes it fail (PostgreSQL logs a warning) and leaves the file as it was. The file is
+replaced atomically. It refuses while recovery.signal exists.
 It then removes pg_wal/kcbackup-prefetch (segments wal-fetch prefetched that recovery did
 not need); its prefetcher stops when the directory is gone.`,
 		Args: cobra.NoArgs,
@@ -30,7 +34,11 @@ not need); its prefetcher stops when the directory is gone.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(g.stderr, "kcbackup recovery-end: removed %d lines of restore settings from %s/postgresql.auto.conf\n", n, pgdata)
+			if n == 0 {
+				fmt.Fprintf(g.stderr, "kcbackup recovery-end: %s/postgresql.auto.conf holds no recovery settings of a kcbackup restore\n", pgdata)
+			} else {
+				fmt.Fprintf(g.stderr, "kcbackup recovery-end: removed %d lines of restore settings from %s/postgresql.auto.conf\n", n, pgdata)
+			}
 			removePrefetched(g, pgdata)
 			return nil
 		},

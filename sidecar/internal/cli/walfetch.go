@@ -10,7 +10,9 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/cenkalti/backoff/v5"
@@ -49,7 +51,9 @@ func newWALFetchCmd(g *globalOptions) *cobra.Command {
 		Long: `wal-fetch writes the archived WAL file WALFILE (a segment, a .partial or a .history file)
 to DEST, verified, through a temporary name and a rename, so a partial file is never left
 at DEST. A segment archived only as the live tail (.partial) is served padded to the full
-segment size; PostgreSQL replays up to the end of valid WAL.
+segment size; PostgreSQL replays up to the end of valid WAL. A wal-fetch killed half-way
+(SIGKILL, OOM) leaves its temporary file (.kcbackup-fetch-PID-...) beside DEST; the next
+wal-fetch into that directory removes it, never one a running wal-fetch still writes.
 
 With --sidecar URL, the file is fetched through the running sidecar's API (GET /v1/wal/...),
 which verifies it and keeps the next segments prefetched in memory; PostgreSQL's container
@@ -68,7 +72,11 @@ not waiting, starts the prefetcher if none runs; it exits 10s after no segment w
 or when DIR is removed (kcbackup recovery-end does). Only complete segments are prefetched
 (they never change), each restore in its own DIR, so files from an earlier restore are
 never used. kcbackup restore writes restore_command so that the shell renames a waiting
-segment itself (mv) before starting wal-fetch.`,
+segment itself (mv) before starting wal-fetch. The prefetcher outlives the wal-fetch that
+started it, so PID 1 reaps it, and where PID 1 is the postmaster any other exit status
+than 0 or 1 makes PostgreSQL restart every backend: the prefetcher logs its errors to
+wal-fetch's stderr (PostgreSQL's log; DIR/.prefetcher.log when that is a pipe) and exits 0, and on SIGTERM, SIGINT, SIGHUP, SIGQUIT and SIGPIPE
+too. Only SIGKILL (the OOM killer's included) or a Go runtime failure can end it otherwise.`,
 		Args: cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd.Context(), args[0], args[1]) },
 	}
@@ -97,9 +105,12 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	if o.prefetch > 0 && o.prefetchDir == "" {
 		return &ExitError{Code: exitFatal, Err: errors.New("--prefetch needs --prefetch-dir")}
 	}
+	if o.prefetchRun {
+		return o.runPrefetcher(ctx, name)
+	}
 	// Step 1: a prefetched complete segment is moved into place before anything else is
 	// opened, and that is all: the prefetcher sees it taken and fetches the next one.
-	if o.prefetch > 0 && !o.prefetchRun && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
+	if o.prefetch > 0 && walarchive.IsSegmentName(name) && o.takePrefetched(name, dest) {
 		return nil
 	}
 	key, err := o.g.key()
@@ -121,12 +132,6 @@ func (o *walFetchOptions) run(ctx context.Context, name, dest string) error {
 	f, err := walarchive.ParseWALFileName(name, archive.SegmentSize())
 	if err != nil {
 		return &ExitError{Code: exitFatal, Err: err}
-	}
-	if o.prefetchRun {
-		if f.Kind == walarchive.WALFileSegment {
-			o.prefetcher(ctx, archive, f)
-		}
-		return nil
 	}
 	// Step 2: fetch it, retrying storage errors; "not found" is answered only when true.
 	// A segment that was not waiting moves the prefetcher here (and starts it if none
@@ -267,23 +272,96 @@ func (o *walFetchOptions) runViaSidecar(ctx context.Context, name, dest string) 
 
 // writeAtomically has fill write the file into a temporary file beside dest, fsyncs it
 // and renames it to dest, so a partial file is never left at dest.
+//
+// A fetch killed half-way (SIGKILL, OOM) cannot remove its temporary file, so the file
+// says whose it is: it is named fetchTempPrefix + "<pid>-<name>-<random>" and its writer
+// holds an flock(2) on it while it lives (the kernel drops the lock when the process dies,
+// however it dies). Every fetch first removes the temporary files of dead writers in
+// dest's directory (removeStaleFetchTemps), so at most one killed fetch's file is left
+// between two fetches, never one of a live fetch.
 func writeAtomically(dest, name string, fill func(io.Writer) error) error {
-	tmp, err := os.CreateTemp(filepath.Dir(dest), ".kcbackup-fetch-"+name+"-*")
+	dir := filepath.Dir(dest)
+	removeStaleFetchTemps(dir, time.Now())
+	tmp, err := os.CreateTemp(dir, fmt.Sprintf("%s%d-%s-*", fetchTempPrefix, os.Getpid(), name))
 	if err != nil {
 		return fmt.Errorf("create temporary file beside %s: %w", dest, err)
 	}
-	err = fill(tmp)
+	// Blocking: a cleaner that opened the file before this lock holds it only for a moment.
+	err = syscall.Flock(int(tmp.Fd()), syscall.LOCK_EX)
+	if err == nil {
+		err = fill(tmp)
+	}
 	if err == nil {
 		err = tmp.Sync()
 	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
 	if err == nil {
 		err = os.Rename(tmp.Name(), dest)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
 	}
 	if err != nil {
 		os.Remove(tmp.Name())
 	}
 	return err
+}
+
+// fetchTempPrefix starts the name of every temporary file writeAtomically creates.
+const fetchTempPrefix = ".kcbackup-fetch-"
+
+// fetchTempGrace is how young an unlocked temporary file of a live process may be and
+// still be its writer's: between creating the file and locking it.
+const fetchTempGrace = time.Minute
+
+// removeStaleFetchTemps removes, in dir, the temporary files of fetches that died: a file
+// goes when no process holds its lock and its writer's PID is gone (or, should the PID be
+// in use again or unknown, when it is older than fetchTempGrace). A file whose lock is
+// held is a live fetch's and stays. Errors are ignored: this is tidying, not the fetch.
+func removeStaleFetchTemps(dir string, now time.Time) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), fetchTempPrefix)
+		if !ok || !e.Type().IsRegular() {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		f, err := os.Open(p)
+		if err != nil {
+			continue
+		}
+		if syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
+			f.Close() // held: a live fetch writes it
+			continue
+		}
+		st, err := f.Stat()
+		young := err == nil && now.Sub(st.ModTime()) < fetchTempGrace
+		if !young || !processAlive(tempWriterPID(rest)) {
+			os.Remove(p) // while locked: no fetch can take it over meanwhile
+		}
+		f.Close()
+	}
+}
+
+// tempWriterPID reads the writer's PID from a temporary file's name after the prefix
+// (0 when the name holds none, as an older kcbackup's names do).
+func tempWriterPID(rest string) int {
+	s, _, _ := strings.Cut(rest, "-")
+	pid, err := strconv.Atoi(s)
+	if err != nil || pid <= 0 {
+		return 0
+	}
+	return pid
+}
+
+// processAlive reports whether a process with this PID exists (in this PID namespace);
+// an unknown PID (0) counts as alive, so only age removes its file.
+func processAlive(pid int) bool {
+	if pid <= 0 {
+		return true
+	}
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

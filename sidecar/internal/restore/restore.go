@@ -394,8 +394,12 @@ func writeRecoveryConfig(dir string, o Options) error {
 // ShellQuote quotes s for /bin/sh.
 func ShellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
 
-// GUCQuote quotes s as a postgresql.conf string value.
-func GUCQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
+// GUCQuote quotes s as a postgresql.conf string value. PostgreSQL reads a backslash in
+// one as an escape ("Parameter Interaction via the Configuration File"), so backslashes
+// are doubled as well as quotes: the backslash of ShellQuote's escaped quote must reach the shell intact.
+func GUCQuote(s string) string {
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
+}
 
 func chownTree(dir string, uid, gid int) error {
 	if uid < 0 && gid < 0 {

@@ -59,9 +59,14 @@ func TestExtractTarNeverWritesOutsideTheDirectory(t *testing.T) {
 	}
 }
 
+// A value GUCQuote quotes reads back, as PostgreSQL reads postgresql.conf (backslash
+// escapes included), as the same bytes: the backslash of ShellQuote's escaped quote reaches the shell.
 func TestRecoveryCommandQuoting(t *testing.T) {
-	if got := GUCQuote(ShellQuote("s3://b/it's")); !strings.Contains(got, `'\''`) || strings.Count(got, "''") < 2 {
-		t.Fatalf("quoted %s", got)
+	for _, v := range []string{ShellQuote("s3://b/it's"), `a\b`, `\'`, "plain"} {
+		name, got, ok := parseSetting("restore_command = " + GUCQuote(v))
+		if !ok || name != "restore_command" || got != v {
+			t.Errorf("GUCQuote(%q) = %s reads back as %q (ok %v)", v, GUCQuote(v), got, ok)
+		}
 	}
 }
 
@@ -126,8 +131,8 @@ func TestPrefetchedSegmentIsRenamedByTheShellAndTheRestFallsThrough(t *testing.T
 	data, _ := os.ReadFile(filepath.Join(dir, "postgresql.auto.conf"))
 	var cmd string
 	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "restore_command = '"); ok {
-			cmd = strings.ReplaceAll(strings.TrimSuffix(v, "'"), "''", "'")
+		if name, v, ok := parseSetting(line); ok && name == "restore_command" {
+			cmd = v
 		}
 	}
 	pre := filepath.Join(dir, "pg_wal", "kcbackup-prefetch", "20261201T100000Z-20261201T100000")

@@ -3,12 +3,14 @@ package walarchive
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/kcbackup/kcbackup/walarchive/storage"
@@ -67,6 +69,60 @@ type Archive struct {
 	Identity Identity
 	// Key encrypts and decrypts the archive's objects (nil for an unencrypted archive).
 	Key Key
+	// Conditional says whether the store honours conditional writes (PutIfAbsent), as
+	// ProbeConditionalWrites found out. Until it is known, immutable objects are compared
+	// with what is stored before each write.
+	Conditional ConditionalWrites
+}
+
+// ConditionalWrites says whether a store's PutIfAbsent is atomic.
+type ConditionalWrites int
+
+const (
+	// ConditionalUnknown: not probed; immutable writes check first (safe, one more round trip).
+	ConditionalUnknown ConditionalWrites = iota
+	// ConditionalHonoured: PutIfAbsent refuses an existing key atomically.
+	ConditionalHonoured
+	// ConditionalIgnored: PutIfAbsent replaces like Put (a store that ignores If-None-Match):
+	// immutable writes check first; two writers racing between the check and the write can
+	// still both write (one writer per archive is what prevents that).
+	ConditionalIgnored
+)
+
+func (c ConditionalWrites) String() string {
+	return [...]string{"unknown", "honoured", "ignored"}[c]
+}
+
+func (a *Archive) conditionalWrites() bool { return a.Conditional == ConditionalHonoured }
+
+// probePrefix holds the scratch objects of ProbeConditionalWrites (never listed by WAL or
+// backup code).
+const probePrefix = "probe/"
+
+// ProbeConditionalWrites finds out whether the store honours conditional writes: it writes
+// a scratch object twice with PutIfAbsent (the second must be refused) and deletes it. The
+// answer is kept in a.Conditional.
+func (a *Archive) ProbeConditionalWrites(ctx context.Context) (ConditionalWrites, error) {
+	var rnd [8]byte
+	if _, err := rand.Read(rnd[:]); err != nil {
+		return ConditionalUnknown, err
+	}
+	key := fmt.Sprintf("%s%x", probePrefix, rnd)
+	defer a.Storage.Delete(context.WithoutCancel(ctx), key)
+	for i, body := range []string{"first", "second"} {
+		err := a.Storage.PutIfAbsent(ctx, key, strings.NewReader(body))
+		switch {
+		case i == 0 && err != nil:
+			return ConditionalUnknown, fmt.Errorf("probe conditional writes (%s): %w", key, err)
+		case i == 1 && errors.Is(err, storage.ErrExists):
+			a.Conditional = ConditionalHonoured
+		case i == 1 && err == nil:
+			a.Conditional = ConditionalIgnored
+		case i == 1:
+			return ConditionalUnknown, fmt.Errorf("probe conditional writes (%s): %w", key, err)
+		}
+	}
+	return a.Conditional, nil
 }
 
 // SegmentSize is the archive's WAL segment size.
@@ -165,14 +221,29 @@ type PutResult struct {
 
 // PutImmutable stores an object that must never change once written (a complete segment,
 // a history file). Storing the same bytes again succeeds without writing; different bytes
-// fail with ErrConflict and the stored object is kept. The storage's PutIfAbsent decides
-// atomically, so of two racing writers one stores and the other compares. r is read twice
-// when the key exists. There is no Stat first: it would add a store round trip to every
-// segment to save an upload only on a retry.
+// fail with ErrConflict and the stored object is kept. r is read twice when the key exists.
+//
+// On a store known to honour conditional writes (ProbeConditionalWrites), PutIfAbsent
+// decides atomically, so of two racing writers one stores and the other compares, and there
+// is no Stat first (it would add a round trip to every segment). On any other store
+// (unknown, or one that ignores If-None-Match and would replace the object) the key is
+// checked first and an existing object is compared, never replaced; only two writers racing
+// between that check and the write could both write, which one writer per archive prevents.
 func (a *Archive) PutImmutable(ctx context.Context, key string, r io.ReadSeeker) (PutResult, error) {
-	res, err := putFramed(ctx, a.Storage.PutIfAbsent, key, r, a.Identity.Compression, a.Key)
-	if !errors.Is(err, storage.ErrExists) {
-		return res, err
+	exists := false
+	if !a.conditionalWrites() {
+		switch _, err := a.Storage.Stat(ctx, key); {
+		case err == nil:
+			exists = true
+		case !errors.Is(err, storage.ErrNotFound):
+			return PutResult{}, fmt.Errorf("put %s: check for a stored copy: %w", key, err)
+		}
+	}
+	if !exists {
+		res, err := putFramed(ctx, a.Storage.PutIfAbsent, key, r, a.Identity.Compression, a.Key)
+		if !errors.Is(err, storage.ErrExists) {
+			return res, err
+		}
 	}
 	ours, err := hashReader(r)
 	if err != nil {
@@ -263,6 +334,20 @@ func hashReader(r io.ReadSeeker) ([32]byte, error) {
 	}
 	copy(s[:], h.Sum(nil))
 	return s, nil
+}
+
+// marshalJSON encodes v as the archive's JSON objects are written.
+func marshalJSON(v any) ([]byte, error) {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("encode: %w", err)
+	}
+	return data, nil
+}
+
+// putFramedBytes frames (uncompressed) and stores data with put (Put or PutIfAbsent).
+func putFramedBytes(ctx context.Context, put func(context.Context, string, io.Reader) error, key string, data []byte, k Key) (PutResult, error) {
+	return putFramed(ctx, put, key, bytes.NewReader(data), CompressionNone, k)
 }
 
 func putSmall(ctx context.Context, st storage.Storage, key string, data []byte, c Compression, k Key) error {

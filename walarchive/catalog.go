@@ -229,6 +229,9 @@ type WALEnd struct {
 	LastModified time.Time
 	// Missing names the first missing segment when the path has a hole before its end.
 	Missing string
+	// InFlight is set when the run ends where a writer's uploads are still landing: a
+	// segment missing with only its few successors stored (Graph.Reach).
+	InFlight bool
 }
 
 // WALReach walks the path from segment fromSeg and reports how far the WAL is continuous.

@@ -152,19 +152,48 @@ func (g *Graph) Reach(p WALPath, fromSeg uint64) WALEnd {
 		}
 		end.End = SegmentStartLSN(n+1, seg)
 	}
-	// Step 2: WAL on the path after the run means the run ended at a hole, not at the end.
+	// Step 2: WAL on the path after the run means the run ended at a hole, not at the end,
+	// unless it is the writer's uploads in flight (see inFlight).
+	missing := n
+	if end.Partial {
+		missing = end.LastSegment
+	}
+	var after []uint64
 	for m := n; m <= g.maxSeg; m++ {
 		if _, ok := onPath(m); ok {
-			missing := n
-			if end.Partial {
-				missing = end.LastSegment
-			}
+			after = append(after, m)
+		}
+	}
+	if len(after) > 0 {
+		if g.inFlight(p, missing, after) {
+			end.InFlight = true
+		} else {
 			end.Missing = SegmentName(p.TimelineOfSegment(missing), missing, seg)
-			break
 		}
 	}
 	return end
 }
+
+// inFlight reports whether the WAL stored after the missing segment is what a writer
+// uploading in order stores while the missing one is still on its way: complete segments
+// only, at most MaxUploadsInFlight-1 past it (the writer stores up to MaxUploadsInFlight
+// ended segments at once and the next tail only after them). That is the live end of the
+// archive, not a hole: a listing taken at that moment must not report one. A real hole
+// that small at the very end is reported once later WAL lands past it.
+func (g *Graph) inFlight(p WALPath, missing uint64, after []uint64) bool {
+	for _, m := range after {
+		e := g.wal[walPos{p.TimelineOfSegment(m), m}]
+		if !e.complete || m >= missing+MaxUploadsInFlight {
+			return false
+		}
+	}
+	return true
+}
+
+// MaxUploadsInFlight is how many complete segments a writer stores at once (after an
+// outage or a restart, to drain a backlog a round trip away); completing in any order,
+// they can show as a short gap at the archive's end (Graph.Reach knows this).
+const MaxUploadsInFlight = 4
 
 // Range is a stretch of time that restores reach on one timeline's path: from the stop of
 // the oldest backup that restores into it to where its WAL stops being continuous (the end
@@ -255,9 +284,12 @@ func (a *Archive) Ranges(ctx context.Context, g *Graph, tli uint32) ([]Range, er
 	}
 	p, _ := g.Path(tli)
 	for i := range rs {
-		if !rs[i].Hole {
+		if !rs[i].Hole && !rs[i].End.InFlight {
 			continue
 		}
+		// Ends at a hole, or at uploads still in flight: WAL stored later (the segments
+		// past the gap) holds commits after the gap, so the upload time of the last WAL says
+		// nothing of what the range reaches; its last transaction does.
 		bs := g.BackupsOn(p, rs[i])
 		x, ok, err := a.LastXact(ctx, p, bs[0].StopLSN.SegmentNo(a.SegmentSize()), rs[i].End)
 		if err != nil {

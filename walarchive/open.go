@@ -120,8 +120,26 @@ func ParseStorageURL(raw string, getenv func(string) string) (StorageLocation, e
 	}
 }
 
-// OpenStorage parses a storage URL and opens its backend.
+// OpenStorage parses a storage URL and opens its backend. With
+// KCBACKUP_STORAGE_COMPAT=ignore-conditional-writes the store behaves as one that ignores
+// If-None-Match would (see storage.WithoutConditionalWrites): for testing the archive's
+// safeguards against such stores.
 func OpenStorage(ctx context.Context, raw string) (storage.Storage, error) {
+	st, err := openStorage(ctx, raw)
+	if err != nil {
+		return nil, err
+	}
+	switch c := os.Getenv("KCBACKUP_STORAGE_COMPAT"); c {
+	case "":
+		return st, nil
+	case "ignore-conditional-writes":
+		return storage.WithoutConditionalWrites(st), nil
+	default:
+		return nil, fmt.Errorf("invalid KCBACKUP_STORAGE_COMPAT %q: expected ignore-conditional-writes or nothing", c)
+	}
+}
+
+func openStorage(ctx context.Context, raw string) (storage.Storage, error) {
 	loc, err := ParseStorageURL(raw, nil)
 	if err != nil {
 		return nil, err
@@ -137,6 +155,9 @@ func OpenStorage(ctx context.Context, raw string) (storage.Storage, error) {
 		return st, nil
 	}
 }
+
+// RedactURL returns a storage URL without user information, fit for logs and messages.
+func RedactURL(raw string) string { return redactURL(raw) }
 
 // redactURL removes any user information before a URL is shown in an error or log.
 func redactURL(raw string) string {

@@ -325,8 +325,15 @@ func TestGraphReachReportsHolesIncludingAPartialInTheMiddle(t *testing.T) {
 	if end := reach(); !end.Partial || end.LastSegment != 10 || end.Missing != "" {
 		t.Fatalf("with a tail partial: %+v", end)
 	}
-	// A partial followed by more WAL, and a missing segment, are holes.
+	// Segment 10 still on its way while the few after it landed (a writer storing a
+	// backlog several at a time): the live end, not a hole.
 	a.PutImmutable(ctx, SegmentKey(1, 12, seg1M), bytes.NewReader(make([]byte, seg1M)))
+	if end := reach(); end.Missing != "" || !end.InFlight || end.LastSegment != 10 {
+		t.Fatalf("segments in flight: %+v; want the live end at 10, no hole", end)
+	}
+	// A partial followed by more WAL than a writer has in flight, and a missing segment,
+	// are holes.
+	a.PutImmutable(ctx, SegmentKey(1, 14, seg1M), bytes.NewReader(make([]byte, seg1M)))
 	if end := reach(); end.Missing != SegmentName(1, 10, seg1M) {
 		t.Fatalf("partial in the middle: Missing = %q", end.Missing)
 	}

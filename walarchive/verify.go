@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
@@ -43,6 +44,9 @@ func (a *Archive) Verify(ctx context.Context, progress func(key string)) (Verify
 	}
 	// Step 1: every object decodes and matches its own checksum.
 	for _, o := range objs {
+		if strings.HasPrefix(o.Key, probePrefix) {
+			continue // a writer's scratch object (ProbeConditionalWrites), deleted at once
+		}
 		if progress != nil {
 			progress(o.Key)
 		}

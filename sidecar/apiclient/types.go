@@ -27,6 +27,9 @@ type Status struct {
 	StorageUp bool `json:"storageUp"`
 	// Streaming reports whether the sidecar currently streams WAL from PostgreSQL.
 	Streaming bool `json:"streaming"`
+	// LastError is why the sidecar is not streaming, when it is not (another writer holds
+	// the archive, the server is unreachable, ...); empty while it streams.
+	LastError string `json:"lastError,omitempty"`
 }
 
 // Backup job states.

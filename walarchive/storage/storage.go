@@ -64,3 +64,16 @@ type Storage interface {
 	List(ctx context.Context, prefix string) ([]ObjectInfo, error)
 	Delete(ctx context.Context, key string) error
 }
+
+// WithoutConditionalWrites returns st as a store that ignores conditional writes would
+// behave (older MinIO releases, Ceph RGW before it honoured If-None-Match): PutIfAbsent
+// replaces an existing object like Put. The archive must stay immutable on such a store
+// too (RELIABILITY.md 31); tests use this to prove it, and KCBACKUP_STORAGE_COMPAT=
+// ignore-conditional-writes makes the kcbackup binary use it.
+func WithoutConditionalWrites(st Storage) Storage { return ignoringConditional{st} }
+
+type ignoringConditional struct{ Storage }
+
+func (s ignoringConditional) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	return s.Storage.Put(ctx, key, r)
+}

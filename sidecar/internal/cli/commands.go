@@ -253,7 +253,7 @@ func humanBytes(n uint64) string {
 
 func newRestoreCmd(g *globalOptions) *cobra.Command {
 	var storageURL, pgdata, to, backupID, timeline, owner, fetchVia, fetchToken string
-	var moveAside bool
+	var moveAside, handover bool
 	var prefetch int
 	cmd := &cobra.Command{
 		Use:   "restore --storage URL --pgdata DIR --to (RFC3339 time | latest)",
@@ -271,7 +271,15 @@ recovery_target_lsn of the last archived transaction by the target, or recovery_
 recovery_target_timeline; recovery_target_action = promote), then moves a non-empty DIR aside to
 DIR.kcbackup-replaced-<time> (only with --move-aside; it is never deleted) and the restored
 data into DIR. Start PostgreSQL on DIR: it replays WAL to the target and promotes to a new
-timeline, which 'kcbackup run' keeps archiving into the same archive.
+timeline.
+
+An archive has one writer. A restore that replaces a data directory (--move-aside on a
+non-empty DIR: an in-place restore), or that is given --handover, hands the archive over to
+the restored server: the old server's sidecar is fenced and stops writing, and only the
+server promoted from this restore may archive into it next ('kcbackup run' on it). Any
+other restore makes a copy: its sidecar is refused while the archive has a live writer and
+whenever it is not the continuation of what the archive holds; archive a copy into its own
+archive (another S3 prefix or volume).
 
 A postmaster.pid in DIR is stale, and ignored (it moves aside with DIR), when the process it
 names is not a running postgres in this PID namespace; a server in another container
@@ -365,6 +373,12 @@ replaced (the previous one is kept beside it).`,
 			if res.MovedAside != "" {
 				fmt.Fprintf(g.stderr, "the previous data directory was moved to %s (kept; remove it yourself once satisfied)\n", res.MovedAside)
 			}
+			if handover || res.MovedAside != "" {
+				if err := handOver(ctx, a, plan, target); err != nil {
+					return fmt.Errorf("restored into %s, but %w", pgdata, err)
+				}
+				fmt.Fprintf(g.stderr, "handed the archive over to the server restored here: the old server's sidecar stops writing into it\n")
+			}
 			fmt.Fprintf(g.stderr, "restored %s in %s; start PostgreSQL on %s to replay WAL and promote\n",
 				humanBytes(res.Bytes), time.Since(started).Round(time.Millisecond), pgdata)
 			fmt.Fprintln(g.stdout, plan.Backup.ID)
@@ -377,12 +391,35 @@ replaced (the previous one is kept beside it).`,
 	f.StringVar(&to, "to", "", "restore target: 'latest' or an RFC 3339 time with a zone (2026-11-24T10:30:00Z)")
 	f.StringVar(&backupID, "backup", "", "restore this backup instead of choosing one")
 	f.StringVar(&timeline, "timeline", "latest", "timeline to recover along: a number, or 'latest' for the newest whose recovery range holds the target (a time on two timelines whose histories differ then is refused: choose one)")
-	f.BoolVar(&moveAside, "move-aside", false, "move a non-empty --pgdata aside (to DIR.kcbackup-replaced-<time>) instead of refusing")
+	f.BoolVar(&moveAside, "move-aside", false, "move a non-empty --pgdata aside (to DIR.kcbackup-replaced-<time>) instead of refusing; an in-place restore hands the archive over to the restored server")
+	f.BoolVar(&handover, "handover", false, "hand the archive over to the restored server even into a new directory (the old server is gone for good): the old writer is fenced")
 	f.StringVar(&owner, "owner", "", "user[:group] to own the restored files (default: the owner of --pgdata or its parent when run as root)")
 	f.IntVar(&prefetch, "prefetch", 8, "segments wal-fetch downloads ahead during recovery (0 disables)")
 	f.StringVar(&fetchVia, "fetch-via", "", "make restore_command fetch WAL through the sidecar's API at this URL (e.g. http://127.0.0.1:8008): PostgreSQL then needs no storage credentials")
 	f.StringVar(&fetchToken, "fetch-token-file", "", "with --fetch-via: absolute path of the API token file, as PostgreSQL will read it")
 	return cmd
+}
+
+// handOver reserves the archive for the server this restore makes: the one that promotes
+// from recovery along the plan's timeline onto a timeline newer than every one archived.
+func handOver(ctx context.Context, a *walarchive.Archive, plan walarchive.RestorePlan, target walarchive.Target) error {
+	tlis, err := a.Timelines(ctx)
+	if err != nil {
+		return fmt.Errorf("could not hand the archive over: %w", err)
+	}
+	after := plan.Timeline
+	if len(tlis) > 0 && tlis[len(tlis)-1] > after {
+		after = tlis[len(tlis)-1]
+	}
+	host, _ := os.Hostname()
+	_, err = a.HandOver(ctx, walarchive.Handover{
+		ParentTimeline: plan.Timeline, FromLSN: plan.Backup.StopLSN, AfterTimeline: after,
+		BackupID: plan.Backup.ID, Target: target.String(),
+	}, host, "in-place restore")
+	if err != nil {
+		return fmt.Errorf("could not hand the archive over (run the restore again, or kcbackup restore --handover): %w", err)
+	}
+	return nil
 }
 
 // resolveOwner decides who owns the restored data directory.

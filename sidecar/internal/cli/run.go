@@ -36,6 +36,7 @@ type runOptions struct {
 	pgdata          string
 	compression     string
 	walPrefetch     int
+	writerTTL       time.Duration
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -59,6 +60,13 @@ opens GET /v1/wal/<file> and nothing else: it is the one PostgreSQL's restore_co
 holds, so the database's container cannot prune or back up. It must differ from the admin
 token.
 
+An archive has one writer at a time. The sidecar claims the archive before it uploads
+anything, renews the claim every --writer-ttl/6 and releases it when it stops; another
+sidecar's live claim, or a server that is not the continuation of what the archive holds
+(a copy restored to an earlier point, a replaced primary), is refused with a message that
+says who holds the archive and what to do, and retried. A sidecar whose claim was
+superseded (an in-place restore hands the archive over) stops writing at once.
+
 For synchronous archiving (no committed transaction missing from the archive), set
 --partial-interval 0 and add kcbackup to synchronous_standby_names.`,
 		Args: cobra.NoArgs,
@@ -77,6 +85,7 @@ For synchronous archiving (no committed transaction missing from the archive), s
 	f.StringVar(&o.pgdata, "pgdata", "", "PostgreSQL data directory, to report its volume's free space (optional)")
 	f.StringVar(&o.compression, "compression", "zstd", "compression for a new archive: zstd or none")
 	f.IntVar(&o.walPrefetch, "wal-prefetch", 4, "segments GET /v1/wal prefetches into memory after each one served (restore through the sidecar; memory: this many segments)")
+	f.DurationVar(&o.writerTTL, "writer-ttl", walarchive.DefaultWriterTTL, "how long this sidecar's claim as the archive's one writer holds after each renewal (renewed every sixth of it); a crashed writer's claim lapses after it")
 	return cmd
 }
 
@@ -130,7 +139,7 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	s, err := streamer.New(streamer.Config{
 		PG: pgcfg, Slot: o.slot, PartialInterval: o.partialInterval, SpoolDir: o.spool,
 		SpoolMaxBytes: o.spoolMaxMB << 20, Storage: st, Compression: comp, Key: key, PGDataDir: o.pgdata,
-		Logger: log, Metrics: m,
+		Logger: log, Metrics: m, WriterTTL: o.writerTTL, StorageName: walarchive.RedactURL(o.storage),
 	})
 	if err != nil {
 		return err
@@ -189,6 +198,7 @@ func statusOf(s streamer.Status) apiclient.Status {
 		SystemIdentifier: s.SystemIdentifier, Timeline: s.Timeline, ServerFlushLSN: s.ServerFlushLSN.String(),
 		ArchiveLagBytes: s.ArchiveLagBytes, ArchiveLagSeconds: s.ArchiveLagSeconds,
 		StorageUp: s.StorageUp, Streaming: s.Streaming, ReceivedLSN: s.ReceivedLSN.String(),
+		LastError: s.LastError,
 	}
 	if s.ArchivedLSN > 0 {
 		st.ArchivedLSN = s.ArchivedLSN.String()

@@ -364,6 +364,10 @@ func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
 // the tail of the current one.
 func (s *Streamer) drain(cur *segment) {
 	s.mu.Lock()
+	if !s.mayUploadLocked() {
+		s.mu.Unlock()
+		return // fenced, or never the writer: nothing of this session is ours to store
+	}
 	s.draining = true
 	s.mu.Unlock()
 	s.poke()

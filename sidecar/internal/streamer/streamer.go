@@ -54,6 +54,14 @@ type Config struct {
 	Metrics   *metrics.Metrics
 	// Now is the clock (time.Now when nil).
 	Now func() time.Time
+	// WriterTTL is how long this sidecar's claim on the archive holds after each renewal
+	// (walarchive.DefaultWriterTTL when zero); it is renewed every sixth of it.
+	WriterTTL time.Duration
+	// Host names this sidecar in the archive's writer claims (the pod name; the host name
+	// when empty).
+	Host string
+	// StorageName names the archive in messages (a storage URL without secrets).
+	StorageName string
 }
 
 // Validate checks the configuration and fills defaults.
@@ -99,6 +107,15 @@ func (c *Config) Validate() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.WriterTTL == 0 {
+		c.WriterTTL = walarchive.DefaultWriterTTL
+	}
+	if c.WriterTTL < time.Second || c.WriterTTL > time.Hour {
+		return fmt.Errorf("invalid writer lease TTL %s: expected 1s to 1h", c.WriterTTL)
+	}
+	if c.Host == "" {
+		c.Host, _ = os.Hostname()
 	}
 	return nil
 }
@@ -181,6 +198,13 @@ type Streamer struct {
 	// floor is the slot's restart_lsn when the session started: reporting less would move
 	// the slot backwards, reporting it claims nothing new.
 	floor walarchive.LSN
+	// writerID is this sidecar's identity in the archive's writer claims; writerEpoch is
+	// the claim it holds (0: none, nothing is uploaded); cancelSession ends the current
+	// session when the sidecar is fenced.
+	writerID      string
+	writerEpoch   uint64
+	cancelSession context.CancelFunc
+	fencedBy      error
 
 	wake        chan struct{} // new work for the uploader
 	archivedSig chan struct{} // the archived position moved
@@ -254,6 +278,22 @@ func (s *Streamer) Run(ctx context.Context) error {
 	if err := prepareSpool(s.cfg.SpoolDir); err != nil {
 		return err
 	}
+	id, err := loadWriterID(s.cfg.SpoolDir)
+	if err != nil {
+		return fmt.Errorf("spool directory %s: %w", s.cfg.SpoolDir, err)
+	}
+	s.writerID = id
+	claimCtx, stopClaim := context.WithCancel(context.Background())
+	claimDone := make(chan struct{})
+	go func() {
+		defer close(claimDone)
+		s.keepClaim(claimCtx)
+	}()
+	defer func() {
+		stopClaim()
+		<-claimDone
+		s.releaseClaim()
+	}()
 	upCtx, cancelUp := context.WithCancel(context.Background())
 	upDone := make(chan struct{})
 	go func() {
@@ -286,6 +326,11 @@ func (s *Streamer) Run(ctx context.Context) error {
 			bo.Reset()
 		}
 		wait := bo.NextBackOff()
+		if errors.Is(err, walarchive.ErrNotWriter) || errors.Is(err, walarchive.ErrFenced) {
+			// What decides a claim changes on the writer TTL's time scale (a lease lapses,
+			// a restored server promotes): look again at least that often.
+			wait = min(wait, s.cfg.WriterTTL)
+		}
 		s.setErr(err)
 		s.log.Error("streaming stopped; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {
@@ -311,6 +356,9 @@ func prepareSpool(dir string) error {
 		return fmt.Errorf("spool directory %s: %w", dir, err)
 	}
 	for _, e := range entries {
+		if e.Name() == writerIDFile {
+			continue
+		}
 		if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
 			return fmt.Errorf("empty spool directory %s: %w", dir, err)
 		}
@@ -320,7 +368,23 @@ func prepareSpool(dir string) error {
 
 // session is one connection's life: identify, open the archive, find where to start,
 // then stream timeline after timeline.
-func (s *Streamer) session(ctx context.Context) error {
+func (s *Streamer) session(parent context.Context) error {
+	ctx, cancel := context.WithCancel(parent)
+	defer cancel()
+	s.mu.Lock()
+	s.cancelSession, s.fencedBy = cancel, nil
+	s.mu.Unlock()
+	err := s.sessionSteps(ctx)
+	s.mu.Lock()
+	fenced := s.fencedBy
+	s.mu.Unlock()
+	if parent.Err() == nil && fenced != nil {
+		return fenced
+	}
+	return err
+}
+
+func (s *Streamer) sessionSteps(ctx context.Context) error {
 	// Step 1: connect and identify the server.
 	conn, err := pgrepl.ConnectReplication(ctx, s.cfg.PG)
 	if err != nil {
@@ -356,6 +420,25 @@ func (s *Streamer) session(ctx context.Context) error {
 	}
 	s.mu.Unlock()
 	s.setOnce.Do(func() { close(s.archiveSet) })
+
+	// Step 2b: this sidecar must be the archive's one writer (RELIABILITY.md 30), and know
+	// whether the store honours conditional writes before it stores anything immutable.
+	if archive.Conditional == walarchive.ConditionalUnknown {
+		c, err := archive.ProbeConditionalWrites(ctx)
+		if err != nil {
+			return err
+		}
+		if c == walarchive.ConditionalIgnored {
+			s.log.Warn("the archive's store ignores conditional writes (If-None-Match): each immutable object is checked before it is written; two writers racing between the check and the write could still both write, which the writer claim prevents")
+		}
+	}
+	srv, err := serverPath(ctx, conn, info)
+	if err != nil {
+		return err
+	}
+	if err := s.claimArchive(ctx, archive, srv); err != nil {
+		return err
+	}
 
 	// Step 3: the slot holds every byte not yet archived; create it (reserving WAL) if missing.
 	slot, err := pgrepl.ReadSlot(ctx, conn, s.cfg.Slot)

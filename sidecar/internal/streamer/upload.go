@@ -84,6 +84,9 @@ func (s *Streamer) uploader(ctx context.Context) {
 func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if !s.mayUploadLocked() {
+		return nil, time.Time{}, nil // not the archive's writer (yet, or any more)
+	}
 	if len(s.queue) > 0 {
 		var batch []*segment
 		for _, seg := range s.queue {
@@ -92,17 +95,12 @@ func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error)
 			}
 			batch = append(batch, seg)
 		}
-		// When every queued segment is complete and the tail is due, the tail goes up
-		// beside them rather than after: at a segment's end the lag is then one upload,
-		// not two one after another. It is acknowledged only after them, in order.
-		var tail *segment
-		var tailN uint64
-		if len(batch) == len(s.queue) && s.tailDueLocked() {
-			tail, tailN = s.cur, s.cur.written
-			s.lastPartialAt = s.cfg.Now()
-		}
-		if len(batch) > 1 || tail != nil {
-			return func() error { return s.uploadBatch(ctx, batch, tail, tailN) }, time.Time{}, nil
+		// The next segment's tail goes up only after the queued segments are stored: were
+		// it stored first, a listing would show the segment before it missing, a hole that
+		// is not one (issue 19). Complete segments may land in any order: Graph.Reach reads
+		// up to MaxUploadsInFlight of them past a missing one as the live end.
+		if len(batch) > 1 {
+			return func() error { return s.uploadBatch(ctx, batch, nil, 0) }, time.Time{}, nil
 		}
 		seg := s.queue[0]
 		return func() error { return s.uploadEnded(ctx, seg) }, time.Time{}, nil
@@ -135,7 +133,7 @@ func (s *Streamer) tailDueLocked() bool {
 // queued (a backlog after an outage or a restart): a store a round trip away is then
 // limited by round trips, not by bandwidth. Memory grows by about one compressed segment
 // and a 4 MiB pipe per upload.
-const endedParallel = 4
+const endedParallel = walarchive.MaxUploadsInFlight
 
 // uploadEnded stores a segment that receives no more bytes: under its final name when it
 // is complete, as a partial when its timeline ended inside it.

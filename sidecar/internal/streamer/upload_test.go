@@ -1,0 +1,153 @@
+package streamer
+
+import (
+	"context"
+	"io"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/kcbackup/kcbackup/walarchive"
+	"github.com/kcbackup/kcbackup/walarchive/storage"
+	"github.com/kcbackup/kcbackup/walarchive/storage/memory"
+)
+
+const testSegSize = 1 << 20
+
+// slowStore delays every write to WAL by delay (a store a round trip away), and after each
+// write lands it reads the archive's graph: what a listing shows at that moment.
+type slowStore struct {
+	storage.Storage
+	delay   time.Duration
+	archive func() *walarchive.Archive
+	mu      sync.Mutex
+	seen    []string // the holes a listing showed
+	writes  int
+}
+
+func (s *slowStore) write(ctx context.Context, key string, put func() error) error {
+	switch {
+	case strings.HasSuffix(key, walarchive.PartialSuffix):
+		time.Sleep(s.delay / 6) // a few bytes
+	case strings.HasPrefix(key, "wal/"):
+		time.Sleep(s.delay) // a whole segment
+	}
+	if err := put(); err != nil {
+		return err
+	}
+	s.check(ctx)
+	return nil
+}
+
+func (s *slowStore) Put(ctx context.Context, key string, r io.Reader) error {
+	return s.write(ctx, key, func() error { return s.Storage.Put(ctx, key, r) })
+}
+
+func (s *slowStore) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
+	return s.write(ctx, key, func() error { return s.Storage.PutIfAbsent(ctx, key, r) })
+}
+
+func (s *slowStore) check(ctx context.Context) {
+	if s.archive == nil {
+		return
+	}
+	a := s.archive()
+	if a == nil {
+		return
+	}
+	g, err := a.ReadGraph(ctx)
+	if err != nil {
+		return
+	}
+	p, err := g.Path(1)
+	if err != nil {
+		return
+	}
+	end := g.Reach(p, 1)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writes++
+	if end.Missing != "" {
+		s.seen = append(s.seen, end.Missing)
+	}
+}
+
+// testStreamer builds a streamer over st that holds the archive's writer claim, without a
+// server: the test feeds its spool directly.
+func testStreamer(t *testing.T, st storage.Storage, interval time.Duration) *Streamer {
+	t.Helper()
+	s, err := New(Config{PG: &pgconn.Config{}, Slot: "kcbackup", PartialInterval: interval, SpoolDir: t.TempDir(), Storage: st})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := walarchive.InitArchive(context.Background(), st, walarchive.Identity{
+		SystemIdentifier: "7000000000000000001", PostgresVersion: 15, WALSegmentSize: testSegSize,
+	}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.archive, s.segSize, s.writerEpoch, s.gen = a, testSegSize, 1, 1
+	s.setOnce.Do(func() { close(s.archiveSet) })
+	return s
+}
+
+// At every segment boundary the complete segment and the next segment's first bytes are
+// uploaded; on a slow store no listing taken while they land ever shows a hole (issue 19:
+// the tail of N+1 landed before N), and the acknowledged position only moves forward over
+// stored WAL.
+func TestUploadsAtSegmentBoundariesNeverShowAHoleOnASlowStore(t *testing.T) {
+	ss := &slowStore{Storage: memory.New(), delay: 60 * time.Millisecond}
+	s := testStreamer(t, ss, 0)
+	ss.archive = s.Archive
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); s.uploader(ctx) }()
+
+	fill := func(seg *segment, n uint64) {
+		for seg.written < n {
+			if err := s.writeSegment(seg, make([]byte, min(n-seg.written, testSegSize/4))); err != nil {
+				t.Fatal(err)
+			}
+			s.poke()
+		}
+	}
+	cur, err := s.openSegment(1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for segno := uint64(1); segno <= 4; segno++ {
+		fill(cur, testSegSize)
+		// The next segment's first bytes arrive before segment N is handed over: the
+		// uploader then has N to store and N+1's tail pending at once.
+		next, err := s.openSegment(1, segno+1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fill(next, 100)
+		s.endSegment(cur)
+		if err := s.WaitArchived(ctxTimeout(t, 30*time.Second), walarchive.SegmentStartLSN(segno+1, testSegSize)+100); err != nil {
+			t.Fatal(err)
+		}
+		cur = next
+	}
+	cancel()
+	<-done
+	ss.mu.Lock()
+	defer ss.mu.Unlock()
+	if ss.writes == 0 {
+		t.Fatal("no write was observed")
+	}
+	if len(ss.seen) > 0 {
+		t.Fatalf("listings during uploads showed holes at %v", ss.seen)
+	}
+}
+
+func ctxTimeout(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}

@@ -22,6 +22,9 @@ type Graph struct {
 	Timelines []uint32
 	history   map[uint32]TimelineHistory
 	historyOK map[uint32]error
+	// historyAt is when each timeline's history file was stored: when the timeline's
+	// server started archiving it.
+	historyAt map[uint32]time.Time
 	wal       map[walPos]walObject
 	maxSeg    uint64
 }
@@ -39,7 +42,7 @@ type walObject struct {
 
 // ReadGraph lists the archive once and reads every backup record and history file.
 func (a *Archive) ReadGraph(ctx context.Context) (*Graph, error) {
-	g := &Graph{segSize: a.SegmentSize(), history: map[uint32]TimelineHistory{}, historyOK: map[uint32]error{}, wal: map[walPos]walObject{}}
+	g := &Graph{segSize: a.SegmentSize(), history: map[uint32]TimelineHistory{}, historyOK: map[uint32]error{}, historyAt: map[uint32]time.Time{}, wal: map[walPos]walObject{}}
 	var err error
 	if g.Backups, g.Problems, err = a.Backups(ctx); err != nil {
 		return nil, err
@@ -58,6 +61,7 @@ func (a *Archive) ReadGraph(ctx context.Context) (*Graph, error) {
 		seen[f.Timeline] = true
 		if f.Kind == WALFileHistory {
 			histories[f.Timeline] = true
+			g.historyAt[f.Timeline] = o.ModTime
 			continue
 		}
 		k := walPos{f.Timeline, f.SegNo}
@@ -106,6 +110,31 @@ func (g *Graph) Path(tli uint32) (WALPath, error) {
 		return WALPath{}, err
 	}
 	return WALPath{Target: tli, History: g.history[tli], segSize: g.segSize}, nil
+}
+
+// ForkedWhileWritten returns, for timeline tli, an ancestor on its path whose WAL past the
+// point where the path leaves it was stored after the timeline branching off there had
+// archived its history: two servers were writing into the archive at once (a restored copy
+// archiving beside production). The answer to "latest" is then not one history.
+func (g *Graph) ForkedWhileWritten(tli uint32) (ancestor, child uint32, at LSN, ok bool) {
+	h := g.history[tli]
+	for i, sw := range h {
+		child := tli
+		if i+1 < len(h) {
+			child = h[i+1].Parent
+		}
+		born, known := g.historyAt[child]
+		if !known {
+			continue
+		}
+		from := sw.SwitchPoint.SegmentNo(g.segSize)
+		for k, e := range g.wal {
+			if k.tli == sw.Parent && k.segno >= from && e.mod.After(born) {
+				return sw.Parent, child, sw.SwitchPoint, true
+			}
+		}
+	}
+	return 0, 0, 0, false
 }
 
 // storedSince reports whether WAL of timeline tli from segment fromSeg on was stored at or

@@ -385,3 +385,24 @@ func TestPlanRestoreRefusesATimeAnotherTimelineHeldPastAHole(t *testing.T) {
 		t.Fatalf("before the fork: %d, %v", p.Timeline, err)
 	}
 }
+
+// Issue 19: a restored copy archived timeline 2 beside production, which went on writing
+// timeline 1. "latest" is then not one history: it is refused, naming --timeline for each.
+func TestPlanRestoreRefusesLatestOnATimelineThatForkedWhileItsParentWasWritten(t *testing.T) {
+	t0 := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	a, _ := forkedArchive(t, t0)
+	if p, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}}); err != nil || p.Timeline != 2 {
+		t.Fatalf("timeline 1 ended before timeline 2 began (an in-place restore): timeline %d, %v; want 2", p.Timeline, err)
+	}
+	time.Sleep(2 * time.Millisecond)
+	fakeWAL(t, a, 1, 21, 22, t0) // production goes on after the copy began archiving
+	_, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}})
+	if !errors.Is(err, ErrAmbiguousTimeline) || !strings.Contains(err.Error(), "--timeline 1") || !strings.Contains(err.Error(), "--timeline 2") {
+		t.Fatalf("latest with timeline 1 written after timeline 2 began: %v; want ErrAmbiguousTimeline naming --timeline 1 and 2", err)
+	}
+	for _, tli := range []uint32{1, 2} {
+		if p, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}, Timeline: tli}); err != nil || p.Timeline != tli {
+			t.Fatalf("--timeline %d: timeline %d, %v", tli, p.Timeline, err)
+		}
+	}
+}

@@ -201,6 +201,12 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 			continue
 		}
 		if req.Target.Latest {
+			if req.Timeline == 0 {
+				if anc, child, at, forked := g.ForkedWhileWritten(tlis[i]); forked {
+					return 0, Range{}, fmt.Errorf("restore target latest: %w: timeline %d branched from timeline %d at %s while timeline %d was still being archived (its WAL past that point was stored after timeline %d began): two servers wrote into this archive at once, such as a restored copy beside production; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
+						ErrAmbiguousTimeline, child, anc, at, anc, child, anc, anc, tlis[i], tlis[i])
+				}
+			}
 			return tlis[i], rs[len(rs)-1], nil
 		}
 		for _, r := range rs {

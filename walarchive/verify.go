@@ -51,8 +51,8 @@ func (a *Archive) Verify(ctx context.Context, progress func(key string)) (Verify
 			progress(o.Key)
 		}
 		k := a.Key
-		if o.Key == IdentityKey {
-			k = nil // the identity says whether the archive is encrypted, so it never is
+		if isPlainKey(o.Key) {
+			k = nil // the identity and the writer log are never encrypted
 		}
 		n, err := GetObject(ctx, a.Storage, o.Key, io.Discard, k)
 		if errors.Is(err, storage.ErrNotFound) && a.superseded(ctx, o.Key) {

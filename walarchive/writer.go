@@ -2,6 +2,7 @@ package walarchive
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -29,6 +30,9 @@ import (
 // continuation of what the archive holds (ContinuationOf); anything else, such as a copy
 // restored to an earlier point, needs an explicit hand-over (an in-place restore writes
 // one; kcbackup restore --handover too).
+//
+// Claims and the heartbeat are never encrypted (they hold identities, hosts and times, no
+// data): a sidecar given only the recipients of an encrypted archive must read them.
 const (
 	writerPrefix   = "writer/"
 	writerLeaseKey = writerPrefix + "lease.json"
@@ -219,7 +223,7 @@ func (a *Archive) WriterState(ctx context.Context) (WriterState, error) {
 	}
 	sort.Slice(epochs, func(i, j int) bool { return epochs[i] < epochs[j] })
 	var c WriterClaim
-	if err := a.GetJSON(ctx, claimKey(epochs[len(epochs)-1]), &c); err != nil {
+	if err := getPlainJSON(ctx, a.Storage, claimKey(epochs[len(epochs)-1]), &c); err != nil {
 		return WriterState{}, fmt.Errorf("read the archive's newest writer claim: %w", err)
 	}
 	if err := c.validate(epochs[len(epochs)-1]); err != nil {
@@ -227,7 +231,7 @@ func (a *Archive) WriterState(ctx context.Context) (WriterState, error) {
 	}
 	st.Claim = &c
 	var l WriterLease
-	switch err := a.GetJSON(ctx, writerLeaseKey, &l); {
+	switch err := getPlainJSON(ctx, a.Storage, writerLeaseKey, &l); {
 	case errors.Is(err, storage.ErrNotFound):
 	case err != nil:
 		return WriterState{}, fmt.Errorf("read the archive's writer lease: %w", err)
@@ -278,7 +282,7 @@ func (a *Archive) Claim(ctx context.Context, prev uint64, c WriterClaim) (Writer
 			return WriterClaim{}, fmt.Errorf("write writer claim %d: %w", c.Epoch, err)
 		}
 	}
-	if _, err := putFramedBytes(ctx, a.Storage.PutIfAbsent, claimKey(c.Epoch), data, a.Key); err != nil {
+	if _, err := putFramedBytes(ctx, a.Storage.PutIfAbsent, claimKey(c.Epoch), data, nil); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			return WriterClaim{}, fmt.Errorf("claim %d was written by someone else at the same moment: %w", c.Epoch, ErrNotWriter)
 		}
@@ -289,7 +293,11 @@ func (a *Archive) Claim(ctx context.Context, prev uint64, c WriterClaim) (Writer
 
 // RenewLease writes the holder's heartbeat.
 func (a *Archive) RenewLease(ctx context.Context, l WriterLease) error {
-	if err := a.PutJSON(ctx, writerLeaseKey, l); err != nil {
+	data, err := marshalJSON(l)
+	if err != nil {
+		return err
+	}
+	if _, err := putFramedBytes(ctx, a.Storage.Put, writerLeaseKey, data, nil); err != nil {
 		return fmt.Errorf("renew the archive's writer lease: %w", err)
 	}
 	return nil
@@ -302,7 +310,7 @@ func (a *Archive) CheckFenced(ctx context.Context, epoch uint64, writerID string
 	if _, err := a.Storage.Stat(ctx, claimKey(epoch+1)); err == nil {
 		var c WriterClaim
 		desc := fmt.Sprintf("claim %d", epoch+1)
-		if a.GetJSON(ctx, claimKey(epoch+1), &c) == nil {
+		if getPlainJSON(ctx, a.Storage, claimKey(epoch+1), &c) == nil {
 			desc = WriterState{Claim: &c}.Describe(time.Now())
 		}
 		return fmt.Errorf("%s superseded claim %d: %w", desc, epoch, ErrFenced)
@@ -313,7 +321,7 @@ func (a *Archive) CheckFenced(ctx context.Context, epoch uint64, writerID string
 		return nil
 	}
 	var c WriterClaim
-	if err := a.GetJSON(ctx, claimKey(epoch), &c); err != nil {
+	if err := getPlainJSON(ctx, a.Storage, claimKey(epoch), &c); err != nil {
 		return fmt.Errorf("read writer claim %d: %w", epoch, err)
 	}
 	if c.WriterID != writerID {
@@ -415,3 +423,18 @@ func (a *Archive) timelineEnd(ctx context.Context, tli uint32) (LSN, bool, error
 type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+// getPlainJSON reads an unencrypted framed JSON object (see the writer log's keys).
+func getPlainJSON(ctx context.Context, st storage.Storage, key string, v any) error {
+	data, err := getSmall(ctx, st, key, nil)
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%s: %w: %v", key, ErrCorrupt, err)
+	}
+	return nil
+}
+
+// isPlainKey reports whether key is stored unencrypted in an encrypted archive.
+func isPlainKey(key string) bool { return key == IdentityKey || strings.HasPrefix(key, writerPrefix) }

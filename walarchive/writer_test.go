@@ -212,3 +212,32 @@ func TestTimelineEndReadsTheLastPartialsLength(t *testing.T) {
 		t.Fatalf("end after a partial %s; want %s", end, SegmentStartLSN(4, seg1M)+1234)
 	}
 }
+
+// The writer log is readable by a sidecar given only an encrypted archive's recipients,
+// and verify reads it as the plain object it is.
+func TestWriterLogIsReadableWithOnlyTheRecipients(t *testing.T) {
+	ctx := context.Background()
+	st := memory.New()
+	full, err := InitArchive(ctx, st, testIdentity(), testKey(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := full.Claim(ctx, 0, WriterClaim{Kind: ClaimWriter, WriterID: "w1", Timeline: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if err := full.RenewLease(ctx, WriterLease{Epoch: 1, WriterID: "w1", Timeline: 1, RenewedAt: time.Now(), TTLSeconds: 30}); err != nil {
+		t.Fatal(err)
+	}
+	ro, err := OpenArchive(ctx, st, recipientsOnly(t, 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws, err := ro.WriterState(ctx)
+	if err != nil || ws.Epoch() != 1 || ws.Lease == nil {
+		t.Fatalf("recipient-only reader: %+v, %v", ws, err)
+	}
+	rep, err := full.Verify(ctx, nil)
+	if err != nil || len(rep.Problems) != 0 {
+		t.Fatalf("verify: %+v, %v", rep.Problems, err)
+	}
+}

@@ -71,7 +71,7 @@ func testRestoreTwiceAndToAPointOnTheOldTimeline(t *testing.T, version int) {
 	ctx := context.Background()
 	url := fileArchive(t)
 	p := harness.StartPostgres(t, pgSettingsOn(version, nil))
-	harness.StartSidecar(t, p, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
+	ps := harness.StartSidecar(t, p, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
 	createLedger(t, p)
 	takeBackup(t, p, url, nil)
 	exec1(t, p, "INSERT INTO ledger (note) SELECT 'before' FROM generate_series(1, 100)")
@@ -81,8 +81,15 @@ func testRestoreTwiceAndToAPointOnTheOldTimeline(t *testing.T, version int) {
 	exec1(t, p, "INSERT INTO ledger (note) SELECT 'after t1 on timeline 1' FROM generate_series(1, 10)")
 	waitArchivedPG(t, p, url)
 
-	// Restore 1: to t1, promoted on timeline 2, archiving into the same archive.
-	r1, _ := restoreAndStart(t, nil, url, t1.Format(time.RFC3339Nano))
+	// Restore 1: to t1, promoted on timeline 2, archiving into the same archive. The old
+	// server is gone for good: the restore hands the archive over to the restored one.
+	if err := ps.Stop(time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	r1, _ := restoreAndStart(t, nil, url, t1.Format(time.RFC3339Nano), "--handover")
 	if got := query(t, r1, "SELECT count(*) FROM ledger"); got != "100" {
 		t.Fatalf("restore to t1 holds %s rows; want 100", got)
 	}

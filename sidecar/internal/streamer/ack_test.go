@@ -2,6 +2,7 @@ package streamer
 
 import (
 	"testing"
+	"time"
 
 	"github.com/kcbackup/kcbackup/walarchive"
 )
@@ -23,5 +24,45 @@ func TestAckPositionsNeverRunAheadOfTheArchive(t *testing.T) {
 		if w != tc.write || f != tc.flush {
 			t.Errorf("%s: write %s flush %s; want %s %s", tc.name, w, f, tc.write, tc.flush)
 		}
+	}
+}
+
+func TestAckTrackerMovesOnlyForwardAndOnlyForTheCurrentSession(t *testing.T) {
+	now := time.Date(2026, 12, 5, 10, 0, 0, 0, time.UTC)
+	tr := newAckTracker(func() time.Time { return now })
+	g1 := tr.startSession(0x1000000, 0x1000028)
+	if w, f := tr.positions(0x1000000); w != 0 || f != 0 {
+		t.Fatalf("before anything is archived past the floor: %s %s; want 0 0", w, f)
+	}
+	tr.noteReceived(0x1800000)
+	now = now.Add(2 * time.Second)
+	if lag := tr.lagSeconds(); lag != 2 {
+		t.Fatalf("lag %v; want 2 s for the unarchived bytes", lag)
+	}
+	if a, moved := tr.advance(0x1400000, g1); !moved || a != 0x1400000 {
+		t.Fatalf("advance within the session: %s %v", a, moved)
+	}
+	select {
+	case <-tr.moved:
+	default:
+		t.Fatal("no signal that the archived position moved")
+	}
+	if _, moved := tr.advance(0x1200000, g1); moved {
+		t.Fatal("the archived position went backwards")
+	}
+	if w, f := tr.positions(0x1800000); w != 0x1400000 || f != 0x1400000 {
+		t.Fatalf("positions %s %s; want the archived 0/1400000", w, f)
+	}
+	// A fenced writer's (or an older session's) upload moves nothing.
+	tr.invalidate()
+	if _, moved := tr.advance(0x1800000, g1); moved || tr.archivedLSN() != 0x1400000 {
+		t.Fatalf("an upload of an ended generation moved the archived position to %s", tr.archivedLSN())
+	}
+	g3 := tr.startSession(0x2000000, 0x2000000)
+	if g3 == g1 || tr.archivedLSN() != 0x2000000 {
+		t.Fatalf("new session: generation %d archived %s", g3, tr.archivedLSN())
+	}
+	if tr.advance(0x2100000, g3); tr.lagSeconds() != 0 {
+		t.Fatalf("lag %v after everything received is archived", tr.lagSeconds())
 	}
 }

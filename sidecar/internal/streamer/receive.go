@@ -29,9 +29,7 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 	nextStatus := time.Time{}
 	nextMetrics := time.Time{}
 	sendStatus := func() error {
-		s.mu.Lock()
-		write, flush := ackPositions(s.archived, pos, s.floor)
-		s.mu.Unlock()
+		write, flush := s.ack.positions(pos)
 		if err := pgrepl.SendStandbyStatus(conn, write, flush, s.cfg.Now()); err != nil {
 			return err
 		}
@@ -59,7 +57,7 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 		}
 		// Acknowledge as soon as the archive moved; otherwise every StatusInterval.
 		select {
-		case <-s.archivedSig:
+		case <-s.ack.moved:
 			if err := sendStatus(); err != nil {
 				return 0, 0, err
 			}
@@ -80,7 +78,7 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 		if s.spoolBytes() > s.spoolLimitBytes() {
 			select {
 			case <-ctx.Done():
-			case <-s.archivedSig:
+			case <-s.ack.moved:
 				if err := sendStatus(); err != nil {
 					return 0, 0, err
 				}
@@ -195,7 +193,7 @@ func (s *Streamer) openSegment(tli uint32, segno uint64) (*segment, error) {
 		return nil, fmt.Errorf("spool segment %s: %w", name, err)
 	}
 	s.mu.Lock()
-	seg := &segment{tli: tli, segno: segno, path: p, f: f, gen: s.gen}
+	seg := &segment{tli: tli, segno: segno, path: p, f: f, gen: s.ack.generation()}
 	s.cur = seg
 	s.lastPartialAt = time.Time{}
 	s.mu.Unlock()
@@ -243,7 +241,6 @@ func (s *Streamer) endSegment(seg *segment) {
 }
 
 func (s *Streamer) noteReceived(pos, serverEnd walarchive.LSN, n int) {
-	now := s.cfg.Now()
 	s.mu.Lock()
 	s.received = pos
 	if serverEnd > s.serverFlush {
@@ -252,26 +249,8 @@ func (s *Streamer) noteReceived(pos, serverEnd walarchive.LSN, n int) {
 	if pos > s.serverFlush {
 		s.serverFlush = pos
 	}
-	// Keep the time the oldest not-yet-archived byte arrived; coalesce samples 50ms apart.
-	if k := len(s.samples); k > 0 && now.Sub(s.samples[k-1].at) < 50*time.Millisecond {
-		s.samples[k-1].end = pos
-	} else {
-		s.samples = append(s.samples, sample{end: pos, at: now})
-	}
-	// A long outage must not grow this without bound: merge neighbours, keeping the earlier
-	// time with the later end, so no byte is ever reported younger than it is.
-	if len(s.samples) > 8192 {
-		merged := s.samples[:0]
-		for i := 0; i < len(s.samples); i += 2 {
-			m := s.samples[i]
-			if i+1 < len(s.samples) {
-				m.end = s.samples[i+1].end
-			}
-			merged = append(merged, m)
-		}
-		s.samples = merged
-	}
 	s.mu.Unlock()
+	s.ack.noteReceived(pos)
 	s.m.ReceivedWALBytes.Add(float64(n))
 	s.m.ServerFlushLSN.Set(float64(s.serverFlushLSN()))
 	s.poke()
@@ -322,22 +301,13 @@ func (s *Streamer) spoolBytesLocked() int64 {
 	return n
 }
 
-// lagSecondsLocked is the age of the oldest received byte not yet archived.
-func (s *Streamer) lagSecondsLocked() float64 {
-	for len(s.samples) > 0 && s.samples[0].end <= s.archived {
-		s.samples = s.samples[1:]
-	}
-	if len(s.samples) == 0 {
-		return 0
-	}
-	return s.cfg.Now().Sub(s.samples[0].at).Seconds()
-}
-
 func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
+	archived := s.ack.archivedLSN()
+	lagSec := s.ack.lagSeconds()
 	s.mu.Lock()
 	lagBytes := int64(0)
-	if s.serverFlush > s.archived {
-		lagBytes = int64(s.serverFlush - s.archived)
+	if s.serverFlush > archived {
+		lagBytes = int64(s.serverFlush - archived)
 	}
 	// WAL the slot holds: from its restart_lsn (read over SQL, or else the position last
 	// acknowledged) to the server's end.
@@ -349,9 +319,7 @@ func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
 	if s.serverFlush > held {
 		retained = int64(s.serverFlush - held)
 	}
-	lagSec := s.lagSecondsLocked()
 	spool := s.spoolBytesLocked()
-	archived := s.archived
 	s.mu.Unlock()
 	s.m.ArchiveLagBytes.Set(float64(lagBytes))
 	s.m.ArchiveLagSeconds.Set(lagSec)

@@ -155,11 +155,6 @@ type segment struct {
 	ended bool
 }
 
-type sample struct {
-	end walarchive.LSN
-	at  time.Time
-}
-
 // Streamer archives WAL continuously. Create with New, then call Run.
 type Streamer struct {
 	cfg Config
@@ -173,12 +168,13 @@ type Streamer struct {
 	timeline    uint32
 	serverFlush walarchive.LSN
 	received    walarchive.LSN
-	archived    walarchive.LSN
-	streaming   bool
-	storageUp   bool
-	lastErr     string
-	cur         *segment
-	queue       []*segment
+	// ack is the acknowledgement room: what is archived, and what may be reported.
+	ack       *ackTracker
+	streaming bool
+	storageUp bool
+	lastErr   string
+	cur       *segment
+	queue     []*segment
 	// partialStored is the raw length of the partial object stored for (tli, segno).
 	partialStored map[[2]uint64]uint64
 	// noPartialFrom[tli] is a segment number from which timeline tli had no partial stored
@@ -187,17 +183,10 @@ type Streamer struct {
 	noPartialFrom map[uint32]uint64
 	lastPartialAt time.Time
 	draining      bool
-	samples       []sample
 	spoolSeq      uint64
 	// slotRestart is the slot's restart_lsn as last read over SQL (0: not known).
 	slotRestart walarchive.LSN
-	// gen numbers sessions; archived counts only WAL archived by the current one, from
-	// where it started streaming.
-	gen        uint64
-	spoolLimit int64
-	// floor is the slot's restart_lsn when the session started: reporting less would move
-	// the slot backwards, reporting it claims nothing new.
-	floor walarchive.LSN
+	spoolLimit  int64
 	// writerID is this sidecar's identity in the archive's writer claims; writerEpoch is
 	// the claim it holds (0: none, nothing is uploaded); cancelSession ends the current
 	// session when the sidecar is fenced.
@@ -206,10 +195,9 @@ type Streamer struct {
 	cancelSession context.CancelFunc
 	fencedBy      error
 
-	wake        chan struct{} // new work for the uploader
-	archivedSig chan struct{} // the archived position moved
-	archiveSet  chan struct{} // closed once the archive is opened
-	setOnce     sync.Once
+	wake       chan struct{} // new work for the uploader
+	archiveSet chan struct{} // closed once the archive is opened
+	setOnce    sync.Once
 }
 
 // New returns a streamer for a validated configuration.
@@ -223,7 +211,7 @@ func New(cfg Config) (*Streamer, error) {
 		partialStored: map[[2]uint64]uint64{},
 		noPartialFrom: map[uint32]uint64{},
 		wake:          make(chan struct{}, 1),
-		archivedSig:   make(chan struct{}, 1),
+		ack:           newAckTracker(cfg.Now),
 		archiveSet:    make(chan struct{}),
 	}, nil
 }
@@ -234,13 +222,13 @@ func (s *Streamer) Status() Status {
 	defer s.mu.Unlock()
 	st := Status{
 		SystemIdentifier: s.sysID, Timeline: s.timeline, ServerFlushLSN: s.serverFlush,
-		ReceivedLSN: s.received, ArchivedLSN: s.archived, Streaming: s.streaming,
+		ReceivedLSN: s.received, ArchivedLSN: s.ack.archivedLSN(), Streaming: s.streaming,
 		StorageUp: s.storageUp, LastError: s.lastErr,
 	}
-	if s.serverFlush > s.archived {
-		st.ArchiveLagBytes = int64(s.serverFlush - s.archived)
+	if s.serverFlush > st.ArchivedLSN {
+		st.ArchiveLagBytes = int64(s.serverFlush - st.ArchivedLSN)
 	}
-	st.ArchiveLagSeconds = s.lagSecondsLocked()
+	st.ArchiveLagSeconds = s.ack.lagSeconds()
 	return st
 }
 
@@ -256,10 +244,7 @@ func (s *Streamer) WaitArchived(ctx context.Context, lsn walarchive.LSN) error {
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()
 	for {
-		s.mu.Lock()
-		done := s.archived >= lsn
-		s.mu.Unlock()
-		if done {
+		if s.ack.archivedLSN() >= lsn {
 			return nil
 		}
 		select {
@@ -483,10 +468,7 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 	// The acknowledged position starts over with each session, from where it streams: the
 	// server may be another history than before (restored in place, a new slot), and only
 	// what this session stores is known to match it.
-	s.mu.Lock()
-	s.gen++
-	s.archived, s.floor = start, slot.RestartLSN
-	s.mu.Unlock()
+	s.ack.startSession(start, slot.RestartLSN)
 
 	// Step 5: stream timeline after timeline.
 	for {

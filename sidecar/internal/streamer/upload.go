@@ -307,18 +307,7 @@ func (s *Streamer) countUpload(kind string, res walarchive.PutResult) {
 // advance moves the archived position forward, for WAL received by the current session,
 // and tells the receiver to acknowledge it.
 func (s *Streamer) advance(to walarchive.LSN, gen uint64) {
-	s.mu.Lock()
-	if gen != s.gen {
-		s.mu.Unlock()
-		return
-	}
-	if to > s.archived {
-		s.archived = to
-	}
-	s.mu.Unlock()
-	s.m.ArchivedLSN.Set(float64(to))
-	select {
-	case s.archivedSig <- struct{}{}:
-	default:
+	if archived, moved := s.ack.advance(to, gen); moved {
+		s.m.ArchivedLSN.Set(float64(archived))
 	}
 }

@@ -89,7 +89,8 @@ func testStreamer(t *testing.T, st storage.Storage, interval time.Duration) *Str
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.archive, s.segSize, s.writerEpoch, s.gen = a, testSegSize, 1, 1
+	s.archive, s.segSize, s.writerEpoch = a, testSegSize, 1
+	s.ack.startSession(walarchive.SegmentStartLSN(1, testSegSize), 0)
 	s.setOnce.Do(func() { close(s.archiveSet) })
 	return s
 }

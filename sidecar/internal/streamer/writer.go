@@ -206,7 +206,6 @@ func (s *Streamer) fence(epoch uint64, why error) {
 		return
 	}
 	s.writerEpoch = 0
-	s.gen++ // uploads in flight acknowledge nothing
 	var dropped uint64
 	for _, seg := range s.queue {
 		dropped += seg.written
@@ -216,6 +215,7 @@ func (s *Streamer) fence(epoch uint64, why error) {
 	s.fencedBy = why
 	cancel := s.cancelSession
 	s.mu.Unlock()
+	s.ack.invalidate() // uploads in flight acknowledge nothing
 	s.log.Error("fenced: a newer claim took the archive over; this sidecar stops writing into it", "claim", epoch, "err", why, "dropped_unarchived_bytes", dropped)
 	s.setErr(why)
 	if cancel != nil {

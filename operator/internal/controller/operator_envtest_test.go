@@ -347,7 +347,7 @@ func testRestore(t *testing.T, cfg *rest.Config) {
 	}
 	args := strings.Join(job.Spec.Template.Spec.Containers[0].Args, " ")
 	wantArgs := "restore --storage file:///var/lib/kcbackup/archive --pgdata /var/lib/kcbackup/pgvolume/pgdata --to " + target +
-		" --move-aside --timeline latest --fetch-via http://127.0.0.1:8008 --fetch-token-file /var/run/kcbackup/token/token"
+		" --move-aside --handover --timeline latest --fetch-via http://127.0.0.1:8008 --fetch-token-file /var/run/kcbackup/token/token"
 	if args != wantArgs {
 		t.Errorf("restore Job args = %q, want %q", args, wantArgs)
 	}

@@ -730,7 +730,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 						// restore_command fetches through the sidecar beside PostgreSQL, with the
 						// token mounted in both; PostgreSQL never sees storage credentials.
 						Args: []string{"restore", "--storage", storageURL, "--pgdata", dataDir,
-							"--to", kb.Spec.RestoreTo, "--move-aside", "--timeline", restoreTimeline(kb.Spec.Restore),
+							"--to", kb.Spec.RestoreTo, "--move-aside", "--handover", "--timeline", restoreTimeline(kb.Spec.Restore),
 							"--fetch-via", fmt.Sprintf("http://127.0.0.1:%d", apiclient.DefaultPort),
 							"--fetch-token-file", tokenFile},
 						Env:          env,

@@ -3,6 +3,7 @@ package s3_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/kcbackup/kcbackup/test/harness"
 	"github.com/kcbackup/kcbackup/walarchive"
+	"github.com/kcbackup/kcbackup/walarchive/storage"
 	"github.com/kcbackup/kcbackup/walarchive/storage/s3"
 	"github.com/kcbackup/kcbackup/walarchive/storage/storagetest"
 )
@@ -183,5 +185,41 @@ func TestS3PutImmutableRaceHasOneWinnerOnMinIO(t *testing.T) {
 	storagetest.OneWinner(t, errs, walarchive.ErrConflict)
 	if _, err := a.Get(ctx, key, io.Discard); err != nil {
 		t.Fatalf("stored segment does not verify: %v", err)
+	}
+}
+
+// On MinIO the probe finds conditional writes honoured; on the same MinIO seen as a store
+// that ignores If-None-Match (older MinIO, Ceph RGW), it finds them ignored, and an
+// immutable object is still never replaced by other bytes (RELIABILITY.md 31).
+func TestS3ImmutableObjectsOnAStoreThatIgnoresConditionalWrites(t *testing.T) {
+	m := harness.StartMinIO(t)
+	useMinIOEnv(t, m)
+	st, _ := newStore(t, m, s3.Config{})
+	ctx := context.Background()
+	id := walarchive.Identity{SystemIdentifier: "7", PostgresVersion: 15, WALSegmentSize: 16 << 20}
+	a, err := walarchive.InitArchive(ctx, st, id, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := a.ProbeConditionalWrites(ctx); err != nil || c != walarchive.ConditionalHonoured {
+		t.Fatalf("probe on MinIO: %v, %v; want honoured", c, err)
+	}
+	old, err := walarchive.OpenArchive(ctx, storage.WithoutConditionalWrites(st), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c, err := old.ProbeConditionalWrites(ctx); err != nil || c != walarchive.ConditionalIgnored {
+		t.Fatalf("probe on a store ignoring If-None-Match: %v, %v; want ignored", c, err)
+	}
+	first := walarchive.TimelineHistory{{Parent: 1, SwitchPoint: 0x5000000, Reason: "production"}}.Format()
+	if err := old.PutHistory(ctx, 2, first); err != nil {
+		t.Fatal(err)
+	}
+	second := walarchive.TimelineHistory{{Parent: 1, SwitchPoint: 0x3000000, Reason: "copy"}}.Format()
+	if err := old.PutHistory(ctx, 2, second); !errors.Is(err, walarchive.ErrConflict) {
+		t.Fatalf("a second history of timeline 2: %v; want ErrConflict", err)
+	}
+	if h, err := a.History(ctx, 2); err != nil || h[0].SwitchPoint != 0x5000000 {
+		t.Fatalf("stored history %v, %v; want the first", h, err)
 	}
 }

@@ -36,7 +36,9 @@ func (s *Store) Put(ctx context.Context, key string, r io.Reader) error {
 // that makes the object visible, so S3 itself refuses to replace an existing object: of
 // two racing writers exactly one wins, the other gets storage.ErrExists (S3's 412
 // Precondition Failed). A store that ignores the header (older MinIO or Ceph releases)
-// replaces the object instead; Archive.PutImmutable checks with Stat first, as before.
+// replaces the object instead: Archive.ProbeConditionalWrites finds that out at start, and
+// on such a store (or before the probe) Archive.PutImmutable checks with Stat and compares
+// first, never replacing a stored object.
 func (s *Store) PutIfAbsent(ctx context.Context, key string, r io.Reader) error {
 	return s.put(ctx, key, r, true)
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -75,7 +73,7 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 			nextMetrics = now.Add(time.Second)
 		}
 		// Back-pressure: past the spool limit, stop reading; the slot keeps the WAL.
-		if s.spoolBytes() > s.spoolLimitBytes() {
+		if s.spool.over() {
 			select {
 			case <-ctx.Done():
 			case <-s.ack.moved:
@@ -181,62 +179,24 @@ func endCopy(conn *pgconn.PgConn) error {
 
 // openSegment starts receiving segment segno of timeline tli into the spool.
 func (s *Streamer) openSegment(tli uint32, segno uint64) (*segment, error) {
-	name := walarchive.SegmentName(tli, segno, s.segSize)
-	// A unique file per opening: after a reconnect the same segment is received again
-	// while the previous session's copy may still wait in the upload queue.
-	s.mu.Lock()
-	s.spoolSeq++
-	p := filepath.Join(s.cfg.SpoolDir, fmt.Sprintf("%s.%d", name, s.spoolSeq))
-	s.mu.Unlock()
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("spool segment %s: %w", name, err)
-	}
-	s.mu.Lock()
-	seg := &segment{tli: tli, segno: segno, path: p, f: f, gen: s.ack.generation()}
-	s.cur = seg
-	s.lastPartialAt = time.Time{}
-	s.mu.Unlock()
-	return seg, nil
+	return s.spool.open(tli, segno, s.segSize, s.ack.generation())
 }
 
-func (s *Streamer) writeSegment(seg *segment, p []byte) error {
-	if _, err := seg.f.Write(p); err != nil {
-		return fmt.Errorf("write spool segment %s: %w", seg.path, err)
-	}
-	s.mu.Lock()
-	seg.written += uint64(len(p))
-	s.mu.Unlock()
-	return nil
-}
+func (s *Streamer) writeSegment(seg *segment, p []byte) error { return s.spool.write(seg, p) }
 
 // keepReceivedTail hands the segment a failed session was receiving to the uploader,
 // which stores what was received as a partial: the walsender sent it, so the server has it
 // flushed, and losing the server's disk must lose at most what was never received. The next
 // session receives the segment again from its start; a partial only ever grows.
 func (s *Streamer) keepReceivedTail() {
-	s.mu.Lock()
-	cur := s.cur
-	s.mu.Unlock()
-	if cur != nil {
+	if cur, _ := s.spool.current(); cur != nil {
 		s.endSegment(cur)
 	}
 }
 
 // endSegment hands a segment that will receive no more bytes to the uploader.
 func (s *Streamer) endSegment(seg *segment) {
-	seg.f.Close()
-	s.mu.Lock()
-	seg.ended = true
-	if s.cur == seg {
-		s.cur = nil
-	}
-	if seg.written > 0 {
-		s.queue = append(s.queue, seg)
-	} else {
-		os.Remove(seg.path)
-	}
-	s.mu.Unlock()
+	s.spool.end(seg)
 	s.poke()
 }
 
@@ -278,29 +238,6 @@ func (s *Streamer) poke() {
 	}
 }
 
-func (s *Streamer) spoolBytes() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.spoolBytesLocked()
-}
-
-func (s *Streamer) spoolLimitBytes() int64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.spoolLimit
-}
-
-func (s *Streamer) spoolBytesLocked() int64 {
-	var n int64
-	for _, q := range s.queue {
-		n += int64(q.written)
-	}
-	if s.cur != nil {
-		n += int64(s.cur.written)
-	}
-	return n
-}
-
 func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
 	archived := s.ack.archivedLSN()
 	lagSec := s.ack.lagSeconds()
@@ -319,8 +256,8 @@ func (s *Streamer) updateLagMetrics(acked walarchive.LSN) {
 	if s.serverFlush > held {
 		retained = int64(s.serverFlush - held)
 	}
-	spool := s.spoolBytesLocked()
 	s.mu.Unlock()
+	spool := s.spool.bytes()
 	s.m.ArchiveLagBytes.Set(float64(lagBytes))
 	s.m.ArchiveLagSeconds.Set(lagSec)
 	s.m.SlotRetainedBytes.Set(float64(retained))
@@ -336,15 +273,18 @@ func (s *Streamer) drain(cur *segment) {
 		s.mu.Unlock()
 		return // fenced, or never the writer: nothing of this session is ours to store
 	}
-	s.draining = true
 	s.mu.Unlock()
+	s.tail.setDraining()
 	s.poke()
 	deadline := time.Now().Add(s.cfg.DrainTimeout)
 	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		done := len(s.queue) == 0 && (cur == nil || cur.written == 0 ||
-			s.partialStored[[2]uint64{uint64(cur.tli), cur.segno}] >= cur.written)
-		s.mu.Unlock()
+		_, _, queued := s.spool.head(0, s.segSize)
+		done := queued == 0
+		if done && cur != nil {
+			n := s.spool.written(cur)
+			stored, _ := s.tail.storedLen(cur)
+			done = n == 0 || stored >= n
+		}
 		if done {
 			return
 		}

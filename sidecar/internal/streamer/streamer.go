@@ -140,21 +140,6 @@ type permanentError struct{ err error }
 func (p permanentError) Error() string { return p.err.Error() }
 func (p permanentError) Unwrap() error { return p.err }
 
-// segment is one WAL segment in the spool.
-type segment struct {
-	tli     uint32
-	segno   uint64
-	path    string
-	f       *os.File // open while receiving
-	written uint64
-	// gen is the session that received it: only the current session's uploads move the
-	// acknowledged position (an older session's WAL may be another history at the same LSNs).
-	gen uint64
-	// ended is set when the segment will receive no more bytes: complete, or cut short at
-	// the end of its timeline (then it is stored as a partial).
-	ended bool
-}
-
 // Streamer archives WAL continuously. Create with New, then call Run.
 type Streamer struct {
 	cfg Config
@@ -173,20 +158,12 @@ type Streamer struct {
 	streaming bool
 	storageUp bool
 	lastErr   string
-	cur       *segment
-	queue     []*segment
-	// partialStored is the raw length of the partial object stored for (tli, segno).
-	partialStored map[[2]uint64]uint64
-	// noPartialFrom[tli] is a segment number from which timeline tli had no partial stored
-	// when this process listed it at the start of streaming tli: a later segment's first
-	// partial needs no read of a stored one (the slot lets only this process stream it).
-	noPartialFrom map[uint32]uint64
-	lastPartialAt time.Time
-	draining      bool
-	spoolSeq      uint64
+	// spool is the hand-off from the receiver to the uploader; tail is what the uploader
+	// knows of the stored tails.
+	spool *spool
+	tail  *tailState
 	// slotRestart is the slot's restart_lsn as last read over SQL (0: not known).
 	slotRestart walarchive.LSN
-	spoolLimit  int64
 	// writerID is this sidecar's identity in the archive's writer claims; writerEpoch is
 	// the claim it holds (0: none, nothing is uploaded); cancelSession ends the current
 	// session when the sidecar is fenced.
@@ -207,12 +184,12 @@ func New(cfg Config) (*Streamer, error) {
 	}
 	return &Streamer{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
-		storageUp:     true,
-		partialStored: map[[2]uint64]uint64{},
-		noPartialFrom: map[uint32]uint64{},
-		wake:          make(chan struct{}, 1),
-		ack:           newAckTracker(cfg.Now),
-		archiveSet:    make(chan struct{}),
+		storageUp:  true,
+		spool:      &spool{dir: cfg.SpoolDir},
+		tail:       newTailState(),
+		wake:       make(chan struct{}, 1),
+		ack:        newAckTracker(cfg.Now),
+		archiveSet: make(chan struct{}),
 	}, nil
 }
 
@@ -398,11 +375,12 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 	s.archive, s.segSize, s.sysID = archive, info.WALSegmentSize, info.SystemIdentifier
 	// Receiving pauses past the spool limit; with less than two segments' room the
 	// current segment could never finish and the pause never end.
-	s.spoolLimit = s.cfg.SpoolMaxBytes
-	if min := int64(2 * info.WALSegmentSize); s.spoolLimit < min {
-		s.log.Warn("spool limit below two WAL segments; using two segments", "limit_bytes", s.spoolLimit, "segment_bytes", info.WALSegmentSize)
-		s.spoolLimit = min
+	limit := s.cfg.SpoolMaxBytes
+	if min := int64(2 * info.WALSegmentSize); limit < min {
+		s.log.Warn("spool limit below two WAL segments; using two segments", "limit_bytes", limit, "segment_bytes", info.WALSegmentSize)
+		limit = min
 	}
+	s.spool.setLimit(limit)
 	s.mu.Unlock()
 	s.setOnce.Do(func() { close(s.archiveSet) })
 
@@ -765,12 +743,7 @@ func (s *Streamer) archiveHistory(ctx context.Context, conn *pgconn.PgConn, tli 
 // the stored one, as it would without the listing.
 func (s *Streamer) listPartials(ctx context.Context, tli uint32) {
 	_, from, err := s.listTimeline(ctx, tli)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.noPartialFrom, tli)
-	if err == nil {
-		s.noPartialFrom[tli] = from
-	}
+	s.tail.listed(tli, from, err == nil)
 }
 
 // storedPartialLength returns the raw length of the partial stored for a segment (0 when

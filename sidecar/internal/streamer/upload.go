@@ -83,50 +83,30 @@ func (s *Streamer) uploader(ctx context.Context) {
 // tail is pending).
 func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.mayUploadLocked() {
+	writer := s.mayUploadLocked()
+	s.mu.Unlock()
+	if !writer {
 		return nil, time.Time{}, nil // not the archive's writer (yet, or any more)
 	}
-	if len(s.queue) > 0 {
-		var batch []*segment
-		for _, seg := range s.queue {
-			if seg.written < s.segSize || len(batch) == endedParallel {
-				break
-			}
-			batch = append(batch, seg)
-		}
-		// The next segment's tail goes up only after the queued segments are stored: were
-		// it stored first, a listing would show the segment before it missing, a hole that
-		// is not one (issue 19). Complete segments may land in any order: Graph.Reach reads
-		// up to MaxUploadsInFlight of them past a missing one as the live end.
+	// The next segment's tail goes up only after the queued segments are stored: were it
+	// stored first, a listing would show the segment before it missing, a hole that is not
+	// one (issue 19). Complete segments may land in any order: Graph.Reach reads up to
+	// MaxUploadsInFlight of them past a missing one as the live end.
+	if batch, first, queued := s.spool.head(endedParallel, s.segSize); queued > 0 {
 		if len(batch) > 1 {
-			return func() error { return s.uploadBatch(ctx, batch, nil, 0) }, time.Time{}, nil
+			return func() error { return s.uploadBatch(ctx, batch) }, time.Time{}, nil
 		}
-		seg := s.queue[0]
-		return func() error { return s.uploadEnded(ctx, seg) }, time.Time{}, nil
+		return func() error { return s.uploadEnded(ctx, first) }, time.Time{}, nil
 	}
-	cur := s.cur
-	if !s.tailPendingLocked() {
+	cur, n := s.spool.current()
+	pending, due, at := s.tail.due(cur, n, s.cfg.Now(), s.cfg.PartialInterval)
+	if !pending {
 		return nil, time.Time{}, nil
 	}
-	if !s.tailDueLocked() {
-		return nil, s.lastPartialAt.Add(s.cfg.PartialInterval), nil
+	if !due {
+		return nil, at, nil
 	}
-	n := cur.written
-	s.lastPartialAt = s.cfg.Now()
 	return func() error { return s.uploadPartial(ctx, cur, n, true) }, time.Time{}, nil
-}
-
-// tailPendingLocked reports whether the current segment has bytes its stored partial
-// lacks.
-func (s *Streamer) tailPendingLocked() bool {
-	cur := s.cur
-	return cur != nil && cur.written > 0 && cur.written > s.partialStored[[2]uint64{uint64(cur.tli), cur.segno}]
-}
-
-// tailDueLocked reports whether the current segment's tail is pending and may go up now.
-func (s *Streamer) tailDueLocked() bool {
-	return s.tailPendingLocked() && (s.draining || !s.cfg.Now().Before(s.lastPartialAt.Add(s.cfg.PartialInterval)))
 }
 
 // endedParallel is how many complete segments are uploaded at once when several are
@@ -142,7 +122,7 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 		if err := s.uploadPartial(ctx, seg, seg.written, true); err != nil {
 			return err
 		}
-		s.dropEnded(seg)
+		s.spool.drop(seg)
 		return nil
 	}
 	if err := s.storeComplete(ctx, seg); err != nil {
@@ -152,13 +132,10 @@ func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 	return nil
 }
 
-// uploadBatch stores complete segments from the head of the queue at once, and with them,
-// when tail is set, the first tailN bytes of the current segment as its partial; then it
-// acknowledges them in order, up to the first that failed. The tail is acknowledged only
-// when every segment before it was.
-func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment, tail *segment, tailN uint64) error {
+// uploadBatch stores complete segments from the head of the queue at once, then
+// acknowledges them in order, up to the first that failed.
+func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment) error {
 	errs := make([]error, len(batch))
-	var tailErr error
 	var wg sync.WaitGroup
 	for i, seg := range batch {
 		wg.Add(1)
@@ -167,33 +144,12 @@ func (s *Streamer) uploadBatch(ctx context.Context, batch []*segment, tail *segm
 			errs[i] = s.storeComplete(ctx, seg)
 		}()
 	}
-	if tail != nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			tailErr = s.uploadPartial(ctx, tail, tailN, false)
-		}()
-	}
 	wg.Wait()
 	for i, seg := range batch {
 		if errs[i] != nil {
-			if tail != nil && tailErr == nil {
-				// Stored but not acknowledged: have the tail uploaded (and acknowledged)
-				// again once the segments before it are. Its next upload is at least
-				// tailN long, as long as anything stored, so the partial still only grows.
-				s.mu.Lock()
-				s.partialStored[[2]uint64{uint64(tail.tli), tail.segno}] = 0
-				s.mu.Unlock()
-			}
 			return errs[i] // the later ones are found stored on the retry
 		}
 		s.finishComplete(ctx, seg)
-	}
-	if tail != nil {
-		if tailErr != nil {
-			return tailErr
-		}
-		s.advance(walarchive.SegmentStartLSN(tail.segno, s.segSize)+walarchive.LSN(tailN), tail.gen)
 	}
 	return nil
 }
@@ -230,10 +186,8 @@ func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
 // process ends is harmless: the complete segment is what is read.
 func (s *Streamer) finishComplete(ctx context.Context, seg *segment) {
 	s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize), seg.gen)
-	s.dropEnded(seg)
-	s.mu.Lock()
-	delete(s.partialStored, [2]uint64{uint64(seg.tli), seg.segno})
-	s.mu.Unlock()
+	s.spool.drop(seg)
+	s.tail.forget(seg)
 	go func() {
 		if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil && ctx.Err() == nil {
 			s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
@@ -241,26 +195,10 @@ func (s *Streamer) finishComplete(ctx context.Context, seg *segment) {
 	}()
 }
 
-// dropEnded removes an archived ended segment from the spool and the queue's head.
-func (s *Streamer) dropEnded(seg *segment) {
-	os.Remove(seg.path)
-	s.mu.Lock()
-	if len(s.queue) > 0 && s.queue[0] == seg {
-		s.queue = s.queue[1:]
-	}
-	s.mu.Unlock()
-}
-
 // uploadPartial stores the first n bytes of seg as its partial, unless a partial at least
 // that long is already stored, and with ack set acknowledges them.
 func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64, ack bool) error {
-	key := [2]uint64{uint64(seg.tli), seg.segno}
-	s.mu.Lock()
-	stored, known := s.partialStored[key]
-	if from, listed := s.noPartialFrom[seg.tli]; !known && listed && seg.segno >= from {
-		known = true // none was stored when this process listed the timeline
-	}
-	s.mu.Unlock()
+	stored, known := s.tail.storedLen(seg) // known: also none stored when the timeline was listed
 	if !known {
 		// Before the first partial of a segment in this process, learn how long the stored
 		// one is (an earlier run may have stored more): a partial only ever grows.
@@ -269,11 +207,7 @@ func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64, ac
 			s.noteStorage(metrics.KindPartial, err)
 			return err
 		}
-		s.mu.Lock()
-		if stored > s.partialStored[key] {
-			s.partialStored[key] = stored
-		}
-		s.mu.Unlock()
+		s.tail.setStored(seg, stored, true)
 	}
 	if n <= stored {
 		return nil
@@ -289,9 +223,7 @@ func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64, ac
 		return err
 	}
 	s.countUpload(metrics.KindPartial, res)
-	s.mu.Lock()
-	s.partialStored[key] = n
-	s.mu.Unlock()
+	s.tail.setStored(seg, n, false)
 	if ack {
 		s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize)+walarchive.LSN(n), seg.gen)
 	}

@@ -206,16 +206,11 @@ func (s *Streamer) fence(epoch uint64, why error) {
 		return
 	}
 	s.writerEpoch = 0
-	var dropped uint64
-	for _, seg := range s.queue {
-		dropped += seg.written
-		os.Remove(seg.path)
-	}
-	s.queue = nil
 	s.fencedBy = why
 	cancel := s.cancelSession
 	s.mu.Unlock()
 	s.ack.invalidate() // uploads in flight acknowledge nothing
+	dropped := s.spool.clear()
 	s.log.Error("fenced: a newer claim took the archive over; this sidecar stops writing into it", "claim", epoch, "err", why, "dropped_unarchived_bytes", dropped)
 	s.setErr(why)
 	if cancel != nil {

@@ -171,6 +171,8 @@ type Streamer struct {
 	writerEpoch   uint64
 	cancelSession context.CancelFunc
 	fencedBy      error
+	// fencedSpool is set when fenced: the spool's leftovers are dropped at the next claim.
+	fencedSpool bool
 
 	wake       chan struct{} // new work for the uploader
 	archiveSet chan struct{} // closed once the archive is opened

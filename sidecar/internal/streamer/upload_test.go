@@ -152,3 +152,73 @@ func ctxTimeout(t *testing.T, d time.Duration) context.Context {
 	t.Cleanup(cancel)
 	return ctx
 }
+
+// A writer superseded by a hand-over is fenced at its next renewal: it stops uploading,
+// drops what it had not stored, and acknowledges nothing more.
+func TestAFencedWriterStoresNothingMore(t *testing.T) {
+	st := memory.New()
+	s := testStreamer(t, st, 0)
+	s.cfg.WriterTTL = time.Second
+	s.writerID = "0123456789abcdef0123456789abcdef"
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	c, err := s.archive.Claim(ctx, 0, walarchive.WriterClaim{Kind: walarchive.ClaimWriter, WriterID: s.writerID, Timeline: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.holdEpoch(c.Epoch)
+	done := make(chan struct{})
+	go func() { defer close(done); s.uploader(ctx) }()
+	go s.keepClaim(ctx)
+
+	seg, err := s.openSegment(1, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.writeSegment(seg, make([]byte, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	s.poke()
+	if err := s.WaitArchived(ctxTimeout(t, 10*time.Second), walarchive.SegmentStartLSN(1, testSegSize)+1000); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.archive.HandOver(ctx, walarchive.Handover{ParentTimeline: 1, AfterTimeline: 1}, "restore", "test"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.mu.Lock()
+		fenced := s.writerEpoch == 0 && s.fencedBy != nil
+		s.mu.Unlock()
+		if fenced {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the writer was not fenced within 10 renewals")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// More WAL arrives, and the segment ends: nothing of it is stored or acknowledged.
+	if err := s.writeSegment(seg, make([]byte, testSegSize-1000)); err != nil {
+		t.Fatal(err)
+	}
+	s.endSegment(seg)
+	s.poke()
+	if job, _, _ := s.nextJob(ctx); job != nil {
+		t.Fatal("a fenced writer still has uploads to do")
+	}
+	if _, err := st.Stat(ctx, walarchive.SegmentKey(1, 1, testSegSize)); err == nil {
+		t.Fatal("a fenced writer stored the complete segment")
+	}
+	if got := s.ack.archivedLSN(); got != walarchive.SegmentStartLSN(1, testSegSize)+1000 {
+		t.Fatalf("archived position moved to %s after fencing", got)
+	}
+	// Claiming the archive again (the hand-over accepted for a restored server) drops what
+	// the fenced session left in the spool.
+	s.holdEpoch(3)
+	if n := s.spool.bytes(); n != 0 {
+		t.Fatalf("after claiming again the spool still holds %d bytes of the fenced session", n)
+	}
+	cancel()
+	<-done
+}

@@ -144,7 +144,16 @@ func (s *Streamer) checkContinuation(ctx context.Context, a *walarchive.Archive,
 func (s *Streamer) holdEpoch(epoch uint64) {
 	s.mu.Lock()
 	s.writerEpoch = epoch
+	drop := s.fencedSpool
+	s.fencedSpool = false
 	s.mu.Unlock()
+	if drop {
+		// Claimed again after being fenced: what the fenced sessions left in the spool
+		// (the tail kept when the session ended) is not this claim's to store.
+		if n := s.spool.clear(); n > 0 {
+			s.log.Warn("dropped WAL received before this sidecar was fenced", "bytes", n)
+		}
+	}
 	s.poke()
 }
 
@@ -206,7 +215,7 @@ func (s *Streamer) fence(epoch uint64, why error) {
 		return
 	}
 	s.writerEpoch = 0
-	s.fencedBy = why
+	s.fencedBy, s.fencedSpool = why, true
 	cancel := s.cancelSession
 	s.mu.Unlock()
 	s.ack.invalidate() // uploads in flight acknowledge nothing

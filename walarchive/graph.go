@@ -127,14 +127,25 @@ func (g *Graph) ForkedWhileWritten(tli uint32) (ancestor, child uint32, at LSN, 
 		if !known {
 			continue
 		}
-		from := sw.SwitchPoint.SegmentNo(g.segSize)
 		for k, e := range g.wal {
-			if k.tli == sw.Parent && k.segno >= from && e.mod.After(born) {
+			if k.tli == sw.Parent && e.mod.After(born) && g.pastSwitch(k.segno, e, sw.SwitchPoint) {
 				return sw.Parent, child, sw.SwitchPoint, true
 			}
 		}
 	}
 	return 0, 0, 0, false
+}
+
+// pastSwitch reports whether the parent's WAL object at segment n holds WAL past the
+// switch point sp. The segment holding sp is stored as a partial cut short at sp when the
+// parent ended there (a promotion, whose sidecar may store it after the child's history):
+// only a complete segment there, or any later segment, shows the parent went on.
+func (g *Graph) pastSwitch(n uint64, e walObject, sp LSN) bool {
+	first := sp.SegmentNo(g.segSize)
+	if sp.SegmentOffset(g.segSize) == 0 {
+		return n >= first
+	}
+	return n > first || n == first && e.complete
 }
 
 // storedSince reports whether WAL of timeline tli from segment fromSeg on was stored at or

@@ -406,3 +406,36 @@ func TestPlanRestoreRefusesLatestOnATimelineThatForkedWhileItsParentWasWritten(t
 		}
 	}
 }
+
+// A promotion: the parent's last segment, cut short at the switch point, is stored as a
+// partial after the child's history (one sidecar follows the switch). That is not two
+// writers: latest is the child.
+func TestPlanRestoreLatestAfterAPromotionIsTheNewTimeline(t *testing.T) {
+	t0 := time.Now().Add(-3 * time.Hour).UTC().Truncate(time.Second)
+	a, _ := forkedArchive(t, t0)
+	time.Sleep(2 * time.Millisecond)
+	// Timeline 1's segment 5 holds the switch point (0/500000 + 100): it is stored only as
+	// a partial, which lands late.
+	a.Storage.Delete(context.Background(), SegmentKey(1, 5, seg1M))
+	if _, err := a.Put(context.Background(), PartialKey(1, 5, seg1M), bytes.NewReader(make([]byte, 100))); err != nil {
+		t.Fatal(err)
+	}
+	h := TimelineHistory{{Parent: 1, SwitchPoint: SegmentStartLSN(5, seg1M) + 100}}
+	g, err := a.ReadGraph(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.history[2] = h
+	if _, _, _, forked := g.ForkedWhileWritten(2); forked {
+		t.Fatal("the parent's cut-short partial at the switch point was taken for a second writer")
+	}
+	if _, err := a.PutImmutable(context.Background(), SegmentKey(1, 5, seg1M), bytes.NewReader(make([]byte, seg1M))); err != nil {
+		t.Fatal(err)
+	}
+	if g, _ = a.ReadGraph(context.Background()); g != nil {
+		g.history[2] = h
+		if _, _, _, forked := g.ForkedWhileWritten(2); !forked {
+			t.Fatal("the parent's complete segment past the switch point, stored after the child began, was not seen")
+		}
+	}
+}

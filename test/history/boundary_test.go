@@ -91,6 +91,7 @@ func (w *world) boundaries(s step) error {
 				return
 			}
 			polls.Add(1)
+			time.Sleep(2 * time.Millisecond) // the machine is shared: a listing, not a spin
 		}
 	}()
 	go func() {

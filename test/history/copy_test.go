@@ -97,7 +97,7 @@ func (w *world) runCopy(t *testing.T, dir string, s step, before []uint32) error
 	if err != nil {
 		return err
 	}
-	w.logf("  the copy's sidecar (timeline %d) is refused: %s", copyTLI, why)
+	w.logf("  the copy's sidecar (timeline %d) is refused: %s", copyTLI, clip(why, 200))
 	// Step 3: the copy writes rows (and ends a segment), production too.
 	refused := refusalCount(cs.Log())
 	for i := 0; i < 20+s.N%40; i++ {
@@ -167,4 +167,12 @@ func (w *world) waitRefused(cs *harness.Sidecar, after int) (string, error) {
 // refusalCount counts the claims the sidecar's log shows refused.
 func refusalCount(log string) int {
 	return strings.Count(log, "may not archive into this archive")
+}
+
+// clip shortens s to at most n bytes for a log line.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
 }

@@ -133,7 +133,19 @@ func (w *world) runCopy(t *testing.T, dir string, s step, before []uint32) error
 	if slices.Contains(cat.Timelines, copyTLI) && copyTLI != w.m.Live {
 		return fail("one writer: a restored copy never archives into the archive", "the archive holds the copy's timeline %d", copyTLI)
 	}
-	w.logf("  copy on timeline %d refused %d times; the archive's timelines stay %v", copyTLI, refusalCount(cs.Log()), cat.Timelines)
+	// Step 6: the archive's newest writer claim is not the copy's.
+	a, err := w.archive()
+	if err != nil {
+		return err
+	}
+	ws, err := a.WriterState(w.ctx)
+	if err != nil {
+		return fmt.Errorf("read the archive's writer state: %w", err)
+	}
+	if ws.Claim != nil && ws.Claim.Timeline == copyTLI {
+		return fail("one writer: a restored copy never archives into the archive", "the archive's newest writer claim is the copy's: %s", ws.Describe(time.Now()))
+	}
+	w.logf("  copy on timeline %d refused %d times; the archive's timelines stay %v; its writer: %s", copyTLI, refusalCount(cs.Log()), cat.Timelines, ws.Describe(time.Now()))
 	return nil
 }
 

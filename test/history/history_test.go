@@ -27,8 +27,10 @@ const (
 )
 
 // defaultSeeds and defaultSteps are the short run: a file:// history (restore, promotion,
-// prune) and a MinIO one (backup, outage, prune, restore).
-var defaultSeeds = []int64{22, 29}
+// prune), a MinIO one (backup, outage, prune, restore) and a MinIO one whose store ignores
+// If-None-Match (a restored copy beside production, an in-place restore, a slow store at
+// segment boundaries, a backup).
+var defaultSeeds = []int64{22, 29, 10}
 
 const defaultSteps, soakSteps = 4, 10
 

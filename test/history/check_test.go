@@ -313,7 +313,7 @@ func (w *world) checkLatest(cat catalog) error {
 		return err
 	}
 	if code != 0 {
-		return fail("b: latest holds every acknowledged commit", "restore --to latest of timeline %d: exit %d: %s", w.m.Live, code, strings.TrimSpace(stderr))
+		return fail("b: latest holds every acknowledged commit", "restore --to latest of timeline %d: exit %d: %s\nthe archive's WAL objects by when they were stored (newest last):\n%s", w.m.Live, code, strings.TrimSpace(stderr), w.walStoredOrder(16))
 	}
 	if d := diffRows(got, w.m.all(w.m.Live)); d != "" {
 		return fail("b: latest holds every acknowledged commit", "restore --to latest of timeline %d holds %s", w.m.Live, d)
@@ -342,4 +342,27 @@ func (w *world) checkVerify() error {
 	}
 	w.logf("  (d) verify exit %d: %s", code, lastLine(out))
 	return nil
+}
+
+// walStoredOrder lists the archive's WAL objects (histories included) by when they were
+// stored, the last n, for a failure report: the order decides, for instance, whether a
+// timeline was still written after another branched from it.
+func (w *world) walStoredOrder(n int) string {
+	a, err := w.archive()
+	if err != nil {
+		return err.Error()
+	}
+	objs, err := a.Storage.List(w.ctx, "wal/")
+	if err != nil {
+		return err.Error()
+	}
+	sort.SliceStable(objs, func(i, j int) bool { return objs[i].ModTime.Before(objs[j].ModTime) })
+	if len(objs) > n {
+		objs = objs[len(objs)-n:]
+	}
+	var lines []string
+	for _, o := range objs {
+		lines = append(lines, fmt.Sprintf("  %s %s", o.ModTime.UTC().Format("15:04:05.000000"), o.Key))
+	}
+	return strings.Join(lines, "\n")
 }

@@ -121,7 +121,7 @@ func lastLine(s string) string {
 
 // heavy operations are followed by a restore to latest (invariant b); writes and backups
 // only by the sampled restore.
-var heavy = map[string]bool{opCrash: true, opKill: true, opOutage: true, opPromote: true, opRestore: true, opPrune: true, opHole: true}
+var heavy = map[string]bool{opCrash: true, opKill: true, opOutage: true, opPromote: true, opRestore: true, opPrune: true, opHole: true, opCopy: true, opBoundary: true}
 
 // check verifies the invariants after step i, with the archive quiet and caught up.
 func (w *world) check(i int, s step, last bool) error {
@@ -139,6 +139,11 @@ func (w *world) check(i int, s step, last bool) error {
 	}
 	if heavy[s.Op] || last {
 		if err := w.checkLatest(cat); err != nil {
+			return err
+		}
+	}
+	if w.plan.Config.Compat == compatIgnoreConditionalWrites {
+		if err := w.checkImmutable(r, i < 0); err != nil {
 			return err
 		}
 	}
@@ -308,7 +313,7 @@ func (w *world) checkLatest(cat catalog) error {
 		return err
 	}
 	if code != 0 {
-		return fail("b: latest holds every acknowledged commit", "restore --to latest of timeline %d: exit %d: %s", w.m.Live, code, strings.TrimSpace(stderr))
+		return fail("b: latest holds every acknowledged commit", "restore --to latest of timeline %d: exit %d: %s\nthe archive's WAL objects by when they were stored (newest last):\n%s", w.m.Live, code, strings.TrimSpace(stderr), w.walStoredOrder(16))
 	}
 	if d := diffRows(got, w.m.all(w.m.Live)); d != "" {
 		return fail("b: latest holds every acknowledged commit", "restore --to latest of timeline %d holds %s", w.m.Live, d)
@@ -337,4 +342,27 @@ func (w *world) checkVerify() error {
 	}
 	w.logf("  (d) verify exit %d: %s", code, lastLine(out))
 	return nil
+}
+
+// walStoredOrder lists the archive's WAL objects (histories included) by when they were
+// stored, the last n, for a failure report: the order decides, for instance, whether a
+// timeline was still written after another branched from it.
+func (w *world) walStoredOrder(n int) string {
+	a, err := w.archive()
+	if err != nil {
+		return err.Error()
+	}
+	objs, err := a.Storage.List(w.ctx, "wal/")
+	if err != nil {
+		return err.Error()
+	}
+	sort.SliceStable(objs, func(i, j int) bool { return objs[i].ModTime.Before(objs[j].ModTime) })
+	if len(objs) > n {
+		objs = objs[len(objs)-n:]
+	}
+	var lines []string
+	for _, o := range objs {
+		lines = append(lines, fmt.Sprintf("  %s %s", o.ModTime.UTC().Format("15:04:05.000000"), o.Key))
+	}
+	return strings.Join(lines, "\n")
 }

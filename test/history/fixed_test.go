@@ -78,6 +78,12 @@ var fixedPlans = []struct {
 	// Synchronous mode, a MinIO outage under load: after it, a restore to latest lacks 20
 	// of the rows written around the outage (step 7).
 	{"LatestAfterAnOutageHoldsEveryRow", 220, "storage=s3,sync=true,partial=0 backup:907:0.679 outage:115:0.733 restore:452:0.731 prune:410:0.281 prune:149:0.940 backup:217:0.815 backup:388:0.870 outage:189:0.089"},
+	// An in-place restore (timeline 2), then a promotion (timeline 3) with one sidecar that
+	// follows the switch: restore --to latest is refused as "two servers wrote into this
+	// archive at once" (ErrAmbiguousTimeline), because timeline 2's last partial
+	// (00000002000000000000000A.partial, ending at the switch point 0/A08348) was stored
+	// 2 ms after 00000003.history (step 4; 2 runs in 4, seed 22's promotion once in 7).
+	{"LatestAfterAPromotionIsNotAmbiguous", 7003, "storage=s3,sync=false,partial=1s,pg=17 copy:702:0.325 restore:546:0.525 write:199:0.181 write:84:0.780 promote:82:0.005"},
 }
 
 // envFixed ("1") runs the fixed histories.

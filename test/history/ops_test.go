@@ -31,6 +31,10 @@ func (w *world) apply(s step) error {
 		return w.prune(s)
 	case opHole:
 		return w.hole()
+	case opCopy:
+		return w.restoredCopy(s)
+	case opBoundary:
+		return w.boundaries(s)
 	}
 	return fmt.Errorf("unknown operation %q", s.Op)
 }

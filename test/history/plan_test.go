@@ -21,7 +21,19 @@ const (
 	opRestore = "restore" // in-place restore to a point F of a reported range N (mod count)
 	opPrune   = "prune"   // kcbackup prune: N encodes the flags, F the --keep-within share
 	opHole    = "hole"    // WAL hole: slot invalidated while the sidecar is stopped
+	// opCopy: a copy restored to a point F of a reported range N (mod count) runs beside
+	// production with its own sidecar on the same archive, and writes rows: it must be
+	// refused (issue 19).
+	opCopy = "copy"
+	// opBoundary: WAL is written across 3 + N%4 segment boundaries while the archive's
+	// listing is polled; no hole may ever show on the live path. On s3 the sidecar's
+	// complete-segment uploads go through a proxy that holds each for 100 ms * (1 + N%5).
+	opBoundary = "boundary"
 )
+
+// compatIgnoreConditionalWrites is the Compat setting (and KCBACKUP_STORAGE_COMPAT value)
+// that makes the store behave as one that ignores If-None-Match.
+const compatIgnoreConditionalWrites = "ignore-conditional-writes"
 
 // config is what a seed decides once, before its steps.
 type config struct {
@@ -30,6 +42,10 @@ type config struct {
 	Partial string // --partial-interval
 	Commit  string // synchronous_commit in synchronous mode: "on" or "remote_write"
 	PG      int    // PostgreSQL major version (harness.PGVersions); 15 when a plan names none
+	// Compat is KCBACKUP_STORAGE_COMPAT for the sidecar and every kcbackup command ("" or
+	// compatIgnoreConditionalWrites); with it, each check also tries to replace stored
+	// immutable objects through a store that ignores conditional writes.
+	Compat string
 }
 
 // step is one operation with its parameters: N a count or choice, F a fraction in [0, 1).
@@ -56,6 +72,9 @@ func (p plan) String() string {
 	if p.Config.PG != harness.PGDefaultVersion {
 		cfg += ",pg=" + strconv.Itoa(p.Config.PG)
 	}
+	if p.Config.Compat != "" {
+		cfg += ",compat=" + p.Config.Compat
+	}
 	parts := []string{cfg}
 	for _, s := range p.Steps {
 		parts = append(parts, s.String())
@@ -63,7 +82,8 @@ func (p plan) String() string {
 	return strings.Join(parts, " ")
 }
 
-// weights of the operations in a generated plan.
+// weights of the operations in a generated plan. The operations added later (newOps) are
+// not drawn from here, so that earlier plans keep their steps.
 var weights = []struct {
 	op string
 	w  int
@@ -107,6 +127,14 @@ func generatePlan(seed int64, steps int) plan {
 		}
 		p.Steps = append(p.Steps, s)
 	}
+	// Operations added later replace a step now and then, drawn from a stream of their own:
+	// a seed's other steps stay those it had before they existed.
+	later := rand.New(rand.NewPCG(uint64(seed), 0x6c61746572))
+	for i := range p.Steps {
+		if k := later.IntN(newOpsOneIn); k < len(newOps) {
+			p.Steps[i].Op = newOps[k]
+		}
+	}
 	// Drawn last, so that the plans of earlier versions keep their steps.
 	p.Config.Commit = "on"
 	if p.Config.Sync && r.IntN(2) == 0 {
@@ -115,8 +143,16 @@ func generatePlan(seed int64, steps int) plan {
 	// Every supported version the harness runs; a seed names its version, whatever is
 	// installed, so it replays the same everywhere.
 	p.Config.PG = harness.PGVersions[r.IntN(len(harness.PGVersions))]
+	if r.IntN(4) == 0 {
+		p.Config.Compat = compatIgnoreConditionalWrites
+	}
 	return p
 }
+
+// newOps replace one step in newOpsOneIn each (each op equally likely).
+var newOps = []string{opCopy, opBoundary}
+
+const newOpsOneIn = 12
 
 // parsePlan reads the String form of a plan.
 func parsePlan(seed int64, s string) (plan, error) {
@@ -146,6 +182,11 @@ func parsePlan(seed int64, s string) (plan, error) {
 				return plan{}, fmt.Errorf("plan: commit=%q: expected on or remote_write", v)
 			}
 			p.Config.Commit = v
+		case "compat":
+			if v != compatIgnoreConditionalWrites {
+				return plan{}, fmt.Errorf("plan: compat=%q: expected %s", v, compatIgnoreConditionalWrites)
+			}
+			p.Config.Compat = v
 		case "pg":
 			n, err := strconv.Atoi(v)
 			if err != nil || !slices.Contains(harness.PGVersions, n) {
@@ -153,7 +194,7 @@ func parsePlan(seed int64, s string) (plan, error) {
 			}
 			p.Config.PG = n
 		default:
-			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync, partial, commit or pg", k)
+			return plan{}, fmt.Errorf("plan: unknown setting %q: expected storage, sync, partial, commit, pg or compat", k)
 		}
 	}
 	if p.Config.Storage == "" || p.Config.Partial == "" {
@@ -163,10 +204,13 @@ func parsePlan(seed int64, s string) (plan, error) {
 	for _, w := range weights {
 		known[w.op] = true
 	}
+	for _, op := range newOps {
+		known[op] = true
+	}
 	for _, f := range fields[1:] {
 		parts := strings.Split(f, ":")
 		if len(parts) != 3 || !known[parts[0]] {
-			return plan{}, fmt.Errorf("plan step %q: expected op:N:F with op one of write, backup, kill, crash, outage, promote, restore, prune, hole", f)
+			return plan{}, fmt.Errorf("plan step %q: expected op:N:F with op one of write, backup, kill, crash, outage, promote, restore, prune, hole, copy, boundary", f)
 		}
 		n, err1 := strconv.Atoi(parts[1])
 		x, err2 := strconv.ParseFloat(parts[2], 64)

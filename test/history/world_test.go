@@ -66,6 +66,11 @@ type world struct {
 	// step is the step running (-1: setup); report records a failure of it.
 	step   int
 	report func(i int, err error)
+	// arch is the archive opened in this process (see archive), for the checks that read
+	// it directly.
+	arch *walarchive.Archive
+	// tally counts what ran, for the soak report.
+	tally tally
 }
 
 // pgOptions are test/e2e's archiving settings (1 MiB segments, commit timestamps).
@@ -108,6 +113,10 @@ func (w *world) setup() error {
 	} else {
 		w.url = "file://" + harness.FileArchiveDir(w.t)
 	}
+	if w.plan.Config.Compat != "" {
+		// The sidecar and every kcbackup command, not this process (see checkImmutable).
+		w.env = append(w.env, "KCBACKUP_STORAGE_COMPAT="+w.plan.Config.Compat)
+	}
 	w.pg = harness.StartPostgres(w.t, w.pgOptions())
 	if err := w.startSidecar(w.pg); err != nil {
 		return err
@@ -121,9 +130,26 @@ func (w *world) setup() error {
 	return w.backup()
 }
 
-func (w *world) startSidecar(pg *harness.Postgres) error {
-	w.sc = harness.StartSidecar(w.t, pg, harness.SidecarOptions{Storage: w.url, Env: w.env, NoWait: true, Args: []string{"--partial-interval", w.plan.Config.Partial}})
+func (w *world) startSidecar(pg *harness.Postgres, extraEnv ...string) error {
+	env := append(append([]string{}, w.env...), extraEnv...)
+	w.sc = harness.StartSidecar(w.t, pg, harness.SidecarOptions{Storage: w.url, Env: env, NoWait: true, Args: []string{"--partial-interval", w.plan.Config.Partial}})
 	return w.waitReady()
+}
+
+// archive opens the archive in this process, as it is (conditional writes as the store
+// does them: KCBACKUP_STORAGE_COMPAT is never set in this process).
+func (w *world) archive() (*walarchive.Archive, error) {
+	if w.arch != nil {
+		return w.arch, nil
+	}
+	st, err := walarchive.OpenStorage(w.ctx, w.url)
+	if err != nil {
+		return nil, fmt.Errorf("open the archive %s: %w", w.url, err)
+	}
+	if w.arch, err = walarchive.OpenArchive(w.ctx, st, nil); err != nil {
+		return nil, fmt.Errorf("open the archive %s: %w", w.url, err)
+	}
+	return w.arch, nil
 }
 
 // waitReady waits until the sidecar answers /readyz with 200.

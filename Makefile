@@ -9,7 +9,7 @@
 #   make bench     kcbackup side by side with the standard PostgreSQL tools (BENCH_FLAGS=-quick: a smoke run)
 #   make test-cluster  the KeycloakBackup story on a real single-node Kubernetes (root; see test/cluster)
 #   make soak      the randomized history checker over many seeds: make soak SEEDS=200
-#                  [FIRST_SEED=1] [STEPS=10]; failures in bin/soak-report.jsonl
+#                  [FIRST_SEED=1] [STEPS=10]; failures and a summary of what ran in bin/soak-report.jsonl
 #
 # Components the tests start are built once into $(KCBACKUP_CACHE) by test/tools/install.sh
 # (PostgreSQL 17 and 18: a Debian root filesystem each, about 3 minutes each the first time).

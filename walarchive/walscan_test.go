@@ -92,7 +92,7 @@ func TestScanXactsRefusesAnotherVersionsWAL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, major := range []int{16, 17, 18} {
+	for _, major := range []int{16, 17, 18, 19} {
 		v, _ := LookupPGVersion(major)
 		n := 0
 		_, err := ScanXacts(bytes.NewReader(data), v, 6, 1<<20, func(XactRecord) { n++ })
@@ -100,12 +100,12 @@ func TestScanXactsRefusesAnotherVersionsWAL(t *testing.T) {
 			t.Errorf("PostgreSQL 15 WAL read as %d: %d transactions, err %v; want none and ErrWALFormat", major, n, err)
 		}
 	}
-	// A magic no version has (19 beta changes it again): refused, not taken as the end.
+	// A magic no version has: refused, not taken as the end.
 	_, err = ScanXacts(bytes.NewReader(withMagic(data, 0xD11A)), pg15, 6, 1<<20, func(XactRecord) {})
 	if !errors.Is(err, ErrWALFormat) {
 		t.Errorf("unknown page magic: err %v; want ErrWALFormat", err)
 	}
-	if _, err := ScanXacts(bytes.NewReader(data), PGVersion{Major: 19}, 6, 1<<20, func(XactRecord) {}); !errors.Is(err, ErrWALFormat) {
+	if _, err := ScanXacts(bytes.NewReader(data), PGVersion{Major: 20}, 6, 1<<20, func(XactRecord) {}); !errors.Is(err, ErrWALFormat) {
 		t.Errorf("scan without a format table: err %v; want ErrWALFormat", err)
 	}
 }
@@ -115,8 +115,8 @@ func TestLookupPGVersionRefusesUnknownVersionsByName(t *testing.T) {
 		major int
 		want  string
 	}{
-		{14, "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17 and 18"},
-		{19, "PostgreSQL 19 is not supported by this kcbackup"},
+		{14, "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17, 18 and 19"},
+		{20, "PostgreSQL 20 is not supported by this kcbackup: its WAL format is unknown to it (it reads PostgreSQL 15, 16, 17, 18 and 19)"},
 		{10, "PostgreSQL 10 is not supported"},
 	} {
 		_, err := LookupPGVersion(tc.major)

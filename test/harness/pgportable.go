@@ -179,7 +179,7 @@ func (in *pgInstall) portableCheck() error {
 	if err != nil {
 		return fmt.Errorf("run %s -V: %w: %s", in.hostPath("postgres"), err, strings.TrimSpace(string(out)))
 	}
-	if !strings.Contains(string(out), "(PostgreSQL) "+strconv.Itoa(in.major)+".") {
+	if !reportsMajor(out, in.major) {
 		return fmt.Errorf("%s is not PostgreSQL %d: %s", in.hostPath("postgres"), in.major, strings.TrimSpace(string(out)))
 	}
 	return nil

@@ -133,8 +133,8 @@ func (in *pgInstall) check() error {
 	if err != nil {
 		return fmt.Errorf("run %s -V: %w", in.hostPath("postgres"), err)
 	}
-	// "postgres (PostgreSQL) 17.12 (Debian 17.12-0+deb13u1)"
-	if !bytes.Contains(out, []byte("(PostgreSQL) "+strconv.Itoa(in.major)+".")) {
+	// "postgres (PostgreSQL) 17.12 (Debian 17.12-0+deb13u1)", "postgres (PostgreSQL) 19rc1 (Debian 19~rc1-1)"
+	if !reportsMajor(out, in.major) {
 		return fmt.Errorf("%s is not PostgreSQL %d: %s", in.hostPath("postgres"), in.major, bytes.TrimSpace(out))
 	}
 	return nil
@@ -273,4 +273,17 @@ func dataDirVersion(dir string) (int, error) {
 		return 0, fmt.Errorf("read the data directory's version: %s/PG_VERSION holds %q, not a major version", dir, bytes.TrimSpace(b))
 	}
 	return v, nil
+}
+
+// reportsMajor reports whether postgres -V output names major: a release ("17.12") or a
+// pre-release ("19rc1", "19beta2", "19devel"), as experimental serves before the release.
+func reportsMajor(out []byte, major int) bool {
+	prefix := []byte("(PostgreSQL) " + strconv.Itoa(major))
+	i := bytes.Index(out, prefix)
+	if i < 0 {
+		return false
+	}
+	rest := out[i+len(prefix):]
+	return bytes.HasPrefix(rest, []byte(".")) || bytes.HasPrefix(rest, []byte("rc")) ||
+		bytes.HasPrefix(rest, []byte("beta")) || bytes.HasPrefix(rest, []byte("devel"))
 }

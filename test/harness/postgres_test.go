@@ -348,7 +348,7 @@ func TestPostgresEachVersionSharesTheTempDirAndLeavesNoMount(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "pg_waldump") {
 				t.Errorf("pg_waldump of the portable PostgreSQL %s = %q, %v; want an error naming pg_waldump", v, out, err)
 			}
-		case err != nil || !strings.Contains(string(out), "(PostgreSQL) "+v+"."):
+		case err != nil || !reportsMajor(out, version):
 			t.Errorf("pg_waldump --version = %q, %v; want PostgreSQL %s", out, err, v)
 		}
 

@@ -12,7 +12,8 @@
 #                  [FIRST_SEED=1] [STEPS=10]; failures and a summary of what ran in bin/soak-report.jsonl
 #
 # Components the tests start are built once into $(KCBACKUP_CACHE) by test/tools/install.sh
-# (PostgreSQL 17 and 18: a Debian root filesystem each, about 3 minutes each the first time).
+# (PostgreSQL 17, 18 and 19: a Debian root filesystem each, about 1-3 minutes each the first time;
+# PostgreSQL 16: a portable build from the npm registry, seconds).
 
 SHELL := /bin/bash
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
@@ -32,7 +33,7 @@ build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kcbackup-operator ./operator
 
 tools:
-	test/tools/install.sh postgres pgroot-17 pgroot-18 minio envtest promtool kubectl recovery-tools
+	test/tools/install.sh postgres pgroot-17 pgroot-18 pgroot-19 pg16-portable minio envtest promtool kubectl recovery-tools
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \

@@ -37,7 +37,18 @@ type BackupRecord struct {
 	StartTime        time.Time      `json:"startTime"`
 	StopTime         time.Time      `json:"stopTime"`
 	Objects          []BackupObject `json:"objects"`
+	// CompressedBy says who compressed the data: CompressedByServer (BASE_BACKUP's
+	// COMPRESSION), CompressedByClient (kcbackup, asked for or because the server was built
+	// without zstd) or CompressedByNone; empty in records written before it was kept.
+	CompressedBy string `json:"compressedBy,omitempty"`
 }
+
+// The values of BackupRecord.CompressedBy.
+const (
+	CompressedByServer = "server"
+	CompressedByClient = "client"
+	CompressedByNone   = "none"
+)
 
 // DataBytes is the backup's uncompressed size.
 func (b BackupRecord) DataBytes() uint64 {

@@ -346,8 +346,8 @@ func TestGraphReachReportsHolesIncludingAPartialInTheMiddle(t *testing.T) {
 func TestPlanRestoreRefusesAnArchiveOfAnUnknownPostgreSQLVersion(t *testing.T) {
 	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
 	for major, want := range map[int]string{
-		19: "PostgreSQL 19 is not supported by this kcbackup: its WAL format is unknown",
-		14: "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17 and 18",
+		20: "PostgreSQL 20 is not supported by this kcbackup: its WAL format is unknown",
+		14: "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17, 18 and 19",
 	} {
 		a := fakeArchive(t, 2, 8, t0, backupAt("20260101T000000Z", 2, t0))
 		a.Identity.PostgresVersion = major // as read from identity.json

@@ -58,9 +58,8 @@ func TestScanXactsStopsAtAFlippedByte(t *testing.T) {
 var pg15, _ = LookupPGVersion(15)
 
 // withMagic returns WAL whose page headers carry magic instead of PostgreSQL 15's: the
-// layouts the scanner reads did not change from 15 to 18, so this is how PostgreSQL 16's
-// WAL looks to it (no PostgreSQL 16 server is packaged for the test machines; 17 and 18
-// are checked against real servers' WAL below).
+// layouts the scanner reads did not change from 15 to 19, so this is how the other
+// versions' WAL looks to it (each is also checked against a real server's WAL below).
 func withMagic(data []byte, magic uint16) []byte {
 	out := append([]byte(nil), data...)
 	for off := 0; off+2 <= len(out); off += walPageSize {
@@ -92,7 +91,7 @@ func TestScanXactsRefusesAnotherVersionsWAL(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, major := range []int{16, 17, 18} {
+	for _, major := range []int{16, 17, 18, 19} {
 		v, _ := LookupPGVersion(major)
 		n := 0
 		_, err := ScanXacts(bytes.NewReader(data), v, 6, 1<<20, func(XactRecord) { n++ })
@@ -100,12 +99,12 @@ func TestScanXactsRefusesAnotherVersionsWAL(t *testing.T) {
 			t.Errorf("PostgreSQL 15 WAL read as %d: %d transactions, err %v; want none and ErrWALFormat", major, n, err)
 		}
 	}
-	// A magic no version has (19 beta changes it again): refused, not taken as the end.
+	// A magic no version has: refused, not taken as the end.
 	_, err = ScanXacts(bytes.NewReader(withMagic(data, 0xD11A)), pg15, 6, 1<<20, func(XactRecord) {})
 	if !errors.Is(err, ErrWALFormat) {
 		t.Errorf("unknown page magic: err %v; want ErrWALFormat", err)
 	}
-	if _, err := ScanXacts(bytes.NewReader(data), PGVersion{Major: 19}, 6, 1<<20, func(XactRecord) {}); !errors.Is(err, ErrWALFormat) {
+	if _, err := ScanXacts(bytes.NewReader(data), PGVersion{Major: 20}, 6, 1<<20, func(XactRecord) {}); !errors.Is(err, ErrWALFormat) {
 		t.Errorf("scan without a format table: err %v; want ErrWALFormat", err)
 	}
 }
@@ -115,8 +114,8 @@ func TestLookupPGVersionRefusesUnknownVersionsByName(t *testing.T) {
 		major int
 		want  string
 	}{
-		{14, "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17 and 18"},
-		{19, "PostgreSQL 19 is not supported by this kcbackup"},
+		{14, "PostgreSQL 14 is not supported: kcbackup supports PostgreSQL 15, 16, 17, 18 and 19"},
+		{20, "PostgreSQL 20 is not supported by this kcbackup: its WAL format is unknown to it (it reads PostgreSQL 15, 16, 17, 18 and 19)"},
 		{10, "PostgreSQL 10 is not supported"},
 	} {
 		_, err := LookupPGVersion(tc.major)
@@ -186,7 +185,7 @@ func waldumpXacts(t *testing.T, path string) []XactRecord {
 	return out
 }
 
-// The samples are the heads of segments of real PostgreSQL 15, 17 and 18 clusters
+// The samples are the heads of segments of real PostgreSQL 15, 17, 18 and 19 clusters
 // (test/tools/capture-wal-sample.sh): commits, an abort, and an 18 KB commit of 4500
 // subtransactions that crosses two page boundaries. The scanner must list exactly what
 // that version's pg_waldump lists, and end where valid WAL ends.
@@ -200,6 +199,7 @@ func TestScanXactsMatchesEachVersionsPgWaldump(t *testing.T) {
 		{"pg15-seg7-1MiB", 15, 7, 0x7001C8}, {"pg15-seg8-1MiB", 15, 8, 0x809D88},
 		{"pg17-seg7-1MiB", 17, 7, 0x7001C8}, {"pg17-seg8-1MiB", 17, 8, 0x809DB8},
 		{"pg18-seg9-1MiB", 18, 9, 0x9001C8}, {"pg18-seg10-1MiB", 18, 10, 0xA09DC0},
+		{"pg19-seg9-1MiB", 19, 9, 0x9001C8}, {"pg19-seg10-1MiB", 19, 10, 0xA09DC0},
 	} {
 		t.Run(tc.sample, func(t *testing.T) {
 			data, err := os.ReadFile("testdata/" + tc.sample + ".head")
@@ -225,7 +225,7 @@ func TestScanXactsMatchesEachVersionsPgWaldump(t *testing.T) {
 				t.Errorf("end of valid WAL %s; want %s", end, tc.end)
 			}
 			// Read with another version's table, the same WAL is refused, not taken as empty.
-			other, _ := LookupPGVersion(map[int]int{15: 17, 17: 18, 18: 15}[tc.major])
+			other, _ := LookupPGVersion(map[int]int{15: 17, 17: 18, 18: 19, 19: 15}[tc.major])
 			if _, err := ScanXacts(bytes.NewReader(data), other, tc.seg, 1<<20, func(XactRecord) {}); !errors.Is(err, ErrWALFormat) {
 				t.Errorf("read as PostgreSQL %d: %v; want ErrWALFormat", other.Major, err)
 			}

@@ -19,7 +19,7 @@ import (
 type KeycloakBackupSpec struct {
 	// InstanceSelector selects the PostgreSQL workload (a Deployment or a StatefulSet, in the
 	// resource's namespace) to back up or restore. It must match exactly one workload, running
-	// PostgreSQL 15, 16, 17 or 18 (the sidecar refuses other versions by name).
+	// PostgreSQL 15, 16, 17, 18 or 19 (the sidecar refuses other versions by name).
 	// +required
 	// +kubebuilder:validation:XValidation:rule="(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",message="instanceSelector must not be empty: an empty selector matches every workload"
 	InstanceSelector metav1.LabelSelector `json:"instanceSelector"`

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make demo: kcbackup's main job on the embedded default, start to finish, in plain words.
 #
-#   1. start a throwaway PostgreSQL (15, or KCBACKUP_PG_VERSION=17 or 18) and `kcbackup run`
+#   1. start a throwaway PostgreSQL (15, or KCBACKUP_PG_VERSION=16, 17, 18 or 19) and `kcbackup run`
 #      archiving to file://./demo/archive
 #   2. write data (a Keycloak-like user table and pgbench), take a base backup
 #   3. make a mistake: DROP TABLE realm_user
@@ -27,12 +27,27 @@ case $PGV in
   15)
     PGBIN=${KCBACKUP_PG_BINDIR:-$CLIENT}
     run_pg() { as_pg "$@"; } ;;
-  17 | 18)
+  16)
+    # The npm registry's portable build (test/tools/install.sh pg16-portable; built without
+    # zstd, so `kcbackup backup` compresses in kcbackup), bind-mounted where the postgres user
+    # can reach it, in a private mount namespace that lives as long as the server.
+    [ "$(id -u)" = 0 ] || { echo "KCBACKUP_PG_VERSION=16 runs PostgreSQL from a bind mount: run as root" >&2; exit 1; }
+    PORTABLE=${KCBACKUP_CACHE:-$HOME/.cache/kcbackup}/pg16-portable-16.14.0-beta.17/native
+    [ -x "$PORTABLE/bin/postgres" ] || test/tools/install.sh pg16-portable
+    MNT=/tmp/kcbackup-pg16-portable-16.14.0-beta.17
+    mkdir -p "$MNT" && chmod 0755 "$MNT"
+    PGBIN=$MNT/bin
+    run_pg() {
+      unshare --mount --propagation private -- sh -c 'P=$1 M=$2; shift 2
+        mount --bind "$P" "$M" &&
+        exec setpriv --reuid=postgres --regid=postgres --init-groups -- env LD_LIBRARY_PATH="$M/lib" "$@"' sh "$PORTABLE" "$MNT" "$@"
+    } ;;
+  17 | 18 | 19)
     # Debian's server of that version in the minimal root test/tools/install.sh builds, run
     # in a private mount namespace: the demo directory and bin/ at the same paths inside, so
     # restore_command and the data directories are valid on both sides.
     [ "$(id -u)" = 0 ] || { echo "KCBACKUP_PG_VERSION=$PGV runs PostgreSQL in a chroot: run as root" >&2; exit 1; }
-    suite=$([ "$PGV" = 17 ] && echo trixie || echo sid)
+    case $PGV in 17) suite=trixie ;; 18) suite=sid ;; 19) suite=sid-experimental ;; esac
     PGROOT=${KCBACKUP_CACHE:-$HOME/.cache/kcbackup}/pgroot-$PGV-$suite
     [ -x "$PGROOT/usr/lib/postgresql/$PGV/bin/postgres" ] || test/tools/install.sh "pgroot-$PGV"
     PGBIN=/usr/lib/postgresql/$PGV/bin
@@ -43,7 +58,7 @@ case $PGV in
         mount --bind "$D" "$R$D" && mount --bind "$B" "$R$B" &&
         exec chroot "$R" setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"' sh "$PGROOT" "$DEMO" "$ROOT/bin" "$@"
     } ;;
-  *) echo "invalid KCBACKUP_PG_VERSION $PGV: expected 15, 17 or 18" >&2; exit 2 ;;
+  *) echo "invalid KCBACKUP_PG_VERSION $PGV: expected 15, 16, 17, 18 or 19" >&2; exit 2 ;;
 esac
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 say() { printf '   %s\n' "$*"; }

@@ -3,9 +3,10 @@
 // uses it and stopped by t.Cleanup.
 //
 // PostgreSQL runs in the version a test asks for (PGOptions.Version, ForEachPGVersion and
-// KCBACKUP_PG_VERSIONS): 15 from the host's Debian packages, 17 and 18 inside a Debian root
-// filesystem that test/tools/install.sh builds, each program in a private mount namespace
-// where the host's temporary directory has the same path (pgroot.go).
+// KCBACKUP_PG_VERSIONS): 15 from the host's Debian packages, 16 from a portable build
+// (pgportable.go), 17, 18 and 19 inside a Debian root filesystem that test/tools/install.sh
+// builds, each program in a private mount namespace where the host's temporary directory
+// has the same path (pgroot.go).
 //
 // When a component cannot be found or started, Require fails the test if CI=true and skips
 // it otherwise, with a message naming the missing piece and how to install it.

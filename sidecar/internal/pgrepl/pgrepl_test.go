@@ -21,7 +21,7 @@ func TestParseSize(t *testing.T) {
 func TestParseMajorVersion(t *testing.T) {
 	// Versions without a format table are refused by name (0 = refused).
 	for in, want := range map[string]int{"15.18 (Debian 15.18-0+deb12u1)": 15, "16.0": 16, "17beta1": 17, "18devel": 18,
-		"18.6": 18, "10.23": 0, "14.12": 0, "19beta1": 0, "garbage": 0} {
+		"18.6": 18, "19beta1": 19, "19rc1": 19, "19.0": 19, "10.23": 0, "14.12": 0, "20devel": 0, "20beta1": 0, "garbage": 0} {
 		got, err := ParseMajorVersion(in)
 		if want == 0 {
 			if err == nil {

@@ -23,7 +23,7 @@ func main() {
 		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator [flags]\n\n"+
 			"Runs the KeycloakBackup operator: injects the kcbackup sidecar, takes base backups and\n"+
 			"restores the PostgreSQL database behind Keycloak in place. Supported PostgreSQL versions:\n"+
-			"15, 16, 17 and 18.\n\nFlags:\n")
+			"15, 16, 17, 18 and 19.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	fs.StringVar(&cfg.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(version)),

@@ -56,7 +56,10 @@ func testArchiveKeepsUpUnderLoadAndWALIsByteIdentical(t *testing.T, version int)
 		t.Fatalf("only %d complete segments compared; the load should produce more", compared)
 	}
 	// pg_waldump reads the fetched WAL end to end without a gap.
-	out := runPG(t, pg, "pg_waldump", "-p", dir, "-t", "1", "-s", walarchive.SegmentStartLSN(first, seg).String(), "-e", flush.String(), "-q")
+	out, err := pg.CheckWAL(ctx, dir, 1, walarchive.SegmentStartLSN(first, seg).String(), flush.String())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if strings.TrimSpace(out) != "" {
 		t.Fatalf("pg_waldump reported: %s", out)
 	}

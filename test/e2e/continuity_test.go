@@ -19,7 +19,10 @@ func assertNoGap(t *testing.T, env []string, url string, pg *harness.Postgres, t
 	seg := a.SegmentSize()
 	dir := t.TempDir()
 	fetchAll(t, env, url, tli, from, to.SegmentNo(seg), seg, dir)
-	out := runPG(t, pg, "pg_waldump", "-p", dir, "-t", itoa(tli), "-s", walarchive.SegmentStartLSN(from, seg).String(), "-e", to.String(), "-q")
+	out, err := pg.CheckWAL(context.Background(), dir, tli, walarchive.SegmentStartLSN(from, seg).String(), to.String())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if strings.TrimSpace(out) != "" {
 		t.Fatalf("pg_waldump over the archive from %s to %s: %s", walarchive.SegmentStartLSN(from, seg), to, out)
 	}

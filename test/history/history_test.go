@@ -29,8 +29,9 @@ const (
 // defaultSeeds and defaultSteps are the short run: a file:// history (restore, promotion,
 // prune), a MinIO one (backup, outage, prune, restore) and a MinIO one whose store ignores
 // If-None-Match (a restored copy beside production, an in-place restore, a slow store at
-// segment boundaries, a backup).
-var defaultSeeds = []int64{22, 29, 10}
+// segment boundaries, a backup), a PostgreSQL 16 one (promotion, backups, a copy) and a
+// PostgreSQL 19 one (a copy, a promotion, a slow store at segment boundaries).
+var defaultSeeds = []int64{22, 29, 10, 37, 50}
 
 const defaultSteps, soakSteps = 4, 10
 

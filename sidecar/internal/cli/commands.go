@@ -105,6 +105,9 @@ cluster: a second one is refused.`,
 			}
 			switch compressOn {
 			case "server":
+				// Given explicitly, a server built without zstd fails the backup; by default
+				// the backup falls back to compressing here.
+				opts.RequireServerCompression = cmd.Flags().Changed("compress-on")
 			case "client":
 				opts.ClientCompression = true
 			default:
@@ -138,7 +141,7 @@ cluster: a second one is refused.`,
 	f.DurationVar(&walTimeout, "wal-timeout", 10*time.Minute, "how long to wait for the backup's WAL to reach the archive")
 	f.BoolVar(&showProgress, "progress", false, "print progress even when stderr is not a terminal (the server then sizes the data directory first)")
 	f.StringVar(&checksums, "manifest-checksums", "crc32c", "file checksums in the backup manifest: crc32c or sha256")
-	f.StringVar(&compressOn, "compress-on", "server", "where a zstd archive's base backup is compressed: server (PostgreSQL's BASE_BACKUP COMPRESSION) or client (this process)")
+	f.StringVar(&compressOn, "compress-on", "server", "where a zstd archive's base backup is compressed: server (PostgreSQL's BASE_BACKUP COMPRESSION; by default a server built without zstd falls back to client, given explicitly it fails the backup) or client (this process)")
 	f.IntVar(&zstdWorkers, "zstd-workers", backup.DefaultZstdWorkers, "with --compress-on server: libzstd threads in the server (0: in the backend process itself)")
 	return cmd
 }

@@ -401,43 +401,27 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Step 3: the slot holds every byte not yet archived. A server restored in place is
+	// handed the archive only once it promotes; its slot is created now, while it is still
+	// in recovery, so that it reserves WAL from before the promotion (created after it, it
+	// would reserve from the end-of-recovery checkpoint on, leaving the new timeline's first
+	// WAL unprotected). Any other server claims first: a refused copy gets no slot that
+	// would hold its WAL.
+	var slot pgrepl.SlotInfo
+	early := false
+	if st, err := archive.WriterState(ctx); err == nil && st.Claim != nil && st.Claim.Kind == walarchive.ClaimHandover {
+		early = true
+		if slot, err = s.ensureSlot(ctx, conn); err != nil {
+			return err
+		}
+	}
 	if err := s.claimArchive(ctx, archive, srv); err != nil {
 		return err
 	}
-
-	// Step 3: the slot holds every byte not yet archived; create it (reserving WAL) if missing.
-	slot, err := pgrepl.ReadSlot(ctx, conn, s.cfg.Slot)
-	if errors.Is(err, pgrepl.ErrNotPhysicalSlot) {
-		return permanentError{err}
-	}
-	if err != nil {
-		return err
-	}
-	lost, reason := false, ""
-	if slot.Exists {
-		lost, reason = s.slotInvalidation(ctx)
-	}
-	if slot.Exists && (slot.RestartLSN == 0 || lost) {
-		// The server invalidated the slot (max_slot_wal_keep_size, or PostgreSQL 18's
-		// idle_replication_slot_timeout, which leaves restart_lsn set): the WAL it held is
-		// gone. Recreate it; the archive has a gap until the next base backup.
-		s.noteGap()
-		s.log.Error("the replication slot was invalidated by the server; WAL was lost before it was archived (the archive now has a hole); recreating the slot; take a new base backup",
-			"slot", s.cfg.Slot, "reason", reason,
-			"hint", "raise max_slot_wal_keep_size or idle_replication_slot_timeout (PostgreSQL 18), or keep the sidecar running")
-		if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+pgrepl.QuoteIdent(s.cfg.Slot)).ReadAll(); err != nil {
-			return fmt.Errorf("drop invalidated slot %s: %w", s.cfg.Slot, err)
-		}
-		slot.Exists = false
-	}
-	if !slot.Exists {
-		if err := pgrepl.CreateSlot(ctx, conn, s.cfg.Slot); err != nil {
+	if !early {
+		if slot, err = s.ensureSlot(ctx, conn); err != nil {
 			return err
 		}
-		if slot, err = pgrepl.ReadSlot(ctx, conn, s.cfg.Slot); err != nil {
-			return err
-		}
-		s.log.Info("created replication slot", "slot", s.cfg.Slot, "restart_lsn", slot.RestartLSN)
 	}
 
 	// Step 4: choose where to start.
@@ -475,6 +459,45 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 		s.log.Info("timeline ended; following the next one", "timeline", tli, "next_timeline", next, "switch_point", nextStart)
 		tli, start = next, nextStart.SegmentStart(s.segSize)
 	}
+}
+
+// ensureSlot reads the replication slot, creating it (reserving WAL) when missing and
+// recreating it when the server invalidated it: the slot holds every byte not yet archived.
+func (s *Streamer) ensureSlot(ctx context.Context, conn *pgconn.PgConn) (pgrepl.SlotInfo, error) {
+	slot, err := pgrepl.ReadSlot(ctx, conn, s.cfg.Slot)
+	if errors.Is(err, pgrepl.ErrNotPhysicalSlot) {
+		return pgrepl.SlotInfo{}, permanentError{err}
+	}
+	if err != nil {
+		return pgrepl.SlotInfo{}, err
+	}
+	lost, reason := false, ""
+	if slot.Exists {
+		lost, reason = s.slotInvalidation(ctx)
+	}
+	if slot.Exists && (slot.RestartLSN == 0 || lost) {
+		// The server invalidated the slot (max_slot_wal_keep_size, or PostgreSQL 18's
+		// idle_replication_slot_timeout, which leaves restart_lsn set): the WAL it held is
+		// gone. Recreate it; the archive has a gap until the next base backup.
+		s.noteGap()
+		s.log.Error("the replication slot was invalidated by the server; WAL was lost before it was archived (the archive now has a hole); recreating the slot; take a new base backup",
+			"slot", s.cfg.Slot, "reason", reason,
+			"hint", "raise max_slot_wal_keep_size or idle_replication_slot_timeout (PostgreSQL 18), or keep the sidecar running")
+		if _, err := conn.Exec(ctx, "DROP_REPLICATION_SLOT "+pgrepl.QuoteIdent(s.cfg.Slot)).ReadAll(); err != nil {
+			return pgrepl.SlotInfo{}, fmt.Errorf("drop invalidated slot %s: %w", s.cfg.Slot, err)
+		}
+		slot.Exists = false
+	}
+	if !slot.Exists {
+		if err := pgrepl.CreateSlot(ctx, conn, s.cfg.Slot); err != nil {
+			return pgrepl.SlotInfo{}, err
+		}
+		if slot, err = pgrepl.ReadSlot(ctx, conn, s.cfg.Slot); err != nil {
+			return pgrepl.SlotInfo{}, err
+		}
+		s.log.Info("created replication slot", "slot", s.cfg.Slot, "restart_lsn", slot.RestartLSN)
+	}
+	return slot, nil
 }
 
 // startPosition returns the timeline and segment-aligned LSN to stream from: the segment

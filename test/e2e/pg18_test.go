@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"context"
 	"slices"
 	"testing"
 	"time"
@@ -10,7 +11,8 @@ import (
 
 // PostgreSQL 18 invalidates a slot idle for idle_replication_slot_timeout at a checkpoint,
 // leaving its restart_lsn set. The sidecar, started again, must see the invalidation,
-// count the hole (kcbackup_archive_gaps_total, which alerts) and archive again.
+// count the hole (kcbackup_archive_gaps_total, which alerts) and archive again. The alert
+// gauges behind the backup alerts are read back from the archive after a restart (issue 19).
 func TestIdleSlotTimeoutOnPostgreSQL18IsCountedAsAGap(t *testing.T) {
 	versions, err := harness.SelectedPGVersions()
 	if err != nil {
@@ -26,6 +28,7 @@ func TestIdleSlotTimeoutOnPostgreSQL18IsCountedAsAGap(t *testing.T) {
 		url := fileArchive(t)
 		pg := harness.StartPostgres(t, pgSettingsOn(v, map[string]string{"idle_replication_slot_timeout": "1s"}))
 		sc := harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: []string{"--partial-interval", "200ms"}})
+		takeBackup(t, pg, url, nil)
 		waitArchived(t, sc, flushLSN(t, pg), time.Minute)
 		if err := sc.Stop(30 * time.Second); err != nil {
 			t.Fatal(err)
@@ -47,6 +50,27 @@ func TestIdleSlotTimeoutOnPostgreSQL18IsCountedAsAGap(t *testing.T) {
 		gaps, err := sc.Metric("kcbackup_archive_gaps_total")
 		if err != nil || gaps < 1 {
 			t.Fatalf("kcbackup_archive_gaps_total = %v, %v; want the invalidated slot counted\n%s", gaps, err, sc.Log())
+		}
+		// A restarted sidecar reads the last backup's time back from the archive, so the
+		// stale-backup alert does not go blind (the hole here was filled from the server's
+		// WAL, so there is no gap to report: the unit test covers a real one).
+		sc.Kill()
+		if err := sc.Start(); err != nil {
+			t.Fatal(err)
+		}
+		sc.WaitReady(2 * time.Minute)
+		deadline = time.Now().Add(time.Minute)
+		for {
+			ok, _ := sc.Metric("kcbackup_backup_last_success_timestamp_seconds")
+			gap, _ := sc.Metric("kcbackup_archive_gap_last_timestamp_seconds")
+			if ok > 0 && gap == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				list, _, _ := harness.Kcbackup(t, context.Background(), nil, "list", "--storage", url)
+				t.Fatalf("after a restart: backup_last_success %v, gap_last %v; want the backup's time read back and no gap (the archive has none)\n%s", ok, gap, list)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}(18)
 }

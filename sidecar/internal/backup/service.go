@@ -42,6 +42,8 @@ type Service struct {
 	jobs map[string]*apiclient.BackupJob
 	run  *apiclient.BackupJob
 	seq  int
+	// lastSuccess is what the last-success gauge holds (seedAlertGauges never moves it back).
+	lastSuccess time.Time
 }
 
 var _ server.Backups = (*Service)(nil)
@@ -110,6 +112,7 @@ func (s *Service) take(job *apiclient.BackupJob, idReady chan struct{}) {
 	job.State, job.Backup = apiclient.StateCompleted, &info
 	m.Backups.WithLabelValues("success").Inc()
 	m.BackupLastSuccess.Set(float64(now.Unix()))
+	s.lastSuccess = now
 	m.BackupLastDuration.Set(rec.StopTime.Sub(rec.StartTime).Seconds())
 	m.BackupLastSize.Set(float64(rec.StoredBytes()))
 }
@@ -136,6 +139,7 @@ func (s *Service) Catalog(ctx context.Context) (apiclient.Catalog, error) {
 		return apiclient.Catalog{}, err
 	}
 	cat := CatalogOf(sum)
+	s.seedAlertGauges(sum)
 	if cat.Window != nil {
 		s.cfg.Metrics.RecoveryWindowStart.Set(float64(cat.Window.Earliest.Unix()))
 		s.cfg.Metrics.RecoveryWindowEnd.Set(float64(cat.Window.Latest.Unix()))
@@ -145,6 +149,51 @@ func (s *Service) Catalog(ctx context.Context) (apiclient.Catalog, error) {
 		s.cfg.Metrics.RecoveryRanges.WithLabelValues(strconv.FormatUint(uint64(tli), 10)).Set(float64(len(sum.Windows[tli])))
 	}
 	return cat, nil
+}
+
+// seedAlertGauges sets the gauges behind alerts from what the archive holds, so that a
+// restarted sidecar does not resolve an alert the archive still justifies: the newest
+// backup's stop time for the last success (never moving it back), and, while the live
+// timeline's newest range ends at a hole (WAL lost after the newest backup, which only a
+// newer backup cures), the time of this reading for the last gap.
+func (s *Service) seedAlertGauges(sum walarchive.Summary) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, b := range sum.Backups {
+		if t := b.StopTime; t.After(s.lastSuccess) {
+			s.lastSuccess = t
+			s.cfg.Metrics.BackupLastSuccess.Set(float64(t.Unix()))
+		}
+	}
+	if sum.Window != nil && sum.Window.Hole {
+		s.cfg.Metrics.ArchiveGapLast.Set(float64(time.Now().Unix()))
+	}
+}
+
+// RefreshGauges reads the archive once it is open, then every interval, to keep the
+// gauges behind alerts true across restarts (seedAlertGauges). It runs until ctx ends.
+func (s *Service) RefreshGauges(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	seeded := false
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if s.cfg.Streamer.Archive() == nil {
+			continue
+		}
+		if _, err := s.Catalog(ctx); err != nil {
+			s.cfg.Logger.Debug("could not read the archive to refresh the alert gauges", "err", err)
+			continue
+		}
+		if !seeded {
+			seeded = true
+			t.Reset(interval)
+		}
+	}
 }
 
 // CatalogOf converts a summary to the API's form.

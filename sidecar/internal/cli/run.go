@@ -178,6 +178,7 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	grp, gctx := errgroup.WithContext(ctx)
 	grp.Go(func() error { return s.Run(gctx) })
 	grp.Go(func() error { return srv.Run(gctx) })
+	grp.Go(func() error { bk.RefreshGauges(gctx, 5*time.Minute); return nil })
 	err = grp.Wait()
 	if err != nil {
 		return err

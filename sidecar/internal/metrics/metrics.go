@@ -38,7 +38,8 @@ type Metrics struct {
 	// RecoveryRanges counts the restorable ranges per timeline (more than one: a hole).
 	RecoveryRanges *prometheus.GaugeVec
 	ArchiveGaps    prometheus.Counter
-	// ArchiveGapLast is when the last gap was found (0: none since the sidecar started).
+	// ArchiveGapLast is when the last gap was found: by streaming, or by reading the archive
+	// back (a hole after the newest backup), at start and every 5 minutes (0: none).
 	ArchiveGapLast prometheus.Gauge
 	WALServed      *prometheus.CounterVec
 }
@@ -91,7 +92,7 @@ func New() *Metrics {
 			Help: "Restorable ranges of each timeline's path; more than one means a hole in the WAL splits it."}, []string{"timeline"}),
 		ArchiveGaps: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "archive_gaps_total",
 			Help: "Times streaming had to skip WAL the server no longer had (the archive has a gap; take a new base backup)."}),
-		ArchiveGapLast: g("archive_gap_last_timestamp_seconds", "When streaming last had to skip WAL the server no longer had (0: never since start); restores cannot cross it until a newer base backup exists."),
+		ArchiveGapLast: g("archive_gap_last_timestamp_seconds", "When streaming last had to skip WAL the server no longer had, or a reading of the archive last found a hole after the newest backup (0: none); restores cannot cross it until a newer base backup exists."),
 		WALServed: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kcbackup", Name: "wal_served_total",
 			Help: "WAL files served to restore_command through the sidecar, by source (cache: prefetched, archive: fetched on demand)."}, []string{"source"}),
 	}

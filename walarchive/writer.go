@@ -47,6 +47,11 @@ const DefaultWriterTTL = 30 * time.Second
 // archive holds. The message names the other writer and what to do.
 var ErrNotWriter = errors.New("this server may not archive into this archive")
 
+// ErrAwaitingPromotion is returned (wrapped, with ErrNotWriter) while the archive is handed
+// over to a restored server that is still in recovery: it may claim the archive once it
+// promotes, so the claim is worth retrying soon.
+var ErrAwaitingPromotion = errors.New("the restored server has not promoted yet")
+
 // ErrFenced is returned (wrapped) when a writer finds that a newer claim superseded its own.
 var ErrFenced = errors.New("this writer was superseded by a newer claim on the archive")
 
@@ -93,8 +98,11 @@ type Handover struct {
 // it branched from ParentTimeline at or after FromLSN onto a timeline newer than
 // AfterTimeline.
 func (h Handover) Accepts(tli uint32, hist TimelineHistory) error {
+	if tli == h.ParentTimeline {
+		return fmt.Errorf("the server is on timeline %d; the archive was handed over to a server restored along timeline %d once it promotes onto a timeline after %d: %w", tli, h.ParentTimeline, h.AfterTimeline, ErrAwaitingPromotion)
+	}
 	if tli <= h.AfterTimeline || len(hist) == 0 {
-		return fmt.Errorf("the server is on timeline %d; the archive was handed over to a server restored along timeline %d and promoted onto a timeline after %d (still in recovery?)", tli, h.ParentTimeline, h.AfterTimeline)
+		return fmt.Errorf("the server is on timeline %d; the archive was handed over to a server restored along timeline %d and promoted onto a timeline after %d", tli, h.ParentTimeline, h.AfterTimeline)
 	}
 	last := hist[len(hist)-1]
 	if last.Parent != h.ParentTimeline || last.SwitchPoint < h.FromLSN {

@@ -295,6 +295,9 @@ func (s *Streamer) Run(ctx context.Context) error {
 			// a restored server promotes): look again at least that often.
 			wait = min(wait, s.cfg.WriterTTL)
 		}
+		if errors.Is(err, walarchive.ErrAwaitingPromotion) {
+			wait = min(wait, time.Second) // the restored server takes the archive as it promotes
+		}
 		s.setErr(err)
 		s.log.Error("streaming stopped; reconnecting", "err", err, "retry_in", wait.Round(time.Millisecond))
 		select {

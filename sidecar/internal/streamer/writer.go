@@ -80,7 +80,7 @@ func (s *Streamer) claimArchive(ctx context.Context, a *walarchive.Archive, srv 
 	switch {
 	case c != nil && c.Kind == walarchive.ClaimHandover:
 		if err := c.Handover.Accepts(srv.Timeline, srv.History); err != nil {
-			return fmt.Errorf("%w: %v", walarchive.ErrNotWriter, err)
+			return fmt.Errorf("%w: %w", walarchive.ErrNotWriter, err)
 		}
 		reason = fmt.Sprintf("accepted hand-over %d (restore of backup %s to %s)", c.Epoch, c.Handover.BackupID, c.Handover.Target)
 	case c != nil && c.WriterID == s.writerID:

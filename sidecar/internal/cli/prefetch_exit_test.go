@@ -16,20 +16,25 @@ import (
 	"time"
 )
 
-// prefetcherArgsEnv makes TestHelperKcbackupMain, run in a child process, run the command
-// line it holds (separated by \x1f) as kcbackup's main does.
+// prefetcherArgsEnv makes the test binary, run as a child process, run the command line it
+// holds (separated by \x1f) as kcbackup's main does (see TestMain).
 const prefetcherArgsEnv = "KCBACKUP_TEST_MAIN_ARGS"
 
-// TestHelperKcbackupMain is not a test: it is kcbackup's main, for the tests below.
-func TestHelperKcbackupMain(t *testing.T) {
-	args := os.Getenv(prefetcherArgsEnv)
-	if args == "" {
-		t.Skip("helper process only")
+// TestMain runs this package's tests, or, in a child process the tests start, the one
+// helper its environment names: kcbackup's main (prefetcherArgsEnv) or a fetch that
+// stalls (blockedFetchEnv). The helpers are not tests, so a normal run skips nothing.
+func TestMain(m *testing.M) {
+	if args := os.Getenv(prefetcherArgsEnv); args != "" {
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		code := Execute(ctx, "test", strings.Split(args, "\x1f"), os.Stdout, os.Stderr)
+		stop()
+		os.Exit(code)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := Execute(ctx, "test", strings.Split(args, "\x1f"), os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	if dir := os.Getenv(blockedFetchEnv); dir != "" {
+		blockedFetch(dir)
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
 }
 
 // startPrefetcher starts `kcbackup wal-fetch --prefetch-worker` for the segment after
@@ -38,7 +43,7 @@ func startPrefetcher(t *testing.T, storage string, env ...string) (*exec.Cmd, io
 	t.Helper()
 	args := []string{"wal-fetch", "--prefetch-worker", "--storage", storage, "--prefetch", "2",
 		"--prefetch-dir", t.TempDir(), "--encryption-key-file", "", "--retry-for", "1h", "000000010000000000000005", "-"}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperKcbackupMain$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(append(os.Environ(), prefetcherArgsEnv+"="+strings.Join(args, "\x1f")), env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -11,16 +11,12 @@ import (
 	"time"
 )
 
-// blockedFetchEnv makes TestHelperBlockedFetch, run in a child process, start a fetch into
-// the directory it names and block half-way through it.
+// blockedFetchEnv makes the test binary, run as a child process, start a fetch into the
+// directory it names and block half-way through it (see TestMain).
 const blockedFetchEnv = "KCBACKUP_TEST_BLOCKED_FETCH_DIR"
 
-// TestHelperBlockedFetch is not a test: it is the fetch the tests below kill.
-func TestHelperBlockedFetch(t *testing.T) {
-	dir := os.Getenv(blockedFetchEnv)
-	if dir == "" {
-		t.Skip("helper process only")
-	}
+// blockedFetch is the fetch the tests below kill: it writes 1 MiB and stalls.
+func blockedFetch(dir string) {
 	_ = writeAtomically(filepath.Join(dir, "000000010000000000000001"), "000000010000000000000001", func(w io.Writer) error {
 		if _, err := w.Write(make([]byte, 1<<20)); err != nil {
 			return err
@@ -34,7 +30,7 @@ func TestHelperBlockedFetch(t *testing.T) {
 func startBlockedFetch(t *testing.T, dir string) (*exec.Cmd, string) {
 	t.Helper()
 	before := fetchTemps(t, dir)
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperBlockedFetch$")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), blockedFetchEnv+"="+dir)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

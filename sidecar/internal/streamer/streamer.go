@@ -171,6 +171,8 @@ type Streamer struct {
 	writerEpoch   uint64
 	cancelSession context.CancelFunc
 	fencedBy      error
+	// conditional is what the probe found of the store's conditional writes.
+	conditional walarchive.ConditionalWrites
 	// fencedSpool is set when fenced: the spool's leftovers are dropped at the next claim.
 	fencedSpool bool
 
@@ -391,7 +393,11 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 
 	// Step 2b: this sidecar must be the archive's one writer (RELIABILITY.md 30), and know
 	// whether the store honours conditional writes before it stores anything immutable.
-	if archive.Conditional == walarchive.ConditionalUnknown {
+	// The store is probed once per process, not on every reconnect.
+	s.mu.Lock()
+	known := s.conditional
+	s.mu.Unlock()
+	if known == walarchive.ConditionalUnknown {
 		c, err := archive.ProbeConditionalWrites(ctx)
 		if err != nil {
 			return err
@@ -399,7 +405,11 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 		if c == walarchive.ConditionalIgnored {
 			s.log.Warn("the archive's store ignores conditional writes (If-None-Match): each immutable object is checked before it is written; two writers racing between the check and the write could still both write, which the writer claim prevents")
 		}
+		s.mu.Lock()
+		s.conditional = c
+		s.mu.Unlock()
 	}
+	archive.Conditional = s.conditional
 	srv, err := serverPath(ctx, conn, info)
 	if err != nil {
 		return err
@@ -410,15 +420,18 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 	// would reserve from the end-of-recovery checkpoint on, leaving the new timeline's first
 	// WAL unprotected). Any other server claims first: a refused copy gets no slot that
 	// would hold its WAL.
+	st, err := archive.WriterState(ctx)
+	if err != nil {
+		return err
+	}
 	var slot pgrepl.SlotInfo
-	early := false
-	if st, err := archive.WriterState(ctx); err == nil && st.Claim != nil && st.Claim.Kind == walarchive.ClaimHandover {
-		early = true
+	early := st.Claim != nil && st.Claim.Kind == walarchive.ClaimHandover
+	if early {
 		if slot, err = s.ensureSlot(ctx, conn); err != nil {
 			return err
 		}
 	}
-	if err := s.claimArchive(ctx, archive, srv); err != nil {
+	if err := s.claimArchive(ctx, archive, st, srv); err != nil {
 		return err
 	}
 	if !early {

@@ -66,14 +66,10 @@ func serverPath(ctx context.Context, conn *pgconn.PgConn, info pgrepl.ServerInfo
 }
 
 // claimArchive makes this sidecar the archive's one writer for the server it is connected
-// to, or returns an error wrapping walarchive.ErrNotWriter that says who holds the archive
+// to, given the archive's writer log as just read (st), or returns an error wrapping walarchive.ErrNotWriter that says who holds the archive
 // and what to do. Run retries it with backoff: a crashed writer's claim lapses, a restored
 // server is promoted, a stopped writer releases its claim.
-func (s *Streamer) claimArchive(ctx context.Context, a *walarchive.Archive, srv walarchive.ServerPath) error {
-	st, err := a.WriterState(ctx)
-	if err != nil {
-		return err
-	}
+func (s *Streamer) claimArchive(ctx context.Context, a *walarchive.Archive, st walarchive.WriterState, srv walarchive.ServerPath) error {
 	now := s.cfg.Now()
 	c := st.Claim
 	reason := "first writer"

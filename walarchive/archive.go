@@ -16,8 +16,19 @@ import (
 	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
 
-// FormatVersion is the archive layout version this code writes and reads.
-const FormatVersion = 2
+// FormatVersion is the archive layout version this code writes. Version 3 stores the live
+// tail of a segment as appended parts (see tail.go); version 2 stored it as one
+// <segment>.partial object, rewritten whole on each upload.
+//
+// This code reads archives of versions 2 and 3: a version-2 partial is read as a tail of
+// one part. The first writer of this version (the sidecar, a base backup) to open a
+// version-2 archive moves its identity to version 3 before it stores anything, so that an
+// older kcbackup, which would not see the parts and would restore less than the archive
+// holds, refuses the archive instead of restoring from it.
+const FormatVersion = 3
+
+// oldestReadableFormat is the oldest archive format version this code reads.
+const oldestReadableFormat = 2
 
 // ErrNoIdentity is returned by OpenArchive when the storage holds no archive yet.
 var ErrNoIdentity = errors.New("no kcbackup archive here (identity.json is missing)")
@@ -45,8 +56,8 @@ type Identity struct {
 
 // Validate checks an identity read from storage or built from a server.
 func (id Identity) Validate() error {
-	if id.FormatVersion != FormatVersion {
-		return fmt.Errorf("archive format version %d is not supported (this kcbackup reads version %d)", id.FormatVersion, FormatVersion)
+	if id.FormatVersion < oldestReadableFormat || id.FormatVersion > FormatVersion {
+		return fmt.Errorf("archive format version %d is not supported (this kcbackup reads versions %d to %d; a newer archive needs a newer kcbackup)", id.FormatVersion, oldestReadableFormat, FormatVersion)
 	}
 	if _, err := strconv.ParseUint(id.SystemIdentifier, 10, 64); err != nil {
 		return fmt.Errorf("invalid system identifier %q: expected a decimal number", id.SystemIdentifier)
@@ -73,6 +84,8 @@ type Archive struct {
 	// ProbeConditionalWrites found out. Until it is known, immutable objects are compared
 	// with what is stored before each write.
 	Conditional ConditionalWrites
+	// UpgradedFrom is the format version InitArchive moved the archive from (0: none).
+	UpgradedFrom int
 }
 
 // ConditionalWrites says whether a store's PutIfAbsent is atomic.
@@ -206,6 +219,16 @@ func InitArchive(ctx context.Context, st storage.Storage, want Identity, key Key
 		return nil, err
 	}
 	a.Key = key
+	if have.FormatVersion < FormatVersion {
+		// Move the identity on before anything of the new format is stored (see FormatVersion).
+		up := have
+		up.FormatVersion = FormatVersion
+		data, _ := json.MarshalIndent(up, "", "  ")
+		if err := putSmall(ctx, st, IdentityKey, data, CompressionNone, nil); err != nil {
+			return nil, fmt.Errorf("move the archive from format version %d to %d: %w", have.FormatVersion, FormatVersion, err)
+		}
+		a.Identity, a.UpgradedFrom = up, have.FormatVersion
+	}
 	return a, nil
 }
 

@@ -24,9 +24,10 @@ const (
 )
 
 // FetchWALFile writes the WAL file that restore_command was asked for (a segment, a
-// .partial, or a .history file) to w, verified. A segment stored only as a partial is
-// served from the partial, padded with zeros to the segment size: PostgreSQL requires
-// full-size segment files and replays up to the end of valid WAL.
+// .partial, or a .history file) to w, verified. A segment stored only as its tail (parts,
+// or a format-2 partial) is served from the tail's run from the segment's first byte,
+// padded with zeros to the segment size: PostgreSQL requires full-size segment files and
+// replays up to the end of valid WAL.
 //
 // It returns an error wrapping ErrWALNotInArchive only when neither object exists; any other
 // error is a storage or verification failure. Bytes reach w before verification ends.
@@ -45,15 +46,11 @@ func (a *Archive) FetchWALFile(ctx context.Context, name string, w io.Writer) (F
 		// kcbackup keeps backup records itself; recovery does not need these files.
 		return 0, fmt.Errorf("%s: %w", name, ErrWALNotInArchive)
 	case WALFilePartial:
-		n, err := a.Get(ctx, PartialKey(f.Timeline, f.SegNo, a.SegmentSize()), w)
-		if err != nil {
-			return 0, notFoundAs(name, err)
-		}
-		return FetchedPartial, pad(w, a.SegmentSize()-uint64(n))
+		return a.fetchTail(ctx, name, f, w, false)
 	}
 	// A complete segment: read it at once (one round trip, not a lookup and a read). A
-	// missing object is reported before any byte reaches w, so the fallback to the partial
-	// is still decided before w is written.
+	// missing object is reported before any byte reaches w, so the fallback to the tail is
+	// still decided before w is written.
 	key := SegmentKey(f.Timeline, f.SegNo, a.SegmentSize())
 	err = a.getSegment(ctx, key, w)
 	if err == nil {
@@ -62,24 +59,43 @@ func (a *Archive) FetchWALFile(ctx context.Context, name string, w io.Writer) (F
 	if !errors.Is(err, errNothingWritten) {
 		return 0, err
 	}
-	pkey := PartialKey(f.Timeline, f.SegNo, a.SegmentSize())
-	n, err := a.Get(ctx, pkey, w)
-	if errors.Is(err, storage.ErrNotFound) {
-		// The segment may have been completed (and its partial deleted) between the two
-		// lookups: look for it once more before answering "not found".
-		if serr := a.getSegment(ctx, key, w); serr == nil {
-			return FetchedComplete, nil
-		} else if !errors.Is(serr, errNothingWritten) {
-			return 0, serr
+	return a.fetchTail(ctx, name, f, w, true)
+}
+
+// fetchTail writes the stored tail of f's segment (its run of parts from the first byte),
+// padded with zeros to the segment size. With orComplete, a complete segment stored since
+// the first lookup (the parts are then being removed) is served instead.
+func (a *Archive) fetchTail(ctx context.Context, name string, f WALFile, w io.Writer, orComplete bool) (FetchSource, error) {
+	key := SegmentKey(f.Timeline, f.SegNo, a.SegmentSize())
+	for attempt := 0; ; attempt++ {
+		t, err := a.ListTail(ctx, f.Timeline, f.SegNo)
+		if err != nil {
+			return 0, err
 		}
+		if orComplete && t.Complete {
+			switch err := a.getSegment(ctx, key, w); {
+			case err == nil:
+				return FetchedComplete, nil
+			case !errors.Is(err, errNothingWritten):
+				return 0, err
+			}
+		}
+		if t.Empty() {
+			return 0, fmt.Errorf("%s: %w", name, ErrWALNotInArchive)
+		}
+		cw := &countingWriter{w: w}
+		n, err := a.ReadTail(ctx, t, cw)
+		if errors.Is(err, storage.ErrNotFound) && cw.n == 0 && attempt == 0 {
+			continue // completed between the listing and the read: list once more
+		}
+		if err != nil {
+			return 0, notFoundAs(name, err)
+		}
+		if n == 0 {
+			return 0, fmt.Errorf("%s: %w", name, ErrWALNotInArchive)
+		}
+		return FetchedPartial, pad(w, a.SegmentSize()-n)
 	}
-	if err != nil {
-		return 0, notFoundAs(name, err)
-	}
-	if uint64(n) > a.SegmentSize() {
-		return 0, fmt.Errorf("%s: %w: %d bytes is more than a segment", pkey, ErrCorrupt, n)
-	}
-	return FetchedPartial, pad(w, a.SegmentSize()-uint64(n))
 }
 
 // FetchCompleteSegment writes complete segment segno of timeline tli to w, verified, and

@@ -34,7 +34,7 @@ type VerifyReport struct {
 // Verify reads every object in the archive and checks its checksum, checks every backup's
 // objects against its record and its WAL, and reports holes in the WAL of every timeline's
 // path. It may run while the archive is written: an object that disappears between the
-// listing and the read because it was superseded (a partial replaced by its complete
+// listing and the read because it was superseded (a tail replaced by its complete
 // segment) is not a problem.
 func (a *Archive) Verify(ctx context.Context, progress func(key string)) (VerifyReport, error) {
 	var r VerifyReport
@@ -62,6 +62,8 @@ func (a *Archive) Verify(ctx context.Context, progress func(key string)) (Verify
 		r.Bytes += uint64(n)
 		if err != nil {
 			r.Problems = append(r.Problems, Problem{o.Key, err.Error()})
+		} else if f, perr := ParseWALKey(o.Key, a.SegmentSize()); perr == nil && f.Kind == WALFilePart && uint64(n) != f.PartEnd-f.PartStart {
+			r.Problems = append(r.Problems, Problem{o.Key, fmt.Sprintf("tail part holds %d bytes, but its name says %d", n, f.PartEnd-f.PartStart)})
 		}
 	}
 	// Step 2: backups match their records.
@@ -115,10 +117,10 @@ func (a *Archive) Verify(ctx context.Context, progress func(key string)) (Verify
 }
 
 // superseded reports whether key, found missing after it was listed, was replaced as the
-// archive moved on: a partial whose complete segment now exists.
+// archive moved on: a partial or tail part whose complete segment now exists.
 func (a *Archive) superseded(ctx context.Context, key string) bool {
 	f, err := ParseWALKey(key, a.SegmentSize())
-	if err != nil || f.Kind != WALFilePartial {
+	if err != nil || f.Kind != WALFilePartial && f.Kind != WALFilePart {
 		return false
 	}
 	_, err = a.Storage.Stat(ctx, SegmentKey(f.Timeline, f.SegNo, a.SegmentSize()))

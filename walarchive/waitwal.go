@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"time"
 
 	"github.com/kcbackup/kcbackup/walarchive/storage"
@@ -12,7 +11,7 @@ import (
 
 // HasWAL reports whether all WAL of timeline tli from start up to stop is in the archive,
 // checked by exact keys: every complete segment, and for the last one either the complete
-// segment or a partial holding at least up to stop. It names the first missing piece.
+// segment or a stored tail (see Tail.Run) holding at least up to stop. It names the first missing piece.
 func (a *Archive) HasWAL(ctx context.Context, tli uint32, start, stop LSN) (bool, string, error) {
 	seg := a.SegmentSize()
 	last := stop.SegmentNo(seg)
@@ -30,16 +29,20 @@ func (a *Archive) HasWAL(ctx context.Context, tli uint32, start, stop LSN) (bool
 		if n != last {
 			return false, SegmentName(tli, n, seg), nil
 		}
-		// The last segment may be the live tail: a partial long enough will do.
-		got, err := a.Get(ctx, PartialKey(tli, n, seg), io.Discard)
-		if errors.Is(err, storage.ErrNotFound) {
-			return false, SegmentName(tli, n, seg), nil
-		}
+		// The last segment may be the live tail: a run of parts long enough will do.
+		t, err := a.ListTail(ctx, tli, n)
 		if err != nil {
 			return false, "", err
 		}
+		if t.Complete {
+			continue // completed since the lookup
+		}
+		_, got := t.Run()
+		if got == 0 {
+			return false, SegmentName(tli, n, seg), nil
+		}
 		if SegmentStartLSN(n, seg)+LSN(got) < stop {
-			return false, fmt.Sprintf("%s (partial up to %s)", SegmentName(tli, n, seg), SegmentStartLSN(n, seg)+LSN(got)), nil
+			return false, fmt.Sprintf("%s (tail up to %s)", SegmentName(tli, n, seg), SegmentStartLSN(n, seg)+LSN(got)), nil
 		}
 	}
 	return true, "", nil

@@ -84,13 +84,18 @@ const (
 	WALFileHistory
 	WALFilePartial
 	WALFileBackupLabel
+	// WALFilePart is one part of a segment's tail (an archive key only, never a name
+	// restore_command is asked for).
+	WALFilePart
 )
 
 // WALFile is a parsed WAL file name.
 type WALFile struct {
 	Kind     WALFileKind
 	Timeline uint32
-	SegNo    uint64 // segment files, partials and backup labels
+	SegNo    uint64 // segment files, partials, parts and backup labels
+	// PartStart and PartEnd are the byte range of the segment a part holds (WALFilePart).
+	PartStart, PartEnd uint64
 }
 
 // ErrInvalidName is matched (errors.Is) by every error ParseWALFileName returns.

@@ -415,22 +415,21 @@ func (a *Archive) timelineEnd(ctx context.Context, tli uint32) (LSN, bool, error
 	if complete {
 		return SegmentStartLSN(last+1, a.SegmentSize()), true, nil
 	}
-	n, err := a.Get(ctx, PartialKey(tli, last, a.SegmentSize()), discard{})
-	if errors.Is(err, storage.ErrNotFound) {
-		return 0, false, err
-	}
+	t, err := a.ListTail(ctx, tli, last)
 	if errors.Is(err, ErrCorrupt) || errors.Is(err, ErrWrongKey) {
 		return SegmentStartLSN(last+1, a.SegmentSize()), true, nil
 	}
 	if err != nil {
-		return 0, false, fmt.Errorf("read %s: %w", PartialKey(tli, last, a.SegmentSize()), err)
+		return 0, false, err
 	}
+	if t.Complete {
+		return SegmentStartLSN(last+1, a.SegmentSize()), true, nil
+	}
+	// The tail's run from the first byte; parts past a gap are uploads that never
+	// completed in order: the claim's end is what a reader can use.
+	_, n := t.Run()
 	return SegmentStartLSN(last, a.SegmentSize()) + LSN(n), true, nil
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // getPlainJSON reads an unencrypted framed JSON object (see the writer log's keys).
 func getPlainJSON(ctx context.Context, st storage.Storage, key string, v any) error {

@@ -46,8 +46,8 @@ func newRunCmd(g *globalOptions) *cobra.Command {
 		Short: "Archive WAL continuously and serve the HTTP API (the sidecar daemon)",
 		Long: `run streams WAL from PostgreSQL through a physical replication slot (created with reserved
 WAL when missing) and archives it: complete segments as they fill, and the tail of the
-current segment as soon as the previous upload has finished, at most every
---partial-interval. The position acknowledged to PostgreSQL never
+current segment as appended parts, each holding only the bytes that arrived since the one
+before, at most every --partial-interval (several in flight at once). The position acknowledged to PostgreSQL never
 passes what is durable in the archive, so the slot keeps on the server whatever is not
 archived yet. SIGTERM stops receiving, uploads the rest and exits 0.
 
@@ -76,7 +76,7 @@ For synchronous archiving (no committed transaction missing from the archive), s
 	f.StringVar(&o.storage, "storage", "", "archive location: "+walarchive.StorageURLForms)
 	f.StringVar(&o.listen, "listen", fmt.Sprintf(":%d", apiclient.DefaultPort), "HTTP listen address for the API and /metrics")
 	f.StringVar(&o.slot, "slot", "kcbackup", "physical replication slot name")
-	f.DurationVar(&o.partialInterval, "partial-interval", 500*time.Millisecond, "upload the current segment's tail at most this often (0: as soon as WAL arrives); each upload re-sends the segment from its start, so this also bounds the bytes uploaded")
+	f.DurationVar(&o.partialInterval, "partial-interval", 200*time.Millisecond, "upload the current segment's tail at most this often (0: as soon as WAL arrives); each upload is one PUT of the bytes since the last, so this bounds the PUT rate while WAL flows")
 	f.StringVar(&o.spool, "spool", filepath.Join(os.TempDir(), "kcbackup-spool"), "local directory for WAL waiting for upload (emptied at start)")
 	f.Int64Var(&o.spoolMaxMB, "spool-max-mb", 1024, "pause receiving when the spool holds this many MiB (the slot keeps the WAL)")
 	f.StringVar(&o.pgURL, "pg-url", "", "PostgreSQL connection URL (default: the libpq PG* environment variables); prefer PGPASSWORD or a password file to a password in the URL")

@@ -182,15 +182,16 @@ func (sp *spool) setLimit(n int64) {
 	sp.mu.Unlock()
 }
 
-// tailState is what the uploader knows of the stored tails (partials): how long each is,
-// which timelines had none when listed, and when the last tail upload started.
+// tailState is what the uploader knows of the stored tails: how far each segment's run of
+// parts from its first byte reaches, which timelines had none when listed, and when the
+// last tail upload started.
 type tailState struct {
 	mu sync.Mutex
-	// stored is the raw length of the partial object stored for (tli, segno).
+	// stored is where the stored run of (tli, segno)'s tail parts ends.
 	stored map[[2]uint64]uint64
-	// noPartialFrom[tli] is a segment number from which timeline tli had no partial stored
+	// noPartialFrom[tli] is a segment number from which timeline tli had no tail stored
 	// when this process listed it at the start of streaming tli: a later segment's first
-	// partial needs no read of a stored one (the slot lets only this process stream it).
+	// part needs no listing of stored ones (the slot lets only this process stream it).
 	noPartialFrom map[uint32]uint64
 	lastAt        time.Time
 	// lastSeg is the segment the last tail upload was of: a new segment's first tail is
@@ -205,18 +206,16 @@ func newTailState() *tailState {
 
 func segKey(seg *segment) [2]uint64 { return [2]uint64{uint64(seg.tli), seg.segno} }
 
-// due reports whether seg's first n bytes are not all stored and may go up at now (at most
-// every interval per segment, at once while draining); when due, it records the start.
-func (ts *tailState) due(seg *segment, n uint64, now time.Time, interval time.Duration) (pending, due bool, at time.Time) {
-	if seg == nil || n == 0 {
+// due reports whether seg's bytes from `from` (stored or in flight before it) up to n are
+// pending and may go up at now (at most every interval per segment, at once while
+// draining); when due, it records the start.
+func (ts *tailState) due(seg *segment, from, n uint64, now time.Time, interval time.Duration) (pending, due bool, at time.Time) {
+	if seg == nil || n <= from {
 		return false, false, time.Time{}
 	}
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
 	k := segKey(seg)
-	if n <= ts.stored[k] {
-		return false, false, time.Time{}
-	}
 	if k != ts.lastSeg {
 		ts.lastSeg, ts.lastAt = k, time.Time{}
 	}
@@ -245,7 +244,8 @@ func (ts *tailState) storedLen(seg *segment) (uint64, bool) {
 func (ts *tailState) setStored(seg *segment, n uint64, grow bool) {
 	ts.mu.Lock()
 	defer ts.mu.Unlock()
-	if k := segKey(seg); !grow || n > ts.stored[k] {
+	k := segKey(seg)
+	if have, known := ts.stored[k]; !grow || !known || n > have {
 		ts.stored[k] = n
 	}
 }

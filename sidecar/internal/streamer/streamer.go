@@ -162,6 +162,8 @@ type Streamer struct {
 	// knows of the stored tails.
 	spool *spool
 	tail  *tailState
+	// parts are the tail parts in flight.
+	parts partPipe
 	// slotRestart is the slot's restart_lsn as last read over SQL (0: not known).
 	slotRestart walarchive.LSN
 	// writerID is this sidecar's identity in the archive's writer claims; writerEpoch is
@@ -377,6 +379,9 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 			return permanentError{fmt.Errorf("open archive: %w", err)}
 		}
 		return fmt.Errorf("open archive: %w", err)
+	}
+	if archive.UpgradedFrom != 0 {
+		s.log.Info("archive moved to the current format: the live tail is now stored as appended parts; kcbackup releases before this format refuse the archive", "from_format", archive.UpgradedFrom, "to_format", walarchive.FormatVersion)
 	}
 	s.mu.Lock()
 	s.archive, s.segSize, s.sysID = archive, info.WALSegmentSize, info.SystemIdentifier
@@ -637,7 +642,7 @@ func (s *Streamer) listTimeline(ctx context.Context, tli uint32) (complete map[u
 		case err != nil:
 		case f.Kind == walarchive.WALFileSegment:
 			complete[f.SegNo] = true
-		case f.Kind == walarchive.WALFilePartial:
+		case f.Kind == walarchive.WALFilePartial || f.Kind == walarchive.WALFilePart:
 			noPartialFrom = max(noPartialFrom, f.SegNo+1)
 		}
 	}
@@ -787,33 +792,31 @@ func (s *Streamer) listPartials(ctx context.Context, tli uint32) {
 	s.tail.listed(tli, from, err == nil)
 }
 
-// storedPartialLength returns the raw length of the partial stored for a segment (0 when
-// there is none, or when it fails verification and will be replaced).
-func (s *Streamer) storedPartialLength(ctx context.Context, tli uint32, segno uint64) (uint64, error) {
-	key := walarchive.PartialKey(tli, segno, s.segSize)
-	if _, err := s.archive.Storage.Stat(ctx, key); errors.Is(err, storage.ErrNotFound) {
-		return 0, nil
-	} else if err != nil {
-		return 0, err
-	}
-	n, err := s.archive.Get(ctx, key, io.Discard)
+// storedTailLength returns where the stored run of a segment's tail ends (0 with none),
+// from a listing of its parts: their ranges are in their names, so nothing is read, and a
+// sidecar that holds only the recipients of an encrypted archive continues the run too.
+// A format-2 partial (one object) is read for its length.
+func (s *Streamer) storedTailLength(ctx context.Context, tli uint32, segno uint64) (uint64, error) {
+	t, err := s.archive.ListTail(ctx, tli, segno)
 	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		return 0, nil
 	case errors.Is(err, walarchive.ErrWrongKey):
-		// Archiving with only the recipients (public keys): this sidecar cannot read what an
-		// earlier run stored, so it cannot know how long it is. It never replaces it (that
-		// could shrink it): the segment is stored when complete, which supersedes it. Until
-		// then this segment's tail is not uploaded, nor acknowledged.
-		s.log.Warn("cannot read the stored partial with the recipient-only key; its segment is archived when complete", "key", key)
+		// A format-2 partial this sidecar cannot read with the recipient-only key: it
+		// cannot know how long it is, so it never writes a shorter run beside it; the
+		// segment is stored when complete, which supersedes it. Until then this segment's
+		// tail is not uploaded, nor acknowledged.
+		s.log.Warn("cannot read the stored format-2 partial with the recipient-only key; its segment is archived when complete", "segment", walarchive.SegmentName(tli, segno, s.segSize))
 		return s.segSize, nil
 	case errors.Is(err, walarchive.ErrCorrupt):
-		s.log.Warn("stored partial fails verification; it will be replaced", "key", key, "err", err)
+		s.log.Warn("stored format-2 partial fails verification; the tail is stored again as parts", "segment", walarchive.SegmentName(tli, segno, s.segSize), "err", err)
 		return 0, nil
 	case err != nil:
 		return 0, err
 	}
-	return uint64(n), nil
+	if t.Complete {
+		return s.segSize, nil
+	}
+	_, end := t.Run()
+	return end, nil
 }
 
 // retryStorage retries op with backoff while the storage fails, keeping storage_up at 0.

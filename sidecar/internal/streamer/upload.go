@@ -14,18 +14,19 @@ import (
 	"github.com/kcbackup/kcbackup/walarchive"
 )
 
-// uploader stores ended segments in order, and the tail of the current segment as a
-// partial, retrying storage errors with backoff. It runs until ctx ends.
+// uploader stores ended segments in order, and the tail of the current segment as
+// appended parts, retrying storage errors with backoff. It runs until ctx ends.
 //
-// The tail goes up as soon as bytes are pending and the previous upload has finished, but
-// a partial starts at most every PartialInterval: there is no fixed tick. A byte that
-// arrives during an upload is then durable at most one interval (or, when uploads take
-// longer than the interval, one upload) after that upload ends, so the archive lag stays
-// under the interval plus one upload, and under two uploads on a store slower than the
-// interval. At a segment's end the complete segment and the next segment's tail go up
-// together, so the boundary costs one upload, not two. Each partial re-sends its segment
-// from the start (an object is written whole), so PartialInterval is also what bounds the
-// upload amplification: at most one partial, of at most one segment, per interval.
+// Each tail upload stores only the bytes not stored (or in flight) before, as its own
+// immutable part (walarchive.PutPart), so an upload costs what arrived since the last one,
+// not the segment so far. A part is issued as soon as bytes are pending, at most every
+// PartialInterval (at once when it is 0: synchronous mode), with up to maxPartsInFlight
+// in flight; they are acknowledged in the order they were issued, so the acknowledged
+// position never runs ahead of a stored run from the segment's start (ack.go). A failed
+// part invalidates the parts issued after it: the bytes go up again from the end of the
+// stored run (overlapping parts are the same WAL; readers use the run, walarchive/tail.go).
+// At a segment's end the complete segment goes up once the parts in flight have landed,
+// and its parts are removed in the background.
 func (s *Streamer) uploader(ctx context.Context) {
 	select {
 	case <-ctx.Done():
@@ -78,9 +79,9 @@ func (s *Streamer) uploader(ctx context.Context) {
 	}
 }
 
-// nextJob picks the next upload: the oldest ended segment, else the current tail when a
-// partial is due. Without a job it returns when a pending tail falls due (zero when no
-// tail is pending).
+// nextJob picks the next upload: the oldest ended segments once no part is in flight,
+// else a part of the current tail when one is due. Without a job it returns when a pending
+// tail falls due (zero when no tail is pending).
 func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error) {
 	s.mu.Lock()
 	writer := s.mayUploadLocked()
@@ -88,25 +89,41 @@ func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error)
 	if !writer {
 		return nil, time.Time{}, nil // not the archive's writer (yet, or any more)
 	}
+	if err := s.parts.takeError(); err != nil {
+		return nil, time.Time{}, err // a part failed: back off, then go on from the stored run
+	}
 	// The next segment's tail goes up only after the queued segments are stored: were it
 	// stored first, a listing would show the segment before it missing, a hole that is not
 	// one (issue 19). Complete segments may land in any order: Graph.Reach reads up to
 	// MaxUploadsInFlight of them past a missing one as the live end.
 	if batch, first, queued := s.spool.head(endedParallel, s.segSize); queued > 0 {
+		if s.parts.busy() {
+			return nil, time.Time{}, nil // the ended segment's parts land first (in order)
+		}
 		if len(batch) > 1 {
 			return func() error { return s.uploadBatch(ctx, batch) }, time.Time{}, nil
 		}
 		return func() error { return s.uploadEnded(ctx, first) }, time.Time{}, nil
 	}
 	cur, n := s.spool.current()
-	pending, due, at := s.tail.due(cur, n, s.cfg.Now(), s.cfg.PartialInterval)
-	if !pending {
+	if cur == nil || n == 0 {
 		return nil, time.Time{}, nil
+	}
+	stored, known := s.tail.storedLen(cur)
+	if !known {
+		// Before the first part of a segment in this process, learn how far the stored run
+		// reaches (an earlier run may have stored more): parts continue from there.
+		return func() error { return s.learnStored(ctx, cur) }, time.Time{}, nil
+	}
+	from := max(stored, s.parts.issuedEnd(cur))
+	pending, due, at := s.tail.due(cur, from, n, s.cfg.Now(), s.cfg.PartialInterval)
+	if !pending || s.parts.full() {
+		return nil, time.Time{}, nil // a part that lands wakes the uploader
 	}
 	if !due {
 		return nil, at, nil
 	}
-	return func() error { return s.uploadPartial(ctx, cur, n, true) }, time.Time{}, nil
+	return func() error { s.issuePart(ctx, cur, from, n); return nil }, time.Time{}, nil
 }
 
 // endedParallel is how many complete segments are uploaded at once when several are
@@ -116,10 +133,10 @@ func (s *Streamer) nextJob(ctx context.Context) (func() error, time.Time, error)
 const endedParallel = walarchive.MaxUploadsInFlight
 
 // uploadEnded stores a segment that receives no more bytes: under its final name when it
-// is complete, as a partial when its timeline ended inside it.
+// is complete, as the last parts of its tail when its timeline ended inside it.
 func (s *Streamer) uploadEnded(ctx context.Context, seg *segment) error {
 	if seg.written < s.segSize {
-		if err := s.uploadPartial(ctx, seg, seg.written, true); err != nil {
+		if err := s.uploadTailNow(ctx, seg, seg.written); err != nil {
 			return err
 		}
 		s.spool.drop(seg)
@@ -181,52 +198,80 @@ func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
 }
 
 // finishComplete acknowledges a stored complete segment, drops it from the queue and
-// deletes its superseded partial in the background: the next upload (often the next
-// segment's tail) need not wait a round trip for it. A partial left behind when the
-// process ends is harmless: the complete segment is what is read.
+// removes its tail parts in the background: the next upload (often the next segment's
+// tail) need not wait for them. Parts left behind when the process ends are harmless: the
+// complete segment is what is read, and retention removes them with it.
 func (s *Streamer) finishComplete(ctx context.Context, seg *segment) {
 	s.advance(walarchive.SegmentStartLSN(seg.segno+1, s.segSize), seg.gen)
 	s.spool.drop(seg)
 	s.tail.forget(seg)
 	go func() {
-		if err := s.archive.Storage.Delete(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize)); err != nil && ctx.Err() == nil {
-			s.log.Warn("could not delete superseded partial", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
+		if err := s.archive.DeleteTail(ctx, seg.tli, seg.segno); err != nil && ctx.Err() == nil {
+			s.log.Warn("could not remove the superseded tail parts", "segment", walarchive.SegmentName(seg.tli, seg.segno, s.segSize), "err", err)
 		}
 	}()
 }
 
-// uploadPartial stores the first n bytes of seg as its partial, unless a partial at least
-// that long is already stored, and with ack set acknowledges them.
-func (s *Streamer) uploadPartial(ctx context.Context, seg *segment, n uint64, ack bool) error {
-	stored, known := s.tail.storedLen(seg) // known: also none stored when the timeline was listed
+// learnStored finds how far seg's stored tail reaches, from a listing of its parts.
+func (s *Streamer) learnStored(ctx context.Context, seg *segment) error {
+	stored, err := s.storedTailLength(ctx, seg.tli, seg.segno)
+	s.noteStorage(metrics.KindPartial, err)
+	if err != nil {
+		return err
+	}
+	s.tail.setStored(seg, stored, true)
+	return nil
+}
+
+// uploadTailNow stores seg's first n bytes, those not stored yet as one part, and waits
+// for it (no part may be in flight): the end of a segment whose timeline ended inside it.
+func (s *Streamer) uploadTailNow(ctx context.Context, seg *segment, n uint64) error {
+	stored, known := s.tail.storedLen(seg)
 	if !known {
-		// Before the first partial of a segment in this process, learn how long the stored
-		// one is (an earlier run may have stored more): a partial only ever grows.
-		var err error
-		if stored, err = s.storedPartialLength(ctx, seg.tli, seg.segno); err != nil {
-			s.noteStorage(metrics.KindPartial, err)
+		if err := s.learnStored(ctx, seg); err != nil {
 			return err
 		}
-		s.tail.setStored(seg, stored, true)
+		stored, _ = s.tail.storedLen(seg)
 	}
 	if n <= stored {
 		return nil
 	}
+	if err := s.putPart(ctx, seg, stored, n); err != nil {
+		return err
+	}
+	s.tail.setStored(seg, n, true)
+	s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize)+walarchive.LSN(n), seg.gen)
+	return nil
+}
+
+// issuePart starts storing bytes [from, to) of seg as a part, in the background. When it
+// and every part issued before it have landed, the stored run and the acknowledged
+// position move on.
+func (s *Streamer) issuePart(ctx context.Context, seg *segment, from, to uint64) {
+	fl := s.parts.issue(seg, from, to)
+	go func() {
+		err := s.putPart(ctx, seg, from, to)
+		for _, done := range s.parts.land(fl, err) {
+			s.tail.setStored(done.seg, done.end, true)
+			s.advance(walarchive.SegmentStartLSN(done.seg.segno, s.segSize)+walarchive.LSN(done.end), done.seg.gen)
+		}
+		s.poke()
+	}()
+}
+
+// putPart stores bytes [from, to) of seg, read from its spool file, as a tail part.
+func (s *Streamer) putPart(ctx context.Context, seg *segment, from, to uint64) error {
 	f, err := os.Open(seg.path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
-	res, err := s.archive.Put(ctx, walarchive.PartialKey(seg.tli, seg.segno, s.segSize), io.LimitReader(f, int64(n)))
+	res, err := s.archive.PutPart(ctx, seg.tli, seg.segno, from, to, io.NewSectionReader(f, int64(from), int64(to-from)))
 	s.noteStorage(metrics.KindPartial, err)
 	if err != nil {
 		return err
 	}
 	s.countUpload(metrics.KindPartial, res)
-	s.tail.setStored(seg, n, false)
-	if ack {
-		s.advance(walarchive.SegmentStartLSN(seg.segno, s.segSize)+walarchive.LSN(n), seg.gen)
-	}
 	return nil
 }
 

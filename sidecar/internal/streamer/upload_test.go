@@ -30,7 +30,7 @@ type slowStore struct {
 
 func (s *slowStore) write(ctx context.Context, key string, put func() error) error {
 	switch {
-	case strings.HasSuffix(key, walarchive.PartialSuffix):
+	case strings.Contains(key, walarchive.PartsSuffix+"/"):
 		time.Sleep(s.delay / 6) // a few bytes
 	case strings.HasPrefix(key, "wal/"):
 		time.Sleep(s.delay) // a whole segment

@@ -82,6 +82,12 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader, move func(tmp,
 	_, _ = rand.Read(rnd[:])
 	tmp := filepath.Join(dir, tempPrefix+filepath.Base(p)+"-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+	for try := 0; errors.Is(err, fs.ErrNotExist) && try < 3; try++ {
+		// A Delete removed the directory once it was empty, between mkdirAll and here.
+		if err = s.mkdirAll(dir); err == nil {
+			f, err = os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
@@ -240,8 +246,14 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 		}
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
-	if err := syncDir(filepath.Dir(p)); err != nil {
+	dir := filepath.Dir(p)
+	if err := syncDir(dir); err != nil {
 		return fmt.Errorf("delete %s: fsync directory: %w", key, err)
+	}
+	// Like an object store, leave no empty directory behind (a segment's tail parts live in
+	// a directory of their own); a directory that is not empty stays.
+	if dir != s.root && os.Remove(dir) == nil {
+		_ = syncDir(filepath.Dir(dir))
 	}
 	return nil
 }

@@ -209,7 +209,7 @@ func testCorruptObjectsAreNamedAndNeverRestored(t *testing.T, version int) {
 	segs, _ := a.Storage.List(ctx, walarchive.TimelineDir(1))
 	var walKey string
 	for _, o := range segs {
-		if !strings.HasSuffix(o.Key, ".partial") {
+		if f, err := walarchive.ParseWALKey(o.Key, a.SegmentSize()); err == nil && f.Kind == walarchive.WALFileSegment {
 			walKey = o.Key
 		}
 	}

@@ -199,13 +199,13 @@ func TestReceivedWALIsUploadedWhenTheServerGoesAway(t *testing.T) {
 	seg := end.SegmentNo(a.SegmentSize())
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		var buf bytes.Buffer
-		n, err := a.Get(ctx, walarchive.PartialKey(1, seg, a.SegmentSize()), &buf)
+		tail, err := a.ListTail(ctx, 1, seg)
+		_, n := tail.Run()
 		if err == nil && walarchive.SegmentStartLSN(seg, a.SegmentSize())+walarchive.LSN(n) >= end {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the received tail up to %s was not uploaded after the server stopped (partial: %d bytes, %v)\n%s", end, n, err, sc.Log())
+			t.Fatalf("the received tail up to %s was not uploaded after the server stopped (stored run: %d bytes, %v)\n%s", end, n, err, sc.Log())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

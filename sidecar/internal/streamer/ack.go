@@ -1,6 +1,7 @@
 package streamer
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -148,4 +149,69 @@ func (t *ackTracker) lagSeconds() float64 {
 		return 0
 	}
 	return t.now().Sub(t.samples[0].at).Seconds()
+}
+
+// ackKick turns the acknowledgement room's "moved" signal into an interruption of the
+// receive in progress, so that the receiver sends the new position at once. Only the
+// receiving goroutine writes to the connection; this only cancels its receive.
+type ackKick struct {
+	mu      sync.Mutex
+	pending bool
+	cancel  context.CancelFunc
+	// moved is signalled (without blocking) on each move, for a receiver that waits
+	// without receiving (back-pressure).
+	moved chan struct{}
+}
+
+// newAckKick watches moved until ctx ends.
+func newAckKick(ctx context.Context, moved <-chan struct{}) *ackKick {
+	k := &ackKick{moved: make(chan struct{}, 1)}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-moved:
+			}
+			k.mu.Lock()
+			k.pending = true
+			if k.cancel != nil {
+				k.cancel()
+			}
+			k.mu.Unlock()
+			select {
+			case k.moved <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	return k
+}
+
+// receiveContext is the context of one receive: it ends after d, or as soon as the
+// archived position moves (at once when it moved since the last take). Call done after.
+func (k *ackKick) receiveContext(parent context.Context, d time.Duration) (ctx context.Context, done func()) {
+	ctx, cancel := context.WithTimeout(parent, d)
+	k.mu.Lock()
+	if k.pending {
+		cancel()
+	} else {
+		k.cancel = cancel
+	}
+	k.mu.Unlock()
+	return ctx, func() {
+		k.mu.Lock()
+		k.cancel = nil
+		k.mu.Unlock()
+		cancel()
+	}
+}
+
+// take reports whether the archived position moved since the last take.
+func (k *ackKick) take() bool {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	p := k.pending
+	k.pending = false
+	return p
 }

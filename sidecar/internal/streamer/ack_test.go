@@ -1,6 +1,7 @@
 package streamer
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -64,5 +65,35 @@ func TestAckTrackerMovesOnlyForwardAndOnlyForTheCurrentSession(t *testing.T) {
 	}
 	if tr.advance(0x2100000, g3); tr.lagSeconds() != 0 {
 		t.Fatalf("lag %v after everything received is archived", tr.lagSeconds())
+	}
+}
+
+// A move of the archived position interrupts the receive in progress (so a synchronous
+// commit is acknowledged at once), and one that happened between receives ends the next
+// receive at once; take reports each move once.
+func TestAckKickInterruptsTheReceive(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	moved := make(chan struct{}, 1)
+	k := newAckKick(ctx, moved)
+	rctx, done := k.receiveContext(ctx, time.Hour)
+	moved <- struct{}{}
+	<-rctx.Done() // a receive blocked for an hour ends when the position moves
+	done()
+	if !k.take() {
+		t.Fatal("the move was not reported")
+	}
+	if k.take() {
+		t.Fatal("one move was reported twice")
+	}
+	<-k.moved // the first move's signal
+	moved <- struct{}{}
+	<-k.moved
+	rctx, done = k.receiveContext(ctx, time.Hour)
+	defer done()
+	select {
+	case <-rctx.Done():
+	default:
+		t.Fatal("a move between receives did not end the next receive at once")
 	}
 }

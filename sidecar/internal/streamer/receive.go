@@ -37,9 +37,12 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 		return nil
 	}
 	pollEvery := 100 * time.Millisecond
-	if s.cfg.PartialInterval == 0 {
-		pollEvery = 10 * time.Millisecond
-	}
+	// A synchronous commit waits for this sidecar's acknowledgement: when the archived
+	// position moves while a receive is blocked, the receive is interrupted and the status
+	// goes out at once, not at the next poll.
+	kctx, stopKick := context.WithCancel(ctx)
+	defer stopKick()
+	kick := newAckKick(kctx, s.ack.moved)
 
 	for {
 		if ctx.Err() != nil {
@@ -54,16 +57,9 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 			return 0, 0, ctx.Err()
 		}
 		// Acknowledge as soon as the archive moved; otherwise every StatusInterval.
-		select {
-		case <-s.ack.moved:
+		if kick.take() || time.Now().After(nextStatus) {
 			if err := sendStatus(); err != nil {
 				return 0, 0, err
-			}
-		default:
-			if time.Now().After(nextStatus) {
-				if err := sendStatus(); err != nil {
-					return 0, 0, err
-				}
 			}
 		}
 		// Gauges (lag, spool, slot retention) stay fresh between status messages, which
@@ -76,20 +72,19 @@ func (s *Streamer) stream(ctx context.Context, conn *pgconn.PgConn, tli uint32, 
 		if s.spool.over() {
 			select {
 			case <-ctx.Done():
-			case <-s.ack.moved:
-				if err := sendStatus(); err != nil {
-					return 0, 0, err
-				}
+			case <-kick.moved:
 			case <-time.After(200 * time.Millisecond):
 			}
 			continue
 		}
 
-		rctx, cancel := context.WithTimeout(ctx, pollEvery)
+		rctx, done := kick.receiveContext(ctx, pollEvery)
 		msg, err := conn.ReceiveMessage(rctx)
-		cancel()
+		done()
 		if err != nil {
-			if pgconn.Timeout(err) || (ctx.Err() != nil && errors.Is(err, context.Canceled)) {
+			// A poll that timed out, a receive interrupted to acknowledge, or the end: the
+			// connection stays usable (pgconn resumes a message cut by a deadline).
+			if pgconn.Timeout(err) || errors.Is(err, context.Canceled) {
 				continue
 			}
 			return 0, 0, fmt.Errorf("receive WAL: %w", err)

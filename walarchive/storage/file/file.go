@@ -26,6 +26,8 @@ const tempPrefix = ".kcbackup-tmp-"
 // Store is a storage.Storage rooted at a directory.
 type Store struct {
 	root string
+	// syncs groups the directory fsyncs of concurrent writes (see dirsync.go).
+	syncs *dirSyncs
 }
 
 var _ storage.Storage = (*Store)(nil)
@@ -38,7 +40,7 @@ func New(dir string) (*Store, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("file storage directory %q: %w", dir, err)
 	}
-	return &Store{root: filepath.Clean(dir)}, nil
+	return &Store{root: filepath.Clean(dir), syncs: &dirSyncs{}}, nil
 }
 
 // Root is the store's directory.
@@ -114,7 +116,7 @@ func (s *Store) put(ctx context.Context, key string, r io.Reader, move func(tmp,
 	} else if err != nil {
 		return fmt.Errorf("put %s: move into place: %w", key, err)
 	}
-	if err = syncDir(dir); err != nil {
+	if err = s.syncs.sync(dir, syncDir); err != nil {
 		return fmt.Errorf("put %s: fsync directory: %w", key, err)
 	}
 	return nil

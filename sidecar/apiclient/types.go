@@ -30,7 +30,18 @@ type Status struct {
 	// LastError is why the sidecar is not streaming, when it is not (another writer holds
 	// the archive, the server is unreachable, ...); empty while it streams.
 	LastError string `json:"lastError,omitempty"`
+	// Role is what the sidecar found its PostgreSQL to be: RolePrimary (it archives and
+	// takes backups), RoleStandby (it stands by, keeping the WAL a promotion would need) or
+	// RoleUnknown (the server did not answer yet). Empty from sidecars before replicas.
+	Role string `json:"role,omitempty"`
 }
+
+// Server roles in Status.Role.
+const (
+	RolePrimary = "primary"
+	RoleStandby = "standby"
+	RoleUnknown = "unknown"
+)
 
 // Backup job states.
 const (

@@ -47,7 +47,7 @@ func ReadSlot(ctx context.Context, conn *pgconn.PgConn, name string) (SlotState,
 	return SlotState{}, fmt.Errorf("read replication slot %s: %d rows", name, len(res.Rows))
 }
 
-// ParseSlotRow parses a row of slotQuery: slot_type, restart_lsn ('' when none), wal_status.
+// ParseSlotRow parses a row of slotQuery: slot_type, restart_lsn (empty when none), wal_status.
 func ParseSlotRow(row [][]byte) (SlotState, error) {
 	if len(row) != 3 {
 		return SlotState{}, fmt.Errorf("replication slot row: expected 3 columns, got %d", len(row))

@@ -38,6 +38,7 @@ type runOptions struct {
 	compression     string
 	walPrefetch     int
 	writerTTL       time.Duration
+	standbySlotIvl  time.Duration
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -97,6 +98,7 @@ For synchronous archiving (no committed transaction missing from the archive), s
 	f.StringVar(&o.compression, "compression", "zstd", "compression for a new archive: zstd or none")
 	f.IntVar(&o.walPrefetch, "wal-prefetch", 4, "segments GET /v1/wal prefetches into memory after each one served (restore through the sidecar; memory: this many segments)")
 	f.DurationVar(&o.writerTTL, "writer-ttl", walarchive.DefaultWriterTTL, "how long this sidecar's claim as the archive's one writer holds after each renewal (renewed every sixth of it); a crashed writer's claim lapses after it")
+	f.DurationVar(&o.standbySlotIvl, "standby-slot-interval", 30*time.Second, "on a streaming standby, how often the standby's slot is advanced to where the archive ends (each time lists the archive's newest timeline); the standby keeps at most this much more WAL")
 	return cmd
 }
 
@@ -108,6 +110,9 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	// Step 1: validate every input before touching anything.
 	if o.storage == "" {
 		return errors.New("--storage (or KCBACKUP_STORAGE) is required: " + walarchive.StorageURLForms)
+	}
+	if o.standbySlotIvl < 100*time.Millisecond || o.standbySlotIvl > time.Hour {
+		return fmt.Errorf("invalid --standby-slot-interval %s: expected 100ms to 1h", o.standbySlotIvl)
 	}
 	if o.walPrefetch < 0 || o.walPrefetch > 64 {
 		return fmt.Errorf("invalid --wal-prefetch %d: expected 0 to 64", o.walPrefetch)
@@ -150,6 +155,7 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	// primary, docs/replicas.md), the backup service and the API.
 	sup, err := standby.New(standby.Config{
 		PG: pgcfg, Slot: o.slot, Storage: st, Key: key, WriterTTL: o.writerTTL, Metrics: m, Logger: log,
+		SlotInterval: o.standbySlotIvl,
 		NewStreamer: func() (*streamer.Streamer, error) {
 			return streamer.New(streamer.Config{
 				PG: pgcfg, Slot: o.slot, PartialInterval: o.partialInterval, SpoolDir: o.spool,

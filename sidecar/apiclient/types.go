@@ -185,6 +185,12 @@ type KeycloakCleanupResult struct {
 	UserSessionRows int64 `json:"userSessionRows"`
 	// ClientSessionRows is how many rows were deleted from offline_client_session.
 	ClientSessionRows int64 `json:"clientSessionRows"`
+	// AuthSessionRows is how many authentication sessions (logins in progress, persisted
+	// by Keycloak 26.7 and later in root_auth_session and auth_session) were deleted.
+	AuthSessionRows int64 `json:"authSessionRows,omitempty"`
+	// KeycloakVersion is the schema version read from the database's migration_model
+	// (empty when it has none).
+	KeycloakVersion string `json:"keycloakVersion,omitempty"`
 	// Skipped says what was not done and why (a table that does not exist).
 	Skipped []string `json:"skipped,omitempty"`
 }

@@ -313,7 +313,8 @@ func (s *Server) keycloakCleanup(w http.ResponseWriter, r *http.Request) {
 	default:
 		if s.cfg.Logger != nil {
 			s.cfg.Logger.Info("cleaned the restored Keycloak database", "database", res.Database, "sessions", res.Sessions,
-				"jgroups_ping_rows", res.JGroupsPingRows, "user_session_rows", res.UserSessionRows, "client_session_rows", res.ClientSessionRows)
+				"jgroups_ping_rows", res.JGroupsPingRows, "user_session_rows", res.UserSessionRows, "client_session_rows", res.ClientSessionRows,
+				"auth_session_rows", res.AuthSessionRows, "keycloak_version", res.KeycloakVersion)
 		}
 		writeJSON(w, http.StatusOK, res)
 	}

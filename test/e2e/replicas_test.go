@@ -143,6 +143,40 @@ func testReplicaFailover(t *testing.T, version int, url string, env []string) {
 		version, end1, h[0].SwitchPoint, replicated)
 }
 
+// The old primary's PostgreSQL dies but its sidecar lives on (the pod stays, the database
+// container crash-loops): after a writer TTL without an answer the sidecar stops archiving
+// and releases the archive, so the promoted standby's sidecar takes over without waiting for
+// the old pod to go.
+func TestAPromotedStandbyTakesOverFromASidecarWhoseServerDied(t *testing.T) {
+	ctx := context.Background()
+	url := fileArchive(t)
+	p := harness.StartPostgres(t, replicaSettings(harness.PGDefaultVersion))
+	createLedger(t, p)
+	s := harness.StartStandby(t, p, harness.PGOptions{})
+	ps := harness.StartSidecar(t, p, harness.SidecarOptions{Storage: url, Args: replicaArgs})
+	ss := harness.StartSidecar(t, s, harness.SidecarOptions{Storage: url, Args: replicaArgs})
+	takeBackup(t, p, url, nil)
+	exec1(t, p, "INSERT INTO ledger (note) SELECT 'before' FROM generate_series(1, 100)")
+	waitArchived(t, ps, flushLSN(t, p), time.Minute)
+	waitReplayed(t, s, flushLSN(t, p))
+
+	if err := p.Stop(ctx, "immediate"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	exec1(t, s, "INSERT INTO ledger (note) SELECT 'after' FROM generate_series(1, 50)")
+	waitArchived(t, ss, flushLSN(t, s), 2*time.Minute)
+	if ps.Exited() || !strings.Contains(ps.Log(), "released the archive's writer claim") {
+		t.Fatalf("the old primary's sidecar did not release the archive and live on (exited %v):\n%s", ps.Exited(), ps.Log())
+	}
+	r, _ := restoreAndStart(t, nil, url, "latest")
+	if got := query(t, r, "SELECT count(*) FILTER (WHERE note = 'before') || '/' || count(*) FILTER (WHERE note = 'after') FROM ledger"); got != "100/50" {
+		t.Fatalf("restore --to latest holds %s rows (before/after the failover); want 100/50", got)
+	}
+}
+
 // A standby's sidecar that is never promoted writes not a single object into the archive,
 // even when the archive has no writer at all (the primary's sidecar stopped and released
 // its claim): it only keeps its slot and says it stands by.

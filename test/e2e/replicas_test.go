@@ -213,6 +213,21 @@ func TestStandbySidecarNeverWritesIntoTheArchive(t *testing.T) {
 	}
 }
 
+// A role that may open only replication connections (here: its database does not exist,
+// which a replication connection ignores) still has its primary found, over SHOW
+// in_hot_standby, and archives as before.
+func TestReplicationOnlyAccessStillFindsThePrimary(t *testing.T) {
+	url := fileArchive(t)
+	p := harness.StartPostgres(t, replicaSettings(harness.PGDefaultVersion))
+	ps := harness.StartSidecar(t, p, harness.SidecarOptions{Storage: url, Args: replicaArgs, Env: []string{"PGDATABASE=no_such_database"}})
+	createLedger(t, p)
+	exec1(t, p, "INSERT INTO ledger (note) SELECT 'x' FROM generate_series(1, 100)")
+	waitArchived(t, ps, flushLSN(t, p), time.Minute)
+	if st, err := ps.Status(context.Background()); err != nil || st.Role != apiclient.RolePrimary {
+		t.Fatalf("status = %+v, %v; want role primary", st, err)
+	}
+}
+
 // archiveObjects lists every object with its size and time: a change means a write.
 func archiveObjects(t *testing.T, a *walarchive.Archive) string {
 	t.Helper()

@@ -56,3 +56,28 @@ func ParseProbeRow(row [][]byte) (ServerState, error) {
 	st.WALPosition = lsn
 	return st, nil
 }
+
+// ProbeReplication asks over a replication connection, for a role that may open only
+// those (pg_hba.conf with a replication line and no database line): SHOW in_hot_standby
+// (PostgreSQL 14 and later). The WAL position is not known this way (0).
+func ProbeReplication(ctx context.Context, conn *pgconn.PgConn) (ServerState, error) {
+	res, err := conn.Exec(ctx, "SHOW in_hot_standby").ReadAll()
+	if err != nil {
+		return ServerState{}, fmt.Errorf("ask PostgreSQL SHOW in_hot_standby: %w", err)
+	}
+	if len(res) != 1 || len(res[0].Rows) != 1 || len(res[0].Rows[0]) != 1 {
+		return ServerState{}, fmt.Errorf("ask PostgreSQL SHOW in_hot_standby: expected one value")
+	}
+	return ParseHotStandby(string(res[0].Rows[0][0]))
+}
+
+// ParseHotStandby parses in_hot_standby: "on" on a standby, "off" on a primary.
+func ParseHotStandby(v string) (ServerState, error) {
+	switch v {
+	case "on":
+		return ServerState{InRecovery: true}, nil
+	case "off":
+		return ServerState{}, nil
+	}
+	return ServerState{}, fmt.Errorf("in_hot_standby is %q: expected on or off", v)
+}

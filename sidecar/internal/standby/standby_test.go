@@ -118,3 +118,14 @@ func TestCompleteEndIgnoresPartialsAndOtherTimelines(t *testing.T) {
 		t.Fatal("a timeline with only a partial has no complete end")
 	}
 }
+
+func TestParseHotStandby(t *testing.T) {
+	for v, want := range map[string]bool{"on": true, "off": false} {
+		if st, err := ParseHotStandby(v); err != nil || st.InRecovery != want {
+			t.Errorf("ParseHotStandby(%q) = %+v, %v; want in recovery %v", v, st, err, want)
+		}
+	}
+	if _, err := ParseHotStandby("true"); err == nil {
+		t.Error(`ParseHotStandby("true") succeeded; want an error`)
+	}
+}

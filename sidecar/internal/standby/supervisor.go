@@ -168,19 +168,15 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	t := time.NewTicker(s.cfg.ProbeInterval)
 	defer t.Stop()
 	var (
-		conn       *pgconn.PgConn
+		c          conns
 		run        *primaryRun
 		silentFrom time.Time
 		nextSlot   time.Time
 	)
-	defer func() {
-		if conn != nil {
-			conn.Close(context.Background())
-		}
-	}()
+	defer c.close()
 	for {
 		// Step 1: ask the server.
-		state, err := s.probe(ctx, &conn)
+		state, err := s.probe(ctx, &c)
 		now := s.cfg.Now()
 		if err == nil {
 			silentFrom = time.Time{}
@@ -214,7 +210,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 
 		// Step 3: on a standby, keep the WAL a promotion will need.
 		if next == PhaseStandby && err == nil && !now.Before(nextSlot) {
-			s.keepSlot(ctx, conn, state)
+			if c.sql == nil {
+				s.setSlotErr(errors.New("the standby's slot is kept over an ordinary SQL connection, which PostgreSQL refused the sidecar's role " +
+					"(only replication connections work): allow the role a database connection in pg_hba.conf"))
+			} else {
+				s.keepSlot(ctx, c.sql, state)
+			}
 			nextSlot = now.Add(s.cfg.SlotInterval)
 		}
 
@@ -236,18 +237,53 @@ func (s *Supervisor) Run(ctx context.Context) error {
 	}
 }
 
-// probe asks the server over a kept connection, reconnecting when it broke.
-func (s *Supervisor) probe(ctx context.Context, conn **pgconn.PgConn) (ServerState, error) {
+// conns are the connections the probe keeps open: an ordinary one, and a replication one
+// used only while the ordinary one is refused.
+type conns struct {
+	sql, repl *pgconn.PgConn
+}
+
+func (c *conns) close() {
+	for _, p := range []**pgconn.PgConn{&c.sql, &c.repl} {
+		if *p != nil {
+			(*p).Close(context.Background())
+			*p = nil
+		}
+	}
+}
+
+// probe asks the server over a kept ordinary connection, reconnecting when it broke. When
+// the role may not open one (only a replication line in pg_hba.conf), it asks over a
+// replication connection instead: the primary then archives as before, but a standby's
+// slot, kept over SQL, cannot be (Ready says so).
+func (s *Supervisor) probe(ctx context.Context, c *conns) (ServerState, error) {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	st, err := keptProbe(pctx, &c.sql, func(ctx context.Context) (*pgconn.PgConn, error) { return pgrepl.ConnectSQL(ctx, s.cfg.PG) }, Probe)
+	if err == nil {
+		if c.repl != nil {
+			c.repl.Close(context.Background())
+			c.repl = nil
+		}
+		return st, nil
+	}
+	if rst, rerr := keptProbe(pctx, &c.repl, func(ctx context.Context) (*pgconn.PgConn, error) { return pgrepl.ConnectReplication(ctx, s.cfg.PG) }, ProbeReplication); rerr == nil {
+		return rst, nil
+	}
+	return ServerState{}, err
+}
+
+// keptProbe runs ask over *conn, connecting first when there is none and dropping the
+// connection when the question failed.
+func keptProbe(ctx context.Context, conn **pgconn.PgConn, connect func(context.Context) (*pgconn.PgConn, error), ask func(context.Context, *pgconn.PgConn) (ServerState, error)) (ServerState, error) {
 	if *conn == nil || (*conn).IsClosed() {
-		c, err := pgrepl.ConnectSQL(pctx, s.cfg.PG)
+		c, err := connect(ctx)
 		if err != nil {
 			return ServerState{}, err
 		}
 		*conn = c
 	}
-	st, err := Probe(pctx, *conn)
+	st, err := ask(ctx, *conn)
 	if err != nil {
 		(*conn).Close(context.Background())
 		*conn = nil

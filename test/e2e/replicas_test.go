@@ -213,6 +213,45 @@ func TestStandbySidecarNeverWritesIntoTheArchive(t *testing.T) {
 	}
 }
 
+// A switchover: the primary stops cleanly, the standby is promoted, and the old primary
+// rejoins as a standby of the new one while its sidecar still holds the archive (a writer
+// TTL of a minute, so nothing lapses meanwhile). The old primary's sidecar sees its server
+// in recovery, stops archiving and releases the archive; the new primary's sidecar takes it
+// over, and the old one stands by.
+func TestADemotedPrimarysSidecarBecomesAStandbyAndReleasesTheArchive(t *testing.T) {
+	ctx := context.Background()
+	url := fileArchive(t)
+	p := harness.StartPostgres(t, replicaSettings(harness.PGDefaultVersion))
+	createLedger(t, p)
+	s := harness.StartStandby(t, p, harness.PGOptions{})
+	long := []string{"--partial-interval", "200ms", "--writer-ttl", "60s", "--standby-slot-interval", "500ms"}
+	ps := harness.StartSidecar(t, p, harness.SidecarOptions{Storage: url, Args: long})
+	ss := harness.StartSidecar(t, s, harness.SidecarOptions{Storage: url, Args: replicaArgs})
+	takeBackup(t, p, url, nil)
+	exec1(t, p, "INSERT INTO ledger (note) SELECT 'before' FROM generate_series(1, 100)")
+	waitArchived(t, ps, flushLSN(t, p), time.Minute)
+
+	if err := p.Stop(ctx, "fast"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RejoinAsStandby(ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	exec1(t, s, "INSERT INTO ledger (note) SELECT 'after' FROM generate_series(1, 50)")
+	waitArchived(t, ss, flushLSN(t, s), 2*time.Minute)
+	waitStandingBy(t, ps)
+	if !strings.Contains(ps.Log(), "released the archive's writer claim") {
+		t.Fatalf("the demoted primary's sidecar did not release the archive:\n%s", ps.Log())
+	}
+	r, _ := restoreAndStart(t, nil, url, "latest")
+	if got := query(t, r, "SELECT count(*) FILTER (WHERE note = 'before') || '/' || count(*) FILTER (WHERE note = 'after') FROM ledger"); got != "100/50" {
+		t.Fatalf("restore --to latest holds %s rows (before/after the switchover); want 100/50", got)
+	}
+}
+
 // A role that may open only replication connections (here: its database does not exist,
 // which a replication connection ignores) still has its primary found, over SHOW
 // in_hot_standby, and archives as before.

@@ -230,8 +230,12 @@ func (s *Supervisor) Run(ctx context.Context) error {
 			}
 			return nil
 		case err := <-done:
-			// The streamer gave up for good: the sidecar cannot go on.
-			return err
+			if err != nil {
+				return err // the streamer gave up for good: the sidecar cannot go on
+			}
+			run = nil // it stopped by itself: the next probe decides afresh
+			s.setCurrent(nil)
+			s.setPhase(PhaseUnknown)
 		case <-t.C:
 		}
 	}

@@ -27,6 +27,11 @@ var ErrUnauthorized = errors.New("unauthorized")
 // database lacks the tables or columns the requested clean-up needs.
 var ErrSchemaMismatch = errors.New("the database does not have the Keycloak schema expected")
 
+// ErrStandby is wrapped by the error of a call answered with 421 (Misdirected Request): the
+// sidecar's PostgreSQL is a streaming standby, which neither archives nor takes backups;
+// send the call to the primary's sidecar.
+var ErrStandby = errors.New("this sidecar's PostgreSQL is a standby")
+
 // RunningError is StartBackup's error when a backup is already running.
 type RunningError struct {
 	// ID is the running backup's ID, as the sidecar reported it.
@@ -55,7 +60,8 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("%s %s: status %d: %s", e.Method, e.URL, e.Code, msg)
 }
 
-// Unwrap maps 404 to ErrNotFound, 401 to ErrUnauthorized and 422 to ErrSchemaMismatch.
+// Unwrap maps 404 to ErrNotFound, 401 to ErrUnauthorized, 421 to ErrStandby and 422 to
+// ErrSchemaMismatch.
 func (e *StatusError) Unwrap() error {
 	switch e.Code {
 	case http.StatusNotFound:
@@ -64,6 +70,8 @@ func (e *StatusError) Unwrap() error {
 		return ErrUnauthorized
 	case http.StatusUnprocessableEntity:
 		return ErrSchemaMismatch
+	case http.StatusMisdirectedRequest:
+		return ErrStandby
 	}
 	return nil
 }

@@ -18,6 +18,10 @@
 //	POST /v1/keycloak/cleanup  KeycloakCleanupRequest → KeycloakCleanupResult; 422 when the
 //	                       database lacks the session tables (nothing changed)
 //
+// On a sidecar whose PostgreSQL is a streaming standby, POST /v1/backups, POST /v1/prune and
+// POST /v1/keycloak/cleanup answer 421 (ErrStandby): only the primary's sidecar writes into
+// the archive. GET /v1/status says Role "standby"; GET /v1/wal and GET /v1/backups still work.
+//
 // ExitRestoreUntouched is part of the same contract: the exit status of the restore Job the
 // operator runs when the data directory was not touched.
 package apiclient

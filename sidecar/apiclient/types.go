@@ -30,7 +30,18 @@ type Status struct {
 	// LastError is why the sidecar is not streaming, when it is not (another writer holds
 	// the archive, the server is unreachable, ...); empty while it streams.
 	LastError string `json:"lastError,omitempty"`
+	// Role is what the sidecar found its PostgreSQL to be: RolePrimary (it archives and
+	// takes backups), RoleStandby (it stands by, keeping the WAL a promotion would need) or
+	// RoleUnknown (the server did not answer yet). Empty from sidecars before replicas.
+	Role string `json:"role,omitempty"`
 }
+
+// Server roles in Status.Role.
+const (
+	RolePrimary = "primary"
+	RoleStandby = "standby"
+	RoleUnknown = "unknown"
+)
 
 // Backup job states.
 const (
@@ -174,6 +185,12 @@ type KeycloakCleanupResult struct {
 	UserSessionRows int64 `json:"userSessionRows"`
 	// ClientSessionRows is how many rows were deleted from offline_client_session.
 	ClientSessionRows int64 `json:"clientSessionRows"`
+	// AuthSessionRows is how many authentication sessions (logins in progress, persisted
+	// by Keycloak 26.7 and later in root_auth_session and auth_session) were deleted.
+	AuthSessionRows int64 `json:"authSessionRows,omitempty"`
+	// KeycloakVersion is the schema version read from the database's migration_model
+	// (empty when it has none).
+	KeycloakVersion string `json:"keycloakVersion,omitempty"`
 	// Skipped says what was not done and why (a table that does not exist).
 	Skipped []string `json:"skipped,omitempty"`
 }

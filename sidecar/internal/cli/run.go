@@ -18,6 +18,7 @@ import (
 	"github.com/kcbackup/kcbackup/sidecar/internal/metrics"
 	"github.com/kcbackup/kcbackup/sidecar/internal/pgrepl"
 	"github.com/kcbackup/kcbackup/sidecar/internal/server"
+	"github.com/kcbackup/kcbackup/sidecar/internal/standby"
 	"github.com/kcbackup/kcbackup/sidecar/internal/streamer"
 	"github.com/kcbackup/kcbackup/sidecar/internal/walcache"
 	"github.com/kcbackup/kcbackup/walarchive"
@@ -37,6 +38,7 @@ type runOptions struct {
 	compression     string
 	walPrefetch     int
 	writerTTL       time.Duration
+	standbySlotIvl  time.Duration
 }
 
 func newRunCmd(g *globalOptions) *cobra.Command {
@@ -67,6 +69,16 @@ sidecar's live claim, or a server that is not the continuation of what the archi
 says who holds the archive and what to do, and retried. A sidecar whose claim was
 superseded (an in-place restore hands the archive over) stops writing at once.
 
+With replicas, every pod's sidecar points at the same archive and asks its own server
+pg_is_in_recovery() every second. Only the primary's sidecar archives and takes backups.
+A standby's sidecar stands by: it writes nothing into the archive, answers 421 to backups,
+prune and the Keycloak clean-up, reports role "standby" (kcbackup_server_role), and keeps a
+physical slot named --slot on the standby, advanced to where the archive ends, so that
+after a promotion it claims the archive (once the old primary's claim is released or
+lapsed) and archives on from the archive's end, on the new timeline, without a hole. A
+primary that stops answering for --writer-ttl has its archiving stopped and its claim
+released, so a promoted standby need not wait for it (docs/replicas.md).
+
 For synchronous archiving (no committed transaction missing from the archive), set
 --partial-interval 0 and add kcbackup to synchronous_standby_names.`,
 		Args: cobra.NoArgs,
@@ -86,6 +98,7 @@ For synchronous archiving (no committed transaction missing from the archive), s
 	f.StringVar(&o.compression, "compression", "zstd", "compression for a new archive: zstd or none")
 	f.IntVar(&o.walPrefetch, "wal-prefetch", 4, "segments GET /v1/wal prefetches into memory after each one served (restore through the sidecar; memory: this many segments)")
 	f.DurationVar(&o.writerTTL, "writer-ttl", walarchive.DefaultWriterTTL, "how long this sidecar's claim as the archive's one writer holds after each renewal (renewed every sixth of it); a crashed writer's claim lapses after it")
+	f.DurationVar(&o.standbySlotIvl, "standby-slot-interval", 30*time.Second, "on a streaming standby, how often the standby's slot is advanced to where the archive ends (each time lists the archive's newest timeline); the standby keeps at most this much more WAL")
 	return cmd
 }
 
@@ -97,6 +110,9 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	// Step 1: validate every input before touching anything.
 	if o.storage == "" {
 		return errors.New("--storage (or KCBACKUP_STORAGE) is required: " + walarchive.StorageURLForms)
+	}
+	if o.standbySlotIvl < 100*time.Millisecond || o.standbySlotIvl > time.Hour {
+		return fmt.Errorf("invalid --standby-slot-interval %s: expected 100ms to 1h", o.standbySlotIvl)
 	}
 	if o.walPrefetch < 0 || o.walPrefetch > 64 {
 		return fmt.Errorf("invalid --wal-prefetch %d: expected 0 to 64", o.walPrefetch)
@@ -135,20 +151,31 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	}
 	m := metrics.New()
 
-	// Step 2: build the streamer, the backup service and the API.
-	s, err := streamer.New(streamer.Config{
-		PG: pgcfg, Slot: o.slot, PartialInterval: o.partialInterval, SpoolDir: o.spool,
-		SpoolMaxBytes: o.spoolMaxMB << 20, Storage: st, Compression: comp, Key: key, PGDataDir: o.pgdata,
-		Logger: log, Metrics: m, WriterTTL: o.writerTTL, StorageName: walarchive.RedactURL(o.storage),
+	// Step 2: build the supervisor (which runs a streamer only while the server is the
+	// primary, docs/replicas.md), the backup service and the API.
+	sup, err := standby.New(standby.Config{
+		PG: pgcfg, Slot: o.slot, Storage: st, Key: key, WriterTTL: o.writerTTL, Metrics: m, Logger: log,
+		SlotInterval: o.standbySlotIvl,
+		NewStreamer: func() (*streamer.Streamer, error) {
+			return streamer.New(streamer.Config{
+				PG: pgcfg, Slot: o.slot, PartialInterval: o.partialInterval, SpoolDir: o.spool,
+				SpoolMaxBytes: o.spoolMaxMB << 20, Storage: st, Compression: comp, Key: key, PGDataDir: o.pgdata,
+				Logger: log, Metrics: m, WriterTTL: o.writerTTL, StorageName: walarchive.RedactURL(o.storage),
+			})
+		},
 	})
 	if err != nil {
 		return err
 	}
-	bk := backup.NewService(backup.ServiceConfig{PG: pgcfg, Storage: st, Key: key, Streamer: s, Logger: log, Metrics: m})
+	// The streamer's configuration is checked now, not at the first promotion.
+	if _, err := sup.Config().NewStreamer(); err != nil {
+		return err
+	}
+	bk := backup.NewService(backup.ServiceConfig{PG: pgcfg, Storage: st, Key: key, Streamer: sup, Logger: log, Metrics: m})
 	wal := walcache.New(walcache.Config{
 		Ahead: o.walPrefetch,
 		Open: func(ctx context.Context) (*walarchive.Archive, error) {
-			if a := s.Archive(); a != nil {
+			if a := sup.Archive(); a != nil {
 				return a, nil
 			}
 			return walarchive.OpenArchive(ctx, st, key)
@@ -160,23 +187,13 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 		KeycloakCleanup: func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error) {
 			return keycloak.Serve(ctx, pgcfg, req)
 		},
-		Status: func() apiclient.Status { return statusOf(s.Status()) },
-		Ready: func() error {
-			st := s.Status()
-			switch {
-			case !st.Streaming:
-				return fmt.Errorf("not streaming from PostgreSQL: %s", orNone(st.LastError))
-			case !st.StorageUp:
-				return errors.New("archive storage is failing")
-			}
-			return nil
-		},
+		Status: sup.Status, Ready: sup.Ready, Standby: sup.Standby,
 	})
 
 	// Step 3: run until SIGTERM; the streamer drains before returning.
 	log.Info("kcbackup sidecar starting", "storage", o.storage, "slot", o.slot, "listen", o.listen, "partial_interval", o.partialInterval)
 	grp, gctx := errgroup.WithContext(ctx)
-	grp.Go(func() error { return s.Run(gctx) })
+	grp.Go(func() error { return sup.Run(gctx) })
 	grp.Go(func() error { return srv.Run(gctx) })
 	grp.Go(func() error { bk.RefreshGauges(gctx, 5*time.Minute); return nil })
 	err = grp.Wait()
@@ -185,26 +202,6 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 	}
 	log.Info("kcbackup sidecar stopped")
 	return nil
-}
-
-func orNone(s string) string {
-	if s == "" {
-		return "starting"
-	}
-	return s
-}
-
-func statusOf(s streamer.Status) apiclient.Status {
-	st := apiclient.Status{
-		SystemIdentifier: s.SystemIdentifier, Timeline: s.Timeline, ServerFlushLSN: s.ServerFlushLSN.String(),
-		ArchiveLagBytes: s.ArchiveLagBytes, ArchiveLagSeconds: s.ArchiveLagSeconds,
-		StorageUp: s.StorageUp, Streaming: s.Streaming, ReceivedLSN: s.ReceivedLSN.String(),
-		LastError: s.LastError,
-	}
-	if s.ArchivedLSN > 0 {
-		st.ArchivedLSN = s.ArchivedLSN.String()
-	}
-	return st
 }
 
 // readFetchToken reads the fetch-only token from a file or KCBACKUP_FETCH_TOKEN.

@@ -76,7 +76,12 @@ type Config struct {
 	// KeycloakCleanup cleans a restored Keycloak database (POST /v1/keycloak/cleanup; nil
 	// disables it). An error wrapping ErrSchemaMismatch is answered 422.
 	KeycloakCleanup func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error)
-	Logger          *slog.Logger
+	// Standby, when set, returns an error while this pod's PostgreSQL is not the primary
+	// (a streaming standby, or not known yet): the endpoints that write into the archive or
+	// the database (POST /v1/backups, /v1/prune, /v1/keycloak/cleanup) then answer 421 with
+	// it, so a caller that picked the wrong pod is told which one to ask.
+	Standby func() error
+	Logger  *slog.Logger
 }
 
 // Validate refuses a configuration that would blur the two tokens: a fetch-only token
@@ -126,7 +131,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("GET /v1/status", s.auth(adminOnly, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.cfg.Status())
 	}))
-	mux.Handle("POST /v1/backups", s.auth(adminOnly, s.startBackup))
+	mux.Handle("POST /v1/backups", s.auth(adminOnly, s.primaryOnly(s.startBackup)))
 	mux.Handle("GET /v1/backups", s.auth(adminOnly, func(w http.ResponseWriter, r *http.Request) {
 		cat, err := s.cfg.Backups.Catalog(r.Context())
 		if err != nil {
@@ -143,9 +148,9 @@ func (s *Server) Handler() http.Handler {
 		}
 		writeJSON(w, http.StatusOK, job)
 	}))
-	mux.Handle("POST /v1/prune", s.auth(adminOnly, s.prune))
+	mux.Handle("POST /v1/prune", s.auth(adminOnly, s.primaryOnly(s.prune)))
 	mux.Handle("GET /v1/wal/{name}", s.auth(walFetch, s.wal))
-	mux.Handle("POST /v1/keycloak/cleanup", s.auth(adminOnly, s.keycloakCleanup))
+	mux.Handle("POST /v1/keycloak/cleanup", s.auth(adminOnly, s.primaryOnly(s.keycloakCleanup)))
 	return mux
 }
 
@@ -190,6 +195,20 @@ func (s *Server) auth(a access, next http.HandlerFunc) http.Handler {
 			writeError(w, http.StatusUnauthorized, "missing or wrong bearer token: expected the header 'Authorization: Bearer <token>'", "")
 		}
 	})
+}
+
+// primaryOnly answers 421 (Misdirected Request, apiclient.ErrStandby) while Config.Standby
+// reports that this pod's PostgreSQL is not the primary.
+func (s *Server) primaryOnly(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Standby != nil {
+			if err := s.cfg.Standby(); err != nil {
+				writeError(w, http.StatusMisdirectedRequest, err.Error(), "")
+				return
+			}
+		}
+		next(w, r)
+	}
 }
 
 func (s *Server) startBackup(w http.ResponseWriter, r *http.Request) {
@@ -294,7 +313,8 @@ func (s *Server) keycloakCleanup(w http.ResponseWriter, r *http.Request) {
 	default:
 		if s.cfg.Logger != nil {
 			s.cfg.Logger.Info("cleaned the restored Keycloak database", "database", res.Database, "sessions", res.Sessions,
-				"jgroups_ping_rows", res.JGroupsPingRows, "user_session_rows", res.UserSessionRows, "client_session_rows", res.ClientSessionRows)
+				"jgroups_ping_rows", res.JGroupsPingRows, "user_session_rows", res.UserSessionRows, "client_session_rows", res.ClientSessionRows,
+				"auth_session_rows", res.AuthSessionRows, "keycloak_version", res.KeycloakVersion)
 		}
 		writeJSON(w, http.StatusOK, res)
 	}

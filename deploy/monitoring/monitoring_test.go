@@ -67,6 +67,7 @@ var contractMetrics = map[string]bool{
 	"kcbackup_pgdata_volume_size_bytes":                true,
 	"kcbackup_spool_bytes":                             true,
 	"kcbackup_timeline":                                true,
+	"kcbackup_server_role":                             true,
 	"kcbackup_backup_running":                          true,
 	"kcbackup_backups_total":                           true,
 	"kcbackup_backup_last_success_timestamp_seconds":   true,

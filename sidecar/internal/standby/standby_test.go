@@ -109,12 +109,13 @@ func TestCompleteEndIgnoresPartialsAndOtherTimelines(t *testing.T) {
 		{Key: walarchive.SegmentKey(2, 3, seg)},
 		{Key: walarchive.SegmentKey(2, 4, seg)},
 		{Key: walarchive.PartialKey(2, 5, seg)},
+		{Key: walarchive.PartKey(2, 5, seg, 0, 4096)},
 		{Key: walarchive.SegmentKey(1, 9, seg)},
 	}
 	if end, ok := completeEnd(objs, 2, seg); !ok || end != walarchive.SegmentStartLSN(5, seg) {
 		t.Fatalf("completeEnd = %s, %v; want the end of segment 4", end, ok)
 	}
-	if _, ok := completeEnd(objs[2:3], 2, seg); ok {
+	if _, ok := completeEnd(objs[2:4], 2, seg); ok {
 		t.Fatal("a timeline with only a partial has no complete end")
 	}
 }

@@ -43,7 +43,7 @@ tools:
 
 # Modules of their own, so that their dependencies stay out of the product's go.mod: the Helm
 # chart's tests (helm.sh/helm/v4) and the OLM bundle's (github.com/operator-framework/api).
-DEPLOY_MODULES := deploy/helm
+DEPLOY_MODULES := deploy/helm deploy/olm
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \

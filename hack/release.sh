@@ -6,6 +6,7 @@
 #   kcbackup-operator-vX.Y.Z.oci.tar  the operator image ghcr.io/kcbackup/kcbackup-operator:vX.Y.Z
 #   kcbackup-vX.Y.Z-linux-amd64, kcbackup-operator-vX.Y.Z-linux-amd64   the static binaries
 #   kcbackup-X.Y.Z.tgz               the Helm chart (deploy/helm/kcbackup)
+#   kcbackup-olm-bundle-vX.Y.Z.tgz   the OLM bundle (deploy/olm/bundle: CSV, CRD, metrics Service, metadata)
 #   RELEASE_NOTES.md                 the version's section of CHANGELOG.md
 #   SHA256SUMS                       sha256sum of every file above
 #
@@ -59,6 +60,9 @@ log "$TAG at $REVISION"
 chart=$ROOT/deploy/helm/kcbackup/Chart.yaml
 grep -qx "version: $NUMBER" "$chart" && grep -qx "appVersion: $TAG" "$chart" ||
   die "$chart must say version: $NUMBER and appVersion: $TAG"
+csv=$ROOT/deploy/olm/bundle/manifests/kcbackup.clusterserviceversion.yaml
+grep -qx "  name: kcbackup.$TAG" "$csv" && grep -qx "  version: $NUMBER" "$csv" ||
+  die "$csv must be kcbackup.$TAG, version $NUMBER (and its images $TAG; make test-deploy checks them)"
 
 # Step 3: the binaries, static, with the version and revision stamped in.
 ldflags="-s -w -X $BUILDINFO.version=$TAG -X $BUILDINFO.revision=$REVISION"
@@ -143,6 +147,9 @@ fi
 # Step 6: the Helm chart as helm package writes it (a gzipped tar of the chart's directory).
 tar -C "$ROOT/deploy/helm" --owner=0 --group=0 --numeric-owner --sort=name --exclude='*.tmp' \
   -czf "$DIST/kcbackup-$NUMBER.tgz" kcbackup
+
+# The OLM bundle (manifests/ and metadata/, as deploy/olm/bundle.Dockerfile packs them).
+tar -C "$ROOT/deploy/olm/bundle" --owner=0 --group=0 --numeric-owner --sort=name -czf "$DIST/kcbackup-olm-bundle-$TAG.tgz" manifests metadata
 
 # Step 7: checksums of everything in dist/.
 rm -rf "$DIST/.work"

@@ -95,6 +95,9 @@ soak: tools
 	KCBACKUP_HISTORY_REPORT=$(CURDIR)/bin/soak-report.jsonl \
 	go test -count=1 -timeout 0 -run 'TestHistory$$' -v ./test/history
 
+docs:
+	go test -count=1 ./docs -run 'TestCLIReferenceIsTheCommandsHelp|TestFieldReferenceIsTheCRD' -update
+
 # VERSION is required (the default, git describe, is not a release version).
 release:
 	@case "$(origin VERSION)" in command\ line|environment) ;; *) echo "make release needs VERSION=x.y.z"; exit 2;; esac

@@ -66,7 +66,7 @@ type Config struct {
 	WALFetchGap time.Duration
 	// OutDir receives results.json and results.md.
 	OutDir string
-	// Readme, when set, is the README whose generated table the run replaces.
+	// Readme, when set, is the page (docs/performance.md) whose generated table the run replaces.
 	Readme string
 	// Only lists the phases to run; empty means all.
 	Only []string

@@ -5,7 +5,8 @@
 #                  (and, with CI=true, make test-cluster)
 #   make lint      gofmt and go vet (the product and the deploy/helm, deploy/olm modules)
 #   make test-deploy  the Helm chart linted and rendered, the OLM bundle validated (part of make test)
-#   make generate  deepcopy, CRD and RBAC from the markers in api/ and operator/
+#   make generate  deepcopy, CRD and RBAC from the markers in api/ and operator/, and the copies of
+#                  the CRD and monitoring files in deploy/helm and deploy/olm, and make docs
 #   make demo      archive, back up, break and restore a local PostgreSQL (file:// archive)
 #   make bench     kcbackup side by side with the standard PostgreSQL tools (BENCH_FLAGS=-quick: a smoke run)
 #   make test-cluster  the KeycloakBackup story on a real single-node Kubernetes (root; see test/cluster)
@@ -77,8 +78,13 @@ test-cluster:
 	go vet -tags cluster ./test/cluster/
 	go test -tags cluster -count=1 -timeout 45m -v ./test/cluster/
 
+# After the markers: the copies of the CRD and monitoring files in the Helm chart and the OLM
+# bundle, and the generated parts of docs/ (the CRD's field table).
 generate:
 	operator/hack/generate.sh
+	cd deploy/helm && go test -count=1 -run TestChartFilesAreDeploysFiles . -update
+	cd deploy/olm && go test -count=1 -run TestBundleCRDIsDeploysCRD . -update
+	$(MAKE) --no-print-directory docs
 
 demo: build
 	test/demo/demo.sh

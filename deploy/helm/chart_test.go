@@ -78,7 +78,7 @@ func TestChartFilesAreDeploysFiles(t *testing.T) {
 			t.Fatal(err)
 		}
 		if !bytes.Equal(got, want) {
-			t.Errorf("%s differs from %s: run go test ./deploy/helm -run TestChartFilesAreDeploysFiles -update (in deploy/helm: go test -run TestChartFilesAreDeploysFiles -update)", chartFile, deployFile)
+			t.Errorf("%s differs from %s: run make generate", chartFile, deployFile)
 		}
 	}
 }

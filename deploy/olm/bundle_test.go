@@ -81,7 +81,7 @@ func TestBundleCRDIsDeploysCRD(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
-		t.Errorf("%s differs from deploy/crd/%s: run go test -run TestBundleCRDIsDeploysCRD -update in deploy/olm", path, crdFile)
+		t.Errorf("%s differs from deploy/crd/%s: run make generate", path, crdFile)
 	}
 }
 

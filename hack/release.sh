@@ -54,6 +54,9 @@ notes() {
 rm -rf "$DIST"; mkdir -p "$DIST/.work"
 notes >"$DIST/RELEASE_NOTES.md" || die "CHANGELOG.md has no section \"## [$NUMBER]\": write the release's notes first"
 log "$TAG at $REVISION"
+if head -n 1 "$DIST/RELEASE_NOTES.md" | grep -qi unreleased; then
+  log "CHANGELOG.md still calls $NUMBER unreleased: give it its date before publishing"
+fi
 
 # The chart's version and appVersion are the release's (Helm reads a chart's version from
 # Chart.yaml, so it is set there, not here).
@@ -154,5 +157,5 @@ tar -C "$ROOT/deploy/olm/bundle" --owner=0 --group=0 --numeric-owner --sort=name
 # Step 7: checksums of everything in dist/.
 rm -rf "$DIST/.work"
 (cd "$DIST" && sha256sum -- * >SHA256SUMS)
-log "wrote $DIST:"
+log "wrote $DIST (tag the commit it was built from: git tag -a $TAG ${REVISION%-dirty}):"
 (cd "$DIST" && ls -l)

@@ -9,14 +9,14 @@ import (
 	"github.com/go-logr/logr"
 
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
+	"github.com/kcbackup/kcbackup/internal/buildinfo"
 	"github.com/kcbackup/kcbackup/operator/internal/app"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
+	build := buildinfo.Get()
 	cfg := app.DefaultConfig()
 	fs := flag.NewFlagSet("kcbackup-operator", flag.ExitOnError)
 	fs.Usage = func() {
@@ -26,7 +26,7 @@ func main() {
 			"15, 16, 17, 18 and 19.\n\nFlags:\n")
 		fs.PrintDefaults()
 	}
-	fs.StringVar(&cfg.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(version)),
+	fs.StringVar(&cfg.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(build.Version)),
 		"kcbackup image injected as sidecar and run by restore Jobs (env KCBACKUP_SIDECAR_IMAGE; default: the release image of this version, "+
 			app.SidecarRepository+":<version>; required for a development build)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-bind-address", cfg.MetricsAddr, "address of /metrics; \"0\" disables it")
@@ -40,7 +40,7 @@ func main() {
 	_ = fs.Parse(os.Args[1:])
 
 	if *showVersion {
-		fmt.Println("kcbackup-operator", version)
+		fmt.Println("kcbackup-operator", build)
 		return
 	}
 	level := slog.LevelInfo
@@ -57,7 +57,8 @@ func main() {
 		fmt.Fprintln(os.Stderr, "kcbackup-operator: kubeconfig:", err)
 		os.Exit(1)
 	}
-	ctrl.Log.Info("starting", "version", version, "sidecarImage", cfg.SidecarImage)
+	ctrl.Log.Info("starting", "version", build.Version, "revision", build.Revision, "sidecarImage", cfg.SidecarImage)
+	metrics.Registry.MustRegister(build.Collector())
 	if err := app.Run(ctrl.SetupSignalHandler(), cfg, restCfg); err != nil {
 		fmt.Fprintln(os.Stderr, "kcbackup-operator:", err)
 		os.Exit(1)

@@ -6,12 +6,14 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/kcbackup/kcbackup/internal/buildinfo"
 )
 
 func build(t *testing.T, version string) string {
 	t.Helper()
 	bin := filepath.Join(t.TempDir(), "kcbackup-operator")
-	if out, err := exec.Command("go", "build", "-ldflags", "-X main.version="+version, "-o", bin, ".").CombinedOutput(); err != nil {
+	if out, err := exec.Command("go", "build", "-ldflags", "-X "+buildinfo.Package+".version="+version, "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
@@ -34,7 +36,7 @@ func TestHelpVersionAndOutOfClusterDefaults(t *testing.T) {
 		t.Skip("running inside a pod: the out-of-cluster defaults cannot be seen here")
 	}
 	bin := build(t, "v9.9.9")
-	if out, code := run(bin, "--version"); code != 0 || strings.TrimSpace(out) != "kcbackup-operator v9.9.9" {
+	if out, code := run(bin, "--version"); code != 0 || !strings.HasPrefix(out, "kcbackup-operator v9.9.9 (revision ") {
 		t.Errorf("--version = %q, exit %d", out, code)
 	}
 	if out, code := run(bin, "--help"); code != 0 || !strings.Contains(out, "-sidecar-image") || !strings.Contains(out, "ghcr.io/kcbackup/kcbackup:v9.9.9") {

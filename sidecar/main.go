@@ -9,11 +9,9 @@ import (
 	"slices"
 	"syscall"
 
+	"github.com/kcbackup/kcbackup/internal/buildinfo"
 	"github.com/kcbackup/kcbackup/sidecar/internal/cli"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 func main() {
 	if slices.Contains(os.Args[1:], "--prefetch-worker") {
@@ -29,7 +27,7 @@ func main() {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	code := cli.Execute(ctx, version, os.Args[1:], os.Stdout, os.Stderr)
+	code := cli.Execute(ctx, buildinfo.Get().String(), os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	os.Exit(code)
 }

@@ -14,7 +14,7 @@ import (
 	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
 
-// One archive has one live writer (RELIABILITY.md 30). Who that is lives in the archive
+// One archive has one live writer (docs/reliability.md 30). Who that is lives in the archive
 // itself, as a numbered log of claims plus one heartbeat:
 //
 //	writer/<epoch>.claim   immutable: who took the archive over, when and why (written

@@ -131,7 +131,7 @@ func TestClaimsAreNumberedAndARaceHasOneWinner(t *testing.T) {
 }
 
 // On a store that ignores If-None-Match, an immutable object is never replaced by other
-// bytes (RELIABILITY.md 31): the history of timeline 2 written by a restored copy does not
+// bytes (docs/reliability.md 31): the history of timeline 2 written by a restored copy does not
 // replace production's.
 func TestImmutableObjectsSurviveAStoreThatIgnoresConditionalWrites(t *testing.T) {
 	ctx := context.Background()

@@ -10,7 +10,7 @@
 // It prints one table to stdout and writes results.json and results.md to -out; progress
 // goes to stderr.
 //
-//	go run ./test/bench            # full run, about 18 minutes on 2 cores (rewrites the README table)
+//	go run ./test/bench            # full run, about 18 minutes on 2 cores (rewrites the table in docs/performance.md)
 //	go run ./test/bench -quick     # smoke run with small sizes, under 4 minutes
 package main
 
@@ -66,7 +66,7 @@ type Config struct {
 	WALFetchGap time.Duration
 	// OutDir receives results.json and results.md.
 	OutDir string
-	// Readme, when set, is the README whose generated table the run replaces.
+	// Readme, when set, is the page (docs/performance.md) whose generated table the run replaces.
 	Readme string
 	// Only lists the phases to run; empty means all.
 	Only []string
@@ -154,7 +154,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.DurationVar(&c.LagSlowRTT, "lag-slow-rtt", 60*time.Millisecond, "store round trip of an extra kcbackup lag run (0: none)")
 	fs.DurationVar(&c.CatchupRTT, "catchup-rtt", 60*time.Millisecond, "store round trip of the catch-up drain")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
-	fs.StringVar(&readme, "readme", "auto", "README whose bench table to replace with this run's (auto: the repository's README.md after a full run, none after -quick or -only; none: never)")
+	fs.StringVar(&readme, "readme", "auto", "page whose bench table to replace with this run's (auto: the repository's docs/performance.md after a full run, none after -quick or -only; none: never)")
 	fs.StringVar(&only, "only", "", "comma-separated phases to run: "+strings.Join(phaseNames, ","))
 	if err := fs.Parse(args); err != nil {
 		return c, err
@@ -187,7 +187,7 @@ func parseFlags(args []string) (Config, error) {
 	switch readme {
 	case "auto":
 		if !*quick && only == "" {
-			c.Readme = filepath.Join(harness.RepoRoot(), "README.md")
+			c.Readme = filepath.Join(harness.RepoRoot(), "docs", "performance.md")
 		}
 	case "none", "":
 	default:

@@ -49,7 +49,7 @@ func runPG(t *testing.T, pg *harness.Postgres, name string, args ...string) stri
 	return out.String()
 }
 
-// fileArchive makes a file:// archive as the README's permission model says
+// fileArchive makes a file:// archive as the permission model of docs/cli.md (Server settings) says
 // (harness.FileArchiveDir).
 func fileArchive(t *testing.T) string {
 	t.Helper()

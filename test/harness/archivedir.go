@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// FileArchiveDir makes the directory of a file:// archive as the README's permission model
+// FileArchiveDir makes the directory of a file:// archive as the permission model of docs/cli.md (Server settings)
 // says: the sidecar writes directories 0750 and objects 0640, and a setgid archive root
 // owned by the restoring user's group (what fsGroup does to a pod's volume) makes every one
 // of them readable by that group, including objects written later (a one-time chmod would

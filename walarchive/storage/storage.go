@@ -68,7 +68,7 @@ type Storage interface {
 // WithoutConditionalWrites returns st as a store that ignores conditional writes would
 // behave (older MinIO releases, Ceph RGW before it honoured If-None-Match): PutIfAbsent
 // replaces an existing object like Put. The archive must stay immutable on such a store
-// too (RELIABILITY.md 31); tests use this to prove it, and KCBACKUP_STORAGE_COMPAT=
+// too (docs/reliability.md 31); tests use this to prove it, and KCBACKUP_STORAGE_COMPAT=
 // ignore-conditional-writes makes the kcbackup binary use it.
 func WithoutConditionalWrites(st Storage) Storage { return ignoringConditional{st} }
 

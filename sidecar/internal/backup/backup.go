@@ -28,7 +28,7 @@ var ErrRunning = errors.New("a base backup of this cluster is already running")
 const lockKey = 0x6b636261636b7570 // "kcbackup"
 
 // DefaultZstdWorkers is the libzstd threads the server compresses a base backup with
-// unless told otherwise: chosen by measurement (make bench; README, Performance).
+// unless told otherwise: chosen by measurement (make bench; docs/performance.md).
 const DefaultZstdWorkers = 0
 
 // Options configure one base backup.

@@ -5,6 +5,8 @@ package metrics
 import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/kcbackup/kcbackup/internal/buildinfo"
 )
 
 // Metrics holds the sidecar's collectors.
@@ -52,7 +54,8 @@ const (
 	KindBackup  = "backup"
 )
 
-// New creates the metrics on a new private registry (with Go and process collectors).
+// New creates the metrics on a new private registry (with Go and process collectors, and
+// kcbackup_build_info naming this binary's version, revision and Go release).
 func New() *Metrics {
 	g := func(name, help string) prometheus.Gauge {
 		return prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "kcbackup", Name: name, Help: help})
@@ -97,7 +100,7 @@ func New() *Metrics {
 			Help: "WAL files served to restore_command through the sidecar, by source (cache: prefetched, archive: fetched on demand)."}, []string{"source"}),
 	}
 	m.Registry.MustRegister(
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Get().Collector(),
 		m.Up, m.StorageUp, m.ArchivedLSN, m.ServerFlushLSN, m.ArchiveLagBytes, m.ArchiveLagSeconds, m.LastArchivedSegment,
 		m.Uploads, m.UploadErrors, m.UploadedBytes, m.ReceivedWALBytes, m.SlotRetainedBytes, m.PGDataVolumeFree,
 		m.PGDataVolumeSize, m.SpoolBytes, m.Timeline, m.BackupRunning, m.Backups, m.BackupLastSuccess, m.BackupLastFailure,

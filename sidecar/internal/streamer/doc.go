@@ -3,7 +3,7 @@
 // complete segments and the live tail (as a .partial) to the archive, and acknowledges to
 // the server only WAL that is durable in the archive.
 //
-// The invariants it keeps (see RELIABILITY.md):
+// The invariants it keeps (see docs/reliability.md):
 //  1. The flush position sent to PostgreSQL never passes the end of the WAL durable in the
 //     archive, so the slot keeps on the server everything not yet archived. After any crash
 //     streaming restarts from the start of the segment holding the slot's restart_lsn.

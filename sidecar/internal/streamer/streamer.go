@@ -396,7 +396,7 @@ func (s *Streamer) sessionSteps(ctx context.Context) error {
 	s.mu.Unlock()
 	s.setOnce.Do(func() { close(s.archiveSet) })
 
-	// Step 2b: this sidecar must be the archive's one writer (RELIABILITY.md 30), and know
+	// Step 2b: this sidecar must be the archive's one writer (docs/reliability.md 30), and know
 	// whether the store honours conditional writes before it stores anything immutable.
 	// The store is probed once per process, not on every reconnect.
 	s.mu.Lock()

@@ -190,7 +190,7 @@ func TestS3PutImmutableRaceHasOneWinnerOnMinIO(t *testing.T) {
 
 // On MinIO the probe finds conditional writes honoured; on the same MinIO seen as a store
 // that ignores If-None-Match (older MinIO, Ceph RGW), it finds them ignored, and an
-// immutable object is still never replaced by other bytes (RELIABILITY.md 31).
+// immutable object is still never replaced by other bytes (docs/reliability.md 31).
 func TestS3ImmutableObjectsOnAStoreThatIgnoresConditionalWrites(t *testing.T) {
 	m := harness.StartMinIO(t)
 	useMinIOEnv(t, m)

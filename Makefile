@@ -11,7 +11,7 @@
 #   make bench     kcbackup side by side with the standard PostgreSQL tools (BENCH_FLAGS=-quick: a smoke run)
 #   make test-cluster  the KeycloakBackup story on a real single-node Kubernetes (root; see test/cluster)
 #   make release VERSION=x.y.z  dist/: the install manifest (images pinned to vx.y.z), the images as
-#                  OCI archives, the binaries, release notes from CHANGELOG.md and SHA256SUMS (root; hack/release.sh)
+#                  OCI archives, the binaries, release notes from CHANGELOG.md and SHA256SUMS (root; deploy/release/release.sh)
 #   make docs      regenerate docs/cli.md from the kcbackup commands' --help
 #   make soak      the randomized history checker over many seeds: make soak SEEDS=200
 #                  [FIRST_SEED=1] [STEPS=10]; failures and a summary of what ran in bin/soak-report.jsonl
@@ -27,7 +27,7 @@ export KUBEBUILDER_ASSETS ?= $(KCBACKUP_CACHE)/envtest-v1.37.2-etcd-v3.6.6
 export CGO_ENABLED := 0
 export GOFLAGS := -mod=mod
 REVISION ?= $(shell git rev-parse HEAD 2>/dev/null)
-BUILDINFO := github.com/kcbackup/kcbackup/internal/buildinfo
+BUILDINFO := github.com/kcbackup/kcbackup/walarchive/buildinfo
 LDFLAGS := -s -w -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).revision=$(REVISION)
 GO_TEST_FLAGS ?= -count=1 -timeout 75m
 
@@ -107,7 +107,7 @@ docs:
 # VERSION is required (the default, git describe, is not a release version).
 release:
 	@case "$(origin VERSION)" in command\ line|environment) ;; *) echo "make release needs VERSION=x.y.z"; exit 2;; esac
-	hack/release.sh $(VERSION)
+	deploy/release/release.sh $(VERSION)
 
 clean:
 	rm -rf bin demo dist

@@ -16,7 +16,7 @@ import (
 	"github.com/kcbackup/kcbackup/test/harness"
 )
 
-// TestEnvtestReleaseManifestsApply runs hack/release.sh (without the images) for the
+// TestEnvtestReleaseManifestsApply runs deploy/release/release.sh (without the images) for the
 // chart's version, as make release does, and applies the install and monitoring manifests
 // it writes with `kubectl apply --dry-run=server` against a real API server: they must
 // apply, pin both images to the version and name no :latest image.
@@ -31,10 +31,10 @@ func TestEnvtestReleaseManifestsApply(t *testing.T) {
 	}
 	tag := "v" + chart.Version
 	dist := t.TempDir()
-	rel := exec.Command("../hack/release.sh", chart.Version)
+	rel := exec.Command("../deploy/release/release.sh", chart.Version)
 	rel.Env = append(os.Environ(), "IMAGES=0", "DIST="+dist)
 	if out, err := rel.CombinedOutput(); err != nil {
-		t.Fatalf("hack/release.sh %s: %v\n%s", chart.Version, err, out)
+		t.Fatalf("deploy/release/release.sh %s: %v\n%s", chart.Version, err, out)
 	}
 
 	kubectl := harness.Kubectl(t)

@@ -11,7 +11,7 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/kcbackup/kcbackup/internal/buildinfo"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 	"github.com/kcbackup/kcbackup/operator/internal/app"
 )
 

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/kcbackup/kcbackup/internal/buildinfo"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 )
 
 func build(t *testing.T, version string) string {

@@ -9,7 +9,7 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/kcbackup/kcbackup/internal/buildinfo"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 	"github.com/kcbackup/kcbackup/sidecar/internal/cli"
 )
 

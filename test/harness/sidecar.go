@@ -47,7 +47,7 @@ func KcbackupBinary(t testing.TB) string {
 		}
 		os.Chmod(dir, 0o755)
 		buildPath = filepath.Join(dir, "kcbackup")
-		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X github.com/kcbackup/kcbackup/internal/buildinfo.version=test", "-o", buildPath, "./sidecar")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags", "-X github.com/kcbackup/kcbackup/walarchive/buildinfo.version=test", "-o", buildPath, "./sidecar")
 		cmd.Dir = RepoRoot()
 		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 		if out, err := cmd.CombinedOutput(); err != nil {

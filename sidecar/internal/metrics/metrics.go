@@ -6,7 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/kcbackup/kcbackup/internal/buildinfo"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 )
 
 // Metrics holds the sidecar's collectors.

@@ -3,7 +3,7 @@ package metrics
 import (
 	"testing"
 
-	"github.com/kcbackup/kcbackup/internal/buildinfo"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 )
 
 // TestRegistryExportsBuildInfo: the sidecar's /metrics names the running build, with the

@@ -16,21 +16,21 @@
 # distroless/static-debian12:nonroot on a machine that cannot pull, the real ones where
 # they were pulled into that storage), with modules from the host's module cache. Needs root.
 #
-# Usage: hack/release.sh VERSION   (0.3.0 or v0.3.0; tags, images and --version say v0.3.0)
+# Usage: deploy/release/release.sh VERSION   (0.3.0 or v0.3.0; tags, images and --version say v0.3.0)
 # IMAGES=0 skips the images (the manifest, binaries and notes only, for a quick check).
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${KCBACKUP_CACHE:-$HOME/.cache/kcbackup}
 DIST=${DIST:-$ROOT/dist}
-BUILDINFO=github.com/kcbackup/kcbackup/internal/buildinfo
+BUILDINFO=github.com/kcbackup/kcbackup/walarchive/buildinfo
 export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log() { printf '[release] %s\n' "$*" >&2; }
 die() { printf 'release: %s\n' "$*" >&2; exit 1; }
 
 # Step 1: the version. Semantic versioning, with or without the leading v.
-[ $# -eq 1 ] || die "usage: hack/release.sh VERSION (such as 0.3.0)"
+[ $# -eq 1 ] || die "usage: deploy/release/release.sh VERSION (such as 0.3.0)"
 [[ $1 =~ ^v?([0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?)$ ]] ||
   die "VERSION \"$1\" is not a semantic version: expected x.y.z or x.y.z-pre (such as 0.3.0 or 0.3.0-rc.1)"
 NUMBER=${BASH_REMATCH[1]}

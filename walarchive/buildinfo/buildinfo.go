@@ -13,9 +13,9 @@ import (
 
 // Package is this package's import path, the target of the linker flags that stamp a build:
 //
-//	go build -ldflags "-X github.com/kcbackup/kcbackup/internal/buildinfo.version=v0.3.0
-//	                   -X github.com/kcbackup/kcbackup/internal/buildinfo.revision=$(git rev-parse HEAD)"
-const Package = "github.com/kcbackup/kcbackup/internal/buildinfo"
+//	go build -ldflags "-X github.com/kcbackup/kcbackup/walarchive/buildinfo.version=v0.3.0
+//	                   -X github.com/kcbackup/kcbackup/walarchive/buildinfo.revision=$(git rev-parse HEAD)"
+const Package = "github.com/kcbackup/kcbackup/walarchive/buildinfo"
 
 // Set only by the linker (-X); never assigned in code.
 var (

@@ -11,8 +11,8 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
-	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 	"github.com/kcbackup/kcbackup/operator/internal/app"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 )
 
 func main() {

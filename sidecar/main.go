@@ -9,8 +9,8 @@ import (
 	"slices"
 	"syscall"
 
-	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 	"github.com/kcbackup/kcbackup/sidecar/internal/cli"
+	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 )
 
 func main() {

@@ -23,6 +23,9 @@ type Metrics struct {
 	Uploads             *prometheus.CounterVec
 	UploadErrors        *prometheus.CounterVec
 	UploadedBytes       *prometheus.CounterVec
+	// UploadSeconds is how long each successful upload took, by kind: a synchronous
+	// commit waits about one tail part's upload.
+	UploadSeconds *prometheus.HistogramVec
 	ReceivedWALBytes    prometheus.Counter
 	SlotRetainedBytes   prometheus.Gauge
 	PGDataVolumeFree    prometheus.Gauge
@@ -75,6 +78,9 @@ func New() *Metrics {
 			Help: "Failed uploads to the archive, by kind."}, []string{"kind"}),
 		UploadedBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: "kcbackup", Name: "uploaded_bytes_total",
 			Help: "Bytes uploaded, raw (before compression) and compressed (as stored)."}, []string{"encoding"}),
+		UploadSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "kcbackup", Name: "upload_duration_seconds",
+			Help:    "Duration of successful uploads to the archive, by kind (a synchronous commit waits about one partial's).",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}}, []string{"kind"}),
 		ReceivedWALBytes: prometheus.NewCounter(prometheus.CounterOpts{Namespace: "kcbackup", Name: "received_wal_bytes_total",
 			Help: "WAL bytes received from PostgreSQL."}),
 		SlotRetainedBytes: g("slot_retained_bytes", "WAL the server retains for the sidecar's replication slot (server WAL end minus the slot's restart_lsn, read every 5 s)."),
@@ -104,7 +110,7 @@ func New() *Metrics {
 		m.Up, m.StorageUp, m.ArchivedLSN, m.ServerFlushLSN, m.ArchiveLagBytes, m.ArchiveLagSeconds, m.LastArchivedSegment,
 		m.Uploads, m.UploadErrors, m.UploadedBytes, m.ReceivedWALBytes, m.SlotRetainedBytes, m.PGDataVolumeFree,
 		m.PGDataVolumeSize, m.SpoolBytes, m.Timeline, m.BackupRunning, m.Backups, m.BackupLastSuccess, m.BackupLastFailure,
-		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.RecoveryRanges, m.ArchiveGaps, m.ArchiveGapLast, m.WALServed,
+		m.BackupLastDuration, m.BackupLastSize, m.RecoveryWindowStart, m.RecoveryWindowEnd, m.RecoveryRanges, m.ArchiveGaps, m.ArchiveGapLast, m.WALServed, m.UploadSeconds,
 	)
 	for _, k := range []string{KindSegment, KindPartial, KindHistory, KindBackup} {
 		m.Uploads.WithLabelValues(k)

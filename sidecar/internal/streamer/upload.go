@@ -179,6 +179,7 @@ func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
 		return err
 	}
 	key := walarchive.SegmentKey(seg.tli, seg.segno, s.segSize)
+	start := time.Now()
 	res, err := s.archive.PutImmutable(ctx, key, f)
 	f.Close()
 	s.noteStorage(metrics.KindSegment, err)
@@ -193,6 +194,7 @@ func (s *Streamer) storeComplete(ctx context.Context, seg *segment) error {
 		return err
 	}
 	s.countUpload(metrics.KindSegment, res)
+	s.m.UploadSeconds.WithLabelValues(metrics.KindSegment).Observe(time.Since(start).Seconds())
 	s.m.LastArchivedSegment.Set(float64(s.cfg.Now().Unix()))
 	return nil
 }
@@ -266,11 +268,13 @@ func (s *Streamer) putPart(ctx context.Context, seg *segment, from, to uint64) e
 		return err
 	}
 	defer f.Close()
+	start := time.Now()
 	res, err := s.archive.PutPart(ctx, seg.tli, seg.segno, from, to, io.NewSectionReader(f, int64(from), int64(to-from)))
 	s.noteStorage(metrics.KindPartial, err)
 	if err != nil {
 		return err
 	}
+	s.m.UploadSeconds.WithLabelValues(metrics.KindPartial).Observe(time.Since(start).Seconds())
 	s.countUpload(metrics.KindPartial, res)
 	return nil
 }

@@ -25,7 +25,7 @@ type Metrics struct {
 	UploadedBytes       *prometheus.CounterVec
 	// UploadSeconds is how long each successful upload took, by kind: a synchronous
 	// commit waits about one tail part's upload.
-	UploadSeconds *prometheus.HistogramVec
+	UploadSeconds       *prometheus.HistogramVec
 	ReceivedWALBytes    prometheus.Counter
 	SlotRetainedBytes   prometheus.Gauge
 	PGDataVolumeFree    prometheus.Gauge

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -224,4 +225,19 @@ func locateData(w workload, containerName, dataDir string) (dataLocation, error)
 		}
 	}
 	return dataLocation{}, fmt.Errorf("%s mounts volume %q for %s but defines no such volume", w, loc.Mount.Name, dataDir)
+}
+
+// scale sets the workload's replicas, emitting an event when it changed them.
+func (r *Reconciler) scale(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, n int32) error {
+	if w.Replicas() == n {
+		return nil
+	}
+	before := w.Obj.DeepCopyObject().(client.Object)
+	from := w.Replicas()
+	w.setReplicas(n)
+	if err := r.Client.Patch(ctx, w.Obj, client.MergeFrom(before)); err != nil {
+		return fmt.Errorf("scale %s to %d: %w", w, n, err)
+	}
+	r.Recorder.Eventf(kb, w.Obj, corev1.EventTypeNormal, "Scaled", "Scale", "scaled %s from %d to %d replicas", w, from, n)
+	return nil
 }

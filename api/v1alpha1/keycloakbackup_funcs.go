@@ -87,6 +87,10 @@ const (
 	// ReasonTargetNotYetArchived: restoreTo lies just past the recovery window's end, within
 	// the archive lag: the restore waits (a bounded time) for the window to reach it.
 	ReasonTargetNotYetArchived = "TargetNotYetArchived"
+	// ReasonNoApplicationToStop: the restore has no application to stop (applicationSelector
+	// unset or selecting nothing) and spec.restore.allowWithoutApplication is not set;
+	// nothing was touched.
+	ReasonNoApplicationToStop = "NoApplicationToStop"
 	// ReasonArchiveUnreadable: the archive's catalog cannot be read now (a storage or
 	// sidecar error); the target check is retried.
 	ReasonArchiveUnreadable = "ArchiveUnreadable"
@@ -274,3 +278,8 @@ func (kb *KeycloakBackup) Condition(typ string) *metav1.Condition {
 // template of every workload it gives the kcbackup sidecar; deploy/monitoring's PodMonitor
 // selects on it.
 const SidecarPodLabel = "kcbackup.keycloak.org/sidecar"
+
+// RestoreAllowsNoApplication reports whether spec.restore.allowWithoutApplication is set.
+func (s *KeycloakBackupSpec) RestoreAllowsNoApplication() bool {
+	return s.Restore != nil && s.Restore.AllowWithoutApplication
+}

@@ -24,18 +24,18 @@ func (r *Reconciler) restoreStopApplication(ctx context.Context, run *restoreRun
 	next := ctrl.Result{RequeueAfter: r.PollInterval}
 	stopped := true
 	for _, a := range kb.Status.Restore.Applications {
-		w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
+		err := r.setScale(ctx, kb, a, 0)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		ok, err := r.scaleDown(ctx, kb, w)
+		gone, err := r.applicationPodsGone(ctx, kb, a)
 		if err != nil {
 			return ctrl.Result{}, err
 		}
-		stopped = stopped && ok
+		stopped = stopped && gone
 	}
 	if !stopped {
 		r.restoreProgress(kb, "waiting for the application's pods to stop")
@@ -168,14 +168,7 @@ func (r *Reconciler) scaleDown(ctx context.Context, kb *kcv1.KeycloakBackup, w w
 // restore; one deleted meanwhile is skipped.
 func (r *Reconciler) scaleApplicationsBack(ctx context.Context, kb *kcv1.KeycloakBackup) error {
 	for _, a := range kb.Status.Restore.Applications {
-		w, err := getWorkload(ctx, r.Client, kb.Namespace, a.Kind, a.Name)
-		if apierrors.IsNotFound(err) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if err := r.scale(ctx, kb, w, a.Replicas); err != nil {
+		if err := r.setScale(ctx, kb, a, a.Replicas); err != nil && !apierrors.IsNotFound(err) {
 			return err
 		}
 	}

@@ -39,6 +39,10 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (c
 		}
 		return r.restoreFailed(kb, kcv1.ReasonRestoreJobNotOwned, msg+"; this restore is refused and nothing was changed")
 	}
+	apps, res, ok, err := r.checkApplications(ctx, kb, db)
+	if !ok {
+		return res, err
+	}
 	st, proceed, res, err := r.checkTargetAgainstArchive(ctx, kb, db, token)
 	if !proceed {
 		return res, err
@@ -54,7 +58,31 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (c
 	if holder != nil {
 		return r.restoreConflict(kb, db, holder)
 	}
-	return r.restoreStart(ctx, kb, db, st)
+	return r.restoreStart(kb, db, st, apps)
+}
+
+// checkApplications finds what stops the application (see applicationTargets) and refuses
+// a restore with nothing to stop, unless the resource allows it explicitly. ok is false
+// when the caller must return res: a refusal, or a wait after an error reading the owners.
+func (r *Reconciler) checkApplications(ctx context.Context, kb *kcv1.KeycloakBackup, db workload) ([]kcv1.ScaledWorkload, ctrl.Result, bool, error) {
+	apps, err := r.applicationTargets(ctx, kb, db)
+	if err != nil {
+		r.restoreProgress(kb, "cannot find what stops the application, retrying (nothing was changed): "+err.Error())
+		return nil, ctrl.Result{RequeueAfter: r.PollInterval}, false, nil
+	}
+	if len(apps) > 0 || kb.Spec.RestoreAllowsNoApplication() {
+		return apps, ctrl.Result{}, true, nil
+	}
+	why := "spec.applicationSelector is not set"
+	if kb.Spec.ApplicationSelector != nil {
+		why = "spec.applicationSelector selects no Deployment or StatefulSet in namespace " + kb.Namespace + " besides " + db.String()
+	}
+	res, err := r.restoreFailed(kb, kcv1.ReasonNoApplicationToStop, why+
+		": Keycloak would keep running on the database while it is replaced. Set applicationSelector to the labels of Keycloak's "+
+		"Deployment or StatefulSet (with the Keycloak Operator, its StatefulSet: the operator then scales the Keycloak resource), "+
+		"or set spec.restore.allowWithoutApplication: true if nothing uses this database or you stopped Keycloak yourself; "+
+		"this restore is refused and nothing was changed")
+	return nil, res, false, err
 }
 
 // checkTargetAgainstArchive asks the sidecar for the archive's recovery ranges and decides
@@ -108,7 +136,7 @@ func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.Key
 
 // restoreStart records, once the target is accepted and the lock held, what the later
 // steps give back, and moves on to stopping the application.
-func (r *Reconciler) restoreStart(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, st apiclient.Status) (ctrl.Result, error) {
+func (r *Reconciler) restoreStart(kb *kcv1.KeycloakBackup, db workload, st apiclient.Status, apps []kcv1.ScaledWorkload) (ctrl.Result, error) {
 	rs := kb.Status.Restore
 	if target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo); !latest {
 		rs.TargetTime = ptrTime(target)
@@ -117,22 +145,14 @@ func (r *Reconciler) restoreStart(ctx context.Context, kb *kcv1.KeycloakBackup, 
 	rs.PreviousTimeline = int64(st.Timeline)
 	rs.Database = &kcv1.ScaledWorkload{Kind: db.Kind, Name: db.Name(), Replicas: max(db.Replicas(), 1)}
 	rs.JobName = restoreJobName(kb)
-	rs.Applications = nil
-	if kb.Spec.ApplicationSelector != nil {
-		apps, err := listWorkloads(ctx, r.Client, kb.Namespace, kb.Spec.ApplicationSelector)
-		if err != nil {
-			return ctrl.Result{}, err
-		}
-		for _, a := range apps {
-			if a.Kind == db.Kind && a.Name() == db.Name() {
-				continue
-			}
-			rs.Applications = append(rs.Applications, kcv1.ScaledWorkload{Kind: a.Kind, Name: a.Name(), Replicas: a.Replicas()})
-		}
+	rs.Applications = apps
+	var found []string
+	for _, a := range apps {
+		found = append(found, fmt.Sprintf("%s at %d replicas", describeScaled(a), a.Replicas))
 	}
 	kb.Status.Phase = kcv1.PhaseRestoring
 	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "RestoreStarted", "Restore",
-		"restoring %s to %s (inside the recovery window); stopping %d application workload(s)", db, kb.Spec.RestoreTo, len(rs.Applications))
+		"restoring %s to %s (inside the recovery window); stopping the application: %s", db, kb.Spec.RestoreTo, orDefault(strings.Join(found, "; "), "none (spec.restore.allowWithoutApplication)"))
 	r.advance(kb, kcv1.RestoreStoppingApplication, "target is inside the recovery window; stopping the application")
 	return ctrl.Result{RequeueAfter: r.PollInterval}, nil
 }

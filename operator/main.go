@@ -34,6 +34,9 @@ func main() {
 	fs.BoolVar(&cfg.LeaderElect, "leader-elect", cfg.LeaderElect, "let only one replica act at a time (outside a cluster: needs --leader-election-namespace, or pass --leader-elect=false)")
 	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader Lease (default: the operator's own, in a cluster)")
 	fs.StringVar(&cfg.WatchNamespace, "namespace", os.Getenv("KCBACKUP_WATCH_NAMESPACE"), "watch only this namespace (env KCBACKUP_WATCH_NAMESPACE; default: all)")
+	fs.StringVar(&cfg.BinaryDelivery, "binary-delivery", orDefault(os.Getenv("KCBACKUP_BINARY_DELIVERY"), cfg.BinaryDelivery),
+		"how the kcbackup binary reaches PostgreSQL's pod and the restore Job: image-volume, init-container (an emptyDir filled by an "+
+			"init container), or auto: image-volume on Kubernetes 1.36 or later, init-container before (env KCBACKUP_BINARY_DELIVERY)")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", cfg.PollInterval, "how often a running backup or restore step is checked")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	debug := fs.Bool("debug", false, "log at debug level")

@@ -466,6 +466,13 @@ type RestoreStatus struct {
 	// JobName is the restore Job.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// RunAsUser and RunAsGroup are the user and group PostgreSQL's container ran as when the
+	// restore started, as admitted (with any UID the cluster assigned, as OpenShift does);
+	// the restore Job runs as them, so it owns the data directory as PostgreSQL does.
+	// +optional
+	RunAsUser *int64 `json:"runAsUser,omitempty"`
+	// +optional
+	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
 	// JobUID is the UID of the restore Job this resource created (or found, owned by it). A
 	// recorded Job is never created again: if it disappears before its outcome was seen,
 	// the restore fails.

@@ -321,6 +321,16 @@ func (in *RestoreStatus) DeepCopyInto(out *RestoreStatus) {
 			(*in)[i].DeepCopyInto(&(*out)[i])
 		}
 	}
+	if in.RunAsUser != nil {
+		in, out := &in.RunAsUser, &out.RunAsUser
+		*out = new(int64)
+		**out = **in
+	}
+	if in.RunAsGroup != nil {
+		in, out := &in.RunAsGroup, &out.RunAsGroup
+		*out = new(int64)
+		**out = **in
+	}
 	if in.StepStartTime != nil {
 		in, out := &in.StepStartTime, &out.StepStartTime
 		*out = (*in).DeepCopy()

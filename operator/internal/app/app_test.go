@@ -60,3 +60,17 @@ func TestDefaultSidecarImageIsTheReleaseOfTheSameVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestAutoDeliveryFollowsTheServerVersion(t *testing.T) {
+	for _, tc := range []struct {
+		major, minor, want string
+	}{
+		{"1", "33", "init-container"}, {"1", "35+", "init-container"}, {"1", "36", "image-volume"}, {"1", "37", "image-volume"},
+		{"2", "0", ""}, {"1", "x", ""},
+	} {
+		got, why, err := DeliveryForVersion(tc.major, tc.minor)
+		if string(got) != tc.want || (tc.want == "") != (err != nil) {
+			t.Errorf("%s.%s: %q (%s, %v), want %q", tc.major, tc.minor, got, why, err, tc.want)
+		}
+	}
+}

@@ -69,6 +69,9 @@ type Reconciler struct {
 	Metrics *Metrics
 	// SidecarImage is the kcbackup image injected as sidecar and run by restore Jobs.
 	SidecarImage string
+	// BinaryDelivery says how the kcbackup binary reaches PostgreSQL's container and the
+	// restore Job; empty means DeliverByImageVolume.
+	BinaryDelivery BinaryDelivery
 	// SidecarEndpoint returns the base URL of the sidecar API in a pod; nil means
 	// http://<pod IP>:8008.
 	SidecarEndpoint func(pod *corev1.Pod) string

@@ -38,9 +38,52 @@ func jobDataDir(loc dataLocation) (string, error) {
 	return p, nil
 }
 
-// postgresUID is the user the restore Job runs as when neither the PostgreSQL container nor
-// its pod names one: the postgres user of the official image, which owns the data directory.
+// postgresUID is the user the restore Job runs as when neither the running PostgreSQL pod
+// (as admitted, so with any UID the cluster assigned) nor its template names one: the
+// postgres user of the official image, which starts as root and drops to it, and owns the
+// data directory.
 const postgresUID = 999
+
+// effectiveIDs returns the user and group container runs as in spec: the container's
+// security context over the pod's; nil where neither says.
+func effectiveIDs(spec *corev1.PodSpec, container string) (uid, gid *int64) {
+	if sc := spec.SecurityContext; sc != nil {
+		uid, gid = sc.RunAsUser, sc.RunAsGroup
+	}
+	for _, c := range spec.Containers {
+		if c.Name == container && c.SecurityContext != nil {
+			if c.SecurityContext.RunAsUser != nil {
+				uid = c.SecurityContext.RunAsUser
+			}
+			if c.SecurityContext.RunAsGroup != nil {
+				gid = c.SecurityContext.RunAsGroup
+			}
+		}
+	}
+	return ptrOrNil(uid), ptrOrNil(gid)
+}
+
+func ptrOrNil(p *int64) *int64 {
+	if p == nil {
+		return nil
+	}
+	return ptr.To(*p)
+}
+
+// restoreJobIDs is the user and group of the restore Job: those PostgreSQL ran as when the
+// restore started (recorded from the running pod, where a cluster such as OpenShift has
+// put the namespace's UID), else those of its pod template, else the official image's
+// postgres user and group. A group nobody named stays unset: the cluster or the image
+// decides, as for PostgreSQL (OpenShift runs it with group 0).
+func restoreJobIDs(rs *kcv1.RestoreStatus, tmpl *corev1.PodSpec, container string) (uid, gid *int64) {
+	if rs != nil && rs.RunAsUser != nil {
+		return ptr.To(*rs.RunAsUser), ptrOrNil(rs.RunAsGroup)
+	}
+	if u, g := effectiveIDs(tmpl, container); u != nil {
+		return u, g
+	}
+	return ptr.To[int64](postgresUID), ptr.To[int64](postgresUID)
+}
 
 // restoreData is step 5: it follows the restore Job this resource owns, created once.
 func (r *Reconciler) restoreData(ctx context.Context, run *restoreRun) (ctrl.Result, error) {
@@ -196,7 +239,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 	}
 	storageURL := env[0].Value
 	vols, mounts := storageVolumes(&kb.Spec.Storage)
-	binVol, binMount := binaryVolume(r.SidecarImage)
+	binVol, binMount, binInit := binarySource(r.SidecarImage, r.BinaryDelivery)
 	vols, mounts = append(vols, binVol), append(mounts, binMount)
 	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: loc.Volume.PersistentVolumeClaim.ClaimName}}})
@@ -211,25 +254,8 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 	if podSC == nil {
 		podSC = &corev1.PodSecurityContext{}
 	}
-	uid, gid := int64(postgresUID), int64(postgresUID)
-	if podSC.RunAsUser != nil {
-		uid = *podSC.RunAsUser
-	}
-	if podSC.RunAsGroup != nil {
-		gid = *podSC.RunAsGroup
-	}
-	for _, c := range tmpl.Spec.Containers {
-		if c.Name == loc.Container && c.SecurityContext != nil {
-			if c.SecurityContext.RunAsUser != nil {
-				uid = *c.SecurityContext.RunAsUser
-			}
-			if c.SecurityContext.RunAsGroup != nil {
-				gid = *c.SecurityContext.RunAsGroup
-			}
-		}
-	}
 	csc := restrictedSecurityContext()
-	csc.RunAsUser, csc.RunAsGroup = &uid, &gid
+	csc.RunAsUser, csc.RunAsGroup = restoreJobIDs(kb.Status.Restore, &tmpl.Spec, loc.Container)
 
 	labels := map[string]string{
 		"app.kubernetes.io/name":       "kcbackup-restore",
@@ -262,6 +288,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 					NodeSelector:       tmpl.Spec.NodeSelector,
 					Tolerations:        tmpl.Spec.Tolerations,
 					Volumes:            vols,
+					InitContainers:     initContainers(binInit),
 					Containers: []corev1.Container{{
 						Name:  "restore",
 						Image: r.SidecarImage,
@@ -323,4 +350,12 @@ func jobOutcome(job *batchv1.Job) outcome {
 		}
 	}
 	return jobRunning
+}
+
+// initContainers is the restore Job's init containers: the binary's copy, when delivered so.
+func initContainers(binInit *corev1.Container) []corev1.Container {
+	if binInit == nil {
+		return nil
+	}
+	return []corev1.Container{*binInit}
 }

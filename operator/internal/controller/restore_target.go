@@ -58,7 +58,7 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (c
 	if holder != nil {
 		return r.restoreConflict(kb, db, holder)
 	}
-	return r.restoreStart(kb, db, st, apps)
+	return r.restoreStart(ctx, kb, db, loc.Container, st, apps)
 }
 
 // checkApplications finds what stops the application (see applicationTargets) and refuses
@@ -136,7 +136,7 @@ func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.Key
 
 // restoreStart records, once the target is accepted and the lock held, what the later
 // steps give back, and moves on to stopping the application.
-func (r *Reconciler) restoreStart(kb *kcv1.KeycloakBackup, db workload, st apiclient.Status, apps []kcv1.ScaledWorkload) (ctrl.Result, error) {
+func (r *Reconciler) restoreStart(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, pgContainer string, st apiclient.Status, apps []kcv1.ScaledWorkload) (ctrl.Result, error) {
 	rs := kb.Status.Restore
 	if target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo); !latest {
 		rs.TargetTime = ptrTime(target)
@@ -146,6 +146,13 @@ func (r *Reconciler) restoreStart(kb *kcv1.KeycloakBackup, db workload, st apicl
 	rs.Database = &kcv1.ScaledWorkload{Kind: db.Kind, Name: db.Name(), Replicas: max(db.Replicas(), 1)}
 	rs.JobName = restoreJobName(kb)
 	rs.Applications = apps
+	pods, err := db.pods(ctx, r.Client)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if p := runningPod(pods); p != nil {
+		rs.RunAsUser, rs.RunAsGroup = effectiveIDs(&p.Spec, pgContainer)
+	}
 	var found []string
 	for _, a := range apps {
 		found = append(found, fmt.Sprintf("%s at %d replicas", describeScaled(a), a.Replicas))

@@ -290,7 +290,7 @@ type sidecarSpec struct {
 	// BinaryCopy, when set, is the init container that copies the binary in before the
 	// sidecar starts (DeliverByInitContainer).
 	BinaryCopy *corev1.Container
-	Volumes   []corev1.Volume
+	Volumes    []corev1.Volume
 	// PostgresContainer gets PostgresEnv and PostgresMounts, so that restore_command
 	// (kcbackup wal-fetch --sidecar, run by PostgreSQL during recovery) finds the binary and
 	// the fetch-only token. It fetches WAL through the sidecar, so PostgreSQL's container

@@ -11,16 +11,20 @@ import (
 	ctrl "sigs.k8s.io/controller-runtime"
 
 	"github.com/kcbackup/kcbackup/operator/internal/app"
+	kccontroller "github.com/kcbackup/kcbackup/operator/internal/controller"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "sidecar-manifest" {
+		os.Exit(sidecarManifest(os.Args[2:]))
+	}
 	cfg := app.DefaultConfig()
 	fs := flag.NewFlagSet("kcbackup-operator", flag.ExitOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator [flags]\n       kcbackup-operator sidecar-manifest --help\n\n"+
 			"Runs the KeycloakBackup operator: injects the kcbackup sidecar, takes base backups and\n"+
 			"restores the PostgreSQL database behind Keycloak in place. Supported PostgreSQL versions:\n"+
 			"15, 16, 17, 18 and 19.\n\nFlags:\n")
@@ -72,4 +76,30 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// sidecarManifest runs `kcbackup-operator sidecar-manifest`: it prints the sidecar a
+// workload in verify mode must declare, and returns the exit status.
+func sidecarManifest(args []string) int {
+	o := app.SidecarManifestOptions{BinaryDelivery: "image-volume"}
+	fs := flag.NewFlagSet("kcbackup-operator sidecar-manifest", flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator sidecar-manifest --resource KEYCLOAKBACKUP.yaml --workload WORKLOAD.yaml [flags]\n\n"+
+			"Prints, as a strategic-merge patch, the kcbackup sidecar the operator would inject into the PostgreSQL\n"+
+			"Deployment or StatefulSet for that KeycloakBackup. Commit it to the workload's manifests (Argo CD, Flux)\n"+
+			"with the annotation %s=%s, and the operator verifies it instead of patching.\n\nFlags:\n",
+			kccontroller.SidecarModeAnnotation, kccontroller.SidecarModeVerify)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.ResourceFile, "resource", "", "file holding the KeycloakBackup (YAML or JSON)")
+	fs.StringVar(&o.WorkloadFile, "workload", "", "file holding the PostgreSQL Deployment or StatefulSet (YAML or JSON)")
+	fs.StringVar(&o.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(version)),
+		"the kcbackup image the operator injects (env KCBACKUP_SIDECAR_IMAGE; default: the release image of this version)")
+	fs.StringVar(&o.BinaryDelivery, "binary-delivery", o.BinaryDelivery, "image-volume or init-container, as the operator chose (it logs it at start)")
+	_ = fs.Parse(args)
+	if err := o.Run(os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "kcbackup-operator sidecar-manifest:", err)
+		return 2
+	}
+	return 0
 }

@@ -473,6 +473,11 @@ type RestoreStatus struct {
 	RunAsUser *int64 `json:"runAsUser,omitempty"`
 	// +optional
 	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
+	// BitnamiPerformRestore is true while the operator has set POSTGRESQL_PERFORM_RESTORE=yes
+	// on the Bitnami PostgreSQL container (set before the restored start, removed once
+	// PostgreSQL promoted).
+	// +optional
+	BitnamiPerformRestore bool `json:"bitnamiPerformRestore,omitempty"`
 	// JobUID is the UID of the restore Job this resource created (or found, owned by it). A
 	// recorded Job is never created again: if it disappears before its outcome was seen,
 	// the restore fails.

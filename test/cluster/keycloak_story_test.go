@@ -85,7 +85,7 @@ spec: {instances: 2}
 		t.Helper()
 		if err := waitFor(ctx, what, 3*time.Minute, nil, func() error {
 			r, _ := jsonpath(ctx, "statefulset", "kc", "{.status.readyReplicas}")
-			i, _ := jsonpath(ctx, "keycloak", "kc", "{.status.instances}")
+			i, _ := jsonpath(ctx, "keycloaks.k8s.keycloak.org", "kc", "{.status.instances}")
 			if r != "2" || i != "2" {
 				return fmt.Errorf("StatefulSet kc ready replicas %q, Keycloak kc status.instances %q (stand-in: %v)", r, i, op.Err())
 			}

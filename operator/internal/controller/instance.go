@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -69,9 +70,9 @@ func (r *Reconciler) prepareInstance(ctx context.Context, kb *kcv1.KeycloakBacku
 	if err != nil {
 		return instance{}, ctrl.Result{}, false, err
 	}
-	// Step 6: the sidecar in the pod template, kept there.
-	if err := r.ensureSidecar(ctx, kb, w, loc); err != nil {
-		return instance{}, ctrl.Result{}, false, err
+	// Step 6: the sidecar in the pod template, kept there (or, in verify mode, checked).
+	if ok, err := r.ensureSidecar(ctx, kb, w, loc); err != nil || !ok {
+		return instance{}, retry, false, err
 	}
 	return instance{w: w, loc: loc, token: token}, ctrl.Result{}, true, nil
 }
@@ -123,6 +124,8 @@ func (r *Reconciler) resolveInstance(ctx context.Context, kb *kcv1.KeycloakBacku
 	}
 	kb.Status.Instance = &kcv1.WorkloadReference{Kind: w.Kind, Name: w.Name()}
 	kb.SetCondition(kcv1.ConditionInstanceResolved, metav1.ConditionTrue, kcv1.ReasonWorkloadFound, "selected "+w.String())
+	status, reason, msg := judgeLayout(w, loc)
+	kb.SetCondition(kcv1.ConditionRestorable, status, reason, msg)
 	return w, loc, true, nil
 }
 
@@ -197,25 +200,36 @@ func (r *Reconciler) checkSecrets(ctx context.Context, kb *kcv1.KeycloakBackup) 
 
 // ensureSidecar injects the sidecar into the workload's pod template, or replaces it when
 // the storage or image changed. A template change rolls the pod, so it happens only then.
-func (r *Reconciler) ensureSidecar(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, loc dataLocation) error {
+func (r *Reconciler) ensureSidecar(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, loc dataLocation) (bool, error) {
 	sc, err := buildSidecar(r.SidecarImage, r.BinaryDelivery, &kb.Spec, w.Name(), loc)
 	if err != nil {
-		return err
+		return false, err
 	}
 	if injected(w.Template(), sc) {
-		return nil
+		kb.SetCondition(kcv1.ConditionSidecarUpToDate, metav1.ConditionTrue, kcv1.ReasonSidecarUpToDate,
+			"the pod template of "+w.String()+" carries the sidecar this operator builds")
+		return true, nil
+	}
+	if held, err := r.upgradeHeld(kb, w, loc); err != nil || held {
+		return held, err
+	}
+	if verifyOnly(w) {
+		r.sidecarNotDeclared(kb, w)
+		return false, nil
 	}
 	before := w.Obj.DeepCopyObject().(client.Object)
 	inject(w.Template(), sc)
 	if err := r.Client.Patch(ctx, w.Obj, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("inject sidecar into %s: %w", w, err)
+		return false, fmt.Errorf("inject sidecar into %s: %w", w, err)
 	}
 	log.FromContext(ctx).Info("injected sidecar", "workload", w.String(), "storage", describeStorage(&kb.Spec.Storage))
 	r.Recorder.Eventf(kb, w.Obj, corev1.EventTypeNormal, "SidecarInjected", "InjectSidecar",
 		"injected the kcbackup sidecar into %s, archiving to %s", w, describeStorage(&kb.Spec.Storage))
 	kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarStarting,
 		"sidecar injected into "+w.String()+"; waiting for the pod to roll")
-	return nil
+	kb.SetCondition(kcv1.ConditionSidecarUpToDate, metav1.ConditionTrue, kcv1.ReasonSidecarUpToDate,
+		"the operator injected its sidecar into the pod template of "+w.String())
+	return true, nil
 }
 
 // sidecarClient returns a client for the sidecar of a running pod of w. ok is false, with
@@ -245,7 +259,24 @@ func (r *Reconciler) sidecarStatus(ctx context.Context, kb *kcv1.KeycloakBackup,
 		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())
 		return st, false
 	}
+	if !st.Streaming && replicationRefused(st.LastError) {
+		// It answers, but archives nothing: say why, and how to fix it.
+		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonReplicationRefused, fmt.Sprintf(
+			"PostgreSQL refuses the sidecar's replication connection, so nothing is archived: %s. Add a line to pg_hba.conf "+
+				"such as \"host replication %s 127.0.0.1/32 scram-sha-256\" (the sidecar connects over localhost; with the Bitnami "+
+				"chart, set primary.pgHbaConfiguration or a replication user) and reload PostgreSQL",
+			lastLine(st.LastError, 512), orDefault(kb.Spec.Postgres.User, "postgres")))
+		return st, true
+	}
 	kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionTrue, kcv1.ReasonSidecarAnswering,
 		fmt.Sprintf("sidecar answers: timeline %d, archived up to %s, streaming %t", st.Timeline, orDefault(st.ArchivedLSN, "nothing yet"), st.Streaming))
 	return st, true
+}
+
+// replicationRefused reports whether the sidecar's last error is PostgreSQL refusing its
+// replication connection for want of a pg_hba.conf line (SQLSTATE 28000, "no pg_hba.conf
+// entry for replication connection from host ..."), see the PostgreSQL documentation,
+// 20.1 "The pg_hba.conf File".
+func replicationRefused(lastError string) bool {
+	return strings.Contains(lastError, "pg_hba.conf") && strings.Contains(lastError, "replication")
 }

@@ -81,6 +81,12 @@ func TestEnvtestOperator(t *testing.T) {
 		{"AlertGaugesComeFromStatusAfterARestart", testAlertGaugesComeFromStatusAfterARestart},
 		{"RestoreScalesTheKeycloakResourceNotItsStatefulSet", testRestoreScalesTheKeycloakResource},
 		{"RestoreWithoutApplicationIsRefusedUnlessAllowed", testRestoreWithoutApplicationIsRefused},
+		{"LayoutIsReportedOnTheFirstReconcile", testLayoutIsReportedOnTheFirstReconcile},
+		{"RestoreOfReplicasIsRefusedBeforeAnythingStops", testRestoreOfReplicasIsRefusedBeforeAnythingStops},
+		{"BitnamiRestoreKeepsRecoverySignal", testBitnamiRestoreKeepsRecoverySignal},
+		{"ReplicationRefusedIsNamed", testReplicationRefusedIsNamed},
+		{"VerifyModeChecksTheDeclaredSidecar", testVerifyModeChecksTheDeclaredSidecar},
+		{"HeldUpgradeKeepsTheRunningSidecar", testHeldUpgradeKeepsTheRunningSidecar},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

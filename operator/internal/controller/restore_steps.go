@@ -103,6 +103,13 @@ func (r *Reconciler) restoreWaitForNewTimeline(ctx context.Context, run *restore
 		return next, nil
 	}
 	rs.Timeline = int64(st.Timeline)
+	if rs.BitnamiPerformRestore {
+		// Promoted: the switch goes, before the application comes back (a pod of the
+		// template without it starts; the next steps wait for its sidecar).
+		if err := r.setPerformRestore(ctx, run, false); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
 		log.FromContext(ctx).Info("cannot read the catalog after the restore", "error", err.Error())
 	}
@@ -190,6 +197,12 @@ func (r *Reconciler) restoreStopDatabase(ctx context.Context, run *restoreRun) (
 // restoreStartDatabase is step 6: PostgreSQL gets its replicas back, replays WAL to the
 // target and promotes.
 func (r *Reconciler) restoreStartDatabase(ctx context.Context, run *restoreRun) (ctrl.Result, error) {
+	// A Bitnami image deletes recovery.signal at start unless told otherwise.
+	if c := postgresContainer(run.db, run.loc); c != nil && isBitnami(c) && !run.kb.Status.Restore.BitnamiPerformRestore {
+		if err := r.setPerformRestore(ctx, run, true); err != nil {
+			return ctrl.Result{}, err
+		}
+	}
 	if err := r.scale(ctx, run.kb, run.db, run.kb.Status.Restore.Database.Replicas); err != nil {
 		return ctrl.Result{}, err
 	}

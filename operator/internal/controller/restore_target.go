@@ -27,6 +27,9 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (c
 	if _, err := jobDataDir(loc); err != nil {
 		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, err.Error())
 	}
+	if n := db.Replicas(); n > 1 {
+		return r.restoreFailed(kb, kcv1.ReasonMultipleReplicas, replicasMessage(db, n)+"; nothing was changed")
+	}
 	if holder, err := r.lockHolder(ctx, db); err != nil || holder != nil && holder.UID != kb.UID {
 		if err != nil {
 			return ctrl.Result{}, err

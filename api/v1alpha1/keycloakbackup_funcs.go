@@ -108,6 +108,9 @@ const (
 	// ReasonSidecarUpgradeHeld: a sidecar upgrade (image only) waits for the user to remove
 	// the hold annotation.
 	ReasonSidecarUpgradeHeld = "SidecarUpgradeHeld"
+	// ReasonImageVolumesUnavailable: the API server refused the image volume that carries
+	// the kcbackup binary: the operator needs --binary-delivery=init-container here.
+	ReasonImageVolumesUnavailable = "ImageVolumesUnavailable"
 	// ReasonRestorable: nothing in the workload's layout stands in the way of a restore.
 	ReasonRestorable = "Restorable"
 	// ReasonBitnamiImage: PostgreSQL runs a Bitnami image, whose start deletes

@@ -220,6 +220,14 @@ func (r *Reconciler) ensureSidecar(ctx context.Context, kb *kcv1.KeycloakBackup,
 	before := w.Obj.DeepCopyObject().(client.Object)
 	inject(w.Template(), sc)
 	if err := r.Client.Patch(ctx, w.Obj, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
+		if sc.BinaryCopy == nil && apierrors.IsInvalid(err) && strings.Contains(err.Error(), imageVolume) {
+			// An API server with the ImageVolume feature off drops the volume's source, and
+			// the volume without one is invalid: say what to change instead of retrying blindly.
+			r.setProblem(kb, kcv1.ConditionSidecarReady, kcv1.ReasonImageVolumesUnavailable, fmt.Sprintf(
+				"the API server refused the sidecar's image volume %q in %s (%v): image volumes are off on this cluster; run the "+
+					"operator with --binary-delivery=init-container (see docs/deployments.md)", imageVolume, w, err))
+			return false, nil
+		}
 		return false, fmt.Errorf("inject sidecar into %s: %w", w, err)
 	}
 	log.FromContext(ctx).Info("injected sidecar", "workload", w.String(), "storage", describeStorage(&kb.Spec.Storage))

@@ -252,12 +252,25 @@ func (r *Reconciler) sidecarClientWith(ctx context.Context, kb *kcv1.KeycloakBac
 	if err != nil {
 		return nil, false, err
 	}
-	p := runningPod(pods)
-	if p == nil {
+	running := runningPods(pods)
+	if len(running) == 0 {
 		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarStarting, "no running pod of "+w.String()+" yet")
 		return nil, false, nil
 	}
-	return apiclient.New(r.SidecarEndpoint(p), token, hc), true, nil
+	if len(running) == 1 {
+		return apiclient.New(r.SidecarEndpoint(running[0]), token, hc), true, nil
+	}
+	// Several servers (a primary and standbys): only the primary's sidecar archives and
+	// takes base backups; a standby's stands by. Ask each which one streams WAL.
+	for _, p := range running {
+		sc := apiclient.New(r.SidecarEndpoint(p), token, hc)
+		if st, err := sc.Status(ctx); err == nil && st.Streaming {
+			return sc, true, nil
+		}
+	}
+	kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarStarting, fmt.Sprintf(
+		"%d pods of %s run and no sidecar among them streams WAL: waiting for the primary's sidecar", len(running), w))
+	return nil, false, nil
 }
 
 // sidecarStatus calls GET /v1/status and records the outcome in SidecarReady.

@@ -2,6 +2,7 @@ package controller_test
 
 import (
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -123,5 +124,38 @@ func testReplicationRefusedIsNamed(t *testing.T, cfg *rest.Config) {
 	kb := e.waitCondition("once", kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonReplicationRefused)
 	if c := kb.Condition(kcv1.ConditionSidecarReady); !strings.Contains(c.Message, "host replication postgres 127.0.0.1/32") {
 		t.Errorf("SidecarReady message %q does not say which pg_hba.conf line to add", c.Message)
+	}
+}
+
+// testBackupGoesToTheStreamingSidecar: with a primary and a standby running, the base
+// backup is asked of the sidecar that streams WAL (the primary's), never of the standby's,
+// whichever of the two pods is listed first.
+func testBackupGoesToTheStreamingSidecar(t *testing.T, cfg *rest.Config) {
+	for _, standbyPod := range []string{"postgres-a", "postgres-b"} {
+		t.Run("standby "+standbyPod, func(t *testing.T) {
+			var standbyURL atomic.Pointer[string]
+			var e *env
+			e = newEnv(t, cfg, func(r *kccontroller.Reconciler) {
+				r.SidecarEndpoint = func(p *corev1.Pod) string {
+					if p.Name == standbyPod {
+						return *standbyURL.Load()
+					}
+					return e.sidecar.srv.URL
+				}
+			})
+			standby := newFakeSidecar(t, e.sidecar.token)
+			standby.with(func(f *fakeSidecar) { f.status.Streaming = false })
+			standbyURL.Store(&standby.srv.URL)
+			d := postgresDeployment("postgres", dbLabels)
+			d.Spec.Replicas = ptr.To[int32](2)
+			e.create(d)
+			e.runPod("postgres-a", dbPods)
+			e.runPod("postgres-b", dbPods)
+			e.create(volumeBackup("once"))
+			e.waitPhase("once", kcv1.PhaseCompleted)
+			if n, m := e.sidecar.startedCount(), standby.startedCount(); n != 1 || m != 0 {
+				t.Errorf("backups started: %d on the primary's sidecar, %d on the standby's; want 1 and 0", n, m)
+			}
+		})
 	}
 }

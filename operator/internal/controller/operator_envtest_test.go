@@ -86,6 +86,7 @@ func TestEnvtestOperator(t *testing.T) {
 		{"BitnamiRestoreKeepsRecoverySignal", testBitnamiRestoreKeepsRecoverySignal},
 		{"ReplicationRefusedIsNamed", testReplicationRefusedIsNamed},
 		{"VerifyModeChecksTheDeclaredSidecar", testVerifyModeChecksTheDeclaredSidecar},
+		{"BackupGoesToTheStreamingSidecar", testBackupGoesToTheStreamingSidecar},
 		{"HeldUpgradeKeepsTheRunningSidecar", testHeldUpgradeKeepsTheRunningSidecar},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

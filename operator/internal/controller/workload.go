@@ -144,13 +144,22 @@ func (w workload) pods(ctx context.Context, c client.Reader) ([]corev1.Pod, erro
 
 // runningPod returns a running, not terminating pod with an IP, or nil.
 func runningPod(pods []corev1.Pod) *corev1.Pod {
+	if r := runningPods(pods); len(r) > 0 {
+		return r[0]
+	}
+	return nil
+}
+
+// runningPods returns the running, not terminating pods with an IP.
+func runningPods(pods []corev1.Pod) []*corev1.Pod {
+	var out []*corev1.Pod
 	for i := range pods {
 		p := &pods[i]
 		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
-			return p
+			out = append(out, p)
 		}
 	}
-	return nil
+	return out
 }
 
 // selects reports whether sel selects the workload by its labels.

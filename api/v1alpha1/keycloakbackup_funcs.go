@@ -128,6 +128,9 @@ const (
 	// ReasonReplicationRefused: PostgreSQL refuses the sidecar's replication connection
 	// (pg_hba.conf has no replication line for it): nothing is archived.
 	ReasonReplicationRefused = "ReplicationRefused"
+	// ReasonApplicationNotScalable: what stops the application has a scale subresource that
+	// cannot be used (its replicas field is unset); nothing was touched.
+	ReasonApplicationNotScalable = "ApplicationNotScalable"
 	// ReasonArchiveUnreadable: the archive's catalog cannot be read now (a storage or
 	// sidecar error); the target check is retried.
 	ReasonArchiveUnreadable = "ArchiveUnreadable"

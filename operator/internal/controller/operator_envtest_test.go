@@ -80,6 +80,7 @@ func TestEnvtestOperator(t *testing.T) {
 		{"TargetPastTheWindowIsRefusedOnceTheLagHasPassed", testTargetPastTheWindowIsRefusedOnceTheLagHasPassed},
 		{"AlertGaugesComeFromStatusAfterARestart", testAlertGaugesComeFromStatusAfterARestart},
 		{"RestoreScalesTheKeycloakResourceNotItsStatefulSet", testRestoreScalesTheKeycloakResource},
+		{"KeycloakWithoutInstancesIsRefused", testKeycloakWithoutInstancesIsRefused},
 		{"RestoreWithoutApplicationIsRefusedUnlessAllowed", testRestoreWithoutApplicationIsRefused},
 		{"LayoutIsReportedOnTheFirstReconcile", testLayoutIsReportedOnTheFirstReconcile},
 		{"RestoreOfReplicasIsRefusedBeforeAnythingStops", testRestoreOfReplicasIsRefusedBeforeAnythingStops},

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -69,6 +70,11 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (c
 // when the caller must return res: a refusal, or a wait after an error reading the owners.
 func (r *Reconciler) checkApplications(ctx context.Context, kb *kcv1.KeycloakBackup, db workload) ([]kcv1.ScaledWorkload, ctrl.Result, bool, error) {
 	apps, err := r.applicationTargets(ctx, kb, db)
+	var ns *notScalableError
+	if errors.As(err, &ns) {
+		res, err := r.restoreFailed(kb, kcv1.ReasonApplicationNotScalable, ns.Error()+"; this restore is refused and nothing was changed")
+		return nil, res, false, err
+	}
 	if err != nil {
 		r.restoreProgress(kb, "cannot find what stops the application, retrying (nothing was changed): "+err.Error())
 		return nil, ctrl.Result{RequeueAfter: r.PollInterval}, false, nil

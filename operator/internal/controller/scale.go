@@ -57,6 +57,11 @@ func (r *Reconciler) findScaleTarget(ctx context.Context, w workload) (kcv1.Scal
 			break
 		}
 		has, err := r.hasScale(ctx, owner)
+		if replicasFieldUnset(err) {
+			return target, &notScalableError{fmt.Sprintf("%s/%s, the controlling owner of %s, has a scale subresource but its replicas "+
+				"field is not set (%v), so it can be neither read nor set through /scale: set it explicitly (for a Keycloak, "+
+				"spec.instances: the number of instances it runs now, 1 when unset)", ref.Kind, ref.Name, w, err)}
+		}
 		if err != nil {
 			return target, fmt.Errorf("read the scale of %s/%s, the controlling owner of %s: %w", ref.Kind, ref.Name, w, err)
 		}
@@ -74,6 +79,19 @@ func (r *Reconciler) findScaleTarget(ctx context.Context, w workload) (kcv1.Scal
 	}
 	target.Replicas = n
 	return target, nil
+}
+
+// notScalableError says why an application cannot be stopped through its scale
+// subresource; a restore meeting it is refused before anything is touched.
+type notScalableError struct{ msg string }
+
+func (e *notScalableError) Error() string { return e.msg }
+
+// replicasFieldUnset reports whether err is the API server's answer to /scale on a custom
+// resource whose specReplicasPath field is absent ("the spec replicas field ... does not
+// exist"): GET and PUT both fail until the field is set.
+func replicasFieldUnset(err error) bool {
+	return err != nil && strings.Contains(err.Error(), "spec replicas field") && strings.Contains(err.Error(), "does not exist")
 }
 
 // hasScale reports whether obj's resource serves a scale subresource: GET /scale answers,

@@ -137,3 +137,27 @@ func testRestoreWithoutApplicationIsRefused(t *testing.T, cfg *rest.Config) {
 		t.Errorf("keycloak scaled to %d by a restore without applicationSelector", r)
 	}
 }
+
+// testKeycloakWithoutInstancesIsRefused: a Keycloak resource without spec.instances (its
+// operator then runs 1) has a /scale that can be neither read nor set: the restore is
+// refused before anything is touched, saying to set spec.instances.
+func testKeycloakWithoutInstancesIsRefused(t *testing.T, cfg *rest.Config) {
+	e := keycloakOperatorFixture(t, cfg)
+	kc := keycloakResource("keycloak", 0)
+	if err := e.c.Get(e.ctx, client.ObjectKey{Namespace: e.ns, Name: "keycloak"}, kc); err != nil {
+		t.Fatal(err)
+	}
+	unstructured.RemoveNestedField(kc.Object, "spec", "instances")
+	if err := e.c.Update(e.ctx, kc); err != nil {
+		t.Fatal(err)
+	}
+	e.create(restoreResource("pitr", time.Now().UTC().Add(-time.Hour).Truncate(time.Second).Format(time.RFC3339)))
+	kb := e.waitPhase("pitr", kcv1.PhaseFailed)
+	if c := kb.Condition(kcv1.ConditionReady); c == nil || c.Reason != kcv1.ReasonApplicationNotScalable ||
+		!strings.Contains(c.Message, "spec.instances") || !strings.Contains(c.Message, "nothing was changed") {
+		t.Errorf("%s; want Failed ApplicationNotScalable naming spec.instances", describe(kb))
+	}
+	if *e.deployment("postgres").Spec.Replicas != 1 {
+		t.Error("a refused restore scaled PostgreSQL")
+	}
+}

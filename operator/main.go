@@ -12,15 +12,19 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
 
 	"github.com/kcbackup/kcbackup/operator/internal/app"
+	kccontroller "github.com/kcbackup/kcbackup/operator/internal/controller"
 	"github.com/kcbackup/kcbackup/walarchive/buildinfo"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "sidecar-manifest" {
+		os.Exit(sidecarManifest(os.Args[2:]))
+	}
 	build := buildinfo.Get()
 	cfg := app.DefaultConfig()
 	fs := flag.NewFlagSet("kcbackup-operator", flag.ExitOnError)
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator [flags]\n\n"+
+		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator [flags]\n       kcbackup-operator sidecar-manifest --help\n\n"+
 			"Runs the KeycloakBackup operator: injects the kcbackup sidecar, takes base backups and\n"+
 			"restores the PostgreSQL database behind Keycloak in place. Supported PostgreSQL versions:\n"+
 			"15, 16, 17, 18 and 19.\n\nFlags:\n")
@@ -34,6 +38,9 @@ func main() {
 	fs.BoolVar(&cfg.LeaderElect, "leader-elect", cfg.LeaderElect, "let only one replica act at a time (outside a cluster: needs --leader-election-namespace, or pass --leader-elect=false)")
 	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader Lease (default: the operator's own, in a cluster)")
 	fs.StringVar(&cfg.WatchNamespace, "namespace", os.Getenv("KCBACKUP_WATCH_NAMESPACE"), "watch only this namespace (env KCBACKUP_WATCH_NAMESPACE; default: all)")
+	fs.StringVar(&cfg.BinaryDelivery, "binary-delivery", orDefault(os.Getenv("KCBACKUP_BINARY_DELIVERY"), cfg.BinaryDelivery),
+		"how the kcbackup binary reaches PostgreSQL's pod and the restore Job: image-volume, init-container (an emptyDir filled by an "+
+			"init container), or auto: image-volume on Kubernetes 1.36 or later, init-container before (env KCBACKUP_BINARY_DELIVERY)")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", cfg.PollInterval, "how often a running backup or restore step is checked")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	debug := fs.Bool("debug", false, "log at debug level")
@@ -70,4 +77,30 @@ func orDefault(s, def string) string {
 		return def
 	}
 	return s
+}
+
+// sidecarManifest runs `kcbackup-operator sidecar-manifest`: it prints the sidecar a
+// workload in verify mode must declare, and returns the exit status.
+func sidecarManifest(args []string) int {
+	o := app.SidecarManifestOptions{BinaryDelivery: "image-volume"}
+	fs := flag.NewFlagSet("kcbackup-operator sidecar-manifest", flag.ExitOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: kcbackup-operator sidecar-manifest --resource KEYCLOAKBACKUP.yaml --workload WORKLOAD.yaml [flags]\n\n"+
+			"Prints, as a strategic-merge patch, the kcbackup sidecar the operator would inject into the PostgreSQL\n"+
+			"Deployment or StatefulSet for that KeycloakBackup. Commit it to the workload's manifests (Argo CD, Flux)\n"+
+			"with the annotation %s=%s, and the operator verifies it instead of patching.\n\nFlags:\n",
+			kccontroller.SidecarModeAnnotation, kccontroller.SidecarModeVerify)
+		fs.PrintDefaults()
+	}
+	fs.StringVar(&o.ResourceFile, "resource", "", "file holding the KeycloakBackup (YAML or JSON)")
+	fs.StringVar(&o.WorkloadFile, "workload", "", "file holding the PostgreSQL Deployment or StatefulSet (YAML or JSON)")
+	fs.StringVar(&o.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(buildinfo.Get().Version)),
+		"the kcbackup image the operator injects (env KCBACKUP_SIDECAR_IMAGE; default: the release image of this version)")
+	fs.StringVar(&o.BinaryDelivery, "binary-delivery", o.BinaryDelivery, "image-volume or init-container, as the operator chose (it logs it at start)")
+	_ = fs.Parse(args)
+	if err := o.Run(os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "kcbackup-operator sidecar-manifest:", err)
+		return 2
+	}
+	return 0
 }

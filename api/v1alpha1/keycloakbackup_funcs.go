@@ -27,6 +27,15 @@ const (
 	// ConditionConflict is True when an older resource selects the same workload with a
 	// different storage or connection: this one then does nothing.
 	ConditionConflict = "Conflict"
+	// ConditionRestorable says, from the first reconcile, whether an in-place restore of the
+	// selected workload can run: True (reason Restorable, or BitnamiImage, which a restore
+	// handles), False with the reason that would refuse it (DataNotOnClaim,
+	// DataDirAtVolumeRoot, MultipleReplicas). Backups run either way.
+	ConditionRestorable = "Restorable"
+	// ConditionSidecarUpToDate is True when the workload's pod template carries the sidecar
+	// the operator builds; False with SidecarNotDeclared (verify mode: the user's manifests
+	// lack it) or SidecarUpgradeHeld (the hold annotation keeps the running one).
+	ConditionSidecarUpToDate = "SidecarUpToDate"
 )
 
 // Condition reasons.
@@ -87,6 +96,41 @@ const (
 	// ReasonTargetNotYetArchived: restoreTo lies just past the recovery window's end, within
 	// the archive lag: the restore waits (a bounded time) for the window to reach it.
 	ReasonTargetNotYetArchived = "TargetNotYetArchived"
+	// ReasonNoApplicationToStop: the restore has no application to stop (applicationSelector
+	// unset or selecting nothing) and spec.restore.allowWithoutApplication is not set;
+	// nothing was touched.
+	ReasonNoApplicationToStop = "NoApplicationToStop"
+	// ReasonSidecarUpToDate: the pod template carries the expected sidecar.
+	ReasonSidecarUpToDate = "UpToDate"
+	// ReasonSidecarNotDeclared: in verify mode, the workload's manifests lack the expected
+	// sidecar; the operator does not patch them, and backups and restores wait.
+	ReasonSidecarNotDeclared = "SidecarNotDeclared"
+	// ReasonSidecarUpgradeHeld: a sidecar upgrade (image only) waits for the user to remove
+	// the hold annotation.
+	ReasonSidecarUpgradeHeld = "SidecarUpgradeHeld"
+	// ReasonImageVolumesUnavailable: the API server refused the image volume that carries
+	// the kcbackup binary: the operator needs --binary-delivery=init-container here.
+	ReasonImageVolumesUnavailable = "ImageVolumesUnavailable"
+	// ReasonRestorable: nothing in the workload's layout stands in the way of a restore.
+	ReasonRestorable = "Restorable"
+	// ReasonBitnamiImage: PostgreSQL runs a Bitnami image, whose start deletes
+	// recovery.signal unless POSTGRESQL_PERFORM_RESTORE=yes: a restore sets it for the
+	// restored start and removes it once PostgreSQL promoted.
+	ReasonBitnamiImage = "BitnamiImage"
+	// ReasonDataNotOnClaim: the data directory is not on a PersistentVolumeClaim.
+	ReasonDataNotOnClaim = "DataNotOnClaim"
+	// ReasonDataDirAtVolumeRoot: PGDATA is the root of its volume; a restore keeps the
+	// replaced data beside it, so it must be a subdirectory.
+	ReasonDataDirAtVolumeRoot = "DataDirAtVolumeRoot"
+	// ReasonMultipleReplicas: the PostgreSQL workload has more than one replica; an in-place
+	// restore would leave the standbys on the old data, so it is refused.
+	ReasonMultipleReplicas = "MultipleReplicas"
+	// ReasonReplicationRefused: PostgreSQL refuses the sidecar's replication connection
+	// (pg_hba.conf has no replication line for it): nothing is archived.
+	ReasonReplicationRefused = "ReplicationRefused"
+	// ReasonApplicationNotScalable: what stops the application has a scale subresource that
+	// cannot be used (its replicas field is unset); nothing was touched.
+	ReasonApplicationNotScalable = "ApplicationNotScalable"
 	// ReasonArchiveUnreadable: the archive's catalog cannot be read now (a storage or
 	// sidecar error); the target check is retried.
 	ReasonArchiveUnreadable = "ArchiveUnreadable"
@@ -274,3 +318,8 @@ func (kb *KeycloakBackup) Condition(typ string) *metav1.Condition {
 // template of every workload it gives the kcbackup sidecar; deploy/monitoring's PodMonitor
 // selects on it.
 const SidecarPodLabel = "kcbackup.keycloak.org/sidecar"
+
+// RestoreAllowsNoApplication reports whether spec.restore.allowWithoutApplication is set.
+func (s *KeycloakBackupSpec) RestoreAllowsNoApplication() bool {
+	return s.Restore != nil && s.Restore.AllowWithoutApplication
+}

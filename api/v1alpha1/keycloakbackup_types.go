@@ -63,8 +63,14 @@ type KeycloakBackupSpec struct {
 	// +kubebuilder:validation:Pattern=`^(latest|[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2}))$`
 	RestoreTo string `json:"restoreTo,omitempty"`
 
-	// ApplicationSelector selects the Keycloak workloads (Deployments or StatefulSets) scaled
-	// to zero during a restore and scaled back afterwards. Optional; used only with restoreTo.
+	// ApplicationSelector selects the Keycloak workloads (Deployments or StatefulSets, by
+	// their labels) stopped during a restore and started again afterwards. For each, the
+	// operator scales the topmost controlling owner that has a scale subresource: a Keycloak
+	// resource of the Keycloak Operator (its /scale is .spec.instances), else the Deployment or
+	// StatefulSet itself; status.restore.applications records what it found and the replicas
+	// it puts back. Used only with restoreTo. A restore whose selector is unset or selects
+	// nothing is refused (reason NoApplicationToStop) before anything is touched, unless
+	// spec.restore.allowWithoutApplication is true.
 	// +optional
 	ApplicationSelector *metav1.LabelSelector `json:"applicationSelector,omitempty"`
 
@@ -131,6 +137,13 @@ type RestoreOptions struct {
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
 	KeycloakDatabase string `json:"keycloakDatabase,omitempty"`
+
+	// AllowWithoutApplication lets a restore run when applicationSelector is unset or selects
+	// no workload: set it only when no application uses the database, or you stopped Keycloak
+	// yourself (Keycloak running on a database being replaced loses what it writes and may
+	// serve stale state). Default false: such a restore is refused, reason NoApplicationToStop.
+	// +optional
+	AllowWithoutApplication bool `json:"allowWithoutApplication,omitempty"`
 
 	// Timeline is the timeline whose history the restore follows. Unset, the restore uses
 	// the newest timeline whose recovery range holds restoreTo, and refuses (reason
@@ -401,14 +414,25 @@ type WorkloadReference struct {
 	Name string `json:"name"`
 }
 
-// ScaledWorkload is a workload scaled to zero for a restore, with the replicas to give back.
+// ScaledWorkload is what a restore scaled to zero, through its scale subresource, with the
+// replicas to give back.
 type ScaledWorkload struct {
-	// Kind is Deployment or StatefulSet.
+	// APIVersion is the scaled resource's API version; empty means apps/v1.
+	// +optional
+	APIVersion string `json:"apiVersion,omitempty"`
+	// Kind is the scaled resource's kind: Deployment, StatefulSet, or the kind of the
+	// topmost controlling owner with a scale subresource (Keycloak for the Keycloak Operator).
 	Kind string `json:"kind"`
-	// Name is the workload's name.
+	// Name is the scaled resource's name.
 	Name string `json:"name"`
-	// Replicas is the replica count before the restore.
+	// Replicas is the scale's spec.replicas before the restore (a Keycloak's
+	// .spec.instances), put back exactly after it.
 	Replicas int32 `json:"replicas"`
+	// Selected are the workloads the selector matched that this resource controls (empty:
+	// the scaled resource itself was selected); the restore waits for their pods to go.
+	// +optional
+	// +listType=atomic
+	Selected []WorkloadReference `json:"selected,omitempty"`
 }
 
 // RestoreStatus is the progress of a restore.
@@ -442,6 +466,18 @@ type RestoreStatus struct {
 	// JobName is the restore Job.
 	// +optional
 	JobName string `json:"jobName,omitempty"`
+	// RunAsUser and RunAsGroup are the user and group PostgreSQL's container ran as when the
+	// restore started, as admitted (with any UID the cluster assigned, as OpenShift does);
+	// the restore Job runs as them, so it owns the data directory as PostgreSQL does.
+	// +optional
+	RunAsUser *int64 `json:"runAsUser,omitempty"`
+	// +optional
+	RunAsGroup *int64 `json:"runAsGroup,omitempty"`
+	// BitnamiPerformRestore is true while the operator has set POSTGRESQL_PERFORM_RESTORE=yes
+	// on the Bitnami PostgreSQL container (set before the restored start, removed once
+	// PostgreSQL promoted).
+	// +optional
+	BitnamiPerformRestore bool `json:"bitnamiPerformRestore,omitempty"`
 	// JobUID is the UID of the restore Job this resource created (or found, owned by it). A
 	// recorded Job is never created again: if it disappears before its outcome was seen,
 	// the restore fails.

@@ -776,6 +776,10 @@ func TestKeycloakBackupStory(t *testing.T) {
 		return
 	}
 	t.Run("RestoreBeforeDropOperatorDeleted", func(t *testing.T) { restoreBeforeDrop(t, ctx, conn) })
+	if t.Failed() {
+		return
+	}
+	t.Run("KeycloakOperatorStoppedThroughItsResource", func(t *testing.T) { restoreWithKeycloakOperator(t, ctx) })
 }
 
 // killSidecar SIGKILLs the sidecar's process while rows are being committed; kubelet
@@ -1036,6 +1040,10 @@ func restoreBeforeDrop(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 	}
 }
 
+// noApplication is the spec of a restore of a database no application uses: without it
+// the operator refuses a restore with nothing to stop (NoApplicationToStop).
+const noApplication = "  restore: {allowWithoutApplication: true}\n"
+
 // TestScheduledBackupsOnMinIO: a second PostgreSQL archives to MinIO on a schedule of every
 // minute. Deleting its pod during a scheduled backup fails that backup clearly; the next
 // one succeeds. MinIO listens on loopback; pods reach it through a proxy on the node IP.
@@ -1201,7 +1209,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-too-early", "  restoreTo: \"2020-01-01T00:00:00Z\"\n"), "apply", "-f", "-"); err != nil {
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-too-early", "  restoreTo: \"2020-01-01T00:00:00Z\"\n"+noApplication), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	if st := waitPhase(t, ctx, "s3-restore-too-early", "Failed", 3*time.Minute, "Restored"); !strings.Contains(st.ready(), "TargetOutsideWindow") {
@@ -1227,7 +1235,7 @@ spec:
 	waitWindowCovers(t, ctx, name, pod, target)
 	_ = conn.Close(ctx)
 	t0 = time.Now()
-	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-before-drop", fmt.Sprintf("  restoreTo: %q\n", target.Format(time.RFC3339))), "apply", "-f", "-"); err != nil {
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-before-drop", fmt.Sprintf("  restoreTo: %q\n", target.Format(time.RFC3339))+noApplication), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	st := waitPhase(t, ctx, "s3-restore-before-drop", "Restored", 10*time.Minute, "Failed")
@@ -1245,7 +1253,7 @@ spec:
 	waitArchived(t, ctx, conn, pod)
 	_ = conn.Close(ctx)
 	t0 = time.Now()
-	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-latest", "  restoreTo: latest\n"), "apply", "-f", "-"); err != nil {
+	if _, err := node.KubectlStdin(ctx, s3KB("s3-restore-latest", "  restoreTo: latest\n"+noApplication), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
 	prev := st.Restore.Timeline

@@ -7,9 +7,12 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -39,6 +42,10 @@ type Config struct {
 	WatchNamespace string
 	// PollInterval is how often a running backup or restore step is checked.
 	PollInterval time.Duration
+	// BinaryDelivery is how the kcbackup binary reaches PostgreSQL's pod and the restore
+	// Job: "image-volume", "init-container", or "auto" (image volumes from Kubernetes 1.36 on,
+	// an init container before; see ResolveBinaryDelivery).
+	BinaryDelivery string
 	// ServiceAccountNamespaceFile is where a pod finds its namespace; its absence means the
 	// operator runs outside a cluster.
 	ServiceAccountNamespaceFile string
@@ -62,10 +69,11 @@ func DefaultSidecarImage(version string) string {
 // DefaultConfig returns the defaults the flags start from.
 func DefaultConfig() Config {
 	return Config{
-		MetricsAddr:  ":8080",
-		HealthAddr:   ":8081",
-		LeaderElect:  true,
-		PollInterval: kccontroller.DefaultPollInterval,
+		MetricsAddr:    ":8080",
+		HealthAddr:     ":8081",
+		LeaderElect:    true,
+		PollInterval:   kccontroller.DefaultPollInterval,
+		BinaryDelivery: BinaryDeliveryAuto,
 
 		ServiceAccountNamespaceFile: "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
 	}
@@ -90,6 +98,11 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s %q is not host:port (such as \":8080\"): %w", name, addr, err)
 		}
+	}
+	switch c.BinaryDelivery {
+	case BinaryDeliveryAuto, string(kccontroller.DeliverByImageVolume), string(kccontroller.DeliverByInitContainer):
+	default:
+		return fmt.Errorf("--binary-delivery %q is not one of auto, image-volume, init-container", c.BinaryDelivery)
 	}
 	if c.PollInterval < time.Second || c.PollInterval > 10*time.Minute {
 		return fmt.Errorf("--poll-interval %s is outside [1s, 10m]", c.PollInterval)
@@ -133,17 +146,23 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config) error {
 	if err != nil {
 		return fmt.Errorf("create manager: %w", err)
 	}
+	delivery, why, err := ResolveBinaryDelivery(cfg.BinaryDelivery, restCfg)
+	if err != nil {
+		return err
+	}
+	ctrl.Log.Info("kcbackup binary delivery chosen", "delivery", delivery, "why", why)
 	m, err := kccontroller.NewMetrics(metrics.Registry)
 	if err != nil {
 		return err
 	}
 	r := &kccontroller.Reconciler{
-		Client:       mgr.GetClient(),
-		APIReader:    mgr.GetAPIReader(),
-		Recorder:     mgr.GetEventRecorder("kcbackup-operator"),
-		Metrics:      m,
-		SidecarImage: cfg.SidecarImage,
-		PollInterval: cfg.PollInterval,
+		Client:         mgr.GetClient(),
+		APIReader:      mgr.GetAPIReader(),
+		Recorder:       mgr.GetEventRecorder("kcbackup-operator"),
+		Metrics:        m,
+		SidecarImage:   cfg.SidecarImage,
+		BinaryDelivery: delivery,
+		PollInterval:   cfg.PollInterval,
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{}); err != nil {
 		return fmt.Errorf("set up controller: %w", err)
@@ -155,4 +174,45 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config) error {
 		return err
 	}
 	return mgr.Start(ctx)
+}
+
+// BinaryDeliveryAuto chooses the binary delivery from the API server's version.
+const BinaryDeliveryAuto = "auto"
+
+// imageVolumeSince is the first Kubernetes minor whose image volumes kcbackup relies on by
+// default (the ImageVolume feature is on by default and the common runtimes support it).
+const imageVolumeSince = 36
+
+// ResolveBinaryDelivery turns --binary-delivery into a delivery: an explicit choice as it
+// is; auto is image-volume on Kubernetes 1.36 or later and init-container before (every
+// OpenShift 4 release up to 4.22 runs 1.35 or earlier). A cluster of 1.36 or later with
+// image volumes turned off (feature gate, admission policy, a runtime without support) needs
+// --binary-delivery=init-container. why says how it was decided.
+func ResolveBinaryDelivery(setting string, restCfg *rest.Config) (kccontroller.BinaryDelivery, string, error) {
+	if setting != BinaryDeliveryAuto {
+		return kccontroller.BinaryDelivery(setting), "--binary-delivery=" + setting, nil
+	}
+	dc, err := discovery.NewDiscoveryClientForConfig(restCfg)
+	if err != nil {
+		return "", "", fmt.Errorf("--binary-delivery=auto: %w", err)
+	}
+	v, err := dc.ServerVersion()
+	if err != nil {
+		return "", "", fmt.Errorf("--binary-delivery=auto: read the API server's version: %w", err)
+	}
+	return DeliveryForVersion(v.Major, v.Minor)
+}
+
+// DeliveryForVersion is auto's choice for a server version as /version reports it (minor
+// "33+" on some distributions).
+func DeliveryForVersion(major, minor string) (kccontroller.BinaryDelivery, string, error) {
+	mi, err := strconv.Atoi(strings.TrimRight(minor, "+"))
+	if err != nil || major != "1" {
+		return "", "", fmt.Errorf("--binary-delivery=auto: cannot read the API server's version %q.%q; set --binary-delivery", major, minor)
+	}
+	why := fmt.Sprintf("auto: Kubernetes 1.%d", mi)
+	if mi >= imageVolumeSince {
+		return kccontroller.DeliverByImageVolume, why, nil
+	}
+	return kccontroller.DeliverByInitContainer, why + fmt.Sprintf(" (image volumes from 1.%d)", imageVolumeSince), nil
 }

@@ -60,3 +60,48 @@ func TestDefaultSidecarImageIsTheReleaseOfTheSameVersion(t *testing.T) {
 		}
 	}
 }
+
+func TestAutoDeliveryFollowsTheServerVersion(t *testing.T) {
+	for _, tc := range []struct {
+		major, minor, want string
+	}{
+		{"1", "33", "init-container"}, {"1", "35+", "init-container"}, {"1", "36", "image-volume"}, {"1", "37", "image-volume"},
+		{"2", "0", ""}, {"1", "x", ""},
+	} {
+		got, why, err := DeliveryForVersion(tc.major, tc.minor)
+		if string(got) != tc.want || (tc.want == "") != (err != nil) {
+			t.Errorf("%s.%s: %q (%s, %v), want %q", tc.major, tc.minor, got, why, err, tc.want)
+		}
+	}
+}
+
+func TestSidecarManifestDeclaresTheSidecarForVerifyMode(t *testing.T) {
+	o := SidecarManifestOptions{ResourceFile: "testdata/keycloakbackup.yaml", WorkloadFile: "testdata/statefulset.yaml",
+		SidecarImage: "ghcr.io/kcbackup/kcbackup:v1.2.3", BinaryDelivery: "init-container"}
+	var out strings.Builder
+	if err := o.Run(&out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"kind: StatefulSet", "name: keycloak-postgres", "kcbackup.keycloak.org/sidecar-mode: verify",
+		"keycloak.org/kcbackup-sidecar:", "name: kcbackup-binary", "name: kcbackup\n", "image: ghcr.io/kcbackup/kcbackup:v1.2.3",
+		"KCBACKUP_STORAGE", "mountPath: /var/run/kcbackup/image"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	for name, bad := range map[string]SidecarManifestOptions{
+		"--resource":        {WorkloadFile: "w", SidecarImage: "i", BinaryDelivery: "image-volume"},
+		"--workload":        {ResourceFile: "r", SidecarImage: "i", BinaryDelivery: "image-volume"},
+		"--sidecar-image":   {ResourceFile: "r", WorkloadFile: "w", BinaryDelivery: "image-volume"},
+		"--binary-delivery": {ResourceFile: "r", WorkloadFile: "w", SidecarImage: "i", BinaryDelivery: "auto"},
+	} {
+		if err := bad.Validate(); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("Validate = %v, want an error naming %s", err, name)
+		}
+	}
+	wrong := o
+	wrong.WorkloadFile = "testdata/keycloakbackup.yaml"
+	if err := wrong.Run(&out); err == nil || !strings.Contains(err.Error(), "want a Deployment or a StatefulSet") {
+		t.Errorf("a KeycloakBackup as --workload: %v, want refused", err)
+	}
+}

@@ -46,7 +46,7 @@ func s3Backup(name string) *kcv1.KeycloakBackup {
 // sidecar API served by a fake in this process and the test playing kubelet and Job
 // controller.
 func TestEnvtestOperator(t *testing.T) {
-	cfg := harness.StartAPIServer(t, "../../../deploy/crd")
+	cfg := harness.StartAPIServer(t, "../../../deploy/crd", "../../../test/cluster/keycloak-operator/crd")
 	for _, tc := range []struct {
 		name string
 		run  func(t *testing.T, cfg *rest.Config)
@@ -79,6 +79,16 @@ func TestEnvtestOperator(t *testing.T) {
 		{"TargetJustPastTheWindowIsWaitedFor", testTargetJustPastTheWindowIsWaitedFor},
 		{"TargetPastTheWindowIsRefusedOnceTheLagHasPassed", testTargetPastTheWindowIsRefusedOnceTheLagHasPassed},
 		{"AlertGaugesComeFromStatusAfterARestart", testAlertGaugesComeFromStatusAfterARestart},
+		{"RestoreScalesTheKeycloakResourceNotItsStatefulSet", testRestoreScalesTheKeycloakResource},
+		{"KeycloakWithoutInstancesIsRefused", testKeycloakWithoutInstancesIsRefused},
+		{"RestoreWithoutApplicationIsRefusedUnlessAllowed", testRestoreWithoutApplicationIsRefused},
+		{"LayoutIsReportedOnTheFirstReconcile", testLayoutIsReportedOnTheFirstReconcile},
+		{"RestoreOfReplicasIsRefusedBeforeAnythingStops", testRestoreOfReplicasIsRefusedBeforeAnythingStops},
+		{"BitnamiRestoreKeepsRecoverySignal", testBitnamiRestoreKeepsRecoverySignal},
+		{"ReplicationRefusedIsNamed", testReplicationRefusedIsNamed},
+		{"VerifyModeChecksTheDeclaredSidecar", testVerifyModeChecksTheDeclaredSidecar},
+		{"BackupGoesToTheStreamingSidecar", testBackupGoesToTheStreamingSidecar},
+		{"HeldUpgradeKeepsTheRunningSidecar", testHeldUpgradeKeepsTheRunningSidecar},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

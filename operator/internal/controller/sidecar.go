@@ -78,11 +78,49 @@ var postgresEnvNames = map[string]bool{
 // ownedVolumes are the pod volumes the operator adds and may replace.
 var ownedVolumes = map[string]bool{tokenVolume: true, fetchTokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true, spoolVolume: true}
 
-// binaryVolume returns the image volume holding the kcbackup binary, and its mount.
-func binaryVolume(image string) (corev1.Volume, corev1.VolumeMount) {
-	return corev1.Volume{Name: imageVolume, VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{
-			Reference: image, PullPolicy: corev1.PullIfNotPresent}}},
-		corev1.VolumeMount{Name: imageVolume, MountPath: imageMountDir, ReadOnly: true}
+// BinaryDelivery says how the kcbackup binary reaches PostgreSQL's container (for
+// restore_command) and the restore Job.
+type BinaryDelivery string
+
+// The ways the binary is delivered.
+const (
+	// DeliverByImageVolume mounts the sidecar image as an image volume (Kubernetes 1.36 or
+	// later with a runtime that supports it, such as containerd 2).
+	DeliverByImageVolume BinaryDelivery = "image-volume"
+	// DeliverByInitContainer copies the binary into an emptyDir with an init container run
+	// from the sidecar image, as CloudNativePG does: every Kubernetes version, OpenShift 4.
+	DeliverByInitContainer BinaryDelivery = "init-container"
+)
+
+// BinaryInitContainerName is the init container that copies the binary in
+// DeliverByInitContainer mode.
+const BinaryInitContainerName = "kcbackup-binary"
+
+// binarySource returns the volume that holds the kcbackup binary at KcbackupPath, the
+// read-only mount of it, and (DeliverByInitContainer) the init container that fills it.
+// Both ways put the binary at the same path, so a restore_command written in one mode
+// works in the other.
+func binarySource(image string, d BinaryDelivery) (corev1.Volume, corev1.VolumeMount, *corev1.Container) {
+	mount := corev1.VolumeMount{Name: imageVolume, MountPath: imageMountDir, ReadOnly: true}
+	if d != DeliverByInitContainer {
+		return corev1.Volume{Name: imageVolume, VolumeSource: corev1.VolumeSource{Image: &corev1.ImageVolumeSource{
+			Reference: image, PullPolicy: corev1.PullIfNotPresent}}}, mount, nil
+	}
+	// The copy is ours alone: an emptyDir per pod, written once before anything else starts.
+	return corev1.Volume{Name: imageVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}, mount,
+		&corev1.Container{
+			Name:  BinaryInitContainerName,
+			Image: image,
+			// `kcbackup copy-binary DEST` copies its own executable to DEST (mode 0555,
+			// through a temporary file, fsync and rename).
+			Command:      []string{binaryInImage, "copy-binary", KcbackupPath},
+			VolumeMounts: []corev1.VolumeMount{{Name: imageVolume, MountPath: imageMountDir}},
+			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+				corev1.ResourceCPU:    resource.MustParse("10m"),
+				corev1.ResourceMemory: resource.MustParse("16Mi"),
+			}},
+			SecurityContext: restrictedSecurityContext(),
+		}
 }
 
 // TokenSecretName is the name of the Secret holding the sidecar API tokens of a workload:
@@ -249,7 +287,10 @@ func restrictedSecurityContext() *corev1.SecurityContext {
 // and its volumes.
 type sidecarSpec struct {
 	Container corev1.Container
-	Volumes   []corev1.Volume
+	// BinaryCopy, when set, is the init container that copies the binary in before the
+	// sidecar starts (DeliverByInitContainer).
+	BinaryCopy *corev1.Container
+	Volumes    []corev1.Volume
 	// PostgresContainer gets PostgresEnv and PostgresMounts, so that restore_command
 	// (kcbackup wal-fetch --sidecar, run by PostgreSQL during recovery) finds the binary and
 	// the fetch-only token. It fetches WAL through the sidecar, so PostgreSQL's container
@@ -268,7 +309,7 @@ func (s sidecarSpec) Hash() string {
 }
 
 // buildSidecar returns the sidecar for the workload whose data lies at loc.
-func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName string, loc dataLocation) (sidecarSpec, error) {
+func buildSidecar(image string, delivery BinaryDelivery, spec *kcv1.KeycloakBackupSpec, workloadName string, loc dataLocation) (sidecarSpec, error) {
 	env, err := storageEnv(&spec.Storage)
 	if err != nil {
 		return sidecarSpec{}, err
@@ -290,7 +331,7 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 		env = append(env, secretEnv("PGPASSWORD", pg.PasswordSecret.Name, pg.PasswordSecret.Key))
 	}
 	vols, mounts := storageVolumes(&spec.Storage)
-	binVol, binMount := binaryVolume(image)
+	binVol, binMount, binInit := binarySource(image, delivery)
 	// PostgreSQL's container sees the fetch-only token at the path restore_command names
 	// (tokenFile), so a restore_command written by an earlier version still works; the
 	// sidecar's sees both tokens.
@@ -332,6 +373,7 @@ func buildSidecar(image string, spec *kcv1.KeycloakBackupSpec, workloadName stri
 			}},
 			SecurityContext: restrictedSecurityContext(),
 		},
+		BinaryCopy:        binInit,
 		Volumes:           vols,
 		PostgresContainer: loc.Container,
 		PostgresEnv:       pgEnv,
@@ -374,9 +416,12 @@ func inject(t *corev1.PodTemplateSpec, s sidecarSpec) {
 	}
 	var inits []corev1.Container
 	for _, c := range t.Spec.InitContainers {
-		if c.Name != SidecarContainerName {
+		if c.Name != SidecarContainerName && c.Name != BinaryInitContainerName {
 			inits = append(inits, c)
 		}
+	}
+	if s.BinaryCopy != nil {
+		inits = append(inits, *s.BinaryCopy)
 	}
 	t.Spec.InitContainers = append(inits, s.Container)
 	var vols []corev1.Volume

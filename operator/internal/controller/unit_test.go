@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"strconv"
 	"testing"
 	"time"
 
@@ -81,13 +82,13 @@ func TestLocateDataRefusesWhatItCannotFind(t *testing.T) {
 func TestSidecarHashChangesWithStorageOnly(t *testing.T) {
 	loc := dataLocation{Container: "postgres", DataDir: "/d/pgdata", Mount: corev1.VolumeMount{Name: "data", MountPath: "/d"}}
 	spec := kcv1.KeycloakBackupSpec{Storage: kcv1.Storage{Volume: &kcv1.VolumeStorage{ClaimName: "a"}}}
-	a, err := buildSidecar("img", &spec, "pg", loc)
+	a, err := buildSidecar("img", DeliverByImageVolume, &spec, "pg", loc)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, _ := buildSidecar("img", &spec, "pg", loc)
+	again, _ := buildSidecar("img", DeliverByImageVolume, &spec, "pg", loc)
 	spec.Storage.Volume.ClaimName = "b"
-	b, _ := buildSidecar("img", &spec, "pg", loc)
+	b, _ := buildSidecar("img", DeliverByImageVolume, &spec, "pg", loc)
 	if a.Hash() != again.Hash() || a.Hash() == b.Hash() {
 		t.Fatalf("hashes %s %s %s: want stable for the same spec, different for another claim", a.Hash(), again.Hash(), b.Hash())
 	}
@@ -230,3 +231,77 @@ func TestParseLSN(t *testing.T) {
 }
 
 func ptrTo[T any](v T) *T { return &v }
+
+func TestInitContainerDeliveryCopiesTheBinaryBeforeTheSidecarAtTheSamePath(t *testing.T) {
+	loc := dataLocation{Container: "postgres", DataDir: "/d/pgdata", Mount: corev1.VolumeMount{Name: "data", MountPath: "/d"}}
+	spec := kcv1.KeycloakBackupSpec{Storage: kcv1.Storage{Volume: &kcv1.VolumeStorage{ClaimName: "a"}}}
+	byInit, err := buildSidecar("img", DeliverByInitContainer, &spec, "pg", loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byImage, _ := buildSidecar("img", DeliverByImageVolume, &spec, "pg", loc)
+	tmpl := &corev1.PodTemplateSpec{Spec: corev1.PodSpec{
+		InitContainers: []corev1.Container{{Name: "init-perms"}},
+		Containers:     []corev1.Container{{Name: "postgres", VolumeMounts: []corev1.VolumeMount{{Name: "data", MountPath: "/d"}}}},
+	}}
+	inject(tmpl, byInit)
+	var names []string
+	for _, c := range tmpl.Spec.InitContainers {
+		names = append(names, c.Name)
+	}
+	if len(names) != 3 || names[1] != BinaryInitContainerName || names[2] != SidecarContainerName {
+		t.Fatalf("init containers %v, want the user's, then %s, then %s", names, BinaryInitContainerName, SidecarContainerName)
+	}
+	cp := tmpl.Spec.InitContainers[1]
+	if len(cp.Command) != 3 || cp.Command[1] != "copy-binary" || cp.Command[2] != KcbackupPath || cp.Image != "img" {
+		t.Errorf("copy container = %+v, want img copying itself to %s", cp, KcbackupPath)
+	}
+	for _, v := range tmpl.Spec.Volumes {
+		if v.Name == imageVolume && (v.EmptyDir == nil || v.Image != nil) {
+			t.Errorf("volume %s = %+v, want an emptyDir (no image volume)", v.Name, v.VolumeSource)
+		}
+	}
+	for _, m := range tmpl.Spec.Containers[0].VolumeMounts {
+		if m.Name == imageVolume && (!m.ReadOnly || m.MountPath != imageMountDir) {
+			t.Errorf("PostgreSQL mounts the binary as %+v, want read-only at %s", m, imageMountDir)
+		}
+	}
+	if byInit.Hash() == byImage.Hash() {
+		t.Error("the delivery does not change the sidecar's hash: switching would not roll the pod")
+	}
+	inject(tmpl, byImage)
+	if n := len(tmpl.Spec.InitContainers); n != 2 {
+		t.Errorf("after switching to an image volume: %d init containers, want the user's and the sidecar", n)
+	}
+}
+
+func TestRestoreJobRunsAsTheUserPostgreSQLRanAs(t *testing.T) {
+	i := func(n int64) *int64 { return &n }
+	str := func(p *int64) string {
+		if p == nil {
+			return "unset"
+		}
+		return strconv.FormatInt(*p, 10)
+	}
+	for _, tc := range []struct {
+		name     string
+		rs       *kcv1.RestoreStatus
+		tmpl     corev1.PodSpec
+		uid, gid *int64
+	}{
+		{"recorded from the admitted pod (OpenShift's UID, no group)", &kcv1.RestoreStatus{RunAsUser: i(1000650000)},
+			corev1.PodSpec{}, i(1000650000), nil},
+		{"recorded wins over the template", &kcv1.RestoreStatus{RunAsUser: i(26), RunAsGroup: i(26)},
+			corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{RunAsUser: i(999)}}, i(26), i(26)},
+		{"the container over the pod", nil, corev1.PodSpec{SecurityContext: &corev1.PodSecurityContext{RunAsUser: i(999), RunAsGroup: i(999)},
+			Containers: []corev1.Container{{Name: "postgres", SecurityContext: &corev1.SecurityContext{RunAsUser: i(1001)}}}}, i(1001), i(999)},
+		{"nothing names one: the official image's postgres", nil, corev1.PodSpec{}, i(postgresUID), i(postgresUID)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			uid, gid := restoreJobIDs(tc.rs, &tc.tmpl, "postgres")
+			if str(uid) != str(tc.uid) || str(gid) != str(tc.gid) {
+				t.Errorf("uid %s gid %s, want %s %s", str(uid), str(gid), str(tc.uid), str(tc.gid))
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -143,13 +144,22 @@ func (w workload) pods(ctx context.Context, c client.Reader) ([]corev1.Pod, erro
 
 // runningPod returns a running, not terminating pod with an IP, or nil.
 func runningPod(pods []corev1.Pod) *corev1.Pod {
+	if r := runningPods(pods); len(r) > 0 {
+		return r[0]
+	}
+	return nil
+}
+
+// runningPods returns the running, not terminating pods with an IP.
+func runningPods(pods []corev1.Pod) []*corev1.Pod {
+	var out []*corev1.Pod
 	for i := range pods {
 		p := &pods[i]
 		if p.DeletionTimestamp == nil && p.Status.Phase == corev1.PodRunning && p.Status.PodIP != "" {
-			return p
+			out = append(out, p)
 		}
 	}
-	return nil
+	return out
 }
 
 // selects reports whether sel selects the workload by its labels.
@@ -224,4 +234,19 @@ func locateData(w workload, containerName, dataDir string) (dataLocation, error)
 		}
 	}
 	return dataLocation{}, fmt.Errorf("%s mounts volume %q for %s but defines no such volume", w, loc.Mount.Name, dataDir)
+}
+
+// scale sets the workload's replicas, emitting an event when it changed them.
+func (r *Reconciler) scale(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, n int32) error {
+	if w.Replicas() == n {
+		return nil
+	}
+	before := w.Obj.DeepCopyObject().(client.Object)
+	from := w.Replicas()
+	w.setReplicas(n)
+	if err := r.Client.Patch(ctx, w.Obj, client.MergeFrom(before)); err != nil {
+		return fmt.Errorf("scale %s to %d: %w", w, n, err)
+	}
+	r.Recorder.Eventf(kb, w.Obj, corev1.EventTypeNormal, "Scaled", "Scale", "scaled %s from %d to %d replicas", w, from, n)
+	return nil
 }

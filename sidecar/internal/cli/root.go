@@ -99,6 +99,7 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 		newPruneCmd(g),
 		newCatCmd(g),
 		newRecoveryEndCmd(g),
+		newCopyBinaryCmd(),
 	)
 	return root
 }

@@ -132,7 +132,8 @@ type RestoreOptions struct {
 
 	// KeycloakDatabase is the database Keycloak uses in the restored cluster; the sidecar
 	// connects to it as spec.postgres.user, which needs DELETE on jgroups_ping,
-	// offline_user_session and offline_client_session. Default keycloak.
+	// offline_user_session, offline_client_session and (Keycloak 26.7 and later)
+	// auth_session and root_auth_session. Default keycloak.
 	// +optional
 	// +kubebuilder:validation:MinLength=1
 	// +kubebuilder:validation:MaxLength=63
@@ -508,6 +509,14 @@ type KeycloakCleanup struct {
 	UserSessionRows int64 `json:"userSessionRows"`
 	// ClientSessionRows is how many rows were deleted from offline_client_session.
 	ClientSessionRows int64 `json:"clientSessionRows"`
+	// AuthSessionRows is how many rows were deleted from auth_session and
+	// root_auth_session (logins in progress, persisted by Keycloak 26.7 and later).
+	// +optional
+	AuthSessionRows int64 `json:"authSessionRows,omitempty"`
+	// KeycloakVersion is the Keycloak version the database was migrated by, as its
+	// migration_model table says (empty when it has none).
+	// +optional
+	KeycloakVersion string `json:"keycloakVersion,omitempty"`
 	// Skipped lists what was not done, and why (a table that does not exist).
 	// +optional
 	// +listType=atomic

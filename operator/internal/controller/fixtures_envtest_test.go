@@ -507,6 +507,15 @@ func newFakeSidecar(t *testing.T, token func() string) *fakeSidecar {
 	return f
 }
 
+// complete ends a running backup job successfully (f.mu held).
+func (f *fakeSidecar) complete(j *apiclient.BackupJob) {
+	stop := time.Now().UTC()
+	j.State = apiclient.StateCompleted
+	j.Backup = &apiclient.BackupInfo{ID: j.ID, StartTime: j.StartedAt, StopTime: stop, StartLSN: "0/4000028",
+		StopLSN: "0/4000100", Timeline: f.status.Timeline, SizeBytes: 4096, DataBytes: 40960}
+	f.window.Latest = stop
+}
+
 func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -526,6 +535,11 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 		reply(http.StatusOK, f.status)
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/backups":
 		for _, j := range f.jobs {
+			// A real backup ends by itself, followed or not (an operator whose status
+			// write failed after its POST forgot the ID): one nobody followed for 2 s ends.
+			if j.State == apiclient.StateRunning && !f.holdNext && !f.failNext && time.Since(j.StartedAt) > 2*time.Second {
+				f.complete(j)
+			}
 			if j.State == apiclient.StateRunning {
 				reply(http.StatusConflict, apiclient.ErrorBody{Error: "a backup is already running", ID: j.ID})
 				return
@@ -547,11 +561,7 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 			if f.failNext {
 				j.State, j.Error = apiclient.StateFailed, "pg_backup_start: permission denied"
 			} else {
-				stop := time.Now().UTC()
-				j.State = apiclient.StateCompleted
-				j.Backup = &apiclient.BackupInfo{ID: id, StartTime: j.StartedAt, StopTime: stop, StartLSN: "0/4000028",
-					StopLSN: "0/4000100", Timeline: f.status.Timeline, SizeBytes: 4096, DataBytes: 40960}
-				f.window.Latest = stop
+				f.complete(j)
 			}
 		}
 		reply(http.StatusOK, j)

@@ -261,10 +261,12 @@ func (r *Reconciler) sidecarClientWith(ctx context.Context, kb *kcv1.KeycloakBac
 		return apiclient.New(r.SidecarEndpoint(running[0]), token, hc), true, nil
 	}
 	// Several servers (a primary and standbys): only the primary's sidecar archives and
-	// takes base backups; a standby's stands by. Ask each which one streams WAL.
+	// takes base backups; a standby's stands by (docs/replicas.md). Ask each which one its
+	// server is (pg_is_in_recovery(), in status.role); a sidecar too old to say is the
+	// primary's when it streams WAL.
 	for _, p := range running {
 		sc := apiclient.New(r.SidecarEndpoint(p), token, hc)
-		if st, err := sc.Status(ctx); err == nil && st.Streaming {
+		if st, err := sc.Status(ctx); err == nil && (st.Role == apiclient.RolePrimary || st.Role == "" && st.Streaming) {
 			return sc, true, nil
 		}
 	}

@@ -147,10 +147,11 @@ func (r *Reconciler) restoreCleanKeycloak(ctx context.Context, run *restoreRun) 
 	}
 	kb.Status.Restore.Keycloak = &kcv1.KeycloakCleanup{
 		Database: res.Database, Sessions: kcv1.Sessions(res.Sessions), JGroupsPingRows: res.JGroupsPingRows,
-		UserSessionRows: res.UserSessionRows, ClientSessionRows: res.ClientSessionRows, Skipped: res.Skipped,
+		UserSessionRows: res.UserSessionRows, ClientSessionRows: res.ClientSessionRows, AuthSessionRows: res.AuthSessionRows,
+		KeycloakVersion: res.KeycloakVersion, Skipped: res.Skipped,
 	}
-	msg := fmt.Sprintf("cleaned Keycloak database %q (sessions %s): %d jgroups_ping rows, %d user sessions and %d client sessions removed",
-		res.Database, res.Sessions, res.JGroupsPingRows, res.UserSessionRows, res.ClientSessionRows)
+	msg := fmt.Sprintf("cleaned Keycloak database %q (sessions %s): %d jgroups_ping rows, %d user sessions, %d client sessions and %d authentication sessions removed",
+		res.Database, res.Sessions, res.JGroupsPingRows, res.UserSessionRows, res.ClientSessionRows, res.AuthSessionRows)
 	if len(res.Skipped) > 0 {
 		msg += "; skipped: " + strings.Join(res.Skipped, "; ")
 	}

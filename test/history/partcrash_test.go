@@ -63,13 +63,15 @@ func (w *world) partCrash(s step) error {
 	if err != nil {
 		return err
 	}
-	if tail.Complete {
+	_, runEnd := tail.Run()
+	if tail.Complete || runEnd+64 > segSize {
+		// Complete (a switched segment), or too near its end: the next one is the tail.
 		seg++
 		if tail, err = a.ListTail(w.ctx, live, seg); err != nil {
 			return err
 		}
+		_, runEnd = tail.Run()
 	}
-	_, runEnd := tail.Run()
 
 	// Step 2: WAL past the run with the sidecar dead. In synchronous mode a commit waits
 	// for it (its WAL is flushed locally); the rows after it commit locally.
@@ -96,9 +98,13 @@ func (w *world) partCrash(s step) error {
 			finishBlocked()
 			return err
 		}
-		end = segSize
-		if flush.SegmentNo(segSize) == seg {
+		switch fs := flush.SegmentNo(segSize); {
+		case fs < seg:
+			end = 0 // the server's WAL has not reached the segment yet
+		case fs == seg:
 			end = flush.SegmentOffset(segSize)
+		default:
+			end = segSize
 		}
 		if end >= runEnd+64 {
 			break

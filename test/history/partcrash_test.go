@@ -114,16 +114,17 @@ func (w *world) partCrash(s step) error {
 			return fmt.Errorf("partcrash: the server's WAL in segment %X ends at %X, not 64 bytes past the stored run's end %X, after 10 rounds of rows", seg, end, runEnd)
 		}
 	}
-	data, err := w.walBytes(a, live, seg, runEnd, end)
+
+	// Step 3: the parts that landed before the crash, with the server's bytes.
+	all, stored, wantRun := crashParts(s, runEnd, end)
+	from := stored[0].Start
+	data, err := w.walBytes(a, live, seg, from, end)
 	if err != nil {
 		finishBlocked()
 		return err
 	}
-
-	// Step 3: the parts that landed before the crash.
-	all, stored, wantRun := crashParts(s, runEnd, end)
 	for _, p := range stored {
-		if _, err := a.PutPart(w.ctx, live, seg, p.Start, p.End, bytes.NewReader(data[p.Start-runEnd:p.End-runEnd])); err != nil {
+		if _, err := a.PutPart(w.ctx, live, seg, p.Start, p.End, bytes.NewReader(data[p.Start-from:p.End-from])); err != nil {
 			finishBlocked()
 			return fmt.Errorf("partcrash: store part %s of %s: %w", p, walarchive.SegmentName(live, seg, segSize), err)
 		}
@@ -164,8 +165,9 @@ func (w *world) partCrash(s step) error {
 }
 
 // crashParts cuts [runEnd, end) into the four parts an uploader has in flight (cut points
-// drawn from s) and chooses those stored: N even leaves the first missing, N odd stores the
-// first and leaves the second missing; at least one part past the gap is stored. It returns
+// drawn from s) and chooses those stored, by start: N even leaves the first missing, N odd
+// stores the first (one time in two reaching back into the run, as a part issued again
+// does) and leaves the second missing; at least one part past the gap is stored. It returns
 // the parts, those stored, and where the tail's run must end with them.
 func crashParts(s step, runEnd, end uint64) (all, stored []partRange, wantRun uint64) {
 	r := rand.New(rand.NewPCG(uint64(s.N), uint64(s.F*1000)))
@@ -197,6 +199,11 @@ func crashParts(s step, runEnd, end uint64) (all, stored []partRange, wantRun ui
 	}
 	if len(past) == 0 {
 		past = append(past, all[gap+1+r.IntN(len(all)-gap-1)])
+	}
+	// A part issued again after a failed one may start before the run's end: the run's
+	// next part, when stored, overlaps the run one time in two.
+	if len(stored) > 0 && runEnd > 0 && r.IntN(2) == 0 {
+		stored[0].Start = runEnd - min(runEnd, 1+r.Uint64N(4096))
 	}
 	return all, append(stored, past...), wantRun
 }

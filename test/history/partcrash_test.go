@@ -6,9 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
-	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -32,8 +30,9 @@ func (p partRange) String() string { return fmt.Sprintf("[%X, %X)", p.Start, p.E
 // own (its pg_wal file, up to pg_current_wal_flush_lsn), stored with walarchive's PutPart.
 //
 // With the sidecar dead: the run the archive reports still ends before the gap, no listing
-// shows a hole, verify is clean, and a restore to latest holds every row committed before
-// the kill and no row that was never written. The sidecar is then restarted; until it has
+// shows a hole, verify is clean, a restore to latest holds every row committed before the
+// kill, no row that was never written and no commit missing before its newest, and the
+// newest time list reports for the live timeline restores exactly. The sidecar is then restarted; until it has
 // archived the server's WAL, neither what it acknowledges to the server nor what its
 // status reports as archived may run ahead of the archive's stored run (invariant g).
 func (w *world) partCrash(s step) error {
@@ -50,7 +49,6 @@ func (w *world) partCrash(s step) error {
 		return err
 	}
 	before := w.m.all(live)
-	notesAtKill := w.notes
 
 	// Step 1: the crash, and the tail segment's stored run.
 	w.sc.Kill()
@@ -134,7 +132,7 @@ func (w *world) partCrash(s step) error {
 	w.tally.add("partcrash-parts-stored", len(stored))
 
 	// Step 4: the checks with the sidecar dead.
-	deadErr := w.checkCrashedTail(a, live, seg, wantRun, holesBefore, before, notesAtKill, local)
+	deadErr := w.checkCrashedTail(a, live, seg, wantRun, holesBefore, before)
 
 	// Step 5: restart; the acknowledgement never runs ahead of the stored run.
 	// Watched from the start: the restarted sidecar may store and acknowledge before it
@@ -248,13 +246,22 @@ func (w *world) walBytes(a *walarchive.Archive, tli uint32, seg, from, to uint64
 	return b, nil
 }
 
-// ownNote matches the notes of the ledger writers (nextNote); their number orders them.
-var ownNote = regexp.MustCompile(`^s\d+-r(\d+)$`)
+// rowsUpTo returns the rows of ledger committed at or before t.
+func rowsUpTo(ledger map[string]time.Time, t time.Time) map[string]time.Time {
+	out := map[string]time.Time{}
+	for n, ts := range ledger {
+		if !ts.After(t) {
+			out[n] = ts
+		}
+	}
+	return out
+}
 
 // checkCrashedTail runs the checks on an archive left by a crash between parts (the
 // sidecar dead): the tail's run ends at wantRun, no listing shows a hole, verify is clean,
-// and a restore to latest holds every row of before and only rows that were written.
-func (w *world) checkCrashedTail(a *walarchive.Archive, live uint32, seg, wantRun uint64, holesBefore int, before map[string]time.Time, notesAtKill int, local *localRows) error {
+// a restore to latest holds every row of before and is the server's state at its newest
+// commit, and the end of the live timeline's reported window restores exactly.
+func (w *world) checkCrashedTail(a *walarchive.Archive, live uint32, seg, wantRun uint64, holesBefore int, before map[string]time.Time) error {
 	t, err := a.ListTail(w.ctx, live, seg)
 	if err != nil {
 		return err
@@ -295,9 +302,11 @@ func (w *world) checkCrashedTail(a *walarchive.Archive, live uint32, seg, wantRu
 		return fail("b: latest holds every acknowledged commit", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s): exit %d: %s\nthe archive's WAL objects by when they were stored (newest last):\n%s",
 			walarchive.SegmentName(live, seg, a.SegmentSize()), code, strings.TrimSpace(stderr), w.walStoredOrder(16))
 	}
-	written := map[string]bool{}
-	for _, n := range local.notes {
-		written[n] = true
+	// The server's ledger is what was committed (the commit waiting for the dead sidecar
+	// included: it is committed locally).
+	ledger, err := readLedger(w.ctx, w.pg)
+	if err != nil {
+		return err
 	}
 	var missing, invented []string
 	for n := range before {
@@ -305,20 +314,46 @@ func (w *world) checkCrashedTail(a *walarchive.Archive, live uint32, seg, wantRu
 			missing = append(missing, n)
 		}
 	}
-	for n := range got {
-		if _, ok := before[n]; ok || written[n] {
-			continue
+	var newest time.Time
+	for n, ts := range got {
+		if _, ok := ledger[n]; !ok {
+			invented = append(invented, n)
 		}
-		if m := ownNote.FindStringSubmatch(n); m != nil {
-			if k, _ := strconv.Atoi(m[1]); k > notesAtKill {
-				continue // the commit that waited for the dead sidecar
-			}
+		if ts.After(newest) {
+			newest = ts
 		}
-		invented = append(invented, n)
 	}
 	if len(missing) > 0 || len(invented) > 0 {
 		return fail("b: latest holds every acknowledged commit", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s) lacks %d of the %d rows archived before the kill [%s] and holds %d rows never written [%s]",
 			walarchive.SegmentName(live, seg, a.SegmentSize()), len(missing), len(before), clipList(missing), len(invented), clipList(invented))
+	}
+	if d := diffRows(got, rowsUpTo(ledger, newest)); d != "" {
+		return fail("a: restore holds exactly the rows committed by then", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s) is not the state at its newest commit %s: %s",
+			walarchive.SegmentName(live, seg, a.SegmentSize()), newest.Format(time.RFC3339Nano), d)
+	}
+	// The newest time list reports for the live timeline restores exactly: a window that
+	// reached into the WAL past the gap would promise commits the archive does not hold.
+	var last *timeRange
+	for _, r := range rangesOf(cat.Ranges, live) {
+		if last == nil || r.To.After(last.To) {
+			last = &r
+		}
+	}
+	if last != nil {
+		to := last.To.Format(time.RFC3339Nano)
+		at, code, stderr, err := w.restoreLedger(to, "--timeline", fmt.Sprint(live))
+		if err != nil {
+			return err
+		}
+		if code != 0 {
+			return fail("a: every reported time restores", "after a crash between parts (sidecar dead, parts past a gap in %s), restore --to %s --timeline %d (the end of reported %s): exit %d: %s",
+				walarchive.SegmentName(live, seg, a.SegmentSize()), to, live, last, code, strings.TrimSpace(stderr))
+		}
+		if d := diffRows(at, rowsUpTo(ledger, last.To)); d != "" {
+			return fail("a: restore holds exactly the rows committed by then", "after a crash between parts (sidecar dead, parts past a gap in %s), restore --to %s --timeline %d (the end of reported %s; restore to latest reaches %s) holds %s",
+				walarchive.SegmentName(live, seg, a.SegmentSize()), to, live, last, newest.Format(time.RFC3339Nano), d)
+		}
+		w.logf("  partcrash: the end of reported %s restores exactly (%d rows)", last, len(at))
 	}
 	w.logf("  partcrash: with the sidecar dead, restore to latest holds all %d rows archived before the kill (%d in all); verify exit %d", len(before), len(got), code)
 	return nil

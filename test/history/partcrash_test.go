@@ -32,9 +32,10 @@ func (p partRange) String() string { return fmt.Sprintf("[%X, %X)", p.Start, p.E
 // With the sidecar dead: the run the archive reports still ends before the gap, no listing
 // shows a hole, verify is clean, a restore to latest holds every row committed before the
 // kill, no row that was never written and no commit missing before its newest, and the
-// newest time list reports for the live timeline restores exactly. The sidecar is then restarted; until it has
-// archived the server's WAL, neither what it acknowledges to the server nor what its
-// status reports as archived may run ahead of the archive's stored run (invariant g).
+// newest time list reports for the live timeline restores exactly. The sidecar is then
+// restarted; until it has archived the server's WAL, neither what it acknowledges to the
+// server nor what its status reports as archived may run ahead of the archive's stored run
+// (invariant g).
 func (w *world) partCrash(s step) error {
 	if err := w.waitArchived(); err != nil {
 		return err

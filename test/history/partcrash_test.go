@@ -133,7 +133,7 @@ func (w *world) partCrash(s step) error {
 	w.tally.add("partcrash-parts-stored", len(stored))
 
 	// Step 4: the checks with the sidecar dead.
-	deadErr := w.checkCrashedTail(a, live, seg, wantRun, holesBefore, before)
+	restores, deadErr := w.checkCrashedTail(a, live, seg, wantRun, holesBefore, before)
 
 	// Step 5: restart; the acknowledgement never runs ahead of the stored run.
 	// Watched from the start: the restarted sidecar may store and acknowledge before it
@@ -159,6 +159,9 @@ func (w *world) partCrash(s step) error {
 	}
 	if deadErr != nil {
 		return deadErr
+	}
+	if err := restores.compare(w); err != nil {
+		return err
 	}
 	return ackErr
 }
@@ -258,107 +261,131 @@ func rowsUpTo(ledger map[string]time.Time, t time.Time) map[string]time.Time {
 	return out
 }
 
+// crashRestores are the restores taken with the sidecar dead, compared with the server's
+// ledger once the sidecar is back (a commit waiting for a synchronous standby is not
+// visible on the server until then, though its WAL may be archived).
+type crashRestores struct {
+	seg    string
+	before map[string]time.Time // the rows archived before the kill
+	latest map[string]time.Time // restore --to latest
+	// end is the newest reported time of the live timeline and at its restore (nil: none).
+	end *timeRange
+	at  map[string]time.Time
+}
+
 // checkCrashedTail runs the checks on an archive left by a crash between parts (the
-// sidecar dead): the tail's run ends at wantRun, no listing shows a hole, verify is clean,
-// a restore to latest holds every row of before and is the server's state at its newest
-// commit, and the end of the live timeline's reported window restores exactly.
-func (w *world) checkCrashedTail(a *walarchive.Archive, live uint32, seg, wantRun uint64, holesBefore int, before map[string]time.Time) error {
+// sidecar dead): the tail's run ends at wantRun, no listing shows a hole, verify is clean;
+// it restores to latest and to the end of the live timeline's reported window, for
+// crashRestores.compare. It returns nil restores when latest is not promised (a hole).
+func (w *world) checkCrashedTail(a *walarchive.Archive, live uint32, seg, wantRun uint64, holesBefore int, before map[string]time.Time) (*crashRestores, error) {
+	name := walarchive.SegmentName(live, seg, a.SegmentSize())
 	t, err := a.ListTail(w.ctx, live, seg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, end := t.Run(); end != wantRun || t.Complete {
-		return fail("g: a crash between parts leaves the stored run as it was", "ListTail of %s: complete %v, run ends at %X; want the run to end at %X (parts %v)",
-			walarchive.SegmentName(live, seg, a.SegmentSize()), t.Complete, end, wantRun, t.Parts)
+		return nil, fail("g: a crash between parts leaves the stored run as it was", "ListTail of %s: complete %v, run ends at %X; want the run to end at %X (parts %v)",
+			name, t.Complete, end, wantRun, t.Parts)
 	}
 	if err := w.pollReach(a, seg); err != nil {
-		return err
+		return nil, err
 	}
 	holes, err := w.liveHoleWindows()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if holes > holesBefore {
-		return fail("f: a listing never shows a hole that is not one", "after a crash between parts (segment %s, parts past a gap), kcbackup list --json shows %d windows of live timeline %d ending at a hole (%d before)",
-			walarchive.SegmentName(live, seg, a.SegmentSize()), holes, live, holesBefore)
+		return nil, fail("f: a listing never shows a hole that is not one", "after a crash between parts (segment %s, parts past a gap), kcbackup list --json shows %d windows of live timeline %d ending at a hole (%d before)",
+			name, holes, live, holesBefore)
 	}
 	out, stderr, code := w.kcbackup(cliTimeout, nil, "verify", "--storage", w.url)
 	if code != 0 && len(w.m.Holes) == 0 {
-		return fail("d: verify is clean on a healthy archive", "verify after a crash between parts (sidecar dead, parts past a gap in %s) exited %d:\n%s%s",
-			walarchive.SegmentName(live, seg, a.SegmentSize()), code, out, stderr)
+		return nil, fail("d: verify is clean on a healthy archive", "verify after a crash between parts (sidecar dead, parts past a gap in %s) exited %d:\n%s%s",
+			name, code, out, stderr)
 	}
 	cat, err := w.catalog()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if !w.m.restorableLatest(cat.Backups) {
 		w.logf("  partcrash: (b) skipped with the sidecar dead: no backup after the live path's WAL hole")
-		return nil
+		return nil, nil
 	}
+	cr := &crashRestores{seg: name, before: before}
 	got, code, stderr, err := w.restoreLedger("latest")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if code != 0 {
-		return fail("b: latest holds every acknowledged commit", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s): exit %d: %s\nthe archive's WAL objects by when they were stored (newest last):\n%s",
-			walarchive.SegmentName(live, seg, a.SegmentSize()), code, strings.TrimSpace(stderr), w.walStoredOrder(16))
+		return nil, fail("b: latest holds every acknowledged commit", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s): exit %d: %s\nthe archive's WAL objects by when they were stored (newest last):\n%s",
+			name, code, strings.TrimSpace(stderr), w.walStoredOrder(16))
 	}
-	// The server's ledger is what was committed (the commit waiting for the dead sidecar
-	// included: it is committed locally).
+	cr.latest = got
+	// The newest time list reports for the live timeline must restore exactly: a window
+	// that reached into the WAL past the gap would promise commits the archive lacks.
+	for _, r := range rangesOf(cat.Ranges, live) {
+		if cr.end == nil || r.To.After(cr.end.To) {
+			cr.end = &r
+		}
+	}
+	if cr.end != nil {
+		to := cr.end.To.Format(time.RFC3339Nano)
+		at, code, stderr, err := w.restoreLedger(to, "--timeline", fmt.Sprint(live))
+		if err != nil {
+			return nil, err
+		}
+		if code != 0 {
+			return nil, fail("a: every reported time restores", "after a crash between parts (sidecar dead, parts past a gap in %s), restore --to %s --timeline %d (the end of reported %s): exit %d: %s",
+				name, to, live, cr.end, code, strings.TrimSpace(stderr))
+		}
+		cr.at = at
+	}
+	w.logf("  partcrash: with the sidecar dead, verify exit %d; restored latest (%d rows) and the end of reported %v (%d rows)", code, len(cr.latest), cr.end, len(cr.at))
+	return cr, nil
+}
+
+// compare checks the restores taken with the sidecar dead against the server's ledger:
+// latest holds every row archived before the kill and is the server's state at its newest
+// commit (no row never written, none missing before it), and the end of the reported
+// window is the server's state then (a finding: the history goes on, the sidecar's
+// restart filled the gap).
+func (cr *crashRestores) compare(w *world) error {
+	if cr == nil {
+		return nil
+	}
 	ledger, err := readLedger(w.ctx, w.pg)
 	if err != nil {
 		return err
 	}
-	var missing, invented []string
-	for n := range before {
-		if _, ok := got[n]; !ok {
+	var missing []string
+	for n := range cr.before {
+		if _, ok := cr.latest[n]; !ok {
 			missing = append(missing, n)
 		}
 	}
 	var newest time.Time
-	for n, ts := range got {
-		if _, ok := ledger[n]; !ok {
-			invented = append(invented, n)
-		}
+	for _, ts := range cr.latest {
 		if ts.After(newest) {
 			newest = ts
 		}
 	}
-	if len(missing) > 0 || len(invented) > 0 {
-		return fail("b: latest holds every acknowledged commit", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s) lacks %d of the %d rows archived before the kill [%s] and holds %d rows never written [%s]",
-			walarchive.SegmentName(live, seg, a.SegmentSize()), len(missing), len(before), clipList(missing), len(invented), clipList(invented))
+	if len(missing) > 0 {
+		return fail("b: latest holds every acknowledged commit", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s) lacks %d of the %d rows archived before the kill: %s",
+			cr.seg, len(missing), len(cr.before), clipList(missing))
 	}
-	if d := diffRows(got, rowsUpTo(ledger, newest)); d != "" {
-		return fail("a: restore holds exactly the rows committed by then", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s) is not the state at its newest commit %s: %s",
-			walarchive.SegmentName(live, seg, a.SegmentSize()), newest.Format(time.RFC3339Nano), d)
+	if d := diffRows(cr.latest, rowsUpTo(ledger, newest)); d != "" {
+		return fail("a: restore holds exactly the rows committed by then", "restore --to latest after a crash between parts (sidecar dead, parts past a gap in %s) is not the server's state at its newest commit %s: %s",
+			cr.seg, newest.Format(time.RFC3339Nano), d)
 	}
-	// The newest time list reports for the live timeline restores exactly: a window that
-	// reached into the WAL past the gap would promise commits the archive does not hold.
-	var last *timeRange
-	for _, r := range rangesOf(cat.Ranges, live) {
-		if last == nil || r.To.After(last.To) {
-			last = &r
-		}
+	if cr.end == nil {
+		return nil
 	}
-	if last != nil {
-		to := last.To.Format(time.RFC3339Nano)
-		at, code, stderr, err := w.restoreLedger(to, "--timeline", fmt.Sprint(live))
-		if err != nil {
-			return err
-		}
-		if code != 0 {
-			return fail("a: every reported time restores", "after a crash between parts (sidecar dead, parts past a gap in %s), restore --to %s --timeline %d (the end of reported %s): exit %d: %s",
-				walarchive.SegmentName(live, seg, a.SegmentSize()), to, live, last, code, strings.TrimSpace(stderr))
-		}
-		if d := diffRows(at, rowsUpTo(ledger, last.To)); d != "" {
-			// A finding: the history goes on (the sidecar's restart fills the gap).
-			w.finding(fail("a: a reported time after a crash between parts restores exactly", "after a crash between parts (sidecar dead, parts past a gap in %s), restore --to %s --timeline %d (the end of reported %s; restore to latest reaches %s) exits 0 and holds %s\nthe archive's WAL objects by when they were stored (newest last):\n%s",
-				walarchive.SegmentName(live, seg, a.SegmentSize()), to, live, last, newest.Format(time.RFC3339Nano), d, w.walStoredOrder(8)))
-		} else {
-			w.logf("  partcrash: the end of reported %s restores exactly (%d rows)", last, len(at))
-		}
+	if d := diffRows(cr.at, rowsUpTo(ledger, cr.end.To)); d != "" {
+		w.finding(fail("a: a reported time after a crash between parts restores exactly", "after a crash between parts (sidecar dead, parts past a gap in %s), restore --to %s --timeline %d (the end of reported %s; restore to latest reaches %s) exits 0 and holds %s",
+			cr.seg, cr.end.To.Format(time.RFC3339Nano), cr.end.Timeline, cr.end, newest.Format(time.RFC3339Nano), d))
+		return nil
 	}
-	w.logf("  partcrash: with the sidecar dead, restore to latest holds all %d rows archived before the kill (%d in all); verify exit %d", len(before), len(got), code)
+	w.logf("  partcrash: the end of reported %s restored exactly (%d rows)", cr.end, len(cr.at))
 	return nil
 }
 

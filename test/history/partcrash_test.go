@@ -81,8 +81,12 @@ func (w *world) partCrash(s step) error {
 		}
 	}
 	local := &localRows{prefix: fmt.Sprintf("s%d-p%d-", w.plan.Seed, w.step)}
+	// On an error with the sidecar dead, the waiting commit needs it back to return.
 	finishBlocked := func() {
 		if blocked != nil {
+			if w.sc.Exited() {
+				w.sc.Start()
+			}
 			blocked.finish()
 		}
 	}

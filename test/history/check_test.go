@@ -121,7 +121,7 @@ func lastLine(s string) string {
 
 // heavy operations are followed by a restore to latest (invariant b); writes and backups
 // only by the sampled restore.
-var heavy = map[string]bool{opCrash: true, opKill: true, opOutage: true, opPromote: true, opRestore: true, opPrune: true, opHole: true, opCopy: true, opBoundary: true}
+var heavy = map[string]bool{opCrash: true, opKill: true, opOutage: true, opPromote: true, opRestore: true, opPrune: true, opHole: true, opCopy: true, opBoundary: true, opPartCrash: true}
 
 // check verifies the invariants after step i, with the archive quiet and caught up.
 func (w *world) check(i int, s step, last bool) error {

@@ -1,7 +1,8 @@
 // Package history is a randomized history checker: a seeded random sequence of operations
 // (ledger writes, backups, sidecar kills, server crashes, storage outages, promotions,
 // in-place restores, prunes, WAL holes, a restored copy archiving beside production, WAL
-// written across segment boundaries through a slow store while the archive is listed) on a
+// written across segment boundaries through a slow store while the archive is listed, a
+// sidecar crash between tail parts that leaves parts past a gap in the archive) on a
 // real PostgreSQL, a kcbackup sidecar and an archive (file:// or MinIO, optionally behaving
 // as a store that ignores If-None-Match), checked after every step against a model of what
 // was committed on each timeline.

@@ -84,6 +84,16 @@ var fixedPlans = []struct {
 	// (00000002000000000000000A.partial, ending at the switch point 0/A08348) was stored
 	// 2 ms after 00000003.history (step 4; 2 runs in 4, seed 22's promotion once in 7).
 	{"LatestAfterAPromotionIsNotAmbiguous", 7003, "storage=s3,sync=false,partial=1s,pg=17 copy:702:0.325 restore:546:0.525 write:199:0.181 write:84:0.780 promote:82:0.005"},
+	// Issue 20's crash between parts, on each store, synchronous and not: the sidecar killed
+	// with tail parts in flight, parts past a gap stored (step 0: the run's next part missing;
+	// step 2: the run's next part stored, the one after it missing). With the sidecar dead,
+	// list reports the live window up to when the part past the gap was stored (Graph takes
+	// a tail's time from all its parts), and restore --to that end exits 0 without the rows
+	// committed between the run's end and then (all four, step 0).
+	{"CrashBetweenPartsFileSync", 2001, "storage=file,sync=true,partial=0 partcrash:36:0.400 write:40:0.500 partcrash:121:0.700"},
+	{"CrashBetweenPartsFileAsync", 2002, "storage=file,sync=false,partial=200ms partcrash:58:0.250 write:40:0.500 partcrash:77:0.900"},
+	{"CrashBetweenPartsS3Sync", 2003, "storage=s3,sync=true,partial=0 partcrash:140:0.150 write:40:0.500 partcrash:3:0.620"},
+	{"CrashBetweenPartsS3Async", 2004, "storage=s3,sync=false,partial=1s partcrash:92:0.830 write:40:0.500 partcrash:165:0.310"},
 }
 
 // envFixed ("1") runs the fixed histories.

@@ -257,7 +257,7 @@ func TestGeneratedPlansHoldTheNewOperations(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{opCopy, opBoundary, "compat"} {
+	for _, want := range []string{opCopy, opBoundary, opPartCrash, "compat"} {
 		if seen[want] == 0 {
 			t.Errorf("100 generated plans of 10 steps hold no %s (seen %v)", want, seen)
 		}

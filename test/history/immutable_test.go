@@ -15,10 +15,13 @@ import (
 // checkImmutable is invariant (e), on a seed whose store ignores If-None-Match (Compat):
 // through an Archive opened on storage.WithoutConditionalWrites, replacing a stored complete
 // segment and a stored history file (one of each, chosen by r) with different bytes fails
-// with ErrConflict and leaves the stored bytes as they were. At setup it also checks that
+// with ErrConflict and leaves the stored bytes as they were; so does a tail part (format 3)
+// of a timeline the cluster left, stored again over its range with other bytes (a live
+// tail's parts are removed when its segment completes, and a part stored in a removed
+// part's place would stay). At setup it also checks that
 // the sidecar found out the store ignores conditional writes.
 func (w *world) checkImmutable(r *rand.Rand, setup bool) error {
-	const inv = "e: a stored segment or history is never replaced (store ignoring If-None-Match)"
+	const inv = "e: a stored segment, history or tail part is never replaced (store ignoring If-None-Match)"
 	if setup && !strings.Contains(w.sc.Log(), "ignores conditional writes") {
 		return fail(inv, "with KCBACKUP_STORAGE_COMPAT=%s the sidecar did not log that the store ignores conditional writes:\n%s", w.plan.Config.Compat, tailLines(w.sc.Log(), 20))
 	}
@@ -36,8 +39,8 @@ func (w *world) checkImmutable(r *rand.Rand, setup bool) error {
 	if err != nil {
 		return err
 	}
-	var segs, hists []walarchive.WALFile
-	var keys []string
+	var segs, hists, parts []walarchive.WALFile
+	var keys, partKeys []string
 	for _, o := range objs {
 		f, err := walarchive.ParseWALKey(o.Key, a.SegmentSize())
 		switch {
@@ -46,6 +49,8 @@ func (w *world) checkImmutable(r *rand.Rand, setup bool) error {
 			segs, keys = append(segs, f), append(keys, o.Key)
 		case f.Kind == walarchive.WALFileHistory:
 			hists = append(hists, f)
+		case f.Kind == walarchive.WALFilePart && f.Timeline != w.m.Live:
+			parts, partKeys = append(parts, f), append(partKeys, o.Key)
 		}
 	}
 	done := []string{}
@@ -71,6 +76,21 @@ func (w *world) checkImmutable(r *rand.Rand, setup bool) error {
 			return err
 		}
 		done = append(done, key)
+	}
+	if len(parts) > 0 {
+		i := r.IntN(len(parts))
+		p := parts[i]
+		other := make([]byte, p.PartEnd-p.PartStart)
+		for j := range other {
+			other[j] = byte(r.IntN(256))
+		}
+		if err := w.tryReplace(&a, inv, partKeys[i], func() error {
+			_, err := a.PutPart(w.ctx, p.Timeline, p.SegNo, p.PartStart, p.PartEnd, bytes.NewReader(other))
+			return err
+		}); err != nil {
+			return err
+		}
+		done = append(done, partKeys[i])
 	}
 	w.tally.add("immutability-check", 1)
 	w.logf("  (e) store ignoring If-None-Match: %s kept (ErrConflict)", strings.Join(done, ", "))

@@ -35,6 +35,8 @@ func (w *world) apply(s step) error {
 		return w.restoredCopy(s)
 	case opBoundary:
 		return w.boundaries(s)
+	case opPartCrash:
+		return w.partCrash(s)
 	}
 	return fmt.Errorf("unknown operation %q", s.Op)
 }

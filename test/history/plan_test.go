@@ -29,6 +29,11 @@ const (
 	// listing is polled; no hole may ever show on the live path. On s3 the sidecar's
 	// complete-segment uploads go through a proxy that holds each for 100 ms * (1 + N%5).
 	opBoundary = "boundary"
+	// opPartCrash: issue 20's "crash between parts": the sidecar is SIGKILLed, WAL is written
+	// past the live tail's stored run, and parts of it past a gap are stored as a crash with
+	// parts in flight leaves them (N even: the run's next part missing too); then the sidecar
+	// is restarted (see partCrash).
+	opPartCrash = "partcrash"
 )
 
 // compatIgnoreConditionalWrites is the Compat setting (and KCBACKUP_STORAGE_COMPAT value)
@@ -129,6 +134,15 @@ func generatePlan(seed int64, steps int) plan {
 	}
 	// Operations added later replace a step now and then, drawn from a stream of their own:
 	// a seed's other steps stay those it had before they existed.
+	// The crash between parts (issue 20) comes from a stream of its own, before copy and
+	// boundary, so that the steps those replace stay as they were (its stream leaves the
+	// short default seeds as they were).
+	parts := rand.New(rand.NewPCG(uint64(seed), 0x7061727476))
+	for i := range p.Steps {
+		if parts.IntN(partCrashOneIn) == 0 {
+			p.Steps[i].Op = opPartCrash
+		}
+	}
 	later := rand.New(rand.NewPCG(uint64(seed), 0x6c61746572))
 	for i := range p.Steps {
 		if k := later.IntN(newOpsOneIn); k < len(newOps) {
@@ -153,6 +167,9 @@ func generatePlan(seed int64, steps int) plan {
 var newOps = []string{opCopy, opBoundary}
 
 const newOpsOneIn = 12
+
+// partCrashOneIn: a crash between parts replaces one step in partCrashOneIn.
+const partCrashOneIn = 10
 
 // parsePlan reads the String form of a plan.
 func parsePlan(seed int64, s string) (plan, error) {
@@ -204,13 +221,13 @@ func parsePlan(seed int64, s string) (plan, error) {
 	for _, w := range weights {
 		known[w.op] = true
 	}
-	for _, op := range newOps {
+	for _, op := range append([]string{opPartCrash}, newOps...) {
 		known[op] = true
 	}
 	for _, f := range fields[1:] {
 		parts := strings.Split(f, ":")
 		if len(parts) != 3 || !known[parts[0]] {
-			return plan{}, fmt.Errorf("plan step %q: expected op:N:F with op one of write, backup, kill, crash, outage, promote, restore, prune, hole, copy, boundary", f)
+			return plan{}, fmt.Errorf("plan step %q: expected op:N:F with op one of write, backup, kill, crash, outage, promote, restore, prune, hole, copy, boundary, partcrash", f)
 		}
 		n, err1 := strconv.Atoi(parts[1])
 		x, err2 := strconv.ParseFloat(parts[2], 64)

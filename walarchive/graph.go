@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"sort"
 	"time"
+
+	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
 
 // Graph is one reading of the archive's catalog: its complete backups, its timelines with
@@ -64,20 +67,50 @@ func (a *Archive) ReadGraph(ctx context.Context) (*Graph, error) {
 			g.historyAt[f.Timeline] = o.ModTime
 			continue
 		}
-		k := walPos{f.Timeline, f.SegNo}
-		e := g.wal[k]
-		if f.Kind == WALFileSegment {
-			e.complete = true
-		} else {
-			e.partial = true
+		if f.Kind != WALFileSegment {
+			continue // tails below
 		}
-		if o.ModTime.After(e.mod) {
-			e.mod = o.ModTime
+		k := walPos{f.Timeline, f.SegNo}
+		g.wal[k] = walObject{complete: true, mod: o.ModTime}
+		g.maxSeg = max(g.maxSeg, f.SegNo)
+	}
+	// A segment stored only as its tail counts as stored when the tail's run from the first
+	// byte holds something, and it was stored when the newest part of that run was: a part
+	// past a gap (a writer killed with parts in flight) holds no WAL a reader uses, so its
+	// time must not move the window's end past commits the archive does not have.
+	for k, t := range tailsFromListing(objs, g.segSize) {
+		if g.wal[k].complete {
+			continue
+		}
+		for i, p := range t.Parts {
+			if !p.Legacy {
+				continue
+			}
+			// A format-2 partial's length is in its trailer, not its name.
+			n, err := a.Get(ctx, p.Key, io.Discard)
+			switch {
+			case errors.Is(err, storage.ErrNotFound):
+				continue // completed since the listing: the next reading sees it
+			case errors.Is(err, ErrWrongKey) || errors.Is(err, ErrCorrupt):
+				n = 1 // unreadable here (recipients only, or damaged): stored, length unknown
+			case err != nil:
+				return nil, fmt.Errorf("read %s: %w", p.Key, err)
+			}
+			t.Parts[i].End = uint64(n)
+		}
+		sortParts(t.Parts)
+		run, end := t.Run()
+		if end == 0 {
+			continue
+		}
+		e := walObject{partial: true}
+		for _, p := range run {
+			if p.ModTime.After(e.mod) {
+				e.mod = p.ModTime
+			}
 		}
 		g.wal[k] = e
-		if f.SegNo > g.maxSeg {
-			g.maxSeg = f.SegNo
-		}
+		g.maxSeg = max(g.maxSeg, k.segno)
 	}
 	for t := range seen {
 		g.Timelines = append(g.Timelines, t)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"time"
 
 	"github.com/kcbackup/kcbackup/walarchive/storage"
 )
@@ -27,6 +28,8 @@ import (
 type TailPart struct {
 	Key        string
 	Start, End uint64
+	// ModTime is when the part was stored (from the listing).
+	ModTime time.Time
 	// Legacy is a format-2 <segment>.partial object: its End is known only once read.
 	Legacy bool
 }
@@ -76,9 +79,9 @@ func tailsFromListing(objs []storage.ObjectInfo, segSize uint64) map[walPos]*Tai
 			t = &Tail{Timeline: f.Timeline, SegNo: f.SegNo}
 			out[k] = t
 		}
-		p := TailPart{Key: o.Key, Start: f.PartStart, End: f.PartEnd}
+		p := TailPart{Key: o.Key, Start: f.PartStart, End: f.PartEnd, ModTime: o.ModTime}
 		if f.Kind == WALFilePartial {
-			p = TailPart{Key: o.Key, Legacy: true}
+			p = TailPart{Key: o.Key, Legacy: true, ModTime: o.ModTime}
 		}
 		t.Parts = append(t.Parts, p)
 	}
@@ -125,7 +128,7 @@ func (a *Archive) ListTail(ctx context.Context, tli uint32, segno uint64) (Tail,
 		case uint64(n) > seg:
 			return Tail{}, fmt.Errorf("%s: %w: %d bytes is more than a segment", p.Key, ErrCorrupt, n)
 		case n > 0:
-			parts = append(parts, TailPart{Key: p.Key, Start: 0, End: uint64(n), Legacy: true})
+			parts = append(parts, TailPart{Key: p.Key, Start: 0, End: uint64(n), Legacy: true, ModTime: p.ModTime})
 		}
 	}
 	t.Parts = parts

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/kcbackup/kcbackup/walarchive/storage/memory"
 )
@@ -159,5 +160,42 @@ func TestAFormat2ArchiveIsReadAndMovedOn(t *testing.T) {
 	putSmall(ctx, st, IdentityKey, data, CompressionNone, nil)
 	if _, err := OpenArchive(ctx, st, nil); err == nil || !strings.Contains(err.Error(), "newer kcbackup") {
 		t.Fatalf("a newer format: %v; want it refused", err)
+	}
+}
+
+// A part past a gap (a writer killed with parts in flight) holds no WAL a reader uses: the
+// recovery window ends when the run's newest part was stored, never at the stray part's
+// time, or a restore to a time after the run's end would succeed without its commits.
+func TestAPartPastAGapDoesNotMoveTheWindowsEnd(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	st := memory.New()
+	a, _ := InitArchive(ctx, st, testIdentity(), nil)
+	fakeWAL(t, a, 1, 2, 4, t0)
+	putBackups(t, a, backupAt("20260101T000000Z", 2, t0))
+	data := segBytes(seg1M)
+	putParts(t, a, 5, data, [2]uint64{0, 100}, [2]uint64{300, 400})
+	runAt, strayAt := t0.Add(time.Hour), t0.Add(time.Hour+time.Minute)
+	st.SetModTime(PartKey(1, 5, seg1M, 0, 100), runAt)
+	st.SetModTime(PartKey(1, 5, seg1M, 300, 400), strayAt)
+	for n := uint64(2); n <= 4; n++ {
+		st.SetModTime(SegmentKey(1, n, seg1M), t0.Add(time.Duration(n)*time.Minute))
+	}
+	g, err := a.ReadGraph(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rs, err := g.Ranges(1)
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("ranges %v, %v; want one", rs, err)
+	}
+	if !rs[0].To.Equal(runAt) || rs[0].Hole {
+		t.Fatalf("the window ends at %s (hole %v); want %s, when the run's newest part was stored, not the stray part's %s", rs[0].To, rs[0].Hole, runAt, strayAt)
+	}
+	// A segment whose only part lies past a gap holds nothing a reader uses: not stored.
+	putParts(t, a, 6, data, [2]uint64{50, 60})
+	g, _ = a.ReadGraph(ctx)
+	if complete, partial := g.Has(1, 6); complete || partial {
+		t.Fatalf("a segment with only a part past a gap counts as stored (complete %v, partial %v)", complete, partial)
 	}
 }

@@ -150,3 +150,16 @@ func (s *Store) Corrupt(key string, off int) error {
 	s.objects[key] = object{data: d, modTime: o.modTime}
 	return nil
 }
+
+// SetModTime sets when a stored object was written (for tests of time-ordered reasoning).
+func (s *Store) SetModTime(key string, t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.objects[key]
+	if !ok {
+		return fmt.Errorf("set the time of %s: no such object", key)
+	}
+	o.modTime = t
+	s.objects[key] = o
+	return nil
+}

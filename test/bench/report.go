@@ -375,6 +375,19 @@ func syncRows(r *Results, add func(m, meth, fig, target, v string)) {
 		if u := s.Uploads; u != nil {
 			fig += fmt.Sprintf("; %.1f PUTs/s (%.0f parts, %.0f segments in %.0f s), raw %.2fx WAL", u.putsPerSecond(), u.Parts, u.Segments, u.Seconds, u.RawBytes/u.WALBytes)
 		}
+		if s.Uploads != nil {
+			fig += fmt.Sprintf("; sidecar CPU %.0f%% of a core", 100*s.SidecarCPU)
+		}
+		var cost []string // what one part costs, measured on the same store after the load
+		if s.OnePutSeconds > 0 {
+			cost = append(cost, "one PUT of the average part "+fmtMs(&s.OnePutSeconds))
+		}
+		if s.AppendFsyncSeconds > 0 {
+			cost = append(cost, "one append+fsync of that size on the same disk "+fmtMs(&s.AppendFsyncSeconds))
+		}
+		if len(cost) > 0 {
+			fig += "; " + strings.Join(cost, ", ")
+		}
 		target, v := "", ""
 		switch {
 		case s.Method == syncFile || (s.Method == syncMinIO && s.RTTSeconds == 0):
@@ -383,12 +396,12 @@ func syncRows(r *Results, add func(m, meth, fig, target, v string)) {
 				v = notMeasured + " (no pg_receivewal --synchronous run)"
 			} else {
 				ratio := s.TPS / base.TPS
-				v = verdictWhy(ratio >= 0.8, fmt.Sprintf("%.2fx", ratio))
+				v = verdictWhy(ratio >= 0.8, fmt.Sprintf("%.2fx; COMMIT avg %s vs %s", ratio, fmtMs(s.CommitAvgSeconds), fmtMs(base.CommitAvgSeconds)))
 			}
 		case s.Method == syncMinIO:
 			limit := 2 * s.RTTSeconds
 			target = fmt.Sprintf("latency p99 <= 2 round trips (%.0f ms)", limit*1000)
-			v = verdictWhy(s.Latency.P99 != nil && *s.Latency.P99 <= limit, "p99 "+fmtMs(s.Latency.P99))
+			v = verdictWhy(s.Latency.P99 != nil && *s.Latency.P99 <= limit, fmt.Sprintf("p99 %s; COMMIT avg %s; one PUT %s", fmtMs(s.Latency.P99), fmtMs(s.CommitAvgSeconds), fmtMs(&s.OnePutSeconds)))
 		}
 		add(name, label, fig, target, v)
 	}

@@ -54,6 +54,15 @@ type SyncResult struct {
 	// Uploads is what the sidecar uploaded from just before to just after the load
 	// (kcbackup runs only).
 	Uploads *uploadCounters `json:"uploads,omitempty"`
+	// SidecarCPU is the sidecar's CPU time during the load per second of it (1 = a core).
+	SidecarCPU float64 `json:"sidecarCPUCores,omitempty"`
+	// OnePutSeconds is the median time of one PUT of the run's average part size from the
+	// bench to the same store at the same round trip (kcbackup runs only).
+	OnePutSeconds float64 `json:"onePutSeconds,omitempty"`
+	// AppendFsyncSeconds is the median time to append that many bytes to an open file and
+	// fsync it, on the disk of the file archive: what pg_receivewal does per flush (file
+	// run only).
+	AppendFsyncSeconds float64 `json:"appendFsyncSeconds,omitempty"`
 }
 
 // latencyStats summarises per-transaction latencies, in seconds.
@@ -113,6 +122,7 @@ func (e *env) syncRun(t *benchTB, spec syncSpec) (SyncResult, error) {
 
 	// Step 2: the standby, streaming.
 	var sc *harness.Sidecar
+	var url, archiveDir string
 	switch spec.method {
 	case syncReceive:
 		r.ApplicationName = appReceive
@@ -121,9 +131,11 @@ func (e *env) syncRun(t *benchTB, spec syncSpec) (SyncResult, error) {
 		}
 	case syncFile, syncMinIO:
 		r.ApplicationName = appKcbackup
-		url := "file://" + filepath.Join(t.TempDir(), "archive")
 		if spec.method == syncMinIO {
 			url = e.newArchive(t, "sync")
+		} else {
+			archiveDir = filepath.Join(t.TempDir(), "archive")
+			url = "file://" + archiveDir
 		}
 		sc = e.startSidecarInterval(t, pg, url, 0)
 		cur, err := currentLSN(ctx, pg)
@@ -149,8 +161,16 @@ func (e *env) syncRun(t *benchTB, spec syncSpec) (SyncResult, error) {
 	// Step 4: the load, with per-transaction logs.
 	var before uploadCounters
 	var err error
+	var pid int
+	var cpuBefore float64
 	if sc != nil {
 		if before, err = readUploadCounters(sc); err != nil {
+			return r, err
+		}
+		if pid, err = childPID(strings.TrimPrefix(sc.URL(), "http://")); err != nil {
+			return r, err
+		}
+		if cpuBefore, err = procCPUSeconds(pid); err != nil {
 			return r, err
 		}
 	}
@@ -165,6 +185,10 @@ func (e *env) syncRun(t *benchTB, spec syncSpec) (SyncResult, error) {
 		if err != nil {
 			return r, err
 		}
+		cpuAfter, err := procCPUSeconds(pid)
+		if err != nil {
+			return r, err
+		}
 		segSize, err := walSegmentSize(ctx, pg)
 		if err != nil {
 			return r, err
@@ -172,6 +196,19 @@ func (e *env) syncRun(t *benchTB, spec syncSpec) (SyncResult, error) {
 		u := after.sub(before)
 		u.SegmentBytes = float64(segSize)
 		r.Uploads = &u
+		r.SidecarCPU = (cpuAfter - cpuBefore) / u.Seconds
+		// What one part costs on this store, beside what pg_receivewal pays per flush.
+		if u.Parts > 0 {
+			size := max(int64(u.partRawBytes()/u.Parts), 1)
+			if r.OnePutSeconds, err = e.probeUpload(ctx, url, size); err != nil {
+				return r, err
+			}
+			if archiveDir != "" {
+				if r.AppendFsyncSeconds, err = probeAppendFsync(archiveDir, size); err != nil {
+					return r, err
+				}
+			}
+		}
 	}
 
 	// Step 5: the standby must still be the synchronous one: a run that fell back to
@@ -196,6 +233,30 @@ func uploadsProgress(u *uploadCounters) string {
 		return ""
 	}
 	return fmt.Sprintf("; %.0f parts + %.0f segments uploaded, %.1f PUTs/s", u.Parts, u.Segments, u.putsPerSecond())
+}
+
+// probeAppendFsync returns the median time of appending size bytes to an open file in dir
+// and fsyncing it, over 20 appends.
+func probeAppendFsync(dir string, size int64) (float64, error) {
+	f, err := os.OpenFile(filepath.Join(dir, "bench-probe-append"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return 0, fmt.Errorf("probe append+fsync: %w", err)
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	data := make([]byte, size)
+	var took []float64
+	for range 20 {
+		began := time.Now()
+		if _, err := f.Write(data); err != nil {
+			return 0, fmt.Errorf("probe append+fsync: %w", err)
+		}
+		if err := f.Sync(); err != nil {
+			return 0, fmt.Errorf("probe append+fsync: %w", err)
+		}
+		took = append(took, time.Since(began).Seconds())
+	}
+	return *percentile(took, 0.5), nil
 }
 
 // makeSynchronous sets synchronous_standby_names to app (synchronous_commit stays on, its

@@ -12,8 +12,9 @@
 // It prints one table to stdout and writes results.json and results.md to -out; progress
 // goes to stderr.
 //
-//	go run ./test/bench            # full run, about 18 minutes on 2 cores (rewrites the README table)
-//	go run ./test/bench -quick     # smoke run with small sizes, under 4 minutes
+//	go run ./test/bench            # full run, about 30 minutes on 2 cores (rewrites the README table)
+//	go run ./test/bench -quick     # smoke run with small sizes, under 8 minutes
+//	go run ./test/bench -only sync,async  # the synchronous- and asynchronous-mode rows alone
 package main
 
 import (
@@ -62,6 +63,8 @@ type Config struct {
 	LagSlowRTT time.Duration
 	// SyncRTT is the store round trip of the slow-store synchronous run (0: none).
 	SyncRTT time.Duration
+	// SyncScript is the pgbench built-in script of the synchronous-mode runs.
+	SyncScript string
 	// AsyncFastInterval is the --partial-interval the asynchronous runs try beside
 	// kcbackup's default.
 	AsyncFastInterval time.Duration
@@ -99,6 +102,8 @@ func (c Config) Validate() error {
 		return errors.New("-restore-rtts needs at least one round trip")
 	case c.SyncRTT < 0 || c.SyncRTT > 10*time.Second:
 		return fmt.Errorf("-sync-rtt %s: expected 0 (no slow-store run) up to 10s", c.SyncRTT)
+	case c.SyncScript != "simple-update" && c.SyncScript != "tpcb-like":
+		return fmt.Errorf("-sync-script %q: expected simple-update or tpcb-like", c.SyncScript)
 	case c.AsyncFastInterval <= 0 || c.AsyncFastInterval > time.Hour:
 		return fmt.Errorf("-async-interval %s: expected more than 0 up to 1h", c.AsyncFastInterval)
 	case c.WALFetchSegments < 2:
@@ -164,6 +169,7 @@ func parseFlags(args []string) (Config, error) {
 	fs.StringVar(&rtts, "restore-rtts", "0s,20ms,60ms", "comma-separated store round trips (added by a proxy in front of MinIO) the kcbackup restores run at")
 	fs.DurationVar(&c.LagSlowRTT, "lag-slow-rtt", 60*time.Millisecond, "store round trip of an extra kcbackup lag run (0: none)")
 	fs.DurationVar(&c.SyncRTT, "sync-rtt", 60*time.Millisecond, "store round trip of the extra synchronous-mode run on MinIO (0: none)")
+	fs.StringVar(&c.SyncScript, "sync-script", "simple-update", "pgbench built-in script of the synchronous-mode runs: simple-update (no hot rows: a transaction's latency is its own commit's wait) or tpcb-like (every transaction updates one of -lag-scale branch rows, so it also waits for the commits of others holding that row)")
 	fs.DurationVar(&c.AsyncFastInterval, "async-interval", 100*time.Millisecond, "--partial-interval of the asynchronous-mode run beside kcbackup's default")
 	fs.DurationVar(&c.CatchupRTT, "catchup-rtt", 60*time.Millisecond, "store round trip of the catch-up drain")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
@@ -309,6 +315,7 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		"lagSlowRTT":       c.LagSlowRTT.String(),
 		"syncRTT":          c.SyncRTT.String(),
 		"asyncInterval":    c.AsyncFastInterval.String(),
+		"syncScript":       c.SyncScript,
 		"only":             c.Only,
 	})
 }

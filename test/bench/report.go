@@ -318,7 +318,7 @@ func buildTable(r *Results) table {
 		"Store RTT: every S3 request goes to MinIO on loopback through a proxy in the bench that delays each direction by half the round trip (and a new connection's first bytes by one more round trip, for its handshake).",
 	)
 	if len(r.Sync) > 0 {
-		t.notes = append(t.notes, "Synchronous mode: each standby is the server's only synchronous standby (synchronous_standby_names = its application_name, pg_receivewal or kcbackup; synchronous_commit = on), checked in pg_stat_replication (sync_state = sync) before and after the load; kcbackup runs with --partial-interval 0. Latency is per transaction from pgbench --log (the TPC-B-like transaction, its COMMIT included, so it bounds the commit's wait from above); COMMIT avg is pgbench -r's average of the script's END. Ratios are to pg_receivewal --synchronous in the same run.")
+		t.notes = append(t.notes, "Synchronous mode: each standby is the server's only synchronous standby (synchronous_standby_names = its application_name, pg_receivewal or kcbackup; synchronous_commit = on), checked in pg_stat_replication (sync_state = sync) before and after the load; kcbackup runs with --partial-interval 0. Latency is per transaction from pgbench --log, its COMMIT included, so it bounds the commit's wait from above; with -b simple-update no transaction waits for another's row lock, so it is the commit's wait plus three statements on loopback (with tpcb-like it also counts waits for the commits of others holding the same branch row). COMMIT avg is pgbench -r's average of the script's END. Ratios are to pg_receivewal --synchronous in the same run.")
 	}
 	if w := r.WALFetch; w != nil {
 		t.notes = append(t.notes, fmt.Sprintf("wal-fetch calls run one after another with a gap of %s standing in for replay, each a new process; \"restore_command\" runs the command kcbackup restore writes as PostgreSQL does (sh -c: the shell renames a prefetched segment, else starts wal-fetch); \"already prefetched\" counts the calls whose segment was in the prefetch directory when they started.", time.Duration(w.GapSeconds*float64(time.Second))))
@@ -352,7 +352,7 @@ func syncRows(r *Results, add func(m, meth, fig, target, v string)) {
 		}
 		return
 	}
-	name := fmt.Sprintf("Synchronous mode: pgbench TPS; transaction latency p50/p99/max (-s %d, %s, synchronous_commit on)", c.LagScale, c.LagDuration)
+	name := fmt.Sprintf("Synchronous mode: pgbench -b %s TPS; transaction latency p50/p99/max (-s %d, %s, synchronous_commit on)", c.SyncScript, c.LagScale, c.LagDuration)
 	var base *SyncResult
 	for i := range r.Sync {
 		if r.Sync[i].Method == syncReceive {

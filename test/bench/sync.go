@@ -174,8 +174,8 @@ func (e *env) syncRun(t *benchTB, spec syncSpec) (SyncResult, error) {
 			return r, err
 		}
 	}
-	progress("%s: pgbench -c %d -j %d -T %s, synchronous_standby_names %q, store round trip %s", t.Name(), e.cfg.Clients, e.cfg.Jobs, e.cfg.LagDuration, r.ApplicationName, e.store.RTT())
-	run, err := e.pgbenchLogged(ctx, pg, e.cfg.LagDuration, t.TempDir())
+	progress("%s: pgbench -b %s -c %d -j %d -T %s, synchronous_standby_names %q, store round trip %s", t.Name(), e.cfg.SyncScript, e.cfg.Clients, e.cfg.Jobs, e.cfg.LagDuration, r.ApplicationName, e.store.RTT())
+	run, err := e.pgbenchLogged(ctx, pg, e.cfg.SyncScript, e.cfg.LagDuration, t.TempDir())
 	if err != nil {
 		return r, err
 	}
@@ -304,13 +304,13 @@ type pgbenchRun struct {
 // since PostgreSQL 15 a failure count sits between the two.
 var endLatencyPattern = regexp.MustCompile(`(?m)^\s*([0-9.]+)\s+(?:[0-9]+\s+)?END;\s*$`)
 
-// pgbenchLogged runs the TPC-B-like load for d with per-statement latencies (-r) and a
+// pgbenchLogged runs the built-in script for d with per-statement latencies (-r) and a
 // per-transaction log in dir (--log), and returns TPS and latencies.
-func (e *env) pgbenchLogged(ctx context.Context, pg *harness.Postgres, d time.Duration, dir string) (pgbenchRun, error) {
+func (e *env) pgbenchLogged(ctx context.Context, pg *harness.Postgres, script string, d time.Duration, dir string) (pgbenchRun, error) {
 	var run pgbenchRun
 	secs := strconv.Itoa(int(d.Round(time.Second) / time.Second))
 	prefix := filepath.Join(dir, "tx")
-	out, err := pg.Pgbench(ctx, "-c", strconv.Itoa(e.cfg.Clients), "-j", strconv.Itoa(e.cfg.Jobs), "-T", secs, "-r", "--log", "--log-prefix", prefix)
+	out, err := pg.Pgbench(ctx, "-b", script, "-c", strconv.Itoa(e.cfg.Clients), "-j", strconv.Itoa(e.cfg.Jobs), "-T", secs, "-r", "--log", "--log-prefix", prefix)
 	if err != nil {
 		return run, err
 	}

@@ -221,6 +221,12 @@ func (e *env) lagRun(t *benchTB, spec lagSpec, res *Results) (LagResult, error) 
 		r.Unresolved = unresolved
 		r.P50, r.P99, r.Max = percentile(lags, 0.50), percentile(lags, 0.99), percentile(lags, 1)
 		progress("%s: lag p50 %s p99 %s max %s (%d samples, %d unresolved)", t.Name(), fmtSec(r.P50), fmtSec(r.P99), fmtSec(r.Max), r.Samples, unresolved)
+		if kc {
+			within, across := splitAtSegmentEnds(s.lsns, s.durables, lags, segSize)
+			r.WithinSegment, r.AcrossSegmentEnd = lagSplit(within), lagSplit(across)
+			progress("%s: lag p99 %s over %d samples within the durable position's segment, %s over %d across a segment end", t.Name(),
+				fmtSec(r.WithinSegment.P99), r.WithinSegment.Samples, fmtSec(r.AcrossSegmentEnd.P99), r.AcrossSegmentEnd.Samples)
+		}
 	}
 
 	// Step 4: what the sidecar uploaded for the WAL it received, and how long one upload
@@ -495,6 +501,38 @@ func computeLags(lsns, durables []lsnSample) ([]float64, int) {
 		lags = append(lags, lag)
 	}
 	return lags, unresolved
+}
+
+// splitAtSegmentEnds splits the lags of the server samples in two: those whose WAL ends in
+// the segment the durable position was in when they were taken, and those that had to wait
+// for a segment end to be archived (their WAL ends in a later segment).
+func splitAtSegmentEnds(lsns, durables []lsnSample, lags []float64, segSize uint64) (within, across []float64) {
+	for i, s := range lsns {
+		var d walarchive.LSN
+		for _, r := range durables {
+			if r.at.After(s.at) {
+				break
+			}
+			d = r.lsn
+		}
+		if s.lsn > 0 && uint64(s.lsn-1)/segSize > uint64(d)/segSize {
+			across = append(across, lags[i])
+		} else {
+			within = append(within, lags[i])
+		}
+	}
+	return within, across
+}
+
+// LagSplit is the lag of a subset of the samples.
+type LagSplit struct {
+	Samples int      `json:"samples"`
+	P50     *float64 `json:"p50Seconds"`
+	P99     *float64 `json:"p99Seconds"`
+}
+
+func lagSplit(lags []float64) LagSplit {
+	return LagSplit{Samples: len(lags), P50: percentile(lags, 0.5), P99: percentile(lags, 0.99)}
 }
 
 // percentile returns the nearest-rank percentile p (0..1] of values, or nil when there are

@@ -45,6 +45,11 @@ type LagResult struct {
 	RTTSeconds float64 `json:"rttSeconds,omitempty"`
 	// PartialInterval is kcbackup's --partial-interval (kcbackup runs only).
 	PartialInterval string `json:"partialInterval,omitempty"`
+	// WithinSegment and AcrossSegmentEnd split the lag samples of a kcbackup run: those
+	// whose WAL ended in the segment the durable position was in, and those that waited for
+	// a segment's end (its complete object) to be archived.
+	WithinSegment    LagSplit `json:"withinSegment"`
+	AcrossSegmentEnd LagSplit `json:"acrossSegmentEnd"`
 	// DefaultInterval marks the asynchronous run at kcbackup's default --partial-interval.
 	DefaultInterval bool `json:"defaultInterval,omitempty"`
 	// Uploads is what the sidecar uploaded during the run (kcbackup runs only).
@@ -423,7 +428,8 @@ func asyncRows(r *Results, add func(m, meth, fig, target, v string)) {
 		if l.Unresolved > 0 {
 			fig += fmt.Sprintf(" (%d of %d samples not durable %s after the load)", l.Unresolved, l.Samples, c.DrainWindow)
 		}
-		fig += fmt.Sprintf(" at %.0f tps; ", l.TPS) + uploadFigure(l.Uploads)
+		fig += fmt.Sprintf(" at %.0f tps (p99 %s over %d samples within a segment, %s over %d waiting for a segment end); ", l.TPS,
+			fmtSec(l.WithinSegment.P99), l.WithinSegment.Samples, fmtSec(l.AcrossSegmentEnd.P99), l.AcrossSegmentEnd.Samples) + uploadFigure(l.Uploads)
 		target, v := "", ""
 		if l.DefaultInterval {
 			target = "lag p99 <= 250 ms; raw <= 1.2x WAL"
@@ -431,7 +437,11 @@ func asyncRows(r *Results, add func(m, meth, fig, target, v string)) {
 			lagOK := l.P99 != nil && *l.P99 <= 0.25
 			rawOK := u.WALBytes > 0 && u.RawBytes <= 1.2*u.WALBytes
 			var why []string
-			why = append(why, "lag p99 "+fmtSec(l.P99))
+			lagWhy := "lag p99 " + fmtSec(l.P99)
+			if !lagOK {
+				lagWhy += fmt.Sprintf(" (%s within a segment, %s across a segment end)", fmtSec(l.WithinSegment.P99), fmtSec(l.AcrossSegmentEnd.P99))
+			}
+			why = append(why, lagWhy)
 			if u.WALBytes > 0 {
 				w := fmt.Sprintf("raw %.2fx", u.RawBytes/u.WALBytes)
 				if !rawOK {

@@ -86,3 +86,20 @@ func TestAsyncRowSaysWhyTheRawTargetIsMissed(t *testing.T) {
 	}
 	t.Fatal("no asynchronous-mode row")
 }
+
+func TestSplitAtSegmentEndsSeparatesSamplesWaitingForASegmentEnd(t *testing.T) {
+	const seg = 100
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	durables := []lsnSample{{at(0), 50}, {at(100), 100}, {at(200), 180}}
+	lsns := []lsnSample{
+		{at(10), 90},   // durable 50: same segment
+		{at(20), 120},  // durable 50: ends in the next segment
+		{at(110), 100}, // durable 100: ends exactly at the segment end it is in
+		{at(150), 150}, // durable 100 (segment 1): same segment
+	}
+	within, across := splitAtSegmentEnds(lsns, durables, []float64{1, 2, 3, 4}, seg)
+	if len(within) != 3 || len(across) != 1 || across[0] != 2 {
+		t.Fatalf("within %v across %v; want [1 3 4] and [2]", within, across)
+	}
+}

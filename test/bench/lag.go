@@ -92,11 +92,17 @@ func (e *env) lagSub(spec lagSpec, res *Results) (LagResult, error) {
 	if spec.method == methodKcbackup || spec.method == methodKcbackupRTT {
 		name += ", --partial-interval " + e.intervalName(spec.interval)
 	}
-	sub := newBenchTB(e.ctx, name)
-	var r LagResult
-	err := guard(sub.Name(), func() error {
+	return runSub(e.ctx, name, func(t *benchTB) (LagResult, error) { return e.lagRun(t, spec, res) })
+}
+
+// runSub runs fn in its own sub-phase named name, whose cleanups run when it ends, turning
+// a Fatal of the harness into an error.
+func runSub[T any](ctx context.Context, name string, fn func(t *benchTB) (T, error)) (T, error) {
+	sub := newBenchTB(ctx, name)
+	var r T
+	err := guard(name, func() error {
 		var err error
-		r, err = e.lagRun(sub, spec, res)
+		r, err = fn(sub)
 		return err
 	})
 	sub.runCleanups()

@@ -46,7 +46,7 @@ type SyncResult struct {
 	ApplicationName string  `json:"applicationName,omitempty"`
 	RTTSeconds      float64 `json:"rttSeconds"`
 	TPS             float64 `json:"tps"`
-	// Latency is from pgbench's per-transaction log (--log): the whole TPC-B-like
+	// Latency is from pgbench's per-transaction log (--log): the script's whole
 	// transaction, its COMMIT included.
 	Latency latencyStats `json:"latency"`
 	// CommitAvgSeconds is pgbench -r's average latency of the script's END (the COMMIT).
@@ -91,16 +91,8 @@ func (e *env) syncPhase(t *benchTB, res *Results) error {
 		if spec.method == syncMinIO {
 			name += ", store " + fmtRTT(spec.rtt.Seconds())
 		}
-		sub := newBenchTB(e.ctx, name)
-		var r SyncResult
-		err := guard(sub.Name(), func() error {
-			var err error
-			r, err = e.syncRun(sub, spec)
-			return err
-		})
-		sub.runCleanups()
+		r, err := runSub(e.ctx, name, func(t *benchTB) (SyncResult, error) { return e.syncRun(t, spec) })
 		if err != nil {
-			progress("%v", err)
 			failed = append(failed, err.Error())
 			continue
 		}

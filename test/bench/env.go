@@ -30,6 +30,8 @@ type env struct {
 
 	// catchupURL is the archive the catch-up phase filled; the wal-fetch phase reads it.
 	catchupURL string
+	// defaultInterval is kcbackup run's default --partial-interval, from its --help.
+	defaultInterval time.Duration
 }
 
 // newEnv builds kcbackup, starts MinIO and points this process's environment (inherited by
@@ -49,7 +51,11 @@ func newEnv(ctx context.Context, root *benchTB, cfg Config) (*env, error) {
 		k, v, _ := strings.Cut(kv, "=")
 		root.Setenv(k, v)
 	}
-	return &env{ctx: ctx, cfg: cfg, bin: bin, minio: m, store: proxy}, nil
+	e := &env{ctx: ctx, cfg: cfg, bin: bin, minio: m, store: proxy}
+	if e.defaultInterval, err = e.kcbackupDefaultInterval(ctx); err != nil {
+		return nil, err
+	}
+	return e, nil
 }
 
 // withRTT runs f with the store's round trip set to rtt, then sets it back to 0.
@@ -78,21 +84,19 @@ func (e *env) startCluster(t *benchTB, scale int, settings map[string]string) *h
 	return pg
 }
 
-// startSidecar starts `kcbackup run` against pg, archiving to url.
+// startSidecar starts `kcbackup run` against pg, archiving to url, with -partial-interval.
 func (e *env) startSidecar(t *benchTB, pg *harness.Postgres, url string) *harness.Sidecar {
-	return harness.StartSidecar(t, pg, harness.SidecarOptions{
-		Storage: url,
-		Args:    e.sidecarArgs(),
-	})
+	return e.startSidecarInterval(t, pg, url, e.cfg.PartialInterval)
 }
 
-// sidecarArgs are the flags of every `kcbackup run` of the bench.
-func (e *env) sidecarArgs() []string {
+// startSidecarInterval starts `kcbackup run` against pg, archiving to url, with
+// --partial-interval interval (negative: kcbackup's default).
+func (e *env) startSidecarInterval(t *benchTB, pg *harness.Postgres, url string, interval time.Duration) *harness.Sidecar {
 	args := []string{"--log-level", "info"}
-	if e.cfg.PartialInterval >= 0 {
-		args = append(args, "--partial-interval", e.cfg.PartialInterval.String())
+	if interval >= 0 {
+		args = append(args, "--partial-interval", interval.String())
 	}
-	return args
+	return harness.StartSidecar(t, pg, harness.SidecarOptions{Storage: url, Args: args})
 }
 
 var tpsPattern = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)

@@ -33,8 +33,23 @@ const (
 	methodArchiveCmd  = "archive_command cp"
 )
 
-// sampleInterval is how often the server position and the durable position are sampled.
-const sampleInterval = 100 * time.Millisecond
+// sampleInterval is how often the server position is sampled, and durableInterval how
+// often the durable position is: finer, so that the reading of a lag is late by at most
+// durableInterval (plus one query), not by a whole sampleInterval.
+const (
+	sampleInterval  = 100 * time.Millisecond
+	durableInterval = 20 * time.Millisecond
+)
+
+// lagSpec is one lag run: the method and, for kcbackup, its --partial-interval.
+type lagSpec struct {
+	method string
+	// interval is kcbackup's --partial-interval; negative leaves kcbackup's default.
+	interval time.Duration
+	// resources measures the sidecar's memory and CPU and the archive's stored bytes
+	// (the lag phase's kcbackup run).
+	resources bool
+}
 
 // lsnSample is the server's WAL position and the time it was read.
 type lsnSample struct {
@@ -57,16 +72,9 @@ func (e *env) lagPhase(t *benchTB, res *Results) error {
 		if e.ctx.Err() != nil {
 			return e.ctx.Err()
 		}
-		sub := newBenchTB(e.ctx, "lag/"+method)
-		var r LagResult
-		err := guard(sub.Name(), func() error {
-			var err error
-			r, err = e.lagRun(sub, method, res)
-			return err
-		})
-		sub.runCleanups()
+		spec := lagSpec{method: method, interval: e.cfg.PartialInterval, resources: method == methodKcbackup}
+		r, err := e.lagSub(spec, res)
 		if err != nil {
-			progress("%v", err)
 			failed = append(failed, err.Error())
 			continue
 		}
@@ -78,10 +86,37 @@ func (e *env) lagPhase(t *benchTB, res *Results) error {
 	return nil
 }
 
+// lagSub runs one lag run in its own sub-phase, whose cleanups run when it ends.
+func (e *env) lagSub(spec lagSpec, res *Results) (LagResult, error) {
+	name := "lag/" + spec.method
+	if spec.method == methodKcbackup || spec.method == methodKcbackupRTT {
+		name += ", --partial-interval " + e.intervalName(spec.interval)
+	}
+	return runSub(e.ctx, name, func(t *benchTB) (LagResult, error) { return e.lagRun(t, spec, res) })
+}
+
+// runSub runs fn in its own sub-phase named name, whose cleanups run when it ends, turning
+// a Fatal of the harness into an error.
+func runSub[T any](ctx context.Context, name string, fn func(t *benchTB) (T, error)) (T, error) {
+	sub := newBenchTB(ctx, name)
+	var r T
+	err := guard(name, func() error {
+		var err error
+		r, err = fn(sub)
+		return err
+	})
+	sub.runCleanups()
+	if err != nil {
+		progress("%v", err)
+	}
+	return r, err
+}
+
 // lagRun measures one method. The lag of a sample (t, lsn) of pg_current_wal_lsn() is
 // the first later time the method's durable position was seen at or past lsn, minus t.
-func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error) {
+func (e *env) lagRun(t *benchTB, spec lagSpec, res *Results) (LagResult, error) {
 	ctx := e.ctx
+	method := spec.method
 	r := LagResult{Method: method}
 
 	// Step 1: a fresh cluster; archive_command needs its settings from the start.
@@ -111,7 +146,8 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 		if firstLSN, err = currentLSN(ctx, pg); err != nil {
 			return r, err
 		}
-		sc = e.startSidecar(t, pg, url)
+		sc = e.startSidecarInterval(t, pg, url, spec.interval)
+		r.PartialInterval = e.intervalName(spec.interval)
 		cur, err := currentLSN(ctx, pg)
 		if err != nil {
 			return r, err
@@ -191,6 +227,12 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 		r.Unresolved = unresolved
 		r.P50, r.P99, r.Max = percentile(lags, 0.50), percentile(lags, 0.99), percentile(lags, 1)
 		progress("%s: lag p50 %s p99 %s max %s (%d samples, %d unresolved)", t.Name(), fmtSec(r.P50), fmtSec(r.P99), fmtSec(r.Max), r.Samples, unresolved)
+		if kc {
+			within, across := splitAtSegmentEnds(s.lsns, s.durables, lags, segSize)
+			r.WithinSegment, r.AcrossSegmentEnd = lagSplit(within), lagSplit(across)
+			progress("%s: lag p99 %s over %d samples within the durable position's segment, %s over %d across a segment end", t.Name(),
+				fmtSec(r.WithinSegment.P99), r.WithinSegment.Samples, fmtSec(r.AcrossSegmentEnd.P99), r.AcrossSegmentEnd.Samples)
+		}
 	}
 
 	// Step 4: what the sidecar uploaded for the WAL it received, and how long one upload
@@ -201,6 +243,7 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 			return r, err
 		}
 		r.Uploads = after.sub(before)
+		r.Uploads.SegmentBytes = float64(segSize)
 		if r.Uploads.Objects > 0 {
 			avg := int64(r.Uploads.StoredBytes / r.Uploads.Objects)
 			secs, err := e.probeUpload(ctx, url, avg)
@@ -214,7 +257,7 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 	}
 
 	// Step 5: the sidecar's resources and the archive's stored bytes.
-	if sc != nil && method == methodKcbackup {
+	if sc != nil && spec.resources {
 		cpuAfter, err := procCPUSeconds(pid)
 		if err != nil {
 			return r, err
@@ -242,17 +285,26 @@ func (e *env) lagRun(t *benchTB, method string, res *Results) (LagResult, error)
 
 // uploadCounters are the sidecar's upload metrics at one moment (or, from sub, over a run).
 type uploadCounters struct {
-	WALBytes    float64 `json:"walBytes"`
-	RawBytes    float64 `json:"uploadedRawBytes"`
-	StoredBytes float64 `json:"uploadedStoredBytes"`
-	Objects     float64 `json:"uploads"`
+	// At is when the counters were read (from sub: Seconds is the time between the reads).
+	At          time.Time `json:"-"`
+	Seconds     float64   `json:"seconds"`
+	WALBytes    float64   `json:"walBytes"`
+	RawBytes    float64   `json:"uploadedRawBytes"`
+	StoredBytes float64   `json:"uploadedStoredBytes"`
+	Objects     float64   `json:"uploads"`
+	// Segments and Parts split Objects by kind: complete segments and tail parts.
+	Segments float64 `json:"segmentUploads"`
+	Parts    float64 `json:"partUploads"`
+	// SegmentBytes is the WAL segment size: each complete segment uploads that many raw
+	// bytes, so the raw bytes of the parts are RawBytes - Segments*SegmentBytes.
+	SegmentBytes float64 `json:"segmentBytes"`
 	// OneUploadSeconds is the median time of one PUT of the run's average stored object
 	// size, from the bench to the same store.
 	OneUploadSeconds float64 `json:"oneUploadSeconds"`
 }
 
 func readUploadCounters(sc *harness.Sidecar) (uploadCounters, error) {
-	var c uploadCounters
+	c := uploadCounters{At: time.Now()}
 	for _, m := range []struct {
 		name string
 		v    *float64
@@ -267,18 +319,40 @@ func readUploadCounters(sc *harness.Sidecar) (uploadCounters, error) {
 		}
 		*m.v = v
 	}
-	for _, kind := range []string{"segment", "partial"} {
-		v, err := sc.Metric(`kcbackup_uploads_total{kind="` + kind + `"}`)
+	for _, m := range []struct {
+		kind string
+		v    *float64
+	}{{"segment", &c.Segments}, {"partial", &c.Parts}} {
+		v, err := sc.Metric(`kcbackup_uploads_total{kind="` + m.kind + `"}`)
 		if err != nil && !strings.Contains(err.Error(), "not found") {
 			return c, err
 		}
-		c.Objects += v
+		*m.v = v
 	}
+	c.Objects = c.Segments + c.Parts
 	return c, nil
 }
 
 func (c uploadCounters) sub(o uploadCounters) uploadCounters {
-	return uploadCounters{WALBytes: c.WALBytes - o.WALBytes, RawBytes: c.RawBytes - o.RawBytes, StoredBytes: c.StoredBytes - o.StoredBytes, Objects: c.Objects - o.Objects}
+	return uploadCounters{
+		Seconds:  c.At.Sub(o.At).Seconds(),
+		WALBytes: c.WALBytes - o.WALBytes, RawBytes: c.RawBytes - o.RawBytes, StoredBytes: c.StoredBytes - o.StoredBytes,
+		Objects: c.Objects - o.Objects, Segments: c.Segments - o.Segments, Parts: c.Parts - o.Parts,
+	}
+}
+
+// putsPerSecond is the objects uploaded per second between the two readings.
+func (c uploadCounters) putsPerSecond() float64 {
+	if c.Seconds <= 0 {
+		return 0
+	}
+	return c.Objects / c.Seconds
+}
+
+// partRawBytes is the raw bytes uploaded as tail parts: a complete segment is always
+// SegmentBytes raw, so the rest of the raw bytes went up in parts.
+func (c uploadCounters) partRawBytes() float64 {
+	return c.RawBytes - c.Segments*c.SegmentBytes
 }
 
 // probeUpload returns the median of five PUTs of size incompressible bytes to the archive's
@@ -303,8 +377,9 @@ func (e *env) probeUpload(ctx context.Context, url string, size int64) (float64,
 	return *percentile(took, 0.5), nil
 }
 
-// sampler reads pg_current_wal_lsn() and the durable position every sampleInterval over
-// one connection. During the load it records both; afterwards only the durable position.
+// sampler reads pg_current_wal_lsn() every sampleInterval and the durable position every
+// durableInterval, over one connection. During the load it records both; afterwards only
+// the durable position.
 type sampler struct {
 	ctx     context.Context
 	conn    *pgconn.PgConn
@@ -330,8 +405,9 @@ func newSampler(ctx context.Context, pg *harness.Postgres, durable durableFunc) 
 
 func (s *sampler) run() {
 	defer close(s.done)
-	tick := time.NewTicker(sampleInterval)
+	tick := time.NewTicker(durableInterval)
 	defer tick.Stop()
+	var lastLSN time.Time
 	for {
 		select {
 		case <-s.quit:
@@ -344,7 +420,8 @@ func (s *sampler) run() {
 		s.mu.Lock()
 		loading := s.loading
 		s.mu.Unlock()
-		if loading {
+		if loading && time.Since(lastLSN) >= sampleInterval-durableInterval/2 {
+			lastLSN = time.Now()
 			lsn, err := queryLSN(s.ctx, s.conn, "SELECT pg_current_wal_lsn()")
 			if err != nil {
 				s.setErr(err)
@@ -393,7 +470,7 @@ func (s *sampler) waitDrained(window time.Duration) {
 		if reached {
 			return
 		}
-		time.Sleep(sampleInterval)
+		time.Sleep(durableInterval)
 	}
 }
 
@@ -430,6 +507,38 @@ func computeLags(lsns, durables []lsnSample) ([]float64, int) {
 		lags = append(lags, lag)
 	}
 	return lags, unresolved
+}
+
+// splitAtSegmentEnds splits the lags of the server samples in two: those whose WAL ends in
+// the segment the durable position was in when they were taken, and those that had to wait
+// for a segment end to be archived (their WAL ends in a later segment).
+func splitAtSegmentEnds(lsns, durables []lsnSample, lags []float64, segSize uint64) (within, across []float64) {
+	for i, s := range lsns {
+		var d walarchive.LSN
+		for _, r := range durables {
+			if r.at.After(s.at) {
+				break
+			}
+			d = r.lsn
+		}
+		if s.lsn > 0 && uint64(s.lsn-1)/segSize > uint64(d)/segSize {
+			across = append(across, lags[i])
+		} else {
+			within = append(within, lags[i])
+		}
+	}
+	return within, across
+}
+
+// LagSplit is the lag of a subset of the samples.
+type LagSplit struct {
+	Samples int      `json:"samples"`
+	P50     *float64 `json:"p50Seconds"`
+	P99     *float64 `json:"p99Seconds"`
+}
+
+func lagSplit(lags []float64) LagSplit {
+	return LagSplit{Samples: len(lags), P50: percentile(lags, 0.5), P99: percentile(lags, 0.99)}
 }
 
 // percentile returns the nearest-rank percentile p (0..1] of values, or nil when there are

@@ -2,7 +2,9 @@
 // lag under load (against pg_receivewal and archive_command), catch-up rate, base backup
 // time (against pg_basebackup), restore and replay time (against a cp restore_command),
 // wal-fetch latency, stored bytes per WAL byte, pgbench TPS with and without the sidecar
-// and the sidecar's memory and CPU.
+// and the sidecar's memory and CPU; synchronous mode (TPS and commit latency beside
+// pg_receivewal --synchronous, the store at 0 and 60 ms) and asynchronous mode (lag and
+// upload bytes per WAL byte at two --partial-interval values, PUTs per second).
 //
 // It starts everything it needs on loopback addresses (PostgreSQL 15 clusters, MinIO, the
 // kcbackup binary) through test/harness, one fresh cluster per measurement, and removes all
@@ -10,8 +12,9 @@
 // It prints one table to stdout and writes results.json and results.md to -out; progress
 // goes to stderr.
 //
-//	go run ./test/bench            # full run, about 18 minutes on 2 cores (rewrites the table in docs/performance.md)
-//	go run ./test/bench -quick     # smoke run with small sizes, under 4 minutes
+//	go run ./test/bench            # full run, about 30 minutes on 2 cores (rewrites the table in docs/performance.md)
+//	go run ./test/bench -quick     # smoke run with small sizes, under 8 minutes
+//	go run ./test/bench -only sync,async  # the synchronous- and asynchronous-mode rows alone
 package main
 
 import (
@@ -58,6 +61,13 @@ type Config struct {
 	RestoreRTTs []time.Duration
 	// LagSlowRTT is the store round trip of the extra kcbackup lag run (0: none).
 	LagSlowRTT time.Duration
+	// SyncRTT is the store round trip of the slow-store synchronous run (0: none).
+	SyncRTT time.Duration
+	// SyncScript is the pgbench built-in script of the synchronous-mode runs.
+	SyncScript string
+	// AsyncFastInterval is the --partial-interval the asynchronous runs try beside
+	// kcbackup's default.
+	AsyncFastInterval time.Duration
 	// CatchupRTT is the store round trip of the catch-up drain.
 	CatchupRTT time.Duration
 	// WALFetchSegments is how many segments the wal-fetch runs fetch.
@@ -73,7 +83,7 @@ type Config struct {
 }
 
 // phaseNames are the measurements in the order they run.
-var phaseNames = []string{"lag", "catchup", "walfetch", "basebackup", "restore"}
+var phaseNames = []string{"lag", "sync", "async", "catchup", "walfetch", "basebackup", "restore"}
 
 // Validate checks the configuration's bounds.
 func (c Config) Validate() error {
@@ -90,6 +100,12 @@ func (c Config) Validate() error {
 		return errors.New("-catchup-mib and -restore-wal-mib must be at least 64")
 	case len(c.RestoreRTTs) == 0:
 		return errors.New("-restore-rtts needs at least one round trip")
+	case c.SyncRTT < 0 || c.SyncRTT > 10*time.Second:
+		return fmt.Errorf("-sync-rtt %s: expected 0 (no slow-store run) up to 10s", c.SyncRTT)
+	case c.SyncScript != "simple-update" && c.SyncScript != "tpcb-like":
+		return fmt.Errorf("-sync-script %q: expected simple-update or tpcb-like", c.SyncScript)
+	case c.AsyncFastInterval <= 0 || c.AsyncFastInterval > time.Hour:
+		return fmt.Errorf("-async-interval %s: expected more than 0 up to 1h", c.AsyncFastInterval)
 	case c.WALFetchSegments < 2:
 		return errors.New("-walfetch-segments must be at least 2")
 	case c.OutDir == "":
@@ -152,6 +168,9 @@ func parseFlags(args []string) (Config, error) {
 	fs.DurationVar(&c.WALFetchGap, "walfetch-gap", 100*time.Millisecond, "pause between wal-fetch calls, standing in for PostgreSQL replaying a segment")
 	fs.StringVar(&rtts, "restore-rtts", "0s,20ms,60ms", "comma-separated store round trips (added by a proxy in front of MinIO) the kcbackup restores run at")
 	fs.DurationVar(&c.LagSlowRTT, "lag-slow-rtt", 60*time.Millisecond, "store round trip of an extra kcbackup lag run (0: none)")
+	fs.DurationVar(&c.SyncRTT, "sync-rtt", 60*time.Millisecond, "store round trip of the extra synchronous-mode run on MinIO (0: none)")
+	fs.StringVar(&c.SyncScript, "sync-script", "simple-update", "pgbench built-in script of the synchronous-mode runs: simple-update (no hot rows: a transaction's latency is its own commit's wait) or tpcb-like (every transaction updates one of -lag-scale branch rows, so it also waits for the commits of others holding that row)")
+	fs.DurationVar(&c.AsyncFastInterval, "async-interval", 100*time.Millisecond, "--partial-interval of the asynchronous-mode run beside kcbackup's default")
 	fs.DurationVar(&c.CatchupRTT, "catchup-rtt", 60*time.Millisecond, "store round trip of the catch-up drain")
 	fs.StringVar(&c.OutDir, "out", filepath.Join(harness.RepoRoot(), "test", "bench", "out"), "directory for results.json and results.md")
 	fs.StringVar(&readme, "readme", "auto", "page whose bench table to replace with this run's (auto: the repository's docs/performance.md after a full run, none after -quick or -only; none: never)")
@@ -227,6 +246,8 @@ func Run(ctx context.Context, cfg Config) error {
 		run  func(t *benchTB) error
 	}{
 		{"lag", func(t *benchTB) error { return e.lagPhase(t, res) }},
+		{"sync", func(t *benchTB) error { return e.syncPhase(t, res) }},
+		{"async", func(t *benchTB) error { return e.asyncPhase(t, res) }},
 		{"catchup", func(t *benchTB) error { return e.catchupPhase(t, res) }},
 		{"walfetch", func(t *benchTB) error { return e.walFetchPhase(t, res) }},
 		{"basebackup", func(t *benchTB) error { return e.baseBackupPhase(t, res) }},
@@ -292,6 +313,9 @@ func (c Config) MarshalJSON() ([]byte, error) {
 		"restoreRTTs":      fmt.Sprint(c.RestoreRTTs),
 		"catchupRTT":       c.CatchupRTT.String(),
 		"lagSlowRTT":       c.LagSlowRTT.String(),
+		"syncRTT":          c.SyncRTT.String(),
+		"asyncInterval":    c.AsyncFastInterval.String(),
+		"syncScript":       c.SyncScript,
 		"only":             c.Only,
 	})
 }

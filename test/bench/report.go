@@ -20,6 +20,8 @@ type Results struct {
 	Machine    string            `json:"machine"`
 	Config     Config            `json:"config"`
 	Lag        []LagResult       `json:"lag"`
+	Sync       []SyncResult      `json:"sync,omitempty"`
+	Async      []LagResult       `json:"async,omitempty"`
 	Sidecar    *SidecarUsage     `json:"sidecar,omitempty"`
 	Catchup    *CatchupResult    `json:"catchup,omitempty"`
 	BaseBackup *BaseBackupResult `json:"baseBackup,omitempty"`
@@ -41,6 +43,15 @@ type LagResult struct {
 	Max        *float64 `json:"maxSeconds"`
 	// RTTSeconds is the store round trip the proxy added (kcbackup runs only).
 	RTTSeconds float64 `json:"rttSeconds,omitempty"`
+	// PartialInterval is kcbackup's --partial-interval (kcbackup runs only).
+	PartialInterval string `json:"partialInterval,omitempty"`
+	// WithinSegment and AcrossSegmentEnd split the lag samples of a kcbackup run: those
+	// whose WAL ended in the segment the durable position was in, and those that waited for
+	// a segment's end (its complete object) to be archived.
+	WithinSegment    LagSplit `json:"withinSegment"`
+	AcrossSegmentEnd LagSplit `json:"acrossSegmentEnd"`
+	// DefaultInterval marks the asynchronous run at kcbackup's default --partial-interval.
+	DefaultInterval bool `json:"defaultInterval,omitempty"`
 	// Uploads is what the sidecar uploaded during the run (kcbackup runs only).
 	Uploads uploadCounters `json:"uploads"`
 }
@@ -204,9 +215,7 @@ func buildTable(r *Results) table {
 		if !ok || l.Uploads.WALBytes <= 0 {
 			continue
 		}
-		u := l.Uploads
-		add("Upload amplification (uploaded / WAL received)", fmt.Sprintf("kcbackup run, store %s", fmtRTT(l.RTTSeconds)),
-			fmt.Sprintf("%.2fx raw, %.2fx stored (%.0f objects, %.1f a second, for %.0f MiB WAL)", u.RawBytes/u.WALBytes, u.StoredBytes/u.WALBytes, u.Objects, u.Objects/c.LagDuration.Seconds(), u.WALBytes/(1<<20)), "", "")
+		add("Upload amplification (uploaded / WAL received)", fmt.Sprintf("kcbackup run, store %s", fmtRTT(l.RTTSeconds)), uploadFigure(l.Uploads), "", "")
 	}
 	tpsName := fmt.Sprintf("pgbench TPS (-s %d, %s)", c.LagScale, c.LagDuration)
 	base, haveBase := byMethod[methodNone]
@@ -229,6 +238,8 @@ func buildTable(r *Results) table {
 		}
 		add(tpsName, m, fig, target, v)
 	}
+	syncRows(r, add)
+	asyncRows(r, add)
 	if s := r.Sidecar; s != nil {
 		add("Sidecar peak RSS (VmHWM, lag run)", methodKcbackup, fmt.Sprintf("%.1f MiB", float64(s.PeakRSSBytes)/(1<<20)), "<= 100 MiB",
 			verdict(s.PeakRSSBytes <= 100<<20))
@@ -306,11 +317,14 @@ func buildTable(r *Results) table {
 	}
 
 	t.notes = append(t.notes,
-		"Upload amplification: each partial re-sends its segment from the start, so the raw bytes uploaded exceed the WAL; at most one partial starts per --partial-interval, which bounds it. One upload: the median PUT of the run's average object size from the bench to the same store.",
-		fmt.Sprintf("Lag: pg_current_wal_lsn() and each method's durable position sampled every %s; lag of a sample = first later time the durable position reached it. Durable: kcbackup archivedLSN (/v1/status, --partial-interval %s); pg_receivewal flush_lsn in pg_stat_replication; archive_command end of last_archived_wal (archive_timeout %s).", sampleInterval, c.partialIntervalName(), c.ArchiveTimeout),
+		"Upload amplification: the live tail goes up as appended parts, each holding only the bytes since the last, and every segment goes up once more as one complete object when it ends, so raw bytes are about 2x the WAL by design; parts vs complete segments are split with kcbackup_uploads_total{kind}: a complete segment is always one segment size raw, the rest of kcbackup_uploaded_bytes_total{encoding=\"raw\"} went up in parts. PUTs/s = kcbackup_uploads_total{kind=\"partial\"|\"segment\"} delta / the time between the readings (before and after the load; after the drain in lag runs); the parts' DELETEs after their segment is stored, and listings, are further requests not counted. One upload: the median PUT of the run's average object size from the bench to the same store.",
+		fmt.Sprintf("Lag: pg_current_wal_lsn() sampled every %s and each method's durable position every %s; lag of a sample = first later time the durable position reached it. Durable: kcbackup archivedLSN (/v1/status, --partial-interval %s unless the row says otherwise); pg_receivewal flush_lsn in pg_stat_replication; archive_command end of last_archived_wal (archive_timeout %s).", sampleInterval, durableInterval, c.partialIntervalName(), c.ArchiveTimeout),
 		"Restore times run from the start of the restore (or of copying the base backup) to pg_is_in_recovery() = false.",
 		"Store RTT: every S3 request goes to MinIO on loopback through a proxy in the bench that delays each direction by half the round trip (and a new connection's first bytes by one more round trip, for its handshake).",
 	)
+	if len(r.Sync) > 0 {
+		t.notes = append(t.notes, "Synchronous mode: each standby is the server's only synchronous standby (synchronous_standby_names = its application_name, pg_receivewal or kcbackup; synchronous_commit = on), checked in pg_stat_replication (sync_state = sync) before and after the load; kcbackup runs with --partial-interval 0. Latency is per transaction from pgbench --log, its COMMIT included, so it bounds the commit's wait from above; with -b simple-update no transaction waits for another's row lock, so it is the commit's wait plus three statements on loopback (with tpcb-like it also counts waits for the commits of others holding the same branch row). COMMIT avg is pgbench -r's average of the script's END. Ratios are to pg_receivewal --synchronous in the same run.")
+	}
 	if w := r.WALFetch; w != nil {
 		t.notes = append(t.notes, fmt.Sprintf("wal-fetch calls run one after another with a gap of %s standing in for replay, each a new process; \"restore_command\" runs the command kcbackup restore writes as PostgreSQL does (sh -c: the shell renames a prefetched segment, else starts wal-fetch); \"already prefetched\" counts the calls whose segment was in the prefetch directory when they started.", time.Duration(w.GapSeconds*float64(time.Second))))
 	}
@@ -318,6 +332,127 @@ func buildTable(r *Results) table {
 		t.notes = append(t.notes, "ERROR "+e)
 	}
 	return t
+}
+
+// verdictWhy is verdict with the figure that decided it.
+func verdictWhy(ok bool, why string) string { return verdict(ok) + " (" + why + ")" }
+
+// uploadFigure describes what kcbackup uploaded for the WAL it received.
+func uploadFigure(u uploadCounters) string {
+	if u.WALBytes <= 0 {
+		return "no WAL received"
+	}
+	return fmt.Sprintf("raw %.2fx WAL (parts %.2fx + complete segments %.2fx), stored %.2fx; %.1f PUTs/s (%.0f parts, %.0f segments in %.0f s, %.0f MiB WAL)",
+		u.RawBytes/u.WALBytes, u.partRawBytes()/u.WALBytes, u.Segments*u.SegmentBytes/u.WALBytes, u.StoredBytes/u.WALBytes,
+		u.putsPerSecond(), u.Parts, u.Segments, u.Seconds, u.WALBytes/(1<<20))
+}
+
+// syncRows adds the synchronous-mode rows: each standby's TPS and latency, kcbackup's
+// beside pg_receivewal --synchronous.
+func syncRows(r *Results, add func(m, meth, fig, target, v string)) {
+	c := r.Config
+	if len(r.Sync) == 0 {
+		if c.runs("sync") {
+			add("Synchronous mode", methodKcbackup+" --partial-interval 0", notMeasured, "TPS >= 0.8x pg_receivewal --synchronous; p99 <= 2 RTT", notMeasured)
+		}
+		return
+	}
+	name := fmt.Sprintf("Synchronous mode: pgbench -b %s TPS; transaction latency p50/p99/max (-s %d, %s, synchronous_commit on)", c.SyncScript, c.LagScale, c.LagDuration)
+	var base *SyncResult
+	for i := range r.Sync {
+		if r.Sync[i].Method == syncReceive {
+			base = &r.Sync[i]
+		}
+	}
+	for _, s := range r.Sync {
+		label := s.Method
+		if s.Method == syncMinIO {
+			label += ", store " + fmtRTT(s.RTTSeconds)
+		}
+		fig := fmt.Sprintf("%.0f tps", s.TPS)
+		if base != nil && s.Method != syncReceive && base.TPS > 0 {
+			fig += fmt.Sprintf(" (%.2fx pg_receivewal --synchronous)", s.TPS/base.TPS)
+		}
+		fig += fmt.Sprintf("; latency %s / %s / %s; COMMIT avg %s", fmtMs(s.Latency.P50), fmtMs(s.Latency.P99), fmtMs(s.Latency.Max), fmtMs(s.CommitAvgSeconds))
+		if s.Latency.Failed > 0 {
+			fig += fmt.Sprintf("; %d of %d transactions failed", s.Latency.Failed, s.Latency.Failed+s.Latency.Transactions)
+		}
+		if u := s.Uploads; u != nil {
+			fig += fmt.Sprintf("; %.1f PUTs/s (%.0f parts, %.0f segments in %.0f s), raw %.2fx WAL", u.putsPerSecond(), u.Parts, u.Segments, u.Seconds, u.RawBytes/u.WALBytes)
+		}
+		if s.Uploads != nil {
+			fig += fmt.Sprintf("; sidecar CPU %.0f%% of a core", 100*s.SidecarCPU)
+		}
+		var cost []string // what one part costs, measured on the same store after the load
+		if s.OnePutSeconds > 0 {
+			cost = append(cost, "one PUT of the average part "+fmtMs(&s.OnePutSeconds))
+		}
+		if s.AppendFsyncSeconds > 0 {
+			cost = append(cost, "one append+fsync of that size on the same disk "+fmtMs(&s.AppendFsyncSeconds))
+		}
+		if len(cost) > 0 {
+			fig += "; " + strings.Join(cost, ", ")
+		}
+		target, v := "", ""
+		switch {
+		case s.Method == syncFile || (s.Method == syncMinIO && s.RTTSeconds == 0):
+			target = "TPS >= 0.8x pg_receivewal --synchronous"
+			if base == nil || base.TPS <= 0 {
+				v = notMeasured + " (no pg_receivewal --synchronous run)"
+			} else {
+				ratio := s.TPS / base.TPS
+				v = verdictWhy(ratio >= 0.8, fmt.Sprintf("%.2fx; COMMIT avg %s vs %s", ratio, fmtMs(s.CommitAvgSeconds), fmtMs(base.CommitAvgSeconds)))
+			}
+		case s.Method == syncMinIO:
+			limit := 2 * s.RTTSeconds
+			target = fmt.Sprintf("latency p99 <= 2 round trips (%.0f ms)", limit*1000)
+			v = verdictWhy(s.Latency.P99 != nil && *s.Latency.P99 <= limit, fmt.Sprintf("p99 %s; COMMIT avg %s; one PUT %s", fmtMs(s.Latency.P99), fmtMs(s.CommitAvgSeconds), fmtMs(&s.OnePutSeconds)))
+		}
+		add(name, label, fig, target, v)
+	}
+}
+
+// asyncRows adds the asynchronous-mode rows: lag and upload bytes per WAL byte at
+// kcbackup's default --partial-interval and a shorter one.
+func asyncRows(r *Results, add func(m, meth, fig, target, v string)) {
+	c := r.Config
+	name := "Asynchronous mode: archive lag p50/p99/max; uploaded per WAL byte; PUTs/s (MinIO, store RTT 0)"
+	if len(r.Async) == 0 {
+		if c.runs("async") {
+			add(name, methodKcbackup, notMeasured, "lag p99 <= 250 ms, raw <= 1.2x WAL", notMeasured)
+		}
+		return
+	}
+	for _, l := range r.Async {
+		fig := fmt.Sprintf("lag %s / %s / %s", fmtSec(l.P50), fmtSec(l.P99), fmtSec(l.Max))
+		if l.Unresolved > 0 {
+			fig += fmt.Sprintf(" (%d of %d samples not durable %s after the load)", l.Unresolved, l.Samples, c.DrainWindow)
+		}
+		fig += fmt.Sprintf(" at %.0f tps (p99 %s over %d samples within a segment, %s over %d waiting for a segment end); ", l.TPS,
+			fmtSec(l.WithinSegment.P99), l.WithinSegment.Samples, fmtSec(l.AcrossSegmentEnd.P99), l.AcrossSegmentEnd.Samples) + uploadFigure(l.Uploads)
+		target, v := "", ""
+		if l.DefaultInterval {
+			target = "lag p99 <= 250 ms; raw <= 1.2x WAL"
+			u := l.Uploads
+			lagOK := l.P99 != nil && *l.P99 <= 0.25
+			rawOK := u.WALBytes > 0 && u.RawBytes <= 1.2*u.WALBytes
+			var why []string
+			lagWhy := "lag p99 " + fmtSec(l.P99)
+			if !lagOK {
+				lagWhy += fmt.Sprintf(" (%s within a segment, %s across a segment end)", fmtSec(l.WithinSegment.P99), fmtSec(l.AcrossSegmentEnd.P99))
+			}
+			why = append(why, lagWhy)
+			if u.WALBytes > 0 {
+				w := fmt.Sprintf("raw %.2fx", u.RawBytes/u.WALBytes)
+				if !rawOK {
+					w += fmt.Sprintf(": parts carried %.2fx and complete segments %.2fx of the WAL", u.partRawBytes()/u.WALBytes, u.Segments*u.SegmentBytes/u.WALBytes)
+				}
+				why = append(why, w)
+			}
+			v = verdictWhy(lagOK && rawOK, strings.Join(why, "; "))
+		}
+		add(name, "kcbackup run --partial-interval "+l.PartialInterval, fig, target, v)
+	}
 }
 
 // fmtMs formats optional seconds as milliseconds.

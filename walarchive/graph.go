@@ -356,22 +356,42 @@ func (a *Archive) Ranges(ctx context.Context, g *Graph, tli uint32) ([]Range, er
 		return nil, err
 	}
 	p, _ := g.Path(tli)
+	live, _ := g.Live()
 	for i := range rs {
-		if !rs[i].Hole && !rs[i].End.InFlight {
+		liveEnd := tli == live && i == len(rs)-1
+		if !rs[i].Hole && !rs[i].End.InFlight && !liveEnd {
 			continue
 		}
 		// Ends at a hole, or at uploads still in flight: WAL stored later (the segments
 		// past the gap) holds commits after the gap, so the upload time of the last WAL says
 		// nothing of what the range reaches; its last transaction does.
+		//
+		// The live end likewise: a tail part stored at T holds the WAL received when its
+		// upload began, not the commits made while it flew, nor those of parts still in
+		// flight (or lost, when the writer died). Every commit up to the last archived one
+		// is archived; a time after it is not known to be, so the range ends there, and a
+		// restore to a later time is refused (--to latest restores everything archived).
 		bs := g.BackupsOn(p, rs[i])
 		x, ok, err := a.LastXact(ctx, p, bs[0].StopLSN.SegmentNo(a.SegmentSize()), rs[i].End)
 		if err != nil {
+			if liveEnd && !rs[i].Hole && !rs[i].End.InFlight {
+				return nil, fmt.Errorf("timeline %d: the live end of the archive: %w", tli, err)
+			}
 			return nil, fmt.Errorf("timeline %d: the range before the hole at %s: %w", tli, rs[i].End.Missing, err)
 		}
 		if ok && x.Time.After(rs[i].From) {
 			rs[i].To = x.Time
 		} else {
-			rs[i].To = rs[i].From // nothing committed after the backup before the hole
+			rs[i].To = rs[i].From // nothing committed after the backup before the hole or end
+		}
+		if liveEnd {
+			// A backup's stop is archived with everything before it: the newest backup's stop
+			// time is restorable even when no transaction ended after it.
+			for _, b := range bs {
+				if stop := b.StopTime.Truncate(time.Microsecond); stop.After(rs[i].To) {
+					rs[i].To = stop
+				}
+			}
 		}
 	}
 	return rs, nil

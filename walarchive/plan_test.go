@@ -113,14 +113,22 @@ func TestPlanRestoreNeverReplaysPastTheTarget(t *testing.T) {
 	b20 := BackupRecord{ID: "20260101T020000Z", Timeline: 1, StartLSN: SegmentStartLSN(20, seg1M) + fakeNoopOff,
 		StopLSN: SegmentStartLSN(20, seg1M) + fakeCommitOff + 40, StartTime: commitAt(t0, 20), StopTime: commitAt(t0, 20).Add(time.Second)}
 	a := fakeArchive(t, 2, 20, t0, b10)
-	// No transaction archived after the target yet: stop after the last one by it.
-	p, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 20).Add(10 * time.Second)}})
-	if err != nil || p.Stop != StopAtLSN || p.LastXactLSN != SegmentStartLSN(20, seg1M)+fakeCommitOff || !p.LastXact.Equal(commitAt(t0, 20)) {
-		t.Fatalf("target after the last commit: %+v, %v; want a stop at the last commit's LSN", p, err)
+	// A target after the last archived transaction of the live timeline is refused: the
+	// archive's WAL ends there, and commits the server made after it (in tail parts still
+	// in flight, or lost with a writer that died) are not known to be absent.
+	_, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 20).Add(10 * time.Second)}})
+	if err == nil || !strings.Contains(err.Error(), "--to latest") {
+		t.Fatalf("target after the last archived commit: %v; want it refused, naming --to latest", err)
 	}
-	// No transaction between the backup's stop and the target: stop at the end of the backup.
+	// At the last archived commit: the window's end, restored exactly.
+	p, err := planAt(t, a, RestoreRequest{Target: Target{Time: commitAt(t0, 20)}})
+	if err != nil || !p.Window.Latest.Equal(commitAt(t0, 20)) || p.Stop != StopAtLSN || p.LastXactLSN != SegmentStartLSN(20, seg1M)+fakeCommitOff {
+		t.Fatalf("target at the last commit: %+v, %v; want it restorable, stopping right after that commit, the window ending there", p, err)
+	}
+	// No transaction between the backup's stop and the target (the window's end, the stop of
+	// the newest backup, as no transaction ended after it): stop at the end of the backup.
 	putBackups(t, a, b20)
-	p, err = planAt(t, a, RestoreRequest{Target: Target{Time: b20.StopTime.Add(5 * time.Second)}})
+	p, err = planAt(t, a, RestoreRequest{Target: Target{Time: b20.StopTime}})
 	if err != nil || p.Backup.ID != b20.ID || p.Stop != StopImmediate {
 		t.Fatalf("no commit after the backup: %s %s, %v; want %s stopping when consistent", p.Backup.ID, p.Stop, err, b20.ID)
 	}

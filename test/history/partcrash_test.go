@@ -427,7 +427,10 @@ func (w *world) watchAcks(a *walarchive.Archive, live uint32) error {
 		}
 		for what, s := range claims {
 			l, err := walarchive.ParseLSN(s)
-			if err != nil || l == 0 {
+			if err != nil || l == 0 || w.inKnownHole(live, l-1) {
+				// A position whose previous byte was lost in a WAL hole (the hole op: the slot
+				// was invalidated, the server no longer has it) claims nothing the archive
+				// could hold: a session after the hole starts there.
 				continue
 			}
 			ok, why, err := w.storedThrough(a, p, live, l)
@@ -454,6 +457,17 @@ func (w *world) watchAcks(a *walarchive.Archive, live uint32) error {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// inKnownHole reports whether the byte at lsn of timeline tli was lost in a WAL hole the
+// checker made.
+func (w *world) inKnownHole(tli uint32, lsn walarchive.LSN) bool {
+	for _, h := range w.m.Holes {
+		if h.Timeline == tli && lsn >= h.Start && lsn < h.End {
+			return true
+		}
+	}
+	return false
 }
 
 // storedThrough reports whether the archive holds the WAL of live timeline's path p up to

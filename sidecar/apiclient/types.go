@@ -14,7 +14,9 @@ type Status struct {
 	// ServerFlushLSN is PostgreSQL's current WAL flush position, in "X/Y" form.
 	ServerFlushLSN string `json:"serverFlushLSN"`
 	// ArchivedLSN is the position up to which WAL is durable in the archive, in "X/Y" form;
-	// empty when nothing has been archived yet.
+	// empty when nothing has been archived yet. After a WAL hole (the server lost WAL before
+	// it was archived, reported as a gap) it counts from where streaming began after the
+	// hole: the WAL in the hole is not in the archive.
 	ArchivedLSN string `json:"archivedLSN"`
 	// ReceivedLSN is the end of the WAL the sidecar has received from PostgreSQL (in its
 	// spool, not yet necessarily in the archive), in "X/Y" form.

@@ -112,6 +112,23 @@ func (a *Archive) ReadGraph(ctx context.Context) (*Graph, error) {
 		g.wal[k] = e
 		g.maxSeg = max(g.maxSeg, k.segno)
 	}
+	// A listing of many keys comes in pages, and is not one moment: a segment completed (and
+	// the next one's WAL stored) between two pages shows only its tail on the first page and
+	// the next segment's WAL on a later one, a hole that never was. A segment seen only as its
+	// tail with later WAL of its timeline after it is therefore looked up once more by its key:
+	// a complete segment is never removed but by retention, so finding it now means it was
+	// there before the later WAL.
+	for k, e := range g.wal {
+		if e.complete || !g.laterOnTimeline(k) {
+			continue
+		}
+		switch info, err := a.Storage.Stat(ctx, SegmentKey(k.tli, k.segno, g.segSize)); {
+		case err == nil:
+			g.wal[k] = walObject{complete: true, mod: info.ModTime}
+		case !errors.Is(err, storage.ErrNotFound):
+			return nil, fmt.Errorf("look up %s: %w", SegmentKey(k.tli, k.segno, g.segSize), err)
+		}
+	}
 	for t := range seen {
 		g.Timelines = append(g.Timelines, t)
 	}
@@ -127,6 +144,16 @@ func (a *Archive) ReadGraph(ctx context.Context) (*Graph, error) {
 		g.history[t], g.historyOK[t] = a.History(ctx, t)
 	}
 	return g, nil
+}
+
+// laterOnTimeline reports whether WAL of a later segment of k's timeline is stored.
+func (g *Graph) laterOnTimeline(k walPos) bool {
+	for o := range g.wal {
+		if o.tli == k.tli && o.segno > k.segno {
+			return true
+		}
+	}
+	return false
 }
 
 // Live is the newest timeline: the one the server archiving into this archive runs on.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/kcbackup/kcbackup/walarchive/storage"
 	"github.com/kcbackup/kcbackup/walarchive/storage/memory"
 )
 
@@ -142,8 +143,8 @@ func TestPlanRestoreRefusesTargetsOutsideTheWindowAndBackupsMissingWAL(t *testin
 		b2.StopTime.Add(-time.Second): "before the oldest usable backup",
 		time.Now().Add(time.Hour):     "in the future",
 	} {
-		if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); err == nil || !strings.Contains(err.Error(), want) {
-			t.Errorf("target %s: err = %v; want %q", target, err, want)
+		if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, ErrRestoreRefused) {
+			t.Errorf("target %s: err = %v; want %q, a refusal (ErrRestoreRefused)", target, err, want)
 		}
 	}
 	// A backup whose WAL is not in the archive is not usable.
@@ -151,7 +152,7 @@ func TestPlanRestoreRefusesTargetsOutsideTheWindowAndBackupsMissingWAL(t *testin
 	if _, err := planAt(t, b, RestoreRequest{Target: Target{Latest: true}}); err == nil {
 		t.Error("a backup without its WAL was planned")
 	}
-	if _, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}, Timeline: 7}); err == nil || !strings.Contains(err.Error(), "timeline") {
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}, Timeline: 7}); err == nil || !strings.Contains(err.Error(), "timeline") || !errors.Is(err, ErrRestoreRefused) {
 		t.Errorf("unknown timeline: %v", err)
 	}
 }
@@ -215,7 +216,7 @@ func TestPlanRestoreRefusesATimeOnTwoDivergingTimelines(t *testing.T) {
 	}
 	// After the fork timeline 1 went on and timeline 2 restarted later: ambiguous.
 	target := commitAt(t0, 16).Add(10 * time.Second)
-	if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); !errors.Is(err, ErrAmbiguousTimeline) || !strings.Contains(err.Error(), "--timeline 1") {
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Time: target}}); !errors.Is(err, ErrAmbiguousTimeline) || !errors.Is(err, ErrRestoreRefused) || !strings.Contains(err.Error(), "--timeline 1") {
 		t.Fatalf("target on both timelines: %v; want ErrAmbiguousTimeline naming --timeline 1", err)
 	}
 	p, err = planAt(t, a, RestoreRequest{Target: Target{Time: target}, Timeline: 1})
@@ -360,7 +361,7 @@ func TestPlanRestoreRefusesAnArchiveOfAnUnknownPostgreSQLVersion(t *testing.T) {
 		a := fakeArchive(t, 2, 8, t0, backupAt("20260101T000000Z", 2, t0))
 		a.Identity.PostgresVersion = major // as read from identity.json
 		for _, req := range []RestoreRequest{{Target: Target{Latest: true}}, {Target: Target{Time: commitAt(t0, 4)}}} {
-			if _, err := planAt(t, a, req); err == nil || !strings.Contains(err.Error(), want) {
+			if _, err := planAt(t, a, req); err == nil || !strings.Contains(err.Error(), want) || !errors.Is(err, ErrRestoreRefused) {
 				t.Errorf("PostgreSQL %d archive, target %s: %v; want %q", major, req.Target, err, want)
 			}
 		}
@@ -405,7 +406,7 @@ func TestPlanRestoreRefusesLatestOnATimelineThatForkedWhileItsParentWasWritten(t
 	time.Sleep(2 * time.Millisecond)
 	fakeWAL(t, a, 1, 21, 22, t0) // production goes on after the copy began archiving
 	_, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}})
-	if !errors.Is(err, ErrAmbiguousTimeline) || !strings.Contains(err.Error(), "--timeline 1") || !strings.Contains(err.Error(), "--timeline 2") {
+	if !errors.Is(err, ErrAmbiguousTimeline) || !errors.Is(err, ErrRestoreRefused) || !strings.Contains(err.Error(), "--timeline 1") || !strings.Contains(err.Error(), "--timeline 2") {
 		t.Fatalf("latest with timeline 1 written after timeline 2 began: %v; want ErrAmbiguousTimeline naming --timeline 1 and 2", err)
 	}
 	for _, tli := range []uint32{1, 2} {
@@ -445,5 +446,27 @@ func TestPlanRestoreLatestAfterAPromotionIsTheNewTimeline(t *testing.T) {
 		if _, _, _, forked := g.ForkedWhileWritten(2); !forked {
 			t.Fatal("the parent's complete segment past the switch point, stored after the child began, was not seen")
 		}
+	}
+}
+
+// failingList is a store whose listings fail, as an S3 outage would.
+type failingList struct{ storage.Storage }
+
+func (failingList) List(context.Context, string) ([]storage.ObjectInfo, error) {
+	return nil, errors.New("connection refused")
+}
+
+// A failure to read the archive is not a refusal: the operator's dry-run plan retries it
+// (docs/operator-guide.md), where a refusal fails the restore for good.
+func TestPlanRestoreTellsAReadFailureFromARefusal(t *testing.T) {
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	a := fakeArchive(t, 2, 8, t0, backupAt("20260101T000000Z", 2, t0))
+	if _, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}}); err != nil {
+		t.Fatalf("healthy archive: %v", err)
+	}
+	a.Storage = failingList{a.Storage}
+	_, err := planAt(t, a, RestoreRequest{Target: Target{Latest: true}})
+	if err == nil || !strings.Contains(err.Error(), "connection refused") || errors.Is(err, ErrRestoreRefused) {
+		t.Fatalf("listing fails: %v; want the read error, not a refusal", err)
 	}
 }

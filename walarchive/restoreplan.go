@@ -92,6 +92,21 @@ type RestorePlan struct {
 	NewestTimeline bool
 }
 
+// ErrRestoreRefused is wrapped by every error of PlanRestore that is a decision about
+// what the archive holds (the target cannot be reached as asked: outside every range, on
+// diverging timelines, no backup, an unknown version), as opposed to a failure to read
+// the archive: asking again gives the same answer until the archive changes. The
+// sidecar's dry-run plan endpoint answers such an error 422, a read failure 503.
+var ErrRestoreRefused = errors.New("restore refused by the planner")
+
+// refusal is an error of PlanRestore's own judgement; its text is the judgement's.
+type refusal struct{ error }
+
+func (r refusal) Unwrap() []error { return []error{r.error, ErrRestoreRefused} }
+
+// refused marks err as a refusal (ErrRestoreRefused).
+func refused(err error) error { return refusal{err} }
+
 // ErrAmbiguousTimeline is returned (wrapped) when a target time lies on more than one
 // timeline with different histories at that time: --timeline must choose.
 var ErrAmbiguousTimeline = errors.New("the target time lies on more than one timeline")
@@ -103,23 +118,23 @@ var ErrAmbiguousTimeline = errors.New("the target time lies on more than one tim
 func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.Time) (RestorePlan, error) {
 	v, err := LookupPGVersion(a.Identity.PostgresVersion)
 	if err != nil {
-		return RestorePlan{}, fmt.Errorf("cannot plan a restore from this archive: %w", err)
+		return RestorePlan{}, refused(fmt.Errorf("cannot plan a restore from this archive: %w", err))
 	}
 	g, err := a.ReadGraph(ctx)
 	if err != nil {
 		return RestorePlan{}, err
 	}
 	if len(g.Backups) == 0 {
-		return RestorePlan{}, errors.New("the archive has no complete base backup to restore from")
+		return RestorePlan{}, refused(errors.New("the archive has no complete base backup to restore from"))
 	}
 	if len(g.Timelines) == 0 {
-		return RestorePlan{}, errors.New("the archive has no WAL")
+		return RestorePlan{}, refused(errors.New("the archive has no WAL"))
 	}
 	if req.Timeline != 0 && !containsTLI(g.Timelines, req.Timeline) {
-		return RestorePlan{}, fmt.Errorf("invalid --timeline %d: the archive has timelines %v", req.Timeline, g.Timelines)
+		return RestorePlan{}, refused(fmt.Errorf("invalid --timeline %d: the archive has timelines %v", req.Timeline, g.Timelines))
 	}
 	if !req.Target.Latest && req.Target.Time.After(now) {
-		return RestorePlan{}, fmt.Errorf("restore target %s is in the future (now is %s)", req.Target, fmtT(now))
+		return RestorePlan{}, refused(fmt.Errorf("restore target %s is in the future (now is %s)", req.Target, fmtT(now)))
 	}
 	// Step 1: the timeline and the range that holds the target.
 	tli, r, err := a.chooseRange(ctx, g, req, v)
@@ -141,9 +156,9 @@ func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.
 	}
 	if chosen == nil {
 		if req.BackupID != "" {
-			return RestorePlan{}, fmt.Errorf("backup %s cannot reach target %s on timeline %d: it is not complete, not on that timeline's path, ends after the target, or its WAL does not reach the target (the range holding the target starts with backup %s); omit --backup to choose automatically", req.BackupID, req.Target, tli, r.Backup)
+			return RestorePlan{}, refused(fmt.Errorf("backup %s cannot reach target %s on timeline %d: it is not complete, not on that timeline's path, ends after the target, or its WAL does not reach the target (the range holding the target starts with backup %s); omit --backup to choose automatically", req.BackupID, req.Target, tli, r.Backup))
 		}
-		return RestorePlan{}, fmt.Errorf("no backup on timeline %d's path ends at or before %s with its WAL in the archive", tli, req.Target)
+		return RestorePlan{}, refused(fmt.Errorf("no backup on timeline %d's path ends at or before %s with its WAL in the archive", tli, req.Target))
 	}
 	live, _ := g.Live()
 	plan := RestorePlan{Backup: *chosen, Timeline: tli, Target: req.Target, Window: windowOf(r), NewestTimeline: tli == live}
@@ -165,7 +180,7 @@ func (a *Archive) PlanRestore(ctx context.Context, req RestoreRequest, now time.
 	case ok && x.Time.After(req.Target.Time) && x.LSN < chosen.StopLSN:
 		// A transaction that ended after the target is inside the backup (the server's and
 		// the sidecar's clocks disagree): recovery cannot stop before it.
-		return RestorePlan{}, fmt.Errorf("restore target %s: backup %s holds a transaction that ended at %s, after the target (the clocks of the server and of kcbackup disagree): pass an earlier --backup or a later target", req.Target, chosen.ID, fmtT(x.Time))
+		return RestorePlan{}, refused(fmt.Errorf("restore target %s: backup %s holds a transaction that ended at %s, after the target (the clocks of the server and of kcbackup disagree): pass an earlier --backup or a later target", req.Target, chosen.ID, fmtT(x.Time)))
 	case ok && x.Time.After(req.Target.Time):
 		plan.Stop = StopAtTime
 	case ok && x.LSN >= chosen.StopLSN:
@@ -203,8 +218,8 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 		if req.Target.Latest {
 			if req.Timeline == 0 {
 				if anc, child, at, forked := g.ForkedWhileWritten(tlis[i]); forked {
-					return 0, Range{}, fmt.Errorf("restore target latest: %w: timeline %d branched from timeline %d at %s while timeline %d was still being archived (its WAL past that point was stored after timeline %d began): two servers wrote into this archive at once, such as a restored copy beside production; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
-						ErrAmbiguousTimeline, child, anc, at, anc, child, anc, anc, tlis[i], tlis[i])
+					return 0, Range{}, refused(fmt.Errorf("restore target latest: %w: timeline %d branched from timeline %d at %s while timeline %d was still being archived (its WAL past that point was stored after timeline %d began): two servers wrote into this archive at once, such as a restored copy beside production; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
+						ErrAmbiguousTimeline, child, anc, at, anc, child, anc, anc, tlis[i], tlis[i]))
 				}
 			}
 			return tlis[i], rs[len(rs)-1], nil
@@ -216,10 +231,10 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 		}
 	}
 	if len(windows) == 0 {
-		return 0, Range{}, fmt.Errorf("no backup on timeline %d's path has its WAL in the archive", tlis[len(tlis)-1])
+		return 0, Range{}, refused(fmt.Errorf("no backup on timeline %d's path has its WAL in the archive", tlis[len(tlis)-1]))
 	}
 	if len(cands) == 0 {
-		return 0, Range{}, fmt.Errorf("restore target %s: %w (%s)%s", req.Target, errNoRange, strings.Join(windows, "; "), rangeHint(g, req))
+		return 0, Range{}, refused(fmt.Errorf("restore target %s: %w (%s)%s", req.Target, errNoRange, strings.Join(windows, "; "), rangeHint(g, req)))
 	}
 	first := cands[0]
 	if req.Timeline != 0 {
@@ -241,8 +256,8 @@ func (a *Archive) chooseRange(ctx context.Context, g *Graph, req RestoreRequest,
 		if ok && x.Time.After(req.Target.Time) {
 			continue
 		}
-		return 0, Range{}, fmt.Errorf("restore target %s: %w: timelines %d and %d part at %s and both reach that time with different histories; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
-			req.Target, ErrAmbiguousTimeline, c.tli, first.tli, d, c.tli, c.tli, first.tli, first.tli)
+		return 0, Range{}, refused(fmt.Errorf("restore target %s: %w: timelines %d and %d part at %s and both reach that time with different histories; pass --timeline %d for timeline %d's history, or --timeline %d for timeline %d's",
+			req.Target, ErrAmbiguousTimeline, c.tli, first.tli, d, c.tli, c.tli, first.tli, first.tli))
 	}
 	var inRange []uint32
 	for _, c := range cands {
@@ -278,8 +293,8 @@ func (a *Archive) refuseHiddenHistory(ctx context.Context, g *Graph, p WALPath, 
 		if ok && x.Time.After(req.Target.Time) {
 			continue // recovery stops before they part: the same on both
 		}
-		return fmt.Errorf("restore target %s: %w: timeline %d parts from timeline %d at %s, and timeline %d's WAL goes on to that time, past a hole in it, so it cannot be restored there; pass --timeline %d for timeline %d's history, or a time that one of timeline %d's ranges holds (kcbackup list)",
-			req.Target, ErrAmbiguousTimeline, chosen, o, d, o, chosen, chosen, o)
+		return refused(fmt.Errorf("restore target %s: %w: timeline %d parts from timeline %d at %s, and timeline %d's WAL goes on to that time, past a hole in it, so it cannot be restored there; pass --timeline %d for timeline %d's history, or a time that one of timeline %d's ranges holds (kcbackup list)",
+			req.Target, ErrAmbiguousTimeline, chosen, o, d, o, chosen, chosen, o))
 	}
 	return nil
 }

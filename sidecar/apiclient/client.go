@@ -32,6 +32,20 @@ var ErrSchemaMismatch = errors.New("the database does not have the Keycloak sche
 // send the call to the primary's sidecar.
 var ErrStandby = errors.New("this sidecar's PostgreSQL is a standby")
 
+// ErrPlanRefused is wrapped by the error of PlanRestore when the sidecar's planner refuses
+// the target (422): asking again gives the same answer until the archive changes. Any
+// other error (the archive could not be read, the sidecar did not answer) may pass.
+var ErrPlanRefused = errors.New("the restore planner refuses this target")
+
+// PlanRefusedError is PlanRestore's error for a refusal; Message is the planner's, which
+// names why and what to pass instead.
+type PlanRefusedError struct{ Message string }
+
+func (e *PlanRefusedError) Error() string { return e.Message }
+
+// Unwrap makes errors.Is(err, ErrPlanRefused) true.
+func (e *PlanRefusedError) Unwrap() error { return ErrPlanRefused }
+
 // RunningError is StartBackup's error when a backup is already running.
 type RunningError struct {
 	// ID is the running backup's ID, as the sidecar reported it.
@@ -135,6 +149,19 @@ func (c *Client) Prune(ctx context.Context, req PruneRequest) (PruneResult, erro
 	var r PruneResult
 	err := c.do(ctx, http.MethodPost, "/v1/prune", req, http.StatusOK, &r)
 	return r, err
+}
+
+// PlanRestore asks the sidecar's planner whether a restore to req's target can be made
+// and how (POST /v1/restore-plan); nothing is restored. A refusal is a *PlanRefusedError
+// (errors.Is ErrPlanRefused).
+func (c *Client) PlanRestore(ctx context.Context, req RestorePlanRequest) (RestorePlan, error) {
+	var p RestorePlan
+	err := c.do(ctx, http.MethodPost, "/v1/restore-plan", req, http.StatusOK, &p)
+	var se *StatusError
+	if errors.As(err, &se) && se.Code == http.StatusUnprocessableEntity {
+		return p, &PlanRefusedError{Message: se.Message}
+	}
+	return p, err
 }
 
 // KeycloakCleanup removes stale cluster-discovery rows and the sessions req names from a

@@ -202,3 +202,34 @@ type KeycloakCleanupResult struct {
 // Any other non-zero status may come after the directory was replaced. The operator reads
 // it from its restore Job.
 const ExitRestoreUntouched = 4
+
+// RestorePlanRequest is the body of POST /v1/restore-plan: a dry run of the planner the
+// restore Job runs (kcbackup restore), so that a target is refused before anything stops.
+type RestorePlanRequest struct {
+	// Target is "latest" or an RFC 3339 time with a zone, as kcbackup restore --to.
+	Target string `json:"target"`
+	// Timeline is the timeline to recover along; 0 means the newest whose ranges hold the
+	// target, as kcbackup restore --timeline latest.
+	Timeline uint32 `json:"timeline,omitempty"`
+	// BackupID forces a backup, as kcbackup restore --backup; empty chooses.
+	BackupID string `json:"backupID,omitempty"`
+}
+
+// RestorePlan is the answer to POST /v1/restore-plan: what a restore to the target would
+// do, as planned now. The archive only grows while production runs, so a restore started
+// later reaches the same target.
+type RestorePlan struct {
+	// BackupID is the base backup the restore starts from.
+	BackupID string `json:"backupID"`
+	// BackupStopTime is when that backup became consistent.
+	BackupStopTime time.Time `json:"backupStopTime"`
+	// Timeline is the timeline recovery follows.
+	Timeline uint32 `json:"timeline"`
+	// Stop is how recovery ends: "end of WAL", "time", "LSN" or "end of backup".
+	Stop string `json:"stop"`
+	// LastXact is the last archived transaction on the path up to the target (zero when
+	// none after the backup).
+	LastXact time.Time `json:"lastXact,omitempty"`
+	// Window is the recovery range that holds the target.
+	Window RecoveryWindow `json:"window"`
+}

@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -284,6 +285,22 @@ func TestRestoreRefusesTargetsOutsideTheWindowBeforeTouchingAnything(t *testing.
 			t.Errorf("--to %s: exit %d, %q; want an error mentioning %q", tc.to, code, stderr, tc.want)
 		}
 		assertUntouched(t, dir)
+	}
+	// The sidecar's dry-run plan (what the operator asks before it stops anything) runs the
+	// same planner: the same refusals, as refusals (422), and the plan the restore makes.
+	api := apiclient.New(sc.URL(), sc.Token(), nil)
+	for _, tc := range []struct{ to, want string }{
+		{beforeBackup.Format(time.RFC3339), "before the oldest usable backup"},
+		{time.Now().Add(time.Hour).UTC().Format(time.RFC3339), "in the future"},
+	} {
+		_, err := api.PlanRestore(ctx, apiclient.RestorePlanRequest{Target: tc.to})
+		if !errors.Is(err, apiclient.ErrPlanRefused) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("dry-run plan to %s: %v; want a refusal mentioning %q", tc.to, err, tc.want)
+		}
+	}
+	plan, err := api.PlanRestore(ctx, apiclient.RestorePlanRequest{Target: "latest"})
+	if err != nil || plan.BackupID == "" || plan.Timeline != 1 || plan.Stop != "end of WAL" {
+		t.Errorf("dry-run plan to latest: %+v, %v; want the backup on timeline 1, replaying to the end of WAL", plan, err)
 	}
 	// Without --move-aside a non-empty directory is refused, also before anything else.
 	_, stderr, code := harness.Kcbackup(t, ctx, nil, "restore", "--storage", url, "--pgdata", dir, "--to", "latest")

@@ -494,6 +494,11 @@ type fakeSidecar struct {
 	schemaMismatch bool
 	// catalogDown makes GET /v1/backups answer 503, as a sidecar whose store fails does.
 	catalogDown bool
+	// plans are the dry-run plan requests; planRefusal makes them answer 422 with it,
+	// planDown 503, as the real planner does for a refusal and for a store that fails.
+	plans       []apiclient.RestorePlanRequest
+	planRefusal string
+	planDown    bool
 }
 
 func newFakeSidecar(t *testing.T, token func() string) *fakeSidecar {
@@ -575,6 +580,19 @@ func (f *fakeSidecar) serve(w http.ResponseWriter, r *http.Request) {
 			f.window.Latest = time.Now().UTC()
 		}
 		reply(http.StatusOK, apiclient.Catalog{Window: f.window, Timelines: []uint32{f.status.Timeline}})
+	case r.Method == http.MethodPost && r.URL.Path == "/v1/restore-plan":
+		var req apiclient.RestorePlanRequest
+		_ = json.NewDecoder(r.Body).Decode(&req)
+		f.plans = append(f.plans, req)
+		switch {
+		case f.planDown:
+			reply(http.StatusServiceUnavailable, apiclient.ErrorBody{Error: "cannot plan a restore now: list wal/: storage unavailable"})
+		case f.planRefusal != "":
+			reply(http.StatusUnprocessableEntity, apiclient.ErrorBody{Error: f.planRefusal})
+		default:
+			reply(http.StatusOK, apiclient.RestorePlan{BackupID: "backup-1", BackupStopTime: f.window.Earliest, Timeline: f.status.Timeline,
+				Stop: "time", Window: *f.window})
+		}
 	case r.Method == http.MethodPost && r.URL.Path == "/v1/prune":
 		var req apiclient.PruneRequest
 		_ = json.NewDecoder(r.Body).Decode(&req)

@@ -78,6 +78,7 @@ func TestEnvtestOperator(t *testing.T) {
 		{"ArchiveThatNeverCatchesUpGivesBack", testArchiveThatNeverCatchesUpGivesBack},
 		{"TargetJustPastTheWindowIsWaitedFor", testTargetJustPastTheWindowIsWaitedFor},
 		{"TargetPastTheWindowIsRefusedOnceTheLagHasPassed", testTargetPastTheWindowIsRefusedOnceTheLagHasPassed},
+		{"PlannerRefusalStopsNothing", testPlannerRefusalStopsNothing},
 		{"AlertGaugesComeFromStatusAfterARestart", testAlertGaugesComeFromStatusAfterARestart},
 		{"RestoreScalesTheKeycloakResourceNotItsStatefulSet", testRestoreScalesTheKeycloakResource},
 		{"KeycloakWithoutInstancesIsRefused", testKeycloakWithoutInstancesIsRefused},

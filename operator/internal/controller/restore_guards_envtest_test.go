@@ -14,6 +14,8 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+	kccontroller "github.com/kcbackup/kcbackup/operator/internal/controller"
+	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 )
 
 // foreignJob creates a finished restore-looking Job that no KeycloakBackup owns, as a
@@ -212,5 +214,41 @@ func testTargetPastTheWindowIsRefusedOnceTheLagHasPassed(t *testing.T, cfg *rest
 	}
 	if k := *e.deployment("keycloak").Spec.Replicas; k != 2 {
 		t.Errorf("keycloak at %d replicas, want 2", k)
+	}
+}
+
+// What the restore Job's planner would refuse is refused before anything stops: the
+// operator asks the sidecar's planner for a dry run with the target and timeline the Job
+// will use. A store the planner cannot read is waited for; a refusal fails the restore
+// with the planner's words.
+func testPlannerRefusalStopsNothing(t *testing.T, cfg *rest.Config) {
+	e := restoreFixture(t, cfg)
+	refusal := "restore target latest: the target time lies on more than one timeline: timeline 2 branched from timeline 1 " +
+		"while timeline 1 was still being archived; pass --timeline 1 for timeline 1's history, or --timeline 2 for timeline 2's"
+	e.sidecar.with(func(f *fakeSidecar) { f.planDown = true })
+	kb := restoreResource("latest", "latest")
+	timeline := int64(2)
+	kb.Spec.Restore = &kcv1.RestoreOptions{Timeline: &timeline}
+	e.create(kb)
+	e.waitCondition("latest", kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonArchiveUnreadable)
+	e.sidecar.with(func(f *fakeSidecar) { f.planDown = false; f.planRefusal = refusal })
+	got := e.waitCondition("latest", kcv1.ConditionReady, metav1.ConditionFalse, kccontroller.ReasonRestorePlanRefused)
+	if msg := got.Condition(kcv1.ConditionReady).Message; got.Status.Phase != kcv1.PhaseFailed ||
+		!strings.Contains(msg, "pass --timeline 1") || !strings.Contains(msg, "nothing was changed") {
+		t.Errorf("status = %s; want Failed with the planner's words and that nothing was changed", describe(got))
+	}
+	e.sidecar.with(func(f *fakeSidecar) {
+		if len(f.plans) < 2 || f.plans[len(f.plans)-1] != (apiclient.RestorePlanRequest{Target: "latest", Timeline: 2}) {
+			t.Errorf("plan requests %+v; want the Job's target and timeline (latest, 2)", f.plans)
+		}
+	})
+	if k := *e.deployment("keycloak").Spec.Replicas; k != 2 {
+		t.Errorf("keycloak at %d replicas, want 2: nothing may stop before the plan is accepted", k)
+	}
+	if p := *e.deployment("postgres").Spec.Replicas; p != 1 {
+		t.Errorf("postgres at %d replicas, want 1", p)
+	}
+	if len(e.jobs()) != 0 {
+		t.Errorf("jobs %v; want none", e.jobs())
 	}
 }

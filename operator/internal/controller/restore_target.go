@@ -123,7 +123,7 @@ func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.Key
 	}
 	target, latest, _ := kcv1.ParseRestoreTarget(kb.Spec.RestoreTo)
 	if latest {
-		return st, true, ctrl.Result{}, nil
+		return r.checkPlan(ctx, kb, sc, st)
 	}
 	lag := time.Duration(st.ArchiveLagSeconds * float64(time.Second))
 	verdict, end := judgeTarget(cat, target, r.Clock.Now(), lag, kb.Spec.Restore)
@@ -140,6 +140,43 @@ func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.Key
 			kb.Spec.RestoreTo, describeRanges(cat), lag.Round(time.Second), windowEdgeMargin))
 		return st, false, res, err
 	}
+	return r.checkPlan(ctx, kb, sc, st)
+}
+
+// ReasonRestorePlanRefused: the sidecar's planner, the one the restore Job runs, refuses
+// restoreTo (two timelines that differ at the target, a backup that cannot reach it, WAL
+// that does not show where recovery stops); nothing was stopped.
+const ReasonRestorePlanRefused = "RestorePlanRefused"
+
+// checkPlan asks the sidecar's planner for a dry run of the restore the Job will make (the
+// same planner, the same target and timeline), so that what the Job would refuse is
+// refused here, before anything is stopped. A refusal fails the restore; an archive the
+// sidecar cannot read now is waited for within spec.restore.timeout. A sidecar of a
+// release without the endpoint (404: its upgrade held) leaves the range check alone.
+func (r *Reconciler) checkPlan(ctx context.Context, kb *kcv1.KeycloakBackup, sc *apiclient.Client, st apiclient.Status) (apiclient.Status, bool, ctrl.Result, error) {
+	req := apiclient.RestorePlanRequest{Target: kb.Spec.RestoreTo}
+	if o := kb.Spec.Restore; o != nil && o.Timeline != nil {
+		req.Timeline = uint32(*o.Timeline)
+	}
+	plan, err := sc.PlanRestore(ctx, req)
+	var refused *apiclient.PlanRefusedError
+	switch {
+	case errors.As(err, &refused):
+		res, err := r.restoreFailed(kb, ReasonRestorePlanRefused, "the restore planner refuses restoreTo "+kb.Spec.RestoreTo+
+			": "+refused.Message+" (set spec.restore.timeline or restoreTo accordingly); nothing was changed")
+		return st, false, res, err
+	case errors.Is(err, apiclient.ErrNotFound):
+		r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, "RestoreNotPlanned", "Restore",
+			"the sidecar of this release does not offer a dry-run plan (%v): only the recovery ranges were checked; the restore Job plans before it restores", err)
+		return st, true, ctrl.Result{}, nil
+	case err != nil:
+		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonArchiveUnreadable,
+			"cannot plan the restore to check restoreTo, retrying (nothing was changed): "+err.Error())
+		return st, false, ctrl.Result{RequeueAfter: r.PollInterval}, nil
+	}
+	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "RestorePlanned", "Restore",
+		"the sidecar's planner accepts restoreTo %s: backup %s (consistent at %s), timeline %d, recovery stops at the %s",
+		kb.Spec.RestoreTo, plan.BackupID, plan.BackupStopTime.UTC().Format(time.RFC3339), plan.Timeline, plan.Stop)
 	return st, true, ctrl.Result{}, nil
 }
 

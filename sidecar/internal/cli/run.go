@@ -54,7 +54,8 @@ passes what is durable in the archive, so the slot keeps on the server whatever 
 archived yet. SIGTERM stops receiving, uploads the rest and exits 0.
 
 HTTP API on --listen: /metrics, /healthz, /readyz without authentication; /v1/status,
-/v1/backups, /v1/prune and /v1/wal/<file> (restore_command through the sidecar, with
+/v1/backups, /v1/prune, /v1/restore-plan (a dry run of the restore planner, answered 422
+when it refuses), /v1/keycloak/cleanup and /v1/wal/<file> (restore_command through the sidecar, with
 --wal-prefetch segments prefetched into memory) with 'Authorization: Bearer <token>', the
 admin token read from --token-file or the KCBACKUP_TOKEN environment variable (with neither,
 /v1 is disabled). The fetch-only token, from --fetch-token-file or KCBACKUP_FETCH_TOKEN,
@@ -186,6 +187,16 @@ func (o *runOptions) run(ctx context.Context, g *globalOptions) error {
 		Addr: o.listen, Token: token, FetchToken: fetchToken, Registry: m.Registry, Logger: log, Backups: bk, WAL: wal,
 		KeycloakCleanup: func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error) {
 			return keycloak.Serve(ctx, pgcfg, req)
+		},
+		PlanRestore: func(ctx context.Context, req walarchive.RestoreRequest) (walarchive.RestorePlan, error) {
+			a := sup.Archive()
+			if a == nil {
+				var err error
+				if a, err = walarchive.OpenArchive(ctx, st, key); err != nil {
+					return walarchive.RestorePlan{}, err
+				}
+			}
+			return a.PlanRestore(ctx, req, time.Now())
 		},
 		Status: sup.Status, Ready: sup.Ready, Standby: sup.Standby,
 	})

@@ -73,6 +73,10 @@ type Config struct {
 	Backups Backups
 	// WAL serves restore_command through the sidecar (nil disables /v1/wal).
 	WAL WALSource
+	// PlanRestore runs the restore planner without restoring (POST /v1/restore-plan; nil
+	// disables it). An error wrapping walarchive.ErrRestoreRefused is answered 422, any
+	// other (the archive could not be read) 503.
+	PlanRestore func(ctx context.Context, req walarchive.RestoreRequest) (walarchive.RestorePlan, error)
 	// KeycloakCleanup cleans a restored Keycloak database (POST /v1/keycloak/cleanup; nil
 	// disables it). An error wrapping ErrSchemaMismatch is answered 422.
 	KeycloakCleanup func(ctx context.Context, req apiclient.KeycloakCleanupRequest) (apiclient.KeycloakCleanupResult, error)
@@ -150,6 +154,8 @@ func (s *Server) Handler() http.Handler {
 	}))
 	mux.Handle("POST /v1/prune", s.auth(adminOnly, s.primaryOnly(s.prune)))
 	mux.Handle("GET /v1/wal/{name}", s.auth(walFetch, s.wal))
+	// A dry run reads the archive only: a standby's sidecar answers it too.
+	mux.Handle("POST /v1/restore-plan", s.auth(adminOnly, s.planRestore))
 	mux.Handle("POST /v1/keycloak/cleanup", s.auth(adminOnly, s.primaryOnly(s.keycloakCleanup)))
 	return mux
 }
@@ -251,10 +257,7 @@ func (s *Server) wal(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 	var req apiclient.PruneRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid prune request body: "+err.Error()+`; expected {"keepBackups": N, "keepWithin": "168h"}`, "")
+	if !decodeBody(w, r, &req, "prune", `{"keepBackups": N, "keepWithin": "168h"}`) {
 		return
 	}
 	if req.KeepBackups < 0 {
@@ -279,6 +282,39 @@ func (s *Server) prune(w http.ResponseWriter, r *http.Request) {
 // tables the clean-up needs (answered 422, nothing changed).
 var ErrSchemaMismatch = apiclient.ErrSchemaMismatch
 
+// planRestore runs the restore planner without restoring: 200 with the plan, 400 for a
+// bad request, 422 when the planner refuses the target, 503 when the archive cannot be read.
+func (s *Server) planRestore(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.PlanRestore == nil {
+		writeError(w, http.StatusNotFound, "this sidecar does not plan restores", "")
+		return
+	}
+	var req apiclient.RestorePlanRequest
+	if !decodeBody(w, r, &req, "restore plan", `{"target": "latest" or an RFC 3339 time with a zone, "timeline": 0 or a timeline, "backupID": "" or a backup}`) {
+		return
+	}
+	target, err := walarchive.ParseTarget(req.Target)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, "invalid target: "+err.Error(), "")
+		return
+	}
+	plan, err := s.cfg.PlanRestore(r.Context(), walarchive.RestoreRequest{Target: target, BackupID: req.BackupID, Timeline: req.Timeline})
+	switch {
+	case errors.Is(err, walarchive.ErrRestoreRefused):
+		writeError(w, http.StatusUnprocessableEntity, err.Error(), "")
+		return
+	case err != nil:
+		writeError(w, http.StatusServiceUnavailable, "cannot plan a restore now: "+err.Error(), "")
+		return
+	}
+	writeJSON(w, http.StatusOK, apiclient.RestorePlan{
+		BackupID: plan.Backup.ID, BackupStopTime: plan.Backup.StopTime, Timeline: plan.Timeline, Stop: plan.Stop.String(),
+		LastXact: plan.LastXact, Window: apiclient.RecoveryWindow{
+			Timeline: plan.Window.Timeline, Earliest: plan.Window.Earliest, Latest: plan.Window.Latest, Hole: plan.Window.Hole,
+		},
+	})
+}
+
 // keycloakCleanup runs the post-restore clean-up of a Keycloak database: 200 with the rows
 // deleted, 400 for a bad request, 422 when the database lacks the session tables, 502 when
 // the database cannot be reached or the SQL fails.
@@ -288,10 +324,7 @@ func (s *Server) keycloakCleanup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req apiclient.KeycloakCleanupRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid Keycloak clean-up request body: "+err.Error()+`; expected {"database": "keycloak", "sessions": "keep|online|all"}`, "")
+	if !decodeBody(w, r, &req, "Keycloak clean-up", `{"database": "keycloak", "sessions": "keep|online|all"}`) {
 		return
 	}
 	if req.Database == "" || len(req.Database) > 63 {
@@ -347,6 +380,18 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// decodeBody decodes a JSON request body of at most 64 KiB into v, refusing unknown
+// fields; on error it answers 400 naming the request (what) and the body expected.
+func decodeBody(w http.ResponseWriter, r *http.Request, v any, what, expected string) bool {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid "+what+" request body: "+err.Error()+"; expected "+expected, "")
+		return false
+	}
+	return true
 }
 
 func writeError(w http.ResponseWriter, code int, msg, id string) {

@@ -38,6 +38,7 @@ all: build
 build:
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kcbackup ./sidecar
 	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kcbackup-operator ./operator
+	go build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-kcbackup ./operator/kubectl-kcbackup
 
 tools:
 	test/tools/install.sh postgres pgroot-17 pgroot-18 pgroot-19 pg16-portable minio envtest promtool kubectl recovery-tools

@@ -1,0 +1,405 @@
+package plugin
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
+)
+
+func (e *env) statusCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status [NAME]",
+		Short: "The KeycloakBackup resources of the namespace: phase, workload, recovery window, last backup, why not ready",
+		Example: `  kubectl kcbackup status -n keycloak
+  kubectl kcbackup status keycloak-db -o json`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, ns, err := e.connect()
+			if err != nil {
+				return err
+			}
+			var items []kcv1.KeycloakBackup
+			if len(args) == 1 {
+				kb, err := get(cmd.Context(), c, ns, args[0])
+				if err != nil {
+					return err
+				}
+				items = []kcv1.KeycloakBackup{*kb}
+			} else {
+				var l kcv1.KeycloakBackupList
+				if err := c.List(cmd.Context(), &l, client.InNamespace(ns)); err != nil {
+					return fmt.Errorf("list KeycloakBackups in namespace %s: %w", ns, err)
+				}
+				items = l.Items
+				sort.Slice(items, func(i, j int) bool { return items[i].Name < items[j].Name })
+			}
+			if e.output == "json" {
+				return e.printJSON(statusViews(items))
+			}
+			if len(items) == 0 {
+				fmt.Fprintf(e.stderr, "no KeycloakBackup in namespace %s\n", ns)
+				return nil
+			}
+			now := time.Now()
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "NAME\tKIND\tPHASE\tWORKLOAD\tWINDOW\tLAST BACKUP\tSTEP\tMESSAGE")
+			for _, v := range statusViews(items) {
+				window := "-"
+				if v.WindowEarliest != nil {
+					window = v.WindowEarliest.UTC().Format(time.RFC3339) + " .. " + v.WindowLatest.UTC().Format(time.RFC3339)
+				}
+				last := "-"
+				if v.LastBackup != nil {
+					last = age(*v.LastBackup, now) + " ago"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Kind, orDash(v.Phase), orDash(v.Workload), window, last,
+					orDash(v.Step), orDash(v.Message))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+// statusView is one resource as status shows it (and -o json prints it).
+type statusView struct {
+	Name string `json:"name"`
+	// Kind is what the resource asks for: schedule, backup or restore.
+	Kind           string     `json:"kind"`
+	Phase          string     `json:"phase,omitempty"`
+	Workload       string     `json:"workload,omitempty"`
+	WindowEarliest *time.Time `json:"windowEarliest,omitempty"`
+	WindowLatest   *time.Time `json:"windowLatest,omitempty"`
+	LastBackup     *time.Time `json:"lastBackup,omitempty"`
+	RestoreTo      string     `json:"restoreTo,omitempty"`
+	Step           string     `json:"step,omitempty"`
+	// Ready is the Ready condition's status, Reason and Message its reason and message.
+	Ready   string `json:"ready,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Message string `json:"message,omitempty"`
+}
+
+func statusViews(items []kcv1.KeycloakBackup) []statusView {
+	out := make([]statusView, 0, len(items))
+	for i := range items {
+		kb := &items[i]
+		v := statusView{Name: kb.Name, Kind: kindOf(kb), Phase: string(kb.Status.Phase), RestoreTo: kb.Spec.RestoreTo}
+		if w := kb.Status.Instance; w != nil {
+			v.Workload = w.Kind + "/" + w.Name
+		}
+		if w := kb.Status.RecoveryWindow; w != nil {
+			e, l := w.Earliest.Time, w.Latest.Time
+			v.WindowEarliest, v.WindowLatest = &e, &l
+		}
+		if t := kb.Status.LastBackupTime; t != nil {
+			l := t.Time
+			v.LastBackup = &l
+		}
+		if kb.IsRestore() && kb.Status.Restore != nil {
+			v.Step = string(kb.Status.Restore.Step)
+		}
+		if c := kb.Condition(kcv1.ConditionReady); c != nil {
+			v.Ready, v.Reason = string(c.Status), c.Reason
+			if c.Status != metav1.ConditionTrue {
+				v.Message = c.Message
+			}
+		}
+		out = append(out, v)
+	}
+	return out
+}
+
+// kindOf says what a resource asks for.
+func kindOf(kb *kcv1.KeycloakBackup) string {
+	switch {
+	case kb.IsRestore():
+		return "restore"
+	case kb.IsScheduled():
+		return "schedule"
+	}
+	return "backup"
+}
+
+func (e *env) listCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list NAME",
+		Short: "The recovery ranges and base backups of a resource's archive (what a restore can reach)",
+		Long: `list prints the archive's recovery ranges (every second of each can be restored to; a hole in
+the WAL ends one range and the next backup starts another) and its base backups, as the
+operator last read them from the sidecar.`,
+		Example: `  kubectl kcbackup list keycloak-db
+  kubectl kcbackup list keycloak-db -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, ns, err := e.connect()
+			if err != nil {
+				return err
+			}
+			kb, err := get(cmd.Context(), c, ns, args[0])
+			if err != nil {
+				return err
+			}
+			if e.output == "json" {
+				return e.printJSON(struct {
+					Ranges  []kcv1.RecoveryRange `json:"ranges"`
+					Backups []kcv1.BackupRecord  `json:"backups"`
+				}{orEmpty(kb.Status.RecoveryRanges), orEmpty(kb.Status.Backups)})
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(tw, "RANGE\tTIMELINE\tFROM\tTO\tENDS AT")
+			for i, r := range kb.Status.RecoveryRanges {
+				end := "the live end"
+				if r.Hole {
+					end = "a hole in the WAL"
+				} else if i < len(kb.Status.RecoveryRanges)-1 {
+					end = "the end of its timeline"
+				}
+				fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\n", i+1, r.Timeline, r.Earliest.UTC().Format(time.RFC3339), r.Latest.UTC().Format(time.RFC3339), end)
+			}
+			if len(kb.Status.RecoveryRanges) == 0 {
+				fmt.Fprintln(tw, "-\t-\t-\t-\tno range yet: the archive has no complete base backup")
+			}
+			fmt.Fprintln(tw)
+			fmt.Fprintln(tw, "BACKUP\tTIMELINE\tSTARTED\tSTOPPED\tSIZE\tSTOP LSN")
+			for _, b := range kb.Status.Backups {
+				fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", b.ID, b.Timeline, fmtTime(b.StartTime), fmtTime(b.StopTime), humanBytes(b.SizeBytes), orDash(b.StopLSN))
+			}
+			return tw.Flush()
+		},
+	}
+}
+
+func (e *env) backupCommand() *cobra.Command {
+	var name string
+	var waitFor bool
+	cmd := &cobra.Command{
+		Use:   "backup NAME",
+		Short: "Take a base backup now into the archive of resource NAME (a new KeycloakBackup)",
+		Long: `backup creates a one-off KeycloakBackup for the workload and archive of resource NAME: the
+operator asks the sidecar of the primary for a base backup. With --wait it follows the
+backup to its end and exits 1 if it failed.`,
+		Example: `  kubectl kcbackup backup keycloak-db
+  kubectl kcbackup backup keycloak-db --name before-upgrade --wait`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, _, ns, err := e.connect()
+			if err != nil {
+				return err
+			}
+			src, err := get(cmd.Context(), c, ns, args[0])
+			if err != nil {
+				return err
+			}
+			kb := derived(src, orDefault(name, args[0]+"-backup-"+time.Now().UTC().Format("20060102150405")))
+			return e.submit(cmd.Context(), c, kb, waitFor, 0)
+		},
+	}
+	cmd.Flags().StringVar(&name, "name", "", "name of the new KeycloakBackup (default NAME-backup-<UTC time>)")
+	cmd.Flags().BoolVar(&waitFor, "wait", false, "wait until the backup completed or failed")
+	return cmd
+}
+
+func (e *env) restoreCommand() *cobra.Command {
+	var name, to, appSelector string
+	var timeline int64
+	var waitFor, noApp bool
+	var timeout time.Duration
+	cmd := &cobra.Command{
+		Use:   "restore NAME --to TIME|latest",
+		Short: "Restore the workload of resource NAME in place to a time (a new KeycloakBackup with restoreTo)",
+		Long: `restore creates a KeycloakBackup that restores the workload of resource NAME in place, to
+--to: "latest" or an RFC 3339 time with a zone. The operator checks the target with the
+sidecar's planner before it stops anything, stops Keycloak, restores, and starts it again;
+the replaced data directory is moved aside, never deleted. With --wait it follows the
+restore step by step and exits 1 if it was refused or failed.`,
+		Example: `  kubectl kcbackup restore keycloak-db --to 2026-12-05T10:30:00Z -l app=keycloak --wait
+  kubectl kcbackup restore keycloak-db --to latest --timeline 3`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if to == "" {
+				return usagef("--to is required: 'latest' or an RFC 3339 time with a zone, like 2026-12-05T10:30:00Z")
+			}
+			if _, _, err := kcv1.ParseRestoreTarget(to); err != nil {
+				return usagef("invalid --to %q: %v", to, err)
+			}
+			var app *metav1.LabelSelector
+			if appSelector != "" {
+				sel, err := metav1.ParseToLabelSelector(appSelector)
+				if err != nil || len(sel.MatchLabels)+len(sel.MatchExpressions) == 0 {
+					return usagef("invalid --application-selector %q: expected labels of Keycloak's workload, like app=keycloak", appSelector)
+				}
+				app = sel
+			}
+			if timeline < 0 {
+				return usagef("invalid --timeline %d: expected a timeline number (1 or more), or 0 for the newest", timeline)
+			}
+			c, _, ns, err := e.connect()
+			if err != nil {
+				return err
+			}
+			src, err := get(cmd.Context(), c, ns, args[0])
+			if err != nil {
+				return err
+			}
+			kb := derived(src, orDefault(name, args[0]+"-restore-"+time.Now().UTC().Format("20060102150405")))
+			kb.Spec.RestoreTo = to
+			kb.Spec.ApplicationSelector = app
+			if app == nil {
+				kb.Spec.ApplicationSelector = src.Spec.ApplicationSelector.DeepCopy()
+			}
+			if timeline > 0 || noApp || timeout > 0 {
+				kb.Spec.Restore = &kcv1.RestoreOptions{AllowWithoutApplication: noApp}
+				if timeline > 0 {
+					kb.Spec.Restore.Timeline = &timeline
+				}
+				if timeout > 0 {
+					kb.Spec.Restore.Timeout = &metav1.Duration{Duration: timeout}
+				}
+			}
+			return e.submit(cmd.Context(), c, kb, waitFor, timeout)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&to, "to", "", "restore target: 'latest' or an RFC 3339 time with a zone (2026-12-05T10:30:00Z)")
+	f.StringVar(&name, "name", "", "name of the new KeycloakBackup (default NAME-restore-<UTC time>)")
+	f.Int64Var(&timeline, "timeline", 0, "timeline to recover along (default: the newest whose range holds the target)")
+	f.StringVarP(&appSelector, "application-selector", "l", "", "labels of Keycloak's workload (or of its Keycloak resource's StatefulSet), stopped during the restore, like app=keycloak (default: NAME's)")
+	f.BoolVar(&noApp, "allow-without-application", false, "restore although the resource selects no application to stop (spec.restore.allowWithoutApplication)")
+	f.DurationVar(&timeout, "timeout", 0, "spec.restore.timeout (default: the operator's, 30m)")
+	f.BoolVar(&waitFor, "wait", false, "follow the restore until it is done or failed")
+	return cmd
+}
+
+// derived is a new resource for the same workload and archive as src.
+func derived(src *kcv1.KeycloakBackup, name string) *kcv1.KeycloakBackup {
+	return &kcv1.KeycloakBackup{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: src.Namespace,
+			Labels: map[string]string{"app.kubernetes.io/created-by": "kubectl-kcbackup"}},
+		Spec: kcv1.KeycloakBackupSpec{
+			InstanceSelector: *src.Spec.InstanceSelector.DeepCopy(),
+			Storage:          *src.Spec.Storage.DeepCopy(),
+			Postgres:         *src.Spec.Postgres.DeepCopy(),
+		},
+	}
+}
+
+// submit creates kb and, with waitFor, follows it until it ends: 0 when it completed, an
+// error naming the reason otherwise. The wait is bounded by the restore's timeout (or the
+// operator's default) plus a margin, for a one-off backup by the same.
+func (e *env) submit(ctx context.Context, c client.Client, kb *kcv1.KeycloakBackup, waitFor bool, timeout time.Duration) error {
+	if err := c.Create(ctx, kb); err != nil {
+		if apierrors.IsAlreadyExists(err) {
+			return usagef("a KeycloakBackup named %s already exists in namespace %s: pass another --name", kb.Name, kb.Namespace)
+		}
+		return fmt.Errorf("create KeycloakBackup %s/%s: %w", kb.Namespace, kb.Name, err)
+	}
+	fmt.Fprintf(e.stderr, "keycloakbackup.keycloak.org/%s created\n", kb.Name)
+	if !waitFor {
+		if e.output == "json" {
+			return e.printJSON(statusViews([]kcv1.KeycloakBackup{*kb}))
+		}
+		fmt.Fprintf(e.stdout, "%s\n", kb.Name)
+		return nil
+	}
+	if timeout <= 0 {
+		timeout = kb.Spec.RestoreTimeout()
+	}
+	var last kcv1.KeycloakBackup
+	lastLine := ""
+	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout+5*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if err := c.Get(ctx, client.ObjectKeyFromObject(kb), &last); err != nil {
+			return false, nil // transient: the API server is asked again
+		}
+		v := statusViews([]kcv1.KeycloakBackup{last})[0]
+		line := strings.TrimSpace(fmt.Sprintf("%s %s %s", v.Phase, v.Step, v.Message))
+		if line != lastLine && e.output != "json" {
+			fmt.Fprintf(e.stderr, "%s  %s\n", time.Now().UTC().Format(time.TimeOnly), line)
+			lastLine = line
+		}
+		return last.IsTerminal(), nil
+	})
+	if e.output == "json" {
+		if perr := e.printJSON(statusViews([]kcv1.KeycloakBackup{last})); perr != nil {
+			return perr
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("KeycloakBackup %s/%s did not finish within %s (phase %q); it goes on: follow it with kubectl kcbackup status %s",
+			kb.Namespace, kb.Name, timeout+5*time.Minute, last.Status.Phase, kb.Name)
+	}
+	if last.Status.Phase == kcv1.PhaseFailed {
+		c := last.Condition(kcv1.ConditionReady)
+		why := "no reason recorded"
+		if c != nil {
+			why = c.Reason + ": " + c.Message
+		}
+		return fmt.Errorf("KeycloakBackup %s/%s failed: %s", kb.Namespace, kb.Name, why)
+	}
+	if e.output != "json" {
+		fmt.Fprintf(e.stdout, "%s %s\n", kb.Name, last.Status.Phase)
+	}
+	return nil
+}
+
+// get reads one KeycloakBackup, with an error a user can act on.
+func get(ctx context.Context, c client.Client, ns, name string) (*kcv1.KeycloakBackup, error) {
+	var kb kcv1.KeycloakBackup
+	err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: name}, &kb)
+	if apierrors.IsNotFound(err) {
+		return nil, usagef("no KeycloakBackup %q in namespace %s (list them with kubectl kcbackup status -n %s)", name, ns, ns)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get KeycloakBackup %s/%s: %w", ns, name, err)
+	}
+	return &kb, nil
+}
+
+func orDash(s string) string { return orDefault(s, "-") }
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+func orEmpty[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
+func fmtTime(t *metav1.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+// humanBytes formats a size in binary units.
+func humanBytes(n int64) string {
+	if n <= 0 {
+		return "-"
+	}
+	const unit = 1024
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	div, exp := int64(unit), 0
+	for m := n / unit; m >= unit; m /= unit {
+		div *= unit
+		exp++
+	}
+	return fmt.Sprintf("%.1f %ciB", float64(n)/float64(div), "KMGTPE"[exp])
+}

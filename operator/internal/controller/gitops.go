@@ -20,11 +20,12 @@ const (
 	SidecarModeAnnotation = "kcbackup.keycloak.org/sidecar-mode"
 	// SidecarModeVerify is the SidecarModeAnnotation value of verify mode.
 	SidecarModeVerify = "verify"
-	// HoldSidecarUpgradeAnnotation on the PostgreSQL workload, "true": a new operator's
-	// sidecar (another image, nothing else changed) is not rolled out; the running sidecar
-	// keeps archiving, SidecarUpToDate is False with reason SidecarUpgradeHeld, and the
-	// upgrade (one PostgreSQL restart) happens when the annotation is removed. A change of
-	// the resource's storage or connection is never held: the running sidecar would archive
+	// HoldSidecarUpgradeAnnotation on the PostgreSQL workload says whether a new operator's
+	// sidecar (another image, nothing else changed) is rolled out, which restarts
+	// PostgreSQL. Absent or "true": held (the default since 0.3: upgrading the operator
+	// restarts nothing); the running sidecar keeps archiving and SidecarUpToDate is False
+	// with reason SidecarUpgradeHeld. "false": rolled out at once. A change of the
+	// resource's storage or connection is never held: the running sidecar would archive
 	// to the wrong place.
 	HoldSidecarUpgradeAnnotation = "kcbackup.keycloak.org/hold-sidecar-upgrade"
 )
@@ -51,17 +52,17 @@ func (r *Reconciler) sidecarNotDeclared(kb *kcv1.KeycloakBackup, w workload) {
 }
 
 // upgradeHeld reports whether the sidecar in w's template is kept as it is although the
-// operator builds another: the hold annotation is set, or the workload is in verify mode
-// (its owner upgrades it by declaring the new one), and only the image differs (the
-// template's sidecar is what this operator would build from that image).
+// operator builds another: unless the workload allows upgrades (HoldSidecarUpgradeAnnotation
+// "false"), or in verify mode, a sidecar that differs only by its image (the template's
+// sidecar is what this operator would build from that image) is kept.
 func (r *Reconciler) upgradeHeld(kb *kcv1.KeycloakBackup, w workload, loc dataLocation) (bool, error) {
-	how := fmt.Sprintf("by the annotation %s=true (it would restart PostgreSQL); the running sidecar keeps archiving. "+
-		"Remove the annotation to allow it", HoldSidecarUpgradeAnnotation)
+	how := fmt.Sprintf("because it would restart PostgreSQL; the running sidecar keeps archiving. Set the workload's annotation "+
+		"%s: \"false\" to allow it (one restart), or keep holding until a maintenance window", HoldSidecarUpgradeAnnotation)
 	switch {
 	case verifyOnly(w):
 		how = "until the workload's manifests declare the new one (verify mode: print it with `kcbackup-operator sidecar-manifest`); " +
 			"the running sidecar keeps archiving"
-	case w.Obj.GetAnnotations()[HoldSidecarUpgradeAnnotation] != "true":
+	case w.Obj.GetAnnotations()[HoldSidecarUpgradeAnnotation] == "false":
 		return false, nil
 	}
 	old := sidecarImage(w.Template())

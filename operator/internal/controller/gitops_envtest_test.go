@@ -3,6 +3,7 @@ package controller_test
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -78,23 +79,40 @@ func testVerifyModeChecksTheDeclaredSidecar(t *testing.T, cfg *rest.Config) {
 	e.waitPhase("again", kcv1.PhaseCompleted)
 }
 
-// testHeldUpgradeKeepsTheRunningSidecar: with the hold annotation, a sidecar of another
-// image (nothing else changed) is kept, and backups go on; removing it upgrades.
+// testHeldUpgradeKeepsTheRunningSidecar: by default a sidecar of another image (nothing
+// else changed: an operator upgrade) is kept, backups go on, and the condition says how to
+// allow it; the annotation "false" upgrades it, and a change of storage is never held.
 func testHeldUpgradeKeepsTheRunningSidecar(t *testing.T, cfg *rest.Config) {
 	e := newEnv(t, cfg)
 	e.create(postgresDeployment("postgres", dbLabels))
 	e.runPod("postgres-0", dbPods)
 	kb := volumeBackup("once")
-	e.declareSidecar(kb, "registry.example/kcbackup:old", false, map[string]string{kccontroller.HoldSidecarUpgradeAnnotation: "true"})
+	e.declareSidecar(kb, "registry.example/kcbackup:old", false, nil)
 	e.create(kb)
-	e.waitCondition("once", kcv1.ConditionSidecarUpToDate, metav1.ConditionFalse, kcv1.ReasonSidecarUpgradeHeld)
+	got := e.waitCondition("once", kcv1.ConditionSidecarUpToDate, metav1.ConditionFalse, kcv1.ReasonSidecarUpgradeHeld)
+	if msg := got.Condition(kcv1.ConditionSidecarUpToDate).Message; !strings.Contains(msg, kccontroller.HoldSidecarUpgradeAnnotation+`: "false"`) ||
+		!strings.Contains(msg, "registry.example/kcbackup:old") || !strings.Contains(msg, "registry.example/kcbackup:test") {
+		t.Errorf("SidecarUpToDate = %q; want both images and how to allow the upgrade", msg)
+	}
 	e.waitPhase("once", kcv1.PhaseCompleted)
 	if img := sidecarImageOf(e); img != "registry.example/kcbackup:old" {
 		t.Fatalf("held sidecar image = %q, want the old one kept", img)
 	}
+	// A value other than "false" holds too (the annotation's earlier meaning, "true", included).
 	d := e.deployment("postgres")
 	before := d.DeepCopy()
-	delete(d.Annotations, kccontroller.HoldSidecarUpgradeAnnotation)
+	metav1.SetMetaDataAnnotation(&d.ObjectMeta, kccontroller.HoldSidecarUpgradeAnnotation, "true")
+	if err := e.c.Patch(e.ctx, d, client.MergeFrom(before)); err != nil {
+		t.Fatal(err)
+	}
+	e.create(volumeBackup("held"))
+	e.waitPhase("held", kcv1.PhaseCompleted)
+	if img := sidecarImageOf(e); img != "registry.example/kcbackup:old" {
+		t.Fatalf("held sidecar image = %q, want the old one kept", img)
+	}
+	d = e.deployment("postgres")
+	before = d.DeepCopy()
+	metav1.SetMetaDataAnnotation(&d.ObjectMeta, kccontroller.HoldSidecarUpgradeAnnotation, "false")
 	if err := e.c.Patch(e.ctx, d, client.MergeFrom(before)); err != nil {
 		t.Fatal(err)
 	}

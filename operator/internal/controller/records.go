@@ -141,8 +141,9 @@ func describeInstance(kb *kcv1.KeycloakBackup) string {
 }
 
 // deleteRecords deletes, after retention ran, the records of kb whose backups it removed,
-// and the records of failed backups older than the oldest record still kept. A failure is
-// reported in an Event; the next retention run tries again for failed ones.
+// and the records of failed backups: retention runs after a backup completed, and one
+// backup runs at a time, so every failed record there is older than a completed backup.
+// A failure is reported in an Event; the next retention run tries again for failed ones.
 func (r *Reconciler) deleteRecords(ctx context.Context, kb *kcv1.KeycloakBackup, removed []string) {
 	var all kcv1.KeycloakBackupList
 	if err := r.Client.List(ctx, &all, client.InNamespace(kb.Namespace), client.MatchingLabels{RecordOfLabel: kb.Name}); err != nil {
@@ -153,22 +154,10 @@ func (r *Reconciler) deleteRecords(ctx context.Context, kb *kcv1.KeycloakBackup,
 	for _, id := range removed {
 		gone[id] = true
 	}
-	var recs []*kcv1.KeycloakBackup
-	var oldestKept *metav1.Time
 	for i := range all.Items {
 		rec := &all.Items[i]
-		if !rec.IsRecord() || !metav1.IsControlledBy(rec, kb) || rec.DeletionTimestamp != nil {
-			continue
-		}
-		recs = append(recs, rec)
-		if !gone[rec.Spec.BackupID] && rec.Status.Phase == kcv1.PhaseCompleted &&
-			(oldestKept == nil || rec.CreationTimestamp.Before(oldestKept)) {
-			oldestKept = &rec.CreationTimestamp
-		}
-	}
-	for _, rec := range recs {
-		failedBefore := rec.Status.Phase == kcv1.PhaseFailed && oldestKept != nil && rec.CreationTimestamp.Before(oldestKept)
-		if !gone[rec.Spec.BackupID] && !failedBefore {
+		if !rec.IsRecord() || !metav1.IsControlledBy(rec, kb) || rec.DeletionTimestamp != nil ||
+			!gone[rec.Spec.BackupID] && rec.Status.Phase != kcv1.PhaseFailed {
 			continue
 		}
 		uid := rec.UID
@@ -177,6 +166,6 @@ func (r *Reconciler) deleteRecords(ctx context.Context, kb *kcv1.KeycloakBackup,
 			r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, "RecordFailed", "DeleteRecords", "cannot delete record %s: %v", rec.Name, err)
 			continue
 		}
-		log.FromContext(ctx).Info("deleted the record of a backup retention removed", "record", rec.Name, "id", rec.Spec.BackupID)
+		log.FromContext(ctx).Info("deleted the record of a backup", "record", rec.Name, "id", rec.Spec.BackupID, "phase", rec.Status.Phase)
 	}
 }

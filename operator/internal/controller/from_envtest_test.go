@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -39,6 +40,7 @@ func TestEnvtestFromAndRecords(t *testing.T) {
 		{"FromRefusalsAreConditions", testFromRefusals},
 		{"LegacyResourceWithOtherStorageIsToldToUseFrom", testLegacyConflictNamesFrom},
 		{"ScheduleRecordsEachBackupAndRetentionDeletesRecords", testScheduleRecords},
+		{"RestoreWithFromRunsOnTheArchiveSettings", testRestoreWithFrom},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -208,6 +210,40 @@ func testFromRefusals(t *testing.T, cfg *rest.Config) {
 	got = e.waitCondition("enc-restore", kcv1.ConditionValid, metav1.ConditionFalse, kcv1.ReasonInvalidSpec)
 	if !strings.Contains(got.Condition(kcv1.ConditionValid).Message, "identitySecret") {
 		t.Errorf("Valid = %+v, want a message naming spec.encryption.identitySecret", got.Condition(kcv1.ConditionValid))
+	}
+}
+
+func testRestoreWithFrom(t *testing.T, cfg *rest.Config) {
+	e := restoreFixture(t, cfg)
+	e.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "age"}, Data: map[string][]byte{"identity": []byte("AGE-SECRET-KEY-1EXAMPLE\n")}})
+	prod := volumeBackup("prod")
+	prod.Spec.Schedule = "0 3 * * *"
+	prod.Spec.Encryption = &kcv1.Encryption{IdentitySecret: &kcv1.SecretKey{Name: "age", Key: "identity"}}
+	e.create(prod)
+	e.waitPhase("prod", kcv1.PhaseScheduled)
+
+	// The restore says only what it does; its Job reads prod's archive with prod's identity.
+	rs := fromBackup("undo", "prod")
+	rs.Spec.RestoreTo = kcv1.RestoreLatest
+	rs.Spec.ApplicationSelector = &metav1.LabelSelector{MatchLabels: map[string]string{"app": "keycloak"}}
+	e.runToJob(rs)
+	var job batchv1.Job
+	if err := e.c.Get(e.ctx, client.ObjectKey{Namespace: e.ns, Name: "undo-restore"}, &job); err != nil {
+		t.Fatal(err)
+	}
+	c := job.Spec.Template.Spec.Containers[0]
+	if args := strings.Join(c.Args, " "); !strings.Contains(args, "--storage file:///var/lib/kcbackup/archive") {
+		t.Errorf("restore Job args %q do not name prod's archive", args)
+	}
+	env := map[string]string{}
+	for _, v := range c.Env {
+		env[v.Name] = v.Value
+	}
+	if env["KCBACKUP_ENCRYPTION_KEY_FILE"] != "/var/run/kcbackup/encryption/identity" {
+		t.Errorf("restore Job env = %v, want the identity file of prod's encryption", env)
+	}
+	if rs := e.kb("undo").Status.Restore; rs == nil || rs.Step != kcv1.RestoreRestoringData {
+		t.Errorf("restore status = %+v, want step RestoringData", rs)
 	}
 }
 

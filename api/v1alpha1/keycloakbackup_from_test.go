@@ -119,7 +119,7 @@ func TestCRDNamesAndColumns(t *testing.T) {
 			shown = append(shown, c.Name)
 		}
 	}
-	if got := strings.Join(shown, ","); got != "Workload,Phase,Step,Last Backup,Size,Age" {
+	if got := strings.Join(shown, ","); got != "Workload,Phase,Step,Backup Time,Size,Age" {
 		t.Errorf("kubectl get columns = %s", got)
 	}
 }

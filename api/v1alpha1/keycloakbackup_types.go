@@ -722,7 +722,7 @@ type KeycloakBackupStatus struct {
 // +kubebuilder:printcolumn:name="Workload",type=string,JSONPath=`.status.instance.name`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
 // +kubebuilder:printcolumn:name="Step",type=string,JSONPath=`.status.restore.step`
-// +kubebuilder:printcolumn:name="Last Backup",type=date,JSONPath=`.status.lastBackupTime`
+// +kubebuilder:printcolumn:name="Backup Time",type=date,JSONPath=`.status.backup.stopTime`
 // +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.backup.size`
 // +kubebuilder:printcolumn:name="From",type=string,JSONPath=`.spec.from`,priority=1
 // +kubebuilder:printcolumn:name="Window From",type=string,JSONPath=`.status.recoveryWindow.earliest`,priority=1

@@ -255,11 +255,8 @@ func testLegacyConflictNamesFrom(t *testing.T, cfg *rest.Config) {
 	prod.Spec.Schedule = "0 3 * * *"
 	e.create(prod)
 	e.waitPhase("prod", kcv1.PhaseScheduled)
-	// A v1alpha1 resource repeating the settings keeps working when they agree...
-	e.create(volumeBackup("same"))
-	e.waitPhase("same", kcv1.PhaseCompleted)
-	// ...and is told to use from when they do not. (Created in the same second as prod, the
-	// later name loses the tie.)
+	// A v1alpha1 resource repeating the settings is told to use from when they differ
+	// (created in the same second as prod, the later name loses the tie)...
 	other := volumeBackup("zz-other")
 	other.Spec.Storage.Volume.ClaimName = "elsewhere"
 	e.create(other)
@@ -267,6 +264,9 @@ func testLegacyConflictNamesFrom(t *testing.T, cfg *rest.Config) {
 	if msg := got.Condition(kcv1.ConditionConflict).Message; !strings.Contains(msg, "spec.from: prod") {
 		t.Errorf("Conflict message %q does not say to use spec.from: prod", msg)
 	}
+	// ...and keeps working when they agree.
+	e.create(volumeBackup("same"))
+	e.waitPhase("same", kcv1.PhaseCompleted)
 }
 
 // pruneRemoving stands between the operator and the fake sidecar: it answers POST /v1/prune
@@ -345,8 +345,7 @@ func testScheduleRecords(t *testing.T, cfg *rest.Config) {
 			first.Name, first.Spec.From, first.OwnerReferences, first.Labels)
 	}
 	if b := first.Status.Backup; b == nil || b.ID != "backup-1" || b.SizeBytes != 4096 || b.StartLSN == "" || b.StopLSN == "" ||
-		b.StartTime == nil || b.StopTime == nil || first.Status.OpensRange == nil || first.Status.Instance == nil ||
-		first.Status.LastBackupTime == nil {
+		b.StartTime == nil || b.StopTime == nil || first.Status.OpensRange == nil || first.Status.Instance == nil {
 		t.Errorf("record status = %s, want the backup's size, LSNs, times, the range it opens and the workload", describe(first))
 	}
 
@@ -358,6 +357,21 @@ func testScheduleRecords(t *testing.T, cfg *rest.Config) {
 		t.Errorf("failed record Ready = %+v, want reason BackupFailed", c)
 	}
 	e.sidecar.with(func(f *fakeSidecar) { f.failNext = false })
+	// Records export no alert gauges: a failed record would keep an alert firing, an old one
+	// would look like a stale schedule. The schedule's resource carries them.
+	for _, rec := range []*kcv1.KeycloakBackup{first, failed} {
+		if rec.Status.LastBackupTime != nil || rec.Status.LastFailedBackupTime != nil {
+			t.Errorf("record %s has lastBackupTime/lastFailedBackupTime: %s", rec.Name, describe(rec))
+		}
+		for _, m := range []string{"kcbackup_operator_last_backup_failed", "kcbackup_operator_last_backup_success_timestamp_seconds"} {
+			if v := e.gauge(m, rec.Name); v != -1 {
+				t.Errorf("%s{name=%q} = %v, want no series", m, rec.Name, v)
+			}
+		}
+	}
+	if v := e.gauge("kcbackup_operator_last_backup_failed", "hourly"); v != 1 {
+		t.Errorf("kcbackup_operator_last_backup_failed{name=hourly} = %v, want 1 after the failed backup", v)
+	}
 
 	// Retention removes backup-1 with the next backup: its record goes, and the failed
 	// record older than the oldest kept backup goes too.

@@ -105,7 +105,9 @@ func (r *Reconciler) ensureRecord(ctx context.Context, kb *kcv1.KeycloakBackup, 
 	return rec, nil
 }
 
-// writeRecordStatus gives the record the result of its backup.
+// writeRecordStatus gives the record the result of its backup. It leaves lastBackupTime and
+// lastFailedBackupTime unset: the alert gauges are seeded from them, and a record is not a
+// resource that takes backups (its schedule's resource carries them).
 func (r *Reconciler) writeRecordStatus(ctx context.Context, kb, rec *kcv1.KeycloakBackup, succeeded bool) error {
 	before := rec.DeepCopy()
 	st := &rec.Status
@@ -116,14 +118,12 @@ func (r *Reconciler) writeRecordStatus(ctx context.Context, kb, rec *kcv1.Keyclo
 	case succeeded && kb.Status.Backup != nil:
 		st.Phase = kcv1.PhaseCompleted
 		st.Backup = kb.Status.Backup.DeepCopy()
-		st.LastBackupTime = kb.Status.Backup.StopTime.DeepCopy()
 		st.OpensRange = kb.Status.OpensRange.DeepCopy()
 		rec.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonBackupCompleted,
 			fmt.Sprintf("records base backup %s of %s, taken by the schedule of %s", rec.Spec.BackupID, describeInstance(kb), kb.Name))
 	default:
 		st.Phase = kcv1.PhaseFailed
 		st.Backup = &kcv1.BackupRecord{ID: rec.Spec.BackupID}
-		st.LastFailedBackupTime = kb.Status.LastFailedBackupTime.DeepCopy()
 		reason, msg := kcv1.ReasonBackupFailed, "base backup "+rec.Spec.BackupID+" failed"
 		if ready != nil && ready.Status == metav1.ConditionFalse {
 			reason, msg = ready.Reason, ready.Message

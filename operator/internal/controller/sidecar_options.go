@@ -7,6 +7,8 @@ package controller
 // restoreEncryption.
 
 import (
+	"slices"
+
 	corev1 "k8s.io/api/core/v1"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
@@ -55,6 +57,20 @@ func applySidecarOptions(spec *kcv1.KeycloakBackupSpec, s *sidecarSpec) {
 	c.Env = append(c.Env, env...)
 	c.VolumeMounts = append(c.VolumeMounts, *mount)
 	s.Volumes = append(s.Volumes, *vol)
+}
+
+// beforeSidecarOptions returns s as an operator without spec.sidecar built it: without the
+// default log format. Only for a spec that sets neither spec.sidecar nor spec.encryption
+// (ok false otherwise). A hold of a sidecar upgrade compares the running sidecar with it
+// too, so the default this file adds does not count as a change beyond the image.
+func beforeSidecarOptions(spec *kcv1.KeycloakBackupSpec, s sidecarSpec) (sidecarSpec, bool) {
+	if spec.Sidecar != nil || spec.Encryption != nil {
+		return s, false
+	}
+	c := s.Container
+	c.Env = slices.DeleteFunc(slices.Clone(c.Env), func(e corev1.EnvVar) bool { return e.Name == "KCBACKUP_LOG_FORMAT" })
+	s.Container = c
+	return s, true
 }
 
 // restoreEncryption returns the volume, mount and environment that give the restore Job

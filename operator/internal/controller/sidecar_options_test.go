@@ -4,8 +4,11 @@ import (
 	"strings"
 	"testing"
 
+	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/tools/events"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 )
@@ -125,5 +128,37 @@ func TestHumanBytes(t *testing.T) {
 		if got := humanBytes(n); got != want {
 			t.Errorf("humanBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// A sidecar injected by an operator from before spec.sidecar (no log format variable) is an
+// image-only difference for a hold: the default this version adds does not restart a held
+// PostgreSQL, nor stop a verify-mode workload's backups.
+func TestHoldKeepsASidecarFromBeforeTheLogFormatDefault(t *testing.T) {
+	loc := dataLocation{Container: "postgres", DataDir: "/d/pgdata", Mount: corev1.VolumeMount{Name: "data", MountPath: "/d"}}
+	kb := &kcv1.KeycloakBackup{Spec: kcv1.KeycloakBackupSpec{Storage: kcv1.Storage{Volume: &kcv1.VolumeStorage{ClaimName: "a"}}}}
+	old, err := buildSidecar("img:old", DeliverByImageVolume, &kb.Spec, "pg", loc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, ok := beforeSidecarOptions(&kb.Spec, old)
+	if !ok || before.Hash() == old.Hash() || len(before.Container.Env) != len(old.Container.Env)-1 {
+		t.Fatalf("beforeSidecarOptions = %v, %d variables: want the sidecar without its log format", ok, len(before.Container.Env))
+	}
+	d := &appsv1.Deployment{ObjectMeta: metav1.ObjectMeta{Name: "pg", Annotations: map[string]string{HoldSidecarUpgradeAnnotation: "true"}},
+		Spec: appsv1.DeploymentSpec{Template: corev1.PodTemplateSpec{Spec: corev1.PodSpec{Containers: []corev1.Container{{Name: "postgres"}}}}}}
+	inject(&d.Spec.Template, before)
+	r := &Reconciler{Recorder: events.NewFakeRecorder(10), SidecarImage: "img:new"}
+	w := workload{Kind: "Deployment", Obj: d}
+	if held, err := r.upgradeHeld(kb, w, loc); err != nil || !held {
+		t.Errorf("upgradeHeld = %v, %v: want held", held, err)
+	}
+	// A spec with sidecar options is not compared with the sidecar from before them.
+	kb.Spec.Sidecar = &kcv1.SidecarOptions{LogFormat: kcv1.LogFormatText}
+	if held, err := r.upgradeHeld(kb, w, loc); err != nil || held {
+		t.Errorf("upgradeHeld with spec.sidecar = %v, %v: want not held (the options changed)", held, err)
+	}
+	if _, ok := beforeSidecarOptions(&kb.Spec, old); ok {
+		t.Errorf("beforeSidecarOptions accepted a spec with spec.sidecar")
 	}
 }

@@ -47,6 +47,14 @@ const (
 	ReasonInvalidStorage       = "InvalidStorage"
 	ReasonInvalidSpec          = "InvalidSpec"
 	ReasonSecretMissing        = "SecretMissing"
+	// ReasonFromNotFound: spec.from names no KeycloakBackup in the namespace (yet).
+	ReasonFromNotFound = "FromNotFound"
+	// ReasonInvalidFrom: spec.from names a resource that cannot be an archive's resource
+	// (it has from itself, or it is a restore), or the resource repeats the settings it
+	// should take from it.
+	ReasonInvalidFrom = "InvalidFrom"
+	// ReasonRecord: the resource records one base backup (spec.backupID); it does nothing.
+	ReasonRecord = "BackupRecord"
 
 	ReasonWorkloadFound            = "WorkloadFound"
 	ReasonNoWorkloadMatched        = "NoWorkloadMatched"
@@ -169,10 +177,95 @@ func (kb *KeycloakBackup) IsRestore() bool { return kb.Spec.RestoreTo != "" }
 // IsScheduled reports whether the resource asks for scheduled backups.
 func (kb *KeycloakBackup) IsScheduled() bool { return kb.Spec.Schedule != "" && !kb.IsRestore() }
 
+// IsRecord reports whether the resource is the record of one base backup (spec.backupID):
+// it does nothing.
+func (kb *KeycloakBackup) IsRecord() bool { return kb.Spec.BackupID != "" }
+
+// ValidateFrom checks, again for API servers without CEL, that a resource with from sets
+// none of the archive's settings: it returns the first one set as a *SpecError. A resource
+// without from passes.
+func (s *KeycloakBackupSpec) ValidateFrom() error {
+	if s.From == "" {
+		if s.BackupID != "" {
+			return &SpecError{ReasonInvalidFrom, "spec.backupID", "a record of a backup needs spec.from naming the archive's resource"}
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		field string
+		set   bool
+	}{
+		{"instanceSelector", !equality.Semantic.DeepEqual(s.InstanceSelector, metav1.LabelSelector{})},
+		{"storage", s.Storage.S3 != nil || s.Storage.Volume != nil},
+		{"postgres", !isPostgresDefault(s.Postgres)},
+		{"encryption", s.Encryption != nil},
+		{"sidecar", s.Sidecar != nil},
+		{"schedule", s.Schedule != ""},
+		{"retention", s.Retention != nil},
+		{"suspend", s.Suspend},
+	} {
+		if f.set {
+			return &SpecError{ReasonInvalidFrom, "spec." + f.field, fmt.Sprintf(
+				"is taken from KeycloakBackup %q (spec.from): remove it here, and change it there", s.From)}
+		}
+	}
+	if s.BackupID != "" && s.RestoreTo != "" {
+		return &SpecError{ReasonInvalidFrom, "spec.backupID", "a record of a backup excludes restoreTo"}
+	}
+	return nil
+}
+
+// isPostgresDefault reports whether p holds only what the API server's defaulting puts
+// into an empty postgres block (user postgres, port 5432).
+func isPostgresDefault(p PostgresSpec) bool {
+	return (p.User == "" || p.User == "postgres") && (p.Port == 0 || p.Port == 5432) &&
+		p.ContainerName == "" && p.DataDir == "" && p.PasswordSecret == nil
+}
+
+// CanBeArchiveOf reports why archive cannot be the resource spec.from names, or nil: it
+// must be a resource without from of its own (one level, no chains) and not a restore.
+func (kb *KeycloakBackup) CanBeArchiveOf(name string) error {
+	switch {
+	case kb.Spec.From != "":
+		return &SpecError{ReasonInvalidFrom, "spec.from", fmt.Sprintf(
+			"KeycloakBackup %q has from %q itself: name the archive's resource, %q", kb.Name, kb.Spec.From, kb.Spec.From)}
+	case kb.IsRestore():
+		return &SpecError{ReasonInvalidFrom, "spec.from", fmt.Sprintf(
+			"KeycloakBackup %q is a restore: name the resource that holds the archive's settings", kb.Name)}
+	case kb.Name == name:
+		return &SpecError{ReasonInvalidFrom, "spec.from", "names this resource itself"}
+	}
+	return nil
+}
+
+// TakeArchiveFrom copies the archive's settings of the resource spec.from names into s:
+// the spec the operator then works with. s must have passed ValidateFrom.
+func (s *KeycloakBackupSpec) TakeArchiveFrom(archive *KeycloakBackupSpec) {
+	s.InstanceSelector = *archive.InstanceSelector.DeepCopy()
+	s.Storage = *archive.Storage.DeepCopy()
+	s.Postgres = *archive.Postgres.DeepCopy()
+	s.Encryption = archive.Encryption.DeepCopy()
+	s.Sidecar = archive.Sidecar.DeepCopy()
+}
+
 // Validate checks what admission cannot: the cron expression, the restore time, the
 // retention duration, and storage exclusivity again (for API servers without CEL). It
-// returns the first problem as a *SpecError.
+// returns the first problem as a *SpecError. A resource with from is validated once its
+// archive's settings were taken (TakeArchiveFrom).
 func (s *KeycloakBackupSpec) Validate() error {
+	if s.From != "" && s.Storage.S3 == nil && s.Storage.Volume == nil {
+		return &SpecError{ReasonInvalidFrom, "spec.from", fmt.Sprintf(
+			"the archive's settings are those of KeycloakBackup %q: use that resource here", s.From)}
+	}
+	if e := s.Encryption; e != nil && e.RecipientsSecret == nil && e.IdentitySecret == nil {
+		return &SpecError{ReasonInvalidSpec, "spec.encryption", "needs recipientsSecret, identitySecret or both"}
+	}
+	if e := s.Encryption; e != nil && e.IdentitySecret == nil && s.RestoreTo != "" {
+		return &SpecError{ReasonInvalidSpec, "spec.encryption.identitySecret", "a restore of an encrypted archive needs the identity that reads it: set it on the archive's resource"}
+	}
+	if o := s.Sidecar; o != nil && o.LogFormat != "" && o.LogFormat != LogFormatJSON && o.LogFormat != LogFormatText {
+		return &SpecError{ReasonInvalidSpec, "spec.sidecar.logFormat", fmt.Sprintf("%q is not one of json, text", o.LogFormat)}
+	}
 	if (s.Storage.S3 == nil) == (s.Storage.Volume == nil) {
 		return &SpecError{ReasonInvalidStorage, "spec.storage", "exactly one of s3 or volume must be set"}
 	}

@@ -3,6 +3,7 @@ package v1alpha1
 import (
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -11,29 +12,74 @@ import (
 // what to do: one base backup (neither schedule nor restoreTo), a base backup at each tick of
 // schedule, or an in-place restore to restoreTo.
 //
+// The archive's settings (instanceSelector, storage, postgres, encryption, sidecar) are
+// written once, on the archive's resource; a resource with from takes them from it and says
+// only what it does.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.from) || (has(self.instanceSelector) && has(self.storage))",message="instanceSelector and storage are required unless from names the archive's resource"
+// +kubebuilder:validation:XValidation:rule="!has(self.from) || !(has(self.instanceSelector) || has(self.storage) || has(self.postgres) || has(self.encryption) || has(self.sidecar))",message="a resource with from takes instanceSelector, storage, postgres, encryption and sidecar from the resource it names: remove them here (change them there)"
+// +kubebuilder:validation:XValidation:rule="!has(self.from) || !(has(self.schedule) || has(self.retention) || has(self.suspend))",message="schedule, retention and suspend belong to the archive's resource, not to a resource with from"
+// +kubebuilder:validation:XValidation:rule="has(oldSelf.from) == has(self.from) && (!has(self.from) || self.from == oldSelf.from)",message="from is immutable: create a new resource for another archive"
+// +kubebuilder:validation:XValidation:rule="!has(self.backupID) || (has(self.from) && !has(self.restoreTo))",message="backupID (the record of one backup) needs from and excludes restoreTo"
+// +kubebuilder:validation:XValidation:rule="has(oldSelf.backupID) == has(self.backupID) && (!has(self.backupID) || self.backupID == oldSelf.backupID)",message="backupID is immutable"
 // +kubebuilder:validation:XValidation:rule="!(has(self.schedule) && has(self.restoreTo))",message="schedule and restoreTo are mutually exclusive: use one resource to schedule backups and another to restore"
 // +kubebuilder:validation:XValidation:rule="has(oldSelf.restoreTo) == has(self.restoreTo) && (!has(self.restoreTo) || self.restoreTo == oldSelf.restoreTo)",message="restoreTo is immutable: create a new resource for another restore"
 // +kubebuilder:validation:XValidation:rule="!has(self.applicationSelector) || has(self.restoreTo)",message="applicationSelector is used only with restoreTo"
 // +kubebuilder:validation:XValidation:rule="!has(self.retention) || has(self.schedule)",message="retention is applied only with schedule"
 // +kubebuilder:validation:XValidation:rule="!has(self.restore) || has(self.restoreTo)",message="restore is used only with restoreTo"
 type KeycloakBackupSpec struct {
+	// From names the archive's resource: another KeycloakBackup in this namespace, without
+	// from itself, whose instanceSelector, storage, postgres, encryption and sidecar this
+	// resource uses. A resource with from sets none of these (nor schedule, retention or
+	// suspend): it says only what it does, a one-off backup (nothing else set) or a restore
+	// (restoreTo). Immutable. Until the named resource exists, the resource waits (Valid
+	// False, reason FromNotFound).
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=253
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$`
+	From string `json:"from,omitempty"`
+
+	// BackupID makes this resource the record of one base backup of the archive, with this
+	// ID: the operator creates such a record (named <from>-<backup time>, owned by the
+	// schedule's resource, with from naming it) for each backup a schedule takes, and
+	// retention deletes it with the backup. A record does nothing; deleting it deletes no
+	// archived data. Set only by the operator; immutable.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=128
+	BackupID string `json:"backupID,omitempty"`
+
 	// InstanceSelector selects the PostgreSQL workload (a Deployment or a StatefulSet, in the
 	// resource's namespace) to back up or restore. It must match exactly one workload, running
-	// PostgreSQL 15, 16, 17, 18 or 19 (the sidecar refuses other versions by name).
-	// +required
+	// PostgreSQL 15, 16, 17, 18 or 19 (the sidecar refuses other versions by name). Required
+	// unless from is set.
+	// +optional
 	// +kubebuilder:validation:XValidation:rule="(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && size(self.matchExpressions) > 0)",message="instanceSelector must not be empty: an empty selector matches every workload"
-	InstanceSelector metav1.LabelSelector `json:"instanceSelector"`
+	InstanceSelector metav1.LabelSelector `json:"instanceSelector,omitzero"`
 
 	// Storage is where the WAL archive and the base backups are kept. All resources selecting
-	// the same workload must use the same storage.
-	// +required
-	Storage Storage `json:"storage"`
+	// the same workload must use the same storage: write it once, and name that resource in
+	// the from of the others. Required unless from is set.
+	// +optional
+	Storage Storage `json:"storage,omitzero"`
 
 	// Postgres says how the sidecar connects to PostgreSQL, which must run in the selected
 	// workload's pod. The role needs the REPLICATION attribute and pg_backup_start/stop grants,
 	// not superuser.
 	// +optional
-	Postgres PostgresSpec `json:"postgres,omitempty"`
+	Postgres PostgresSpec `json:"postgres,omitzero"`
+
+	// Encryption encrypts the archive with age: the sidecar encrypts what it archives to the
+	// recipients, and reads (restores, WAL served to a recovering PostgreSQL) with the
+	// identity. It applies to a new archive; an archive's encryption is fixed when it starts.
+	// +optional
+	Encryption *Encryption `json:"encryption,omitempty"`
+
+	// Sidecar tunes the injected kcbackup sidecar: synchronous archiving, its resources and
+	// its log format.
+	// +optional
+	Sidecar *SidecarOptions `json:"sidecar,omitempty"`
 
 	// Schedule is a cron expression ("0 3 * * *", "@hourly", "CRON_TZ=Europe/Paris 0 3 * * *");
 	// a base backup is taken at each tick. After downtime, at most one missed tick is caught up.
@@ -78,6 +124,58 @@ type KeycloakBackupSpec struct {
 	// done to the Keycloak database after promotion. Used only with restoreTo.
 	// +optional
 	Restore *RestoreOptions `json:"restore,omitempty"`
+}
+
+// Encryption names the age keys of the archive, each one key of a Secret in the resource's
+// namespace. At least one is set.
+//
+// +kubebuilder:validation:XValidation:rule="has(self.recipientsSecret) || has(self.identitySecret)",message="encryption needs recipientsSecret, identitySecret or both"
+type Encryption struct {
+	// RecipientsSecret holds the age recipients (age1... public keys, one a line) the archive
+	// is encrypted to (the sidecar's --encryption-recipient-file). With it alone the sidecar
+	// archives without being able to read: restores need identitySecret.
+	// +optional
+	RecipientsSecret *SecretKey `json:"recipientsSecret,omitempty"`
+
+	// IdentitySecret holds the age identity (AGE-SECRET-KEY-1..., from age-keygen) that reads
+	// the archive (the sidecar's --encryption-key-file): the sidecar, to serve WAL to a
+	// recovering PostgreSQL, and the restore Job get it. Without recipientsSecret, the
+	// archive is encrypted to this identity's public key. Required for a restore of an
+	// encrypted archive.
+	// +optional
+	IdentitySecret *SecretKey `json:"identitySecret,omitempty"`
+}
+
+// LogFormat is the sidecar's log format.
+// +kubebuilder:validation:Enum=json;text
+type LogFormat string
+
+// The log formats.
+const (
+	// LogFormatJSON is one JSON object a line, the default in the cluster.
+	LogFormatJSON LogFormat = "json"
+	// LogFormatText is logfmt-like key=value text.
+	LogFormatText LogFormat = "text"
+)
+
+// SidecarOptions tunes the injected sidecar.
+type SidecarOptions struct {
+	// Synchronous archives each commit's WAL before the commit returns, so no committed
+	// transaction is missing from the archive: the sidecar uploads as soon as WAL arrives
+	// (--partial-interval 0). PostgreSQL must also name it in synchronous_standby_names
+	// (synchronous_standby_names = 'kcbackup', its application_name): the operator does not
+	// change PostgreSQL's configuration. Commits then wait for one small upload each.
+	// +optional
+	Synchronous bool `json:"synchronous,omitempty"`
+
+	// Resources are the sidecar container's requests and limits. Default: requests of
+	// 50m CPU and 64Mi memory, no limit.
+	// +optional
+	Resources *corev1.ResourceRequirements `json:"resources,omitempty"`
+
+	// LogFormat is the sidecar's log format: json (default) or text.
+	// +optional
+	LogFormat LogFormat `json:"logFormat,omitempty"`
 }
 
 // Sessions says which Keycloak user sessions a restore removes from the restored database.
@@ -383,6 +481,19 @@ type BackupRecord struct {
 	// SizeBytes is the size stored in the archive.
 	// +optional
 	SizeBytes int64 `json:"sizeBytes,omitempty"`
+	// Size is SizeBytes for people ("1.5GiB").
+	// +optional
+	Size string `json:"size,omitempty"`
+}
+
+// OpenedRange is where the recovery range a base backup opens begins: from its stop time,
+// on its timeline, a restore can reach any time up to the end of the archive's range that
+// holds it (status.recoveryRanges of the archive's resource).
+type OpenedRange struct {
+	// Timeline is the timeline the backup was taken on.
+	Timeline int64 `json:"timeline"`
+	// Earliest is the earliest time the backup lets a restore reach: its stop time.
+	Earliest metav1.Time `json:"earliest"`
 }
 
 // RecoveryWindow is the range of times a restore can reach.
@@ -550,7 +661,18 @@ type KeycloakBackupStatus struct {
 	// +optional
 	CurrentBackupID string `json:"currentBackupID,omitempty"`
 
+	// Backup is the newest base backup this resource took (a one-off backup's, a schedule's
+	// latest), or the one a record (spec.backupID) stands for.
+	// +optional
+	Backup *BackupRecord `json:"backup,omitempty"`
+
+	// OpensRange is where the recovery range that status.backup opens begins, once it
+	// completed.
+	// +optional
+	OpensRange *OpenedRange `json:"opensRange,omitempty"`
+
 	// Backups are the base backups this resource took, newest last (at most 10 are listed).
+	// A schedule's backups are also objects: the records it owns (spec.backupID).
 	// +optional
 	// +listType=atomic
 	Backups []BackupRecord `json:"backups,omitempty"`
@@ -591,16 +713,20 @@ type KeycloakBackupStatus struct {
 }
 
 // KeycloakBackup asks for a base backup, a schedule of base backups, or an in-place
-// point-in-time restore of the PostgreSQL database behind Keycloak. Deleting it never
-// deletes archived data.
+// point-in-time restore of the PostgreSQL database behind Keycloak, or records one base
+// backup a schedule took (spec.backupID). Deleting it never deletes archived data.
 //
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
-// +kubebuilder:resource:shortName=kcb;kcbackup,categories=keycloak
+// +kubebuilder:resource:shortName=kcb;kcbackup
+// +kubebuilder:printcolumn:name="Workload",type=string,JSONPath=`.status.instance.name`
 // +kubebuilder:printcolumn:name="Phase",type=string,JSONPath=`.status.phase`
-// +kubebuilder:printcolumn:name="Last Backup",type=date,JSONPath=`.status.lastBackupTime`
-// +kubebuilder:printcolumn:name="Window From",type=string,JSONPath=`.status.recoveryWindow.earliest`
-// +kubebuilder:printcolumn:name="Window To",type=string,JSONPath=`.status.recoveryWindow.latest`
+// +kubebuilder:printcolumn:name="Step",type=string,JSONPath=`.status.restore.step`
+// +kubebuilder:printcolumn:name="Backup Time",type=date,JSONPath=`.status.backup.stopTime`
+// +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.backup.size`
+// +kubebuilder:printcolumn:name="From",type=string,JSONPath=`.spec.from`,priority=1
+// +kubebuilder:printcolumn:name="Window From",type=string,JSONPath=`.status.recoveryWindow.earliest`,priority=1
+// +kubebuilder:printcolumn:name="Window To",type=string,JSONPath=`.status.recoveryWindow.latest`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type KeycloakBackup struct {
 	metav1.TypeMeta `json:",inline"`

@@ -92,6 +92,12 @@ func (r *Reconciler) followBackup(ctx context.Context, kb *kcv1.KeycloakBackup, 
 	rec := kcv1.BackupRecord{
 		ID: b.ID, StartTime: ptrTime(b.StartTime), StopTime: ptrTime(b.StopTime),
 		StartLSN: b.StartLSN, StopLSN: b.StopLSN, Timeline: int64(b.Timeline), SizeBytes: b.SizeBytes,
+		Size: humanBytes(b.SizeBytes),
+	}
+	kb.Status.Backup = rec.DeepCopy()
+	kb.Status.OpensRange = nil
+	if rec.StopTime != nil {
+		kb.Status.OpensRange = &kcv1.OpenedRange{Timeline: rec.Timeline, Earliest: *rec.StopTime}
 	}
 	kb.Status.Backups = append(kb.Status.Backups, rec)
 	if n := len(kb.Status.Backups); n > maxBackupsListed {
@@ -147,12 +153,14 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonWaiting, "waiting for a running pod of "+w.String())
 		return ctrl.Result{RequeueAfter: min(wait, r.PollInterval)}, err
 	}
-	// Step 1: follow the running backup; after a success, apply retention.
-	if kb.Status.CurrentBackupID != "" {
+	// Step 1: follow the running backup; when it ended, write it down as an object (records.go)
+	// and, after a success, apply retention.
+	if id := kb.Status.CurrentBackupID; id != "" {
 		succeeded, done := r.followBackup(ctx, kb, sc)
 		if !done {
 			return ctrl.Result{RequeueAfter: min(wait, r.PollInterval)}, nil
 		}
+		r.recordBackup(ctx, kb, id, succeeded)
 		if succeeded {
 			r.applyRetention(ctx, kb, sc)
 		}
@@ -225,9 +233,22 @@ func (r *Reconciler) applyRetention(ctx context.Context, kb *kcv1.KeycloakBackup
 	}
 	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "Pruned", "ApplyRetention",
 		"retention removed %d backups and %d WAL objects", len(res.RemovedBackups), res.RemovedWALObjects)
+	r.deleteRecords(ctx, kb, res.RemovedBackups)
 	if _, err := r.refreshWindow(ctx, kb, sc); err != nil {
 		log.FromContext(ctx).Info("cannot read the catalog after pruning", "error", err.Error())
 	}
+}
+
+// humanBytes writes n bytes for people, in binary units: "512B", "4.0KiB", "1.5GiB".
+func humanBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%dB", n)
+	}
+	v, unit := float64(n)/1024, 0
+	for v >= 1024 && unit < 4 {
+		v, unit = v/1024, unit+1
+	}
+	return fmt.Sprintf("%.1f%ciB", v, "KMGTP"[unit])
 }
 
 func ptrTime(t time.Time) *metav1.Time {

@@ -73,7 +73,7 @@ func (r *Reconciler) upgradeHeld(kb *kcv1.KeycloakBackup, w workload, loc dataLo
 	if err != nil {
 		return false, err
 	}
-	if !injected(w.Template(), sc) {
+	if before, ok := beforeSidecarOptions(&kb.Spec, sc); !injected(w.Template(), sc) && (!ok || !injected(w.Template(), before)) {
 		return false, nil // the storage or the connection changed: never held
 	}
 	msg := fmt.Sprintf("the sidecar upgrade of %s from %s to %s is held %s", w, old, r.SidecarImage, how)

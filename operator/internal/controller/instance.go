@@ -146,7 +146,8 @@ func (r *Reconciler) checkConflict(ctx context.Context, kb *kcv1.KeycloakBackup,
 		}
 		r.setProblem(kb, kcv1.ConditionConflict, kcv1.ReasonStorageConflict, fmt.Sprintf(
 			"KeycloakBackup %q, created earlier, selects %s with a different storage or postgres connection; "+
-				"this resource does nothing until they agree or %q is deleted", o.Name, w, o.Name))
+				"this resource does nothing until they agree or %q is deleted. Write the archive's settings once: "+
+				"replace this resource's instanceSelector, storage, postgres, encryption and sidecar with spec.from: %s", o.Name, w, o.Name, o.Name))
 		return false, nil
 	}
 	kb.SetCondition(kcv1.ConditionConflict, metav1.ConditionFalse, kcv1.ReasonNoConflict, "no other resource archives "+w.String()+" elsewhere")

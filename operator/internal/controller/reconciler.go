@@ -226,13 +226,20 @@ func (r *Reconciler) reconcile(ctx context.Context, kb *kcv1.KeycloakBackup) (ct
 		}
 		return ctrl.Result{}, nil
 	}
-	// Step 2: the instance concern: a valid spec, one workload, its Secrets, its token and
+	// Step 2: a resource with spec.from works with the archive's settings of the resource it
+	// names (from.go); a record of a backup does nothing.
+	restore, res, ok, err := r.resolveFrom(ctx, kb)
+	if !ok {
+		return res, err
+	}
+	defer restore()
+	// Step 3: the instance concern: a valid spec, one workload, its Secrets, its token and
 	// its sidecar.
 	in, res, ok, err := r.prepareInstance(ctx, kb)
 	if !ok {
 		return res, err
 	}
-	// Step 3: the work of this resource's concern.
+	// Step 4: the work of this resource's concern.
 	switch {
 	case kb.IsRestore():
 		return r.reconcileRestore(ctx, &restoreRun{kb: kb, db: in.w, loc: in.loc, token: in.token})

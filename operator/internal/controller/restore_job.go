@@ -239,6 +239,9 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 	}
 	storageURL := env[0].Value
 	vols, mounts := storageVolumes(&kb.Spec.Storage)
+	if v, m, e := restoreEncryption(kb.Spec.Encryption); v != nil { // sidecar_options.go
+		vols, mounts, env = append(vols, *v), append(mounts, *m), append(env, e...)
+	}
 	binVol, binMount, binInit := binarySource(r.SidecarImage, r.BinaryDelivery)
 	vols, mounts = append(vols, binVol), append(mounts, binMount)
 	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{

@@ -76,7 +76,7 @@ var postgresEnvNames = map[string]bool{
 }
 
 // ownedVolumes are the pod volumes the operator adds and may replace.
-var ownedVolumes = map[string]bool{tokenVolume: true, fetchTokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true, spoolVolume: true}
+var ownedVolumes = map[string]bool{tokenVolume: true, fetchTokenVolume: true, caVolume: true, archiveVolume: true, imageVolume: true, spoolVolume: true, encryptionVolume: true}
 
 // BinaryDelivery says how the kcbackup binary reaches PostgreSQL's container (for
 // restore_command) and the restore Job.
@@ -348,7 +348,7 @@ func buildSidecar(image string, delivery BinaryDelivery, spec *kcv1.KeycloakBack
 		corev1.VolumeMount{Name: tokenVolume, MountPath: tokenMountDir, ReadOnly: true},
 		// The data volume, read-only, only to report disk usage.
 		corev1.VolumeMount{Name: loc.Mount.Name, MountPath: loc.Mount.MountPath, SubPath: loc.Mount.SubPath, ReadOnly: true})
-	return sidecarSpec{
+	s := sidecarSpec{
 		Container: corev1.Container{
 			Name:          SidecarContainerName,
 			Image:         image,
@@ -378,7 +378,9 @@ func buildSidecar(image string, delivery BinaryDelivery, spec *kcv1.KeycloakBack
 		PostgresContainer: loc.Container,
 		PostgresEnv:       pgEnv,
 		PostgresMounts:    pgMounts,
-	}, nil
+	}
+	applySidecarOptions(spec, &s) // sidecar_options.go: spec.sidecar and spec.encryption
+	return s, nil
 }
 
 func orDefaultInt(n, def int32) int32 {

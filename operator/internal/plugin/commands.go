@@ -186,7 +186,8 @@ func (e *env) backupCommand() *cobra.Command {
 		Use:   "backup NAME",
 		Short: "Take a base backup now into the archive of resource NAME (a new KeycloakBackup)",
 		Long: `backup creates a one-off KeycloakBackup for the workload and archive of resource NAME: the
-operator asks the sidecar of the primary for a base backup. With --wait it follows the
+operator asks the sidecar of the primary for a base backup. The new resource says only
+spec.from: NAME (or the archive's resource NAME itself names). With --wait it follows the
 backup to its end and exits 1 if it failed.`,
 		Example: `  kubectl kcbackup backup keycloak-db
   kubectl kcbackup backup keycloak-db --name before-upgrade --wait`,
@@ -199,6 +200,9 @@ backup to its end and exits 1 if it failed.`,
 			src, err := get(cmd.Context(), c, ns, args[0])
 			if err != nil {
 				return err
+			}
+			if src.IsRestore() {
+				return usagef("KeycloakBackup %q is a restore: name the resource that holds the archive's settings", src.Name)
 			}
 			kb := derived(src, orDefault(name, args[0]+"-backup-"+time.Now().UTC().Format("20060102150405")))
 			return e.submit(cmd.Context(), c, kb, waitFor, 0)
@@ -251,6 +255,9 @@ restore step by step and exits 1 if it was refused or failed.`,
 			if err != nil {
 				return err
 			}
+			if src.IsRestore() {
+				return usagef("KeycloakBackup %q is a restore: name the resource that holds the archive's settings", src.Name)
+			}
 			kb := derived(src, orDefault(name, args[0]+"-restore-"+time.Now().UTC().Format("20060102150405")))
 			kb.Spec.RestoreTo = to
 			kb.Spec.ApplicationSelector = app
@@ -280,16 +287,17 @@ restore step by step and exits 1 if it was refused or failed.`,
 	return cmd
 }
 
-// derived is a new resource for the same workload and archive as src.
+// derived is a new resource for the workload and archive of src, by spec.from: it names
+// src, or the archive's resource src itself names (a record, a restore, a one-off backup).
 func derived(src *kcv1.KeycloakBackup, name string) *kcv1.KeycloakBackup {
+	from := src.Name
+	if src.Spec.From != "" {
+		from = src.Spec.From
+	}
 	return &kcv1.KeycloakBackup{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: src.Namespace,
 			Labels: map[string]string{"app.kubernetes.io/created-by": "kubectl-kcbackup"}},
-		Spec: kcv1.KeycloakBackupSpec{
-			InstanceSelector: *src.Spec.InstanceSelector.DeepCopy(),
-			Storage:          *src.Spec.Storage.DeepCopy(),
-			Postgres:         *src.Spec.Postgres.DeepCopy(),
-		},
+		Spec: kcv1.KeycloakBackupSpec{From: from},
 	}
 }
 

@@ -128,8 +128,15 @@ func TestPluginAgainstARealAPIServer(t *testing.T) {
 	if code != 0 || strings.TrimSpace(out) != "before-upgrade" || c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "before-upgrade"}, &b) != nil {
 		t.Fatalf("backup: exit %d %q", code, out)
 	}
-	if !b.Spec.SameArchive(&src.Spec) || b.Spec.Schedule != "" || b.Spec.RestoreTo != "" {
-		t.Errorf("the backup's spec %+v; want the source's workload and archive, no schedule, no restore", b.Spec)
+	if b.Spec.From != "keycloak-db" || b.Spec.Schedule != "" || b.Spec.RestoreTo != "" || b.Spec.Storage.S3 != nil {
+		t.Errorf("the backup's spec %+v; want only from: keycloak-db", b.Spec)
+	}
+	// Named by one of its own derived resources, the archive's resource is still the one named.
+	if out, _, code := run(t, kubeconfig, "backup", "before-upgrade", "-n", ns, "--name", "second"); code != 0 || strings.TrimSpace(out) != "second" {
+		t.Fatalf("backup named by a one-off backup: exit %d %q", code, out)
+	}
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "second"}, &b); err != nil || b.Spec.From != "keycloak-db" {
+		t.Errorf("backup named by a one-off backup: from %q, %v; want keycloak-db", b.Spec.From, err)
 	}
 	if _, stderr, code := run(t, kubeconfig, "backup", "keycloak-db", "-n", ns, "--name", "before-upgrade"); code != 2 || !strings.Contains(stderr, "already exists") {
 		t.Errorf("a second backup of the same name: exit %d %q; want 2, already exists", code, stderr)
@@ -174,7 +181,7 @@ func TestPluginAgainstARealAPIServer(t *testing.T) {
 			t.Fatal(err)
 		}
 		if r.Spec.RestoreTo != "latest" || r.Spec.Restore == nil || r.Spec.Restore.Timeline == nil || *r.Spec.Restore.Timeline != 2 ||
-			r.Spec.Restore.Timeout == nil || r.Spec.Restore.Timeout.Duration != time.Minute || !r.Spec.SameArchive(&src.Spec) ||
+			r.Spec.Restore.Timeout == nil || r.Spec.Restore.Timeout.Duration != time.Minute || r.Spec.From != "keycloak-db" ||
 			r.Spec.ApplicationSelector == nil || r.Spec.ApplicationSelector.MatchLabels["app"] != "keycloak" {
 			t.Errorf("%s: spec %+v; want restoreTo latest on timeline 2 within 1m, the source's archive and application", tc.name, r.Spec)
 		}

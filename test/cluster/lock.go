@@ -21,6 +21,11 @@ const machineLockPath = "/run/kcbackup-cluster.lock"
 // another node holds it, until ctx ends. The lock is the kernel's (flock): a holder that
 // dies releases it.
 func lockMachine(ctx context.Context, logf func(string, ...any)) (*os.File, error) {
+	return lockFile(ctx, machineLockPath, logf)
+}
+
+// lockFile takes the flock on path (lockMachine's, with the path a test chooses).
+func lockFile(ctx context.Context, machineLockPath string, logf func(string, ...any)) (*os.File, error) {
 	f, err := os.OpenFile(machineLockPath, os.O_CREATE|os.O_RDWR, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("open the cluster lock %s: %w", machineLockPath, err)

@@ -34,7 +34,8 @@ const (
 	ConditionRestorable = "Restorable"
 	// ConditionSidecarUpToDate is True when the workload's pod template carries the sidecar
 	// the operator builds; False with SidecarNotDeclared (verify mode: the user's manifests
-	// lack it) or SidecarUpgradeHeld (the hold annotation keeps the running one).
+	// lack it) or SidecarUpgradeHeld (an operator upgrade's new sidecar waits until the
+	// workload allows the restart it takes).
 	ConditionSidecarUpToDate = "SidecarUpToDate"
 )
 
@@ -104,6 +105,10 @@ const (
 	// ReasonTargetNotYetArchived: restoreTo lies just past the recovery window's end, within
 	// the archive lag: the restore waits (a bounded time) for the window to reach it.
 	ReasonTargetNotYetArchived = "TargetNotYetArchived"
+	// ReasonRestorePlanRefused: the sidecar's planner, the one the restore Job runs, refuses
+	// restoreTo (two timelines that differ at the target, a backup that cannot reach it, WAL
+	// that does not show where recovery stops); nothing was stopped.
+	ReasonRestorePlanRefused = "RestorePlanRefused"
 	// ReasonNoApplicationToStop: the restore has no application to stop (applicationSelector
 	// unset or selecting nothing) and spec.restore.allowWithoutApplication is not set;
 	// nothing was touched.
@@ -113,8 +118,8 @@ const (
 	// ReasonSidecarNotDeclared: in verify mode, the workload's manifests lack the expected
 	// sidecar; the operator does not patch them, and backups and restores wait.
 	ReasonSidecarNotDeclared = "SidecarNotDeclared"
-	// ReasonSidecarUpgradeHeld: a sidecar upgrade (image only) waits for the user to remove
-	// the hold annotation.
+	// ReasonSidecarUpgradeHeld: a sidecar upgrade (image only) waits until the workload's
+	// annotation kcbackup.keycloak.org/hold-sidecar-upgrade says "false" (the default holds).
 	ReasonSidecarUpgradeHeld = "SidecarUpgradeHeld"
 	// ReasonImageVolumesUnavailable: the API server refused the image volume that carries
 	// the kcbackup binary: the operator needs --binary-delivery=init-container here.

@@ -14,7 +14,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
-	kccontroller "github.com/kcbackup/kcbackup/operator/internal/controller"
 	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 )
 
@@ -232,7 +231,7 @@ func testPlannerRefusalStopsNothing(t *testing.T, cfg *rest.Config) {
 	e.create(kb)
 	e.waitCondition("latest", kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonArchiveUnreadable)
 	e.sidecar.with(func(f *fakeSidecar) { f.planDown = false; f.planRefusal = refusal })
-	got := e.waitCondition("latest", kcv1.ConditionReady, metav1.ConditionFalse, kccontroller.ReasonRestorePlanRefused)
+	got := e.waitCondition("latest", kcv1.ConditionReady, metav1.ConditionFalse, kcv1.ReasonRestorePlanRefused)
 	if msg := got.Condition(kcv1.ConditionReady).Message; got.Status.Phase != kcv1.PhaseFailed ||
 		!strings.Contains(msg, "pass --timeline 1") || !strings.Contains(msg, "nothing was changed") {
 		t.Errorf("status = %s; want Failed with the planner's words and that nothing was changed", describe(got))

@@ -143,11 +143,6 @@ func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.Key
 	return r.checkPlan(ctx, kb, sc, st)
 }
 
-// ReasonRestorePlanRefused: the sidecar's planner, the one the restore Job runs, refuses
-// restoreTo (two timelines that differ at the target, a backup that cannot reach it, WAL
-// that does not show where recovery stops); nothing was stopped.
-const ReasonRestorePlanRefused = "RestorePlanRefused"
-
 // checkPlan asks the sidecar's planner for a dry run of the restore the Job will make (the
 // same planner, the same target and timeline), so that what the Job would refuse is
 // refused here, before anything is stopped. A refusal fails the restore; an archive the
@@ -162,7 +157,7 @@ func (r *Reconciler) checkPlan(ctx context.Context, kb *kcv1.KeycloakBackup, sc 
 	var refused *apiclient.PlanRefusedError
 	switch {
 	case errors.As(err, &refused):
-		res, err := r.restoreFailed(kb, ReasonRestorePlanRefused, "the restore planner refuses restoreTo "+kb.Spec.RestoreTo+
+		res, err := r.restoreFailed(kb, kcv1.ReasonRestorePlanRefused, "the restore planner refuses restoreTo "+kb.Spec.RestoreTo+
 			": "+refused.Message+" (set spec.restore.timeline or restoreTo accordingly); nothing was changed")
 		return st, false, res, err
 	case errors.Is(err, apiclient.ErrNotFound):

@@ -300,7 +300,7 @@ func (e *env) sample(metric string, want map[string]string) (gauge, counter floa
 // postgresDeployment is a PostgreSQL Deployment whose data lies on claim postgres-data.
 func postgresDeployment(name string, labels map[string]string) *appsv1.Deployment {
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: optedIn(labels)},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To[int32](1),
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": name}},
@@ -322,10 +322,20 @@ func postgresDeployment(name string, labels map[string]string) *appsv1.Deploymen
 	}
 }
 
+// optedIn returns labels with the opt-in label added, as a workload the operator may act on
+// carries it.
+func optedIn(labels map[string]string) map[string]string {
+	out := map[string]string{kccontroller.OptInLabel: kccontroller.OptInValue}
+	for k, v := range labels {
+		out[k] = v
+	}
+	return out
+}
+
 // appDeployment is a Keycloak-like Deployment.
 func appDeployment(name string, replicas int32) *appsv1.Deployment {
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "keycloak"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: optedIn(map[string]string{"app": "keycloak"})},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": name}},

@@ -86,8 +86,8 @@ func DefaultConfig() Config {
 		HealthAddr:           ":8081",
 		LeaderElect:          true,
 		RequireWorkloadOptIn: true,
-		PollInterval:   kccontroller.DefaultPollInterval,
-		BinaryDelivery: BinaryDeliveryAuto,
+		PollInterval:         kccontroller.DefaultPollInterval,
+		BinaryDelivery:       BinaryDeliveryAuto,
 
 		ServiceAccountNamespaceFile: "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
 	}

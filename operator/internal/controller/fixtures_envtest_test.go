@@ -76,6 +76,14 @@ func (c countingClient) Get(ctx context.Context, key client.ObjectKey, obj clien
 // newEnv starts an operator for one test; tune changes the reconciler before it starts.
 func newEnv(t *testing.T, cfg *rest.Config, tune ...func(r *kccontroller.Reconciler)) *env {
 	t.Helper()
+	return newEnvAs(t, cfg, nil, tune...)
+}
+
+// newEnvAs is newEnv with the operator's manager talking to the API server through the
+// config as returns for the test's namespace (nil: cfg itself, the administrator); the test
+// itself keeps cfg.
+func newEnvAs(t *testing.T, cfg *rest.Config, as func(c client.Client, ns string) *rest.Config, tune ...func(r *kccontroller.Reconciler)) *env {
+	t.Helper()
 	scheme, err := app.NewScheme()
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +105,11 @@ func newEnv(t *testing.T, cfg *rest.Config, tune ...func(r *kccontroller.Reconci
 		return string(s.Data[kccontroller.TokenKey])
 	})
 
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	mgrCfg := cfg
+	if as != nil {
+		mgrCfg = as(c, e.ns)
+	}
+	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",

@@ -305,7 +305,8 @@ kind: StatefulSet
 metadata:
   name: %[2]s
   namespace: %[1]s
-  labels: {app.kubernetes.io/name: %[2]s}
+  # The operator acts only on workloads that opt in (--require-workload-opt-in).
+  labels: {app.kubernetes.io/name: %[2]s, kcbackup.keycloak.org/opt-in: "true"}
 spec:
   serviceName: %[2]s
   replicas: 1
@@ -362,7 +363,7 @@ kind: Deployment
 metadata:
   name: keycloak
   namespace: %[1]s
-  labels: {app.kubernetes.io/name: keycloak}
+  labels: {app.kubernetes.io/name: keycloak, kcbackup.keycloak.org/opt-in: "true"}
 spec:
   replicas: 1
   selector:

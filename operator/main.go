@@ -34,10 +34,16 @@ func main() {
 		"kcbackup image injected as sidecar and run by restore Jobs (env KCBACKUP_SIDECAR_IMAGE; default: the release image of this version, "+
 			app.SidecarRepository+":<version>; required for a development build)")
 	fs.StringVar(&cfg.MetricsAddr, "metrics-bind-address", cfg.MetricsAddr, "address of /metrics; \"0\" disables it")
+	fs.BoolVar(&cfg.MetricsSecure, "metrics-secure", cfg.MetricsSecure, "serve /metrics over HTTPS to callers the API server authenticates and "+
+		"authorises (get on /metrics: ClusterRole kcbackup-metrics-reader); false: plain HTTP to anyone, so bind it to localhost (127.0.0.1:8080)")
 	fs.StringVar(&cfg.HealthAddr, "health-probe-bind-address", cfg.HealthAddr, "address of /healthz and /readyz")
 	fs.BoolVar(&cfg.LeaderElect, "leader-elect", cfg.LeaderElect, "let only one replica act at a time (outside a cluster: needs --leader-election-namespace, or pass --leader-elect=false)")
 	fs.StringVar(&cfg.LeaderElectionNamespace, "leader-election-namespace", "", "namespace of the leader Lease (default: the operator's own, in a cluster)")
-	fs.StringVar(&cfg.WatchNamespace, "namespace", os.Getenv("KCBACKUP_WATCH_NAMESPACE"), "watch only this namespace (env KCBACKUP_WATCH_NAMESPACE; default: all)")
+	fs.StringVar(&cfg.WatchNamespace, "namespace", os.Getenv("KCBACKUP_WATCH_NAMESPACE"),
+		"watch only these namespaces, comma-separated (env KCBACKUP_WATCH_NAMESPACE; default: all); a namespaced install grants a Role in each")
+	fs.BoolVar(&cfg.RequireWorkloadOptIn, "require-workload-opt-in", cfg.RequireWorkloadOptIn,
+		"patch, scale and mount only workloads labelled "+kccontroller.OptInLabel+"="+kccontroller.OptInValue+" (on the PostgreSQL workload, "+
+			"and on what a restore scales, such as the Keycloak resource); false: any workload a KeycloakBackup selects")
 	fs.StringVar(&cfg.BinaryDelivery, "binary-delivery", orDefault(os.Getenv("KCBACKUP_BINARY_DELIVERY"), cfg.BinaryDelivery),
 		"how the kcbackup binary reaches PostgreSQL's pod and the restore Job: image-volume, init-container (an emptyDir filled by an "+
 			"init container), or auto: image-volume on Kubernetes 1.36 or later, init-container before (env KCBACKUP_BINARY_DELIVERY)")

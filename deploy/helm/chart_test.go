@@ -106,7 +106,8 @@ func TestDefaultRenderIsDeploysInstall(t *testing.T) {
 	for _, o := range objs {
 		kinds[o.GetKind()]++
 	}
-	want := map[string]int{"ServiceAccount": 1, "ClusterRole": 1, "ClusterRoleBinding": 1, "Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1}
+	// The operator's ClusterRole, the metrics reviews' and reader, the editor and viewer.
+	want := map[string]int{"ServiceAccount": 1, "ClusterRole": 5, "ClusterRoleBinding": 2, "Role": 1, "RoleBinding": 1, "Deployment": 1, "Service": 1}
 	if !reflect.DeepEqual(kinds, want) {
 		t.Errorf("rendered kinds %v, want %v (no monitoring by default)", kinds, want)
 	}
@@ -144,11 +145,11 @@ func TestNonDefaultRender(t *testing.T) {
 	}
 	// One watched namespace: the operator's rules are bound there only.
 	for _, o := range objs {
-		if o.GetKind() == "ClusterRoleBinding" {
+		if o.GetKind() == "ClusterRoleBinding" && !strings.HasSuffix(o.GetName(), "-metrics-auth") {
 			t.Errorf("a ClusterRoleBinding %s with one watched namespace", o.GetName())
 		}
 	}
-	if rb := find(objs, "RoleBinding", release+"-kcbackup-operator"); rb == nil || rb.GetNamespace() != "keycloak" {
+	if rb := find(objs, "RoleBinding", release+"-kcbackup-operator@keycloak"); rb == nil || rb.GetNamespace() != "keycloak" {
 		t.Errorf("want the RoleBinding %s-kcbackup-operator in keycloak, got %v", release, rb)
 	}
 	// Monitoring: kube-prometheus-stack's release label on what it selects.
@@ -178,10 +179,44 @@ func TestNonDefaultRender(t *testing.T) {
 	}
 }
 
-func TestMoreThanOneWatchedNamespaceIsRefused(t *testing.T) {
-	_, err := renderErr(t, "watchNamespaces: [a, b]")
-	if err == nil || !strings.Contains(err.Error(), "watches one namespace or all") {
-		t.Errorf("render with two watched namespaces: %v; want an error saying the operator watches one namespace or all", err)
+// TestNamespacedRenderHasNoClusterWideWorkloadRights: with watched namespaces, the
+// operator's rules are a Role in each (deploy/rbac/namespaced), and no ClusterRole grants
+// anything on workloads or Secrets.
+func TestNamespacedRenderHasNoClusterWideWorkloadRights(t *testing.T) {
+	objs := render(t, "watchNamespaces: [a, b, a]")
+	c := deployment(t, objs).Spec.Template.Spec.Containers[0]
+	if got := env(c, "KCBACKUP_WATCH_NAMESPACE"); got != "a,b" {
+		t.Errorf("KCBACKUP_WATCH_NAMESPACE %q, want a,b", got)
+	}
+	var deploy struct{ Rules []rbacv1.PolicyRule }
+	mustUnmarshalFile(t, "../rbac/namespaced/role.yaml", &deploy)
+	for _, ns := range []string{"a", "b"} {
+		role, rb := find(objs, "Role", release+"-kcbackup-operator"+"@"+ns), find(objs, "RoleBinding", release+"-kcbackup-operator"+"@"+ns)
+		if role == nil || rb == nil {
+			t.Fatalf("no Role and RoleBinding %s-kcbackup-operator in %s", release, ns)
+		}
+		var chart struct{ Rules []rbacv1.PolicyRule }
+		toTyped(t, role, &chart)
+		if got, want := permissions(chart.Rules), permissions(deploy.Rules); !reflect.DeepEqual(got, want) {
+			t.Errorf("Role in %s grants %v, deploy/rbac/namespaced/role.yaml %v", ns, got, want)
+		}
+	}
+	for _, o := range objs {
+		if o.GetKind() != "ClusterRole" {
+			continue
+		}
+		var cr struct{ Rules []rbacv1.PolicyRule }
+		toTyped(t, o, &cr)
+		for _, r := range cr.Rules {
+			for _, res := range r.Resources {
+				if slices.Contains([]string{"secrets", "deployments", "statefulsets", "pods", "jobs"}, res) && !slices.Contains(r.APIGroups, "keycloak.org") {
+					t.Errorf("ClusterRole %s grants %v on %s in a namespaced install", o.GetName(), r.Verbs, res)
+				}
+			}
+		}
+	}
+	if _, err := renderErr(t, "watchNamespaces: [Not_A_Name]"); err == nil || !strings.Contains(err.Error(), "not a namespace name") {
+		t.Errorf("render with a bad namespace: %v; want an error naming it", err)
 	}
 }
 
@@ -389,9 +424,11 @@ func env(c corev1.Container, name string) string {
 	return ""
 }
 
+// find returns the object of that kind and name; "name@namespace" also matches the namespace.
 func find(objs []*unstructured.Unstructured, kind, name string) *unstructured.Unstructured {
+	name, ns, _ := strings.Cut(name, "@")
 	for _, o := range objs {
-		if o.GetKind() == kind && o.GetName() == name {
+		if o.GetKind() == kind && o.GetName() == name && (ns == "" || o.GetNamespace() == ns) {
 			return o
 		}
 	}

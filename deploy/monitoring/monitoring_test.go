@@ -577,8 +577,11 @@ func TestMonitorsScrapeWhatTheRulesSelect(t *testing.T) {
 	if got := sm.Spec.Selector.MatchLabels["app.kubernetes.io/name"]; got != "kcbackup-operator" {
 		t.Errorf("ServiceMonitor selects app.kubernetes.io/name=%q, want kcbackup-operator", got)
 	}
-	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0]["port"] != "metrics" || sm.Spec.Endpoints[0]["scheme"] != "http" {
-		t.Fatalf("ServiceMonitor endpoints %v, want one on port metrics over http", sm.Spec.Endpoints)
+	// The operator serves /metrics over HTTPS to authenticated, authorised callers only: the
+	// scrape must present Prometheus' token.
+	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0]["port"] != "metrics" || sm.Spec.Endpoints[0]["scheme"] != "https" ||
+		sm.Spec.Endpoints[0]["bearerTokenFile"] == nil {
+		t.Fatalf("ServiceMonitor endpoints %v, want one on port metrics over https with a bearer token", sm.Spec.Endpoints)
 	}
 	// Without honorLabels the resource's namespace label becomes exported_namespace and
 	// every operator alert loses the namespace it names.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"flag"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -51,7 +52,7 @@ func TestBundleInstallModes(t *testing.T) {
 	want := map[operatorsv1alpha1.InstallModeType]bool{
 		operatorsv1alpha1.InstallModeTypeOwnNamespace:    true,
 		operatorsv1alpha1.InstallModeTypeSingleNamespace: true,
-		operatorsv1alpha1.InstallModeTypeMultiNamespace:  false, // the operator watches one namespace or all
+		operatorsv1alpha1.InstallModeTypeMultiNamespace:  true, // --namespace takes olm.targetNamespaces' comma-separated list
 		operatorsv1alpha1.InstallModeTypeAllNamespaces:   true,
 	}
 	got := map[operatorsv1alpha1.InstallModeType]bool{}
@@ -89,8 +90,13 @@ func TestBundleCRDIsDeploysCRD(t *testing.T) {
 // its leader election rules from deploy/rbac, no more and no less.
 func TestBundleRBACIsDeploysRBAC(t *testing.T) {
 	spec := loadBundle(t).CSV.Spec.InstallStrategy.StrategySpec
-	if len(spec.ClusterPermissions) != 0 {
-		t.Errorf("clusterPermissions %v: the operator needs none beyond its namespaced rules", spec.ClusterPermissions)
+	// Cluster-wide, only the reviews of /metrics' callers (deploy/rbac/metrics_auth.yaml).
+	if len(spec.ClusterPermissions) != 1 {
+		t.Fatalf("clusterPermissions %v: want one entry, the metrics reviews", spec.ClusterPermissions)
+	}
+	wantCluster := map[string]bool{"authentication.k8s.io/tokenreviews create": true, "authorization.k8s.io/subjectaccessreviews create": true}
+	if got := permissions(spec.ClusterPermissions[0].Rules); !reflect.DeepEqual(got, wantCluster) {
+		t.Errorf("clusterPermissions grant %v, want only %v", got, wantCluster)
 	}
 	if len(spec.Permissions) != 1 || spec.Permissions[0].ServiceAccountName != "kcbackup-operator" {
 		t.Fatalf("permissions %v: want one entry, for kcbackup-operator", spec.Permissions)
@@ -193,4 +199,33 @@ func permissions(rules []rbacv1.PolicyRule) map[string]bool {
 		}
 	}
 	return set
+}
+
+// TestBundleUserRolesAreDeploys: the bundle's kcbackup-editor, kcbackup-viewer and
+// kcbackup-metrics-reader ClusterRoles are deploy/rbac's, labels included.
+func TestBundleUserRolesAreDeploys(t *testing.T) {
+	deploy := map[string]rbacv1.ClusterRole{}
+	for _, f := range []string{"../rbac/aggregate_roles.yaml", "../rbac/metrics_auth.yaml"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, doc := range strings.Split(string(b), "\n---\n") {
+			var cr rbacv1.ClusterRole
+			if err := yaml.Unmarshal([]byte(doc), &cr); err != nil {
+				t.Fatalf("%s: %v", f, err)
+			}
+			if cr.Kind == "ClusterRole" {
+				deploy[cr.Name] = cr
+			}
+		}
+	}
+	for _, name := range []string{"kcbackup-editor", "kcbackup-viewer", "kcbackup-metrics-reader"} {
+		var got rbacv1.ClusterRole
+		readYAML(t, bundleDir+"/manifests/"+name+"_rbac.authorization.k8s.io_v1_clusterrole.yaml", &got)
+		want, ok := deploy[name]
+		if !ok || !reflect.DeepEqual(got.Rules, want.Rules) || !reflect.DeepEqual(got.Labels, want.Labels) {
+			t.Errorf("bundle ClusterRole %s %+v differs from deploy/rbac's %+v", name, got, want)
+		}
+	}
 }

@@ -10,11 +10,13 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -142,20 +144,21 @@ func testTimeout() time.Duration {
 	return d
 }
 
-// setUp installs the operator from deploy/ and the database and its application.
+// setUp installs the operator from the release manifest `make release` writes, and the
+// database and its application.
 func setUp(ctx context.Context) error {
 	t0 := time.Now()
-	overlay, err := writeOverlay()
+	overlay, err := writeOverlay(ctx)
 	if err != nil {
 		return err
 	}
-	if out, err := node.Kubectl(ctx, "apply", "-k", overlay); err != nil {
-		return fmt.Errorf("install the operator: %w\n%s", err, out)
+	if out, err := node.Kubectl(ctx, "apply", "--server-side", "-k", overlay); err != nil {
+		return fmt.Errorf("install the operator from the release manifest: %w\n%s", err, out)
 	}
 	if _, err := node.Kubectl(ctx, "-n", "kcbackup-system", "rollout", "status", "deployment/kcbackup-operator", "--timeout=180s"); err != nil {
 		return fmt.Errorf("operator rollout: %w", err)
 	}
-	fmt.Fprintf(os.Stderr, "cluster: operator available %.1fs after apply -k\n", time.Since(t0).Seconds())
+	fmt.Fprintf(os.Stderr, "cluster: operator available %.1fs after writing and applying the release manifest\n", time.Since(t0).Seconds())
 
 	pgVolume = node.path("volumes", "pgdata")
 	archive := node.path("volumes", "archive")
@@ -202,10 +205,42 @@ func setUp(ctx context.Context) error {
 	return nil
 }
 
-// writeOverlay writes the overlay on top of test/cluster/overlay with this run's image tag and
-// API server address.
-func writeOverlay() (string, error) {
-	wd, err := os.Getwd()
+// releaseVersion is the version test releases are made as: the chart's (release.sh refuses
+// any other), read from deploy/helm/kcbackup/Chart.yaml.
+func releaseVersion() (string, error) {
+	b, err := os.ReadFile("../../deploy/helm/kcbackup/Chart.yaml")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "version: "); ok {
+			return strings.TrimSpace(v), nil
+		}
+	}
+	return "", errors.New("deploy/helm/kcbackup/Chart.yaml has no version")
+}
+
+// writeRelease runs deploy/release/release.sh as `make release` does, without building the
+// images (IMAGES=0: the node runs the ones test/cluster/build.sh built and imported), into
+// dir, and returns the install manifest's path.
+func writeRelease(ctx context.Context, dir string) (string, error) {
+	version, err := releaseVersion()
+	if err != nil {
+		return "", err
+	}
+	cmd := exec.CommandContext(ctx, "../../deploy/release/release.sh", version)
+	cmd.Env = append(os.Environ(), "IMAGES=0", "DIST="+dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("deploy/release/release.sh %s: %w\n%s", version, err, out)
+	}
+	return filepath.Join(dir, "kcbackup-v"+version+".yaml"), nil
+}
+
+// writeOverlay writes the release manifest and an overlay on top of it with this run's
+// images (built and imported under localhost/, never pulled) and API server address (the
+// node has no kube-proxy, so the in-cluster Service address leads nowhere).
+func writeOverlay(ctx context.Context) (string, error) {
+	manifest, err := writeRelease(ctx, node.path("release"))
 	if err != nil {
 		return "", err
 	}
@@ -213,16 +248,20 @@ func writeOverlay() (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	base, err := filepath.Rel(dir, filepath.Join(wd, "overlay"))
+	b, err := os.ReadFile(manifest)
 	if err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "release.yaml"), b, 0o644); err != nil {
 		return "", err
 	}
 	k := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
-  - %s
+  - release.yaml
 images:
-  - name: localhost/kcbackup-operator
+  - name: ghcr.io/kcbackup/kcbackup-operator
+    newName: localhost/kcbackup-operator
     newTag: %q
 patches:
   - patch: |-
@@ -236,7 +275,8 @@ patches:
           spec:
             containers:
               - name: operator
-                args: ["--leader-elect=true", "--metrics-bind-address=:8080", "--health-probe-bind-address=:8081", "--poll-interval=2s"]
+                imagePullPolicy: Never
+                args: ["--leader-elect=true", "--metrics-bind-address=:8443", "--health-probe-bind-address=:8081", "--poll-interval=2s"]
                 env:
                   - name: KCBACKUP_SIDECAR_IMAGE
                     value: localhost/kcbackup:%s
@@ -244,7 +284,7 @@ patches:
                     value: %q
                   - name: KUBERNETES_SERVICE_PORT
                     value: %q
-`, base, imageHash, imageHash, node.Net.NodeIP.String(), node.APIProxy.Port())
+`, imageHash, imageHash, node.Net.NodeIP.String(), node.APIProxy.Port())
 	return dir, os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k), 0o644)
 }
 
@@ -290,7 +330,11 @@ stringData: {password: %[5]q}
 
 // postgresManifest: a PostgreSQL StatefulSet labelled app.kubernetes.io/name=name, with its
 // data directory below the root of its claim, as the README asks.
-func postgresManifest(name string) string {
+func postgresManifest(name string) string { return postgresManifestIn(ns, name) }
+
+// postgresManifestIn is postgresManifest in namespace namespace (its Secret
+// keycloak-postgres must exist there).
+func postgresManifestIn(namespace, name string) string {
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: Service
@@ -305,7 +349,8 @@ kind: StatefulSet
 metadata:
   name: %[2]s
   namespace: %[1]s
-  labels: {app.kubernetes.io/name: %[2]s}
+  # The operator acts only on workloads that opt in (--require-workload-opt-in).
+  labels: {app.kubernetes.io/name: %[2]s, kcbackup.keycloak.org/opt-in: "true"}
 spec:
   serviceName: %[2]s
   replicas: 1
@@ -352,7 +397,7 @@ spec:
         accessModes: [ReadWriteOnce]
         storageClassName: kcbackup-local
         resources: {requests: {storage: 2Gi}}
-`, ns, name, restrictedContainer())
+`, namespace, name, restrictedContainer())
 }
 
 // keycloakManifest: the Keycloak stand-in, connected to the database through p.
@@ -362,7 +407,7 @@ kind: Deployment
 metadata:
   name: keycloak
   namespace: %[1]s
-  labels: {app.kubernetes.io/name: keycloak}
+  labels: {app.kubernetes.io/name: keycloak, kcbackup.keycloak.org/opt-in: "true"}
 spec:
   replicas: 1
   selector:
@@ -390,7 +435,10 @@ spec:
 }
 
 // hostPathPV is a PersistentVolume on a directory of the node, bound in advance to the claim.
-func hostPathPV(name, claim, dir string) string {
+func hostPathPV(name, claim, dir string) string { return hostPathPVIn(ns, name, claim, dir) }
+
+// hostPathPVIn is hostPathPV for a claim in namespace namespace.
+func hostPathPVIn(namespace, name, claim, dir string) string {
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: PersistentVolume
@@ -401,7 +449,7 @@ spec:
   persistentVolumeReclaimPolicy: Retain
   storageClassName: kcbackup-local
   claimRef: {namespace: %s, name: %s}
-  hostPath: {path: %q, type: Directory}`, name, ns, claim, dir)
+  hostPath: {path: %q, type: Directory}`, name, namespace, claim, dir)
 }
 
 // kcb returns a KeycloakBackup on the archive claim; extra is appended to its spec.

@@ -26,7 +26,8 @@ func keycloakStatefulSet(owner metav1.OwnerReference, replicas int32) *appsv1.St
 	podLabels := map[string]string{"app": "kc"}
 	return &appsv1.StatefulSet{
 		ObjectMeta: metav1.ObjectMeta{Name: "kc", Namespace: ns, OwnerReferences: []metav1.OwnerReference{owner},
-			Labels: map[string]string{"app.kubernetes.io/name": "keycloak", "app.kubernetes.io/managed-by": "keycloak-operator", "app.kubernetes.io/instance": "kc"}},
+			Labels: map[string]string{"app.kubernetes.io/name": "keycloak", "app.kubernetes.io/managed-by": "keycloak-operator", "app.kubernetes.io/instance": "kc",
+				"kcbackup.keycloak.org/opt-in": "true"}},
 		Spec: appsv1.StatefulSetSpec{
 			Replicas:            ptr.To(replicas),
 			ServiceName:         "kc",
@@ -69,7 +70,11 @@ func restoreWithKeycloakOperator(t *testing.T, ctx context.Context) {
 	}
 	if _, err := node.KubectlStdin(ctx, fmt.Sprintf(`apiVersion: k8s.keycloak.org/v2beta1
 kind: Keycloak
-metadata: {name: kc, namespace: %s}
+metadata:
+  name: kc
+  namespace: %s
+  # What a restore scales opts in itself, not only the StatefulSet it controls.
+  labels: {kcbackup.keycloak.org/opt-in: "true"}
 spec: {instances: 2}
 `, ns), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)

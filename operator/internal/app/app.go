@@ -7,11 +7,13 @@ import (
 	"net"
 	"os"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -20,6 +22,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/metrics"
+	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
@@ -30,16 +33,25 @@ import (
 type Config struct {
 	// SidecarImage is the kcbackup image injected as sidecar and run by restore Jobs.
 	SidecarImage string
-	// MetricsAddr is where /metrics is served (":8080"); "0" disables it.
+	// MetricsAddr is where /metrics is served (":8443"); "0" disables it.
 	MetricsAddr string
+	// MetricsSecure serves /metrics over HTTPS to callers the API server authenticates and
+	// authorises (get on the non-resource URL /metrics, the kcbackup-metrics-reader
+	// ClusterRole); false serves plain HTTP to anyone who reaches the address (bind it to
+	// localhost then).
+	MetricsSecure bool
 	// HealthAddr is where /healthz and /readyz are served (":8081").
 	HealthAddr string
 	// LeaderElect makes only one replica active at a time.
 	LeaderElect bool
 	// LeaderElectionNamespace holds the leader Lease; empty means the operator's namespace.
 	LeaderElectionNamespace string
-	// WatchNamespace restricts the operator to one namespace; empty means all.
+	// WatchNamespace restricts the operator to these namespaces, comma-separated; empty
+	// means all. A namespaced install grants the operator a Role in each of them only.
 	WatchNamespace string
+	// RequireWorkloadOptIn makes the operator act only on workloads labelled
+	// kcbackup.keycloak.org/opt-in=true (see controller.OptInLabel).
+	RequireWorkloadOptIn bool
 	// PollInterval is how often a running backup or restore step is checked.
 	PollInterval time.Duration
 	// BinaryDelivery is how the kcbackup binary reaches PostgreSQL's pod and the restore
@@ -69,11 +81,13 @@ func DefaultSidecarImage(version string) string {
 // DefaultConfig returns the defaults the flags start from.
 func DefaultConfig() Config {
 	return Config{
-		MetricsAddr:    ":8080",
-		HealthAddr:     ":8081",
-		LeaderElect:    true,
-		PollInterval:   kccontroller.DefaultPollInterval,
-		BinaryDelivery: BinaryDeliveryAuto,
+		MetricsAddr:          ":8443",
+		MetricsSecure:        true,
+		HealthAddr:           ":8081",
+		LeaderElect:          true,
+		RequireWorkloadOptIn: true,
+		PollInterval:         kccontroller.DefaultPollInterval,
+		BinaryDelivery:       BinaryDeliveryAuto,
 
 		ServiceAccountNamespaceFile: "/var/run/secrets/kubernetes.io/serviceaccount/namespace",
 	}
@@ -98,6 +112,9 @@ func (c Config) Validate() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return fmt.Errorf("%s %q is not host:port (such as \":8080\"): %w", name, addr, err)
 		}
+	}
+	if _, err := c.WatchNamespaces(); err != nil {
+		return err
 	}
 	switch c.BinaryDelivery {
 	case BinaryDeliveryAuto, string(kccontroller.DeliverByImageVolume), string(kccontroller.DeliverByInitContainer):
@@ -133,14 +150,17 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config) error {
 	}
 	opts := ctrl.Options{
 		Scheme:                  scheme,
-		Metrics:                 metricsserver.Options{BindAddress: cfg.MetricsAddr},
+		Metrics:                 metricsOptions(cfg),
 		HealthProbeBindAddress:  cfg.HealthAddr,
 		LeaderElection:          cfg.LeaderElect,
 		LeaderElectionID:        "kcbackup-operator.keycloak.org",
 		LeaderElectionNamespace: cfg.LeaderElectionNamespace,
 	}
-	if cfg.WatchNamespace != "" {
-		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{cfg.WatchNamespace: {}}}
+	if nss, _ := cfg.WatchNamespaces(); len(nss) > 0 {
+		opts.Cache = cache.Options{DefaultNamespaces: map[string]cache.Config{}}
+		for _, ns := range nss {
+			opts.Cache.DefaultNamespaces[ns] = cache.Config{}
+		}
 	}
 	mgr, err := ctrl.NewManager(restCfg, opts)
 	if err != nil {
@@ -163,6 +183,8 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config) error {
 		SidecarImage:   cfg.SidecarImage,
 		BinaryDelivery: delivery,
 		PollInterval:   cfg.PollInterval,
+
+		AllowWorkloadsWithoutOptIn: !cfg.RequireWorkloadOptIn,
 	}
 	if err := r.SetupWithManager(mgr, controller.Options{}); err != nil {
 		return fmt.Errorf("set up controller: %w", err)
@@ -174,6 +196,36 @@ func Run(ctx context.Context, cfg Config, restCfg *rest.Config) error {
 		return err
 	}
 	return mgr.Start(ctx)
+}
+
+// WatchNamespaces returns the namespaces of --namespace, none for all; a name that is not a
+// namespace name is an error naming it.
+func (c Config) WatchNamespaces() ([]string, error) {
+	if strings.TrimSpace(c.WatchNamespace) == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, ns := range strings.Split(c.WatchNamespace, ",") {
+		ns = strings.TrimSpace(ns)
+		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
+			return nil, fmt.Errorf("--namespace %q: %q is not a namespace name (%s); give namespaces separated by commas", c.WatchNamespace, ns, strings.Join(errs, "; "))
+		}
+		if !slices.Contains(out, ns) {
+			out = append(out, ns)
+		}
+	}
+	return out, nil
+}
+
+// metricsOptions serves /metrics as cfg says: over HTTPS behind the API server's
+// authentication (TokenReview) and authorisation (SubjectAccessReview), as kubebuilder
+// scaffolds it, or plain.
+func metricsOptions(cfg Config) metricsserver.Options {
+	o := metricsserver.Options{BindAddress: cfg.MetricsAddr, SecureServing: cfg.MetricsSecure}
+	if cfg.MetricsSecure {
+		o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	}
+	return o
 }
 
 // BinaryDeliveryAuto chooses the binary delivery from the API server's version.

@@ -105,3 +105,17 @@ func TestSidecarManifestDeclaresTheSidecarForVerifyMode(t *testing.T) {
 		t.Errorf("a KeycloakBackup as --workload: %v, want refused", err)
 	}
 }
+
+func TestWatchNamespacesTakesACommaSeparatedList(t *testing.T) {
+	for in, want := range map[string]string{"": "", "keycloak": "keycloak", " a, b ,a": "a,b"} {
+		got, err := Config{WatchNamespace: in}.WatchNamespaces()
+		if err != nil || strings.Join(got, ",") != want {
+			t.Errorf("WatchNamespaces(%q) = %v, %v; want %q", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"a,,b", "Keycloak", "a b"} {
+		if _, err := (Config{WatchNamespace: bad}).WatchNamespaces(); err == nil || !strings.Contains(err.Error(), "--namespace") {
+			t.Errorf("WatchNamespaces(%q) = %v; want an error naming --namespace", bad, err)
+		}
+	}
+}

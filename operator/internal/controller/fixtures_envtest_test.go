@@ -76,6 +76,14 @@ func (c countingClient) Get(ctx context.Context, key client.ObjectKey, obj clien
 // newEnv starts an operator for one test; tune changes the reconciler before it starts.
 func newEnv(t *testing.T, cfg *rest.Config, tune ...func(r *kccontroller.Reconciler)) *env {
 	t.Helper()
+	return newEnvAs(t, cfg, nil, tune...)
+}
+
+// newEnvAs is newEnv with the operator's manager talking to the API server through the
+// config as returns for the test's namespace (nil: cfg itself, the administrator); the test
+// itself keeps cfg.
+func newEnvAs(t *testing.T, cfg *rest.Config, as func(c client.Client, ns string) *rest.Config, tune ...func(r *kccontroller.Reconciler)) *env {
+	t.Helper()
 	scheme, err := app.NewScheme()
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +105,11 @@ func newEnv(t *testing.T, cfg *rest.Config, tune ...func(r *kccontroller.Reconci
 		return string(s.Data[kccontroller.TokenKey])
 	})
 
-	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
+	mgrCfg := cfg
+	if as != nil {
+		mgrCfg = as(c, e.ns)
+	}
+	mgr, err := ctrl.NewManager(mgrCfg, ctrl.Options{
 		Scheme:                 scheme,
 		Metrics:                metricsserver.Options{BindAddress: "0"},
 		HealthProbeBindAddress: "0",
@@ -300,7 +312,7 @@ func (e *env) sample(metric string, want map[string]string) (gauge, counter floa
 // postgresDeployment is a PostgreSQL Deployment whose data lies on claim postgres-data.
 func postgresDeployment(name string, labels map[string]string) *appsv1.Deployment {
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: optedIn(labels)},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To[int32](1),
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": name}},
@@ -322,10 +334,20 @@ func postgresDeployment(name string, labels map[string]string) *appsv1.Deploymen
 	}
 }
 
+// optedIn returns labels with the opt-in label added, as a workload the operator may act on
+// carries it.
+func optedIn(labels map[string]string) map[string]string {
+	out := map[string]string{kccontroller.OptInLabel: kccontroller.OptInValue}
+	for k, v := range labels {
+		out[k] = v
+	}
+	return out
+}
+
 // appDeployment is a Keycloak-like Deployment.
 func appDeployment(name string, replicas int32) *appsv1.Deployment {
 	return &appsv1.Deployment{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"app": "keycloak"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Labels: optedIn(map[string]string{"app": "keycloak"})},
 		Spec: appsv1.DeploymentSpec{
 			Replicas: ptr.To(replicas),
 			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": name}},

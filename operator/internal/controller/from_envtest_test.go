@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -140,6 +141,10 @@ func testFromTakesTheArchiveSettings(t *testing.T, cfg *rest.Config) {
 	}
 	if c := got.Condition(kcv1.ConditionConflict); c == nil || c.Status != metav1.ConditionFalse {
 		t.Errorf("Conflict = %+v, want False: it archives where prod does", c)
+	}
+	// Only the archive's resource carries the removal: deleting a one-off backup removes nothing.
+	if !slices.Contains(e.kb("prod").Finalizers, kccontroller.RemovalFinalizer) || slices.Contains(got.Finalizers, kccontroller.RemovalFinalizer) {
+		t.Errorf("finalizers: prod %v, adhoc %v; want the removal on prod only", e.kb("prod").Finalizers, got.Finalizers)
 	}
 	if b := got.Status.Backup; b == nil || b.ID == "" || b.Size != "4.0KiB" || b.StopLSN == "" {
 		t.Errorf("status.backup = %+v, want the backup with its size for people", b)
@@ -347,6 +352,9 @@ func testScheduleRecords(t *testing.T, cfg *rest.Config) {
 	if b := first.Status.Backup; b == nil || b.ID != "backup-1" || b.SizeBytes != 4096 || b.StartLSN == "" || b.StopLSN == "" ||
 		b.StartTime == nil || b.StopTime == nil || first.Status.OpensRange == nil || first.Status.Instance == nil {
 		t.Errorf("record status = %s, want the backup's size, LSNs, times, the range it opens and the workload", describe(first))
+	}
+	if slices.Contains(first.Finalizers, kccontroller.RemovalFinalizer) {
+		t.Errorf("record finalizers %v: a record protects nothing, its deletion (retention) must remove nothing", first.Finalizers)
 	}
 
 	// A failed backup is recorded Failed.

@@ -117,6 +117,11 @@ func (r *Reconciler) resolveInstance(ctx context.Context, kb *kcv1.KeycloakBacku
 		return workload{}, dataLocation{}, false, nil
 	}
 	w := ws[0]
+	if !r.optedIn(w.Obj) {
+		r.setProblem(kb, kcv1.ConditionInstanceResolved, ReasonWorkloadNotOptedIn,
+			notOptedInMessage(kb, w.String(), "inject the kcbackup sidecar into, patch, scale or mount"))
+		return workload{}, dataLocation{}, false, nil
+	}
 	loc, err := locateData(w, kb.Spec.Postgres.ContainerName, kb.Spec.Postgres.DataDir)
 	if err != nil {
 		r.setProblem(kb, kcv1.ConditionInstanceResolved, kcv1.ReasonDataVolumeNotFound, err.Error())

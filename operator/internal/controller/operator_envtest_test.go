@@ -63,7 +63,7 @@ func TestEnvtestOperator(t *testing.T) {
 		{"MissingSecretWaitsWithoutSideEffect", testMissingSecret},
 		{"NoWorkloadOrTwoWorkloadsMatched", testWorkloadMatching},
 		{"LaterResourceWithOtherStorageGetsConflict", testConflict},
-		{"DeletingResourceKeepsArchiveAndSidecar", testDeletion},
+		{"DeletingResourceKeptOnDeleteKeepsArchiveAndSidecar", testDeletion},
 		{"IdleScheduleDoesNotLoop", testIdleScheduleDoesNotLoop},
 		{"TwoRestoresOfOneWorkloadOneRunsSchedulePauses", testTwoRestores},
 		{"StaleCacheNeverRestartsAFinishedStep", testStaleCache},
@@ -90,6 +90,13 @@ func TestEnvtestOperator(t *testing.T) {
 		{"VerifyModeChecksTheDeclaredSidecar", testVerifyModeChecksTheDeclaredSidecar},
 		{"BackupGoesToTheStreamingSidecar", testBackupGoesToTheStreamingSidecar},
 		{"HeldUpgradeKeepsTheRunningSidecar", testHeldUpgradeKeepsTheRunningSidecar},
+		{"WorkloadWithoutOptInIsNotTouched", testWorkloadWithoutOptInIsNotTouched},
+		{"RestoreOfApplicationWithoutOptInIsRefused", testRestoreOfApplicationWithoutOptInIsRefused},
+		{"OptInNotRequiredWhenTurnedOff", testOptInNotRequiredWhenTurnedOff},
+		{"DeletionRemovesSidecarSlotAndToken", testDeletionRemovesSidecarSlotAndToken},
+		{"SlotThatCannotBeDroppedHoldsTheDeletion", testSlotThatCannotBeDroppedHoldsTheDeletion},
+		{"DeletionKeepsTheSidecarAnotherResourceUses", testDeletionKeepsTheSidecarAnotherResourceUses},
+		{"NamespacedRBACAloneIsEnough", testNamespacedRBACAloneIsEnough},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -633,7 +640,9 @@ func testDeletion(t *testing.T, cfg *rest.Config) {
 	e := newEnv(t, cfg)
 	e.create(postgresDeployment("postgres", dbLabels))
 	e.runPod("postgres-0", dbPods)
-	e.create(volumeBackup("gone"))
+	gone := volumeBackup("gone")
+	gone.Annotations = map[string]string{kccontroller.KeepOnDeleteAnnotation: "true"}
+	e.create(gone)
 	e.waitPhase("gone", kcv1.PhaseCompleted)
 	if err := e.c.Delete(e.ctx, e.kb("gone")); err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
 
@@ -72,9 +73,15 @@ type Reconciler struct {
 	// BinaryDelivery says how the kcbackup binary reaches PostgreSQL's container and the
 	// restore Job; empty means DeliverByImageVolume.
 	BinaryDelivery BinaryDelivery
+	// AllowWorkloadsWithoutOptIn lets the operator patch, scale and mount workloads that do
+	// not carry OptInLabel. The zero value requires the label (secure by default).
+	AllowWorkloadsWithoutOptIn bool
 	// SidecarEndpoint returns the base URL of the sidecar API in a pod; nil means
 	// http://<pod IP>:8008.
 	SidecarEndpoint func(pod *corev1.Pod) string
+	// PostgresAddress returns host:port of PostgreSQL in a pod, where the removal drops the
+	// replication slot; nil means the pod IP and spec.postgres.port.
+	PostgresAddress func(pod *corev1.Pod, port int32) string
 	// HTTPClient calls the sidecars; nil means apiclient's default.
 	HTTPClient *http.Client
 	// PollInterval is how often a running backup or a restore step is checked.
@@ -107,7 +114,11 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 	r.defaults()
 	// A status patch changes neither generation nor metadata: the operator's own writes do
 	// not wake it up again (each wake-up may list the whole archive).
-	changed := predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, predicate.LabelChangedPredicate{})
+	// A deletion starting wakes it up too (the removal, removal.go).
+	deleting := predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		return e.ObjectOld.GetDeletionTimestamp() == nil && e.ObjectNew.GetDeletionTimestamp() != nil
+	}}
+	changed := predicate.Or(predicate.GenerationChangedPredicate{}, predicate.AnnotationChangedPredicate{}, predicate.LabelChangedPredicate{}, deleting)
 	isRestore := predicate.NewPredicateFuncs(func(o client.Object) bool {
 		kb, ok := o.(*kcv1.KeycloakBackup)
 		return ok && kb.IsRestore()
@@ -192,7 +203,13 @@ func (r *Reconciler) reconcileResource(ctx context.Context, req ctrl.Request, mi
 	// before any backup or restore ends in this process.
 	r.Metrics.seed(kb, r.Clock.Now())
 	if kb.DeletionTimestamp != nil {
-		return ctrl.Result{}, nil
+		return r.reconcileDeletion(ctx, kb)
+	}
+	if err := r.ensureFinalizer(ctx, kb); err != nil {
+		if apierrors.IsConflict(err) {
+			return ctrl.Result{RequeueAfter: time.Millisecond}, nil
+		}
+		return ctrl.Result{}, err
 	}
 	before := kb.DeepCopy()
 	res, err := r.reconcile(ctx, kb)

@@ -75,6 +75,11 @@ func (r *Reconciler) checkApplications(ctx context.Context, kb *kcv1.KeycloakBac
 		res, err := r.restoreFailed(kb, kcv1.ReasonApplicationNotScalable, ns.Error()+"; this restore is refused and nothing was changed")
 		return nil, res, false, err
 	}
+	var no *notOptedInError
+	if errors.As(err, &no) {
+		res, err := r.restoreFailed(kb, ReasonWorkloadNotOptedIn, notOptedInMessage(kb, no.what, "scale")+"; this restore is refused and nothing was changed")
+		return nil, res, false, err
+	}
 	if err != nil {
 		r.restoreProgress(kb, "cannot find what stops the application, retrying (nothing was changed): "+err.Error())
 		return nil, ctrl.Result{RequeueAfter: r.PollInterval}, false, nil

@@ -41,6 +41,7 @@ var scaleGVK = schema.GroupVersionKind{Group: "autoscaling", Version: "v1", Kind
 func (r *Reconciler) findScaleTarget(ctx context.Context, w workload) (kcv1.ScaledWorkload, error) {
 	ns := w.Obj.GetNamespace()
 	target := kcv1.ScaledWorkload{APIVersion: "apps/v1", Kind: w.Kind, Name: w.Name()}
+	targetObj := w.Obj
 	ref := metav1.GetControllerOf(w.Obj)
 	for depth := 0; ref != nil && depth < maxOwnerDepth; depth++ {
 		owner := &unstructured.Unstructured{}
@@ -67,11 +68,17 @@ func (r *Reconciler) findScaleTarget(ctx context.Context, w workload) (kcv1.Scal
 		}
 		if has {
 			target = kcv1.ScaledWorkload{APIVersion: ref.APIVersion, Kind: ref.Kind, Name: ref.Name}
+			targetObj = owner
 		}
 		ref = metav1.GetControllerOf(owner)
 	}
 	if target.Kind != w.Kind || target.Name != w.Name() {
 		target.Selected = []kcv1.WorkloadReference{{Kind: w.Kind, Name: w.Name()}}
+	}
+	// What the restore scales must be opted in itself: a label on the Keycloak resource, not
+	// only on the StatefulSet it controls.
+	if !r.optedIn(targetObj) {
+		return target, &notOptedInError{what: target.Kind + "/" + target.Name}
 	}
 	n, err := r.readScale(ctx, ns, target)
 	if err != nil {
@@ -86,6 +93,12 @@ func (r *Reconciler) findScaleTarget(ctx context.Context, w workload) (kcv1.Scal
 type notScalableError struct{ msg string }
 
 func (e *notScalableError) Error() string { return e.msg }
+
+// notOptedInError says that what a restore would scale does not carry OptInLabel; a
+// restore meeting it is refused before anything is touched.
+type notOptedInError struct{ what string }
+
+func (e *notOptedInError) Error() string { return e.what + " is not opted in" }
 
 // replicasFieldUnset reports whether err is the API server's answer to /scale on a custom
 // resource whose specReplicasPath field is absent ("the spec replicas field ... does not

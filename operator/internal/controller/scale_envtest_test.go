@@ -24,6 +24,7 @@ func keycloakResource(name string, n int64) *unstructured.Unstructured {
 	kc.SetAPIVersion("k8s.keycloak.org/v2beta1")
 	kc.SetKind("Keycloak")
 	kc.SetName(name)
+	kc.SetLabels(optedIn(nil))
 	_ = unstructured.SetNestedField(kc.Object, n, "spec", "instances")
 	return kc
 }
@@ -48,7 +49,7 @@ func keycloakOperatorFixture(t *testing.T, cfg *rest.Config) *env {
 	kc := keycloakResource("keycloak", 2)
 	e.create(kc)
 	sts := &appsv1.StatefulSet{
-		ObjectMeta: metav1.ObjectMeta{Name: "keycloak", Labels: map[string]string{"app": "keycloak"},
+		ObjectMeta: metav1.ObjectMeta{Name: "keycloak", Labels: optedIn(map[string]string{"app": "keycloak"}),
 			OwnerReferences: []metav1.OwnerReference{{APIVersion: "k8s.keycloak.org/v2beta1", Kind: "Keycloak", Name: "keycloak",
 				UID: kc.GetUID(), Controller: ptr.To(true), BlockOwnerDeletion: ptr.To(true)}}},
 		Spec: appsv1.StatefulSetSpec{

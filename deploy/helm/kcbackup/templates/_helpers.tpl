@@ -29,10 +29,107 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.sidecar.repository (default .Chart.AppVersion .Values.image.sidecar.tag) }}
 {{- end }}
 
-{{/* The one namespace the operator watches, or "" for all; more than one is refused. */}}
-{{- define "kcbackup.watchNamespace" -}}
-{{- if gt (len .Values.watchNamespaces) 1 }}
-{{- fail (printf "watchNamespaces lists %d namespaces (%s): the operator watches one namespace or all (an empty list)" (len .Values.watchNamespaces) (join ", " .Values.watchNamespaces)) }}
+{{/* The namespaces the operator watches, as a JSON list; empty for all. */}}
+{{- define "kcbackup.watchNamespaces" -}}
+{{- $seen := list }}
+{{- range .Values.watchNamespaces }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}
+{{- fail (printf "watchNamespaces: %q is not a namespace name" .) }}
 {{- end }}
-{{- first .Values.watchNamespaces | default "" }}
+{{- $seen = append $seen . | uniq }}
+{{- end }}
+{{- toJson $seen }}
+{{- end }}
+
+{{/* The operator's permissions (deploy/rbac/role.yaml, generated from the
++kubebuilder:rbac markers); deploy/helm/chart_test.go fails when the two differ. */}}
+{{- define "kcbackup.operatorRules" -}}
+- apiGroups:
+  - ""
+  resources:
+  - pods
+  verbs:
+  - get
+  - list
+  - watch
+- apiGroups:
+  - ""
+  resources:
+  - secrets
+  verbs:
+  - create
+  - delete
+  - get
+  - update
+- apiGroups:
+  - apps
+  resources:
+  - deployments
+  - statefulsets
+  verbs:
+  - get
+  - list
+  - patch
+  - watch
+- apiGroups:
+  - apps
+  resources:
+  - deployments/scale
+  - statefulsets/scale
+  verbs:
+  - get
+  - update
+- apiGroups:
+  - batch
+  resources:
+  - jobs
+  verbs:
+  - create
+  - get
+  - list
+  - watch
+- apiGroups:
+  - events.k8s.io
+  resources:
+  - events
+  verbs:
+  - create
+  - patch
+- apiGroups:
+  - k8s.keycloak.org
+  resources:
+  - keycloaks
+  verbs:
+  - get
+- apiGroups:
+  - k8s.keycloak.org
+  resources:
+  - keycloaks/scale
+  verbs:
+  - get
+  - update
+- apiGroups:
+  - keycloak.org
+  resources:
+  - keycloakbackups
+  verbs:
+  - create
+  - delete
+  - get
+  - list
+  - patch
+  - watch
+- apiGroups:
+  - keycloak.org
+  resources:
+  - keycloakbackups/finalizers
+  verbs:
+  - update
+- apiGroups:
+  - keycloak.org
+  resources:
+  - keycloakbackups/status
+  verbs:
+  - get
+  - patch
 {{- end }}

@@ -36,6 +36,11 @@ func TestEnvtestReleaseManifestsApply(t *testing.T) {
 	if out, err := rel.CombinedOutput(); err != nil {
 		t.Fatalf("deploy/release/release.sh %s: %v\n%s", chart.Version, err, out)
 	}
+	for _, bin := range []string{"kcbackup", "kcbackup-operator", "kubectl-kcbackup"} {
+		if st, err := os.Stat(filepath.Join(dist, bin+"-"+tag+"-linux-amd64")); err != nil || st.Mode()&0o111 == 0 {
+			t.Errorf("the release has no executable %s-%s-linux-amd64: %v", bin, tag, err)
+		}
+	}
 
 	kubectl := harness.Kubectl(t)
 	cfg := harness.StartAPIServer(t, prometheusOperatorCRDs(t))

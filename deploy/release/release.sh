@@ -5,6 +5,7 @@
 #   kcbackup-vX.Y.Z.oci.tar           the sidecar image ghcr.io/kcbackup/kcbackup:vX.Y.Z (OCI archive)
 #   kcbackup-operator-vX.Y.Z.oci.tar  the operator image ghcr.io/kcbackup/kcbackup-operator:vX.Y.Z
 #   kcbackup-vX.Y.Z-linux-amd64, kcbackup-operator-vX.Y.Z-linux-amd64   the static binaries
+#   kubectl-kcbackup-vX.Y.Z-linux-amd64   the kubectl plugin (docs/kubectl-plugin.md)
 #   kcbackup-X.Y.Z.tgz               the Helm chart (deploy/helm/kcbackup)
 #   kcbackup-olm-bundle-vX.Y.Z.tgz   the OLM bundle (deploy/olm/bundle: CSV, CRD, metrics Service, metadata)
 #   RELEASE_NOTES.md                 the version's section of CHANGELOG.md
@@ -71,8 +72,11 @@ grep -qx "  name: kcbackup.$TAG" "$csv" && grep -qx "  version: $NUMBER" "$csv" 
 ldflags="-s -w -X $BUILDINFO.version=$TAG -X $BUILDINFO.revision=$REVISION"
 (cd "$ROOT" && GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "$ldflags" -o "$DIST/kcbackup-$TAG-linux-amd64" ./sidecar)
 (cd "$ROOT" && GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "$ldflags" -o "$DIST/kcbackup-operator-$TAG-linux-amd64" ./operator)
+(cd "$ROOT" && GOOS=linux GOARCH=amd64 go build -trimpath -ldflags "$ldflags" -o "$DIST/kubectl-kcbackup-$TAG-linux-amd64" ./operator/kubectl-kcbackup)
 "$DIST/kcbackup-$TAG-linux-amd64" --version | grep -q "kcbackup version $TAG (revision $REVISION," ||
   die "the sidecar binary does not say $TAG: $("$DIST/kcbackup-$TAG-linux-amd64" --version)"
+"$DIST/kubectl-kcbackup-$TAG-linux-amd64" --version | grep -q "kubectl-kcbackup version $TAG (revision $REVISION," ||
+  die "the kubectl plugin does not say $TAG: $("$DIST/kubectl-kcbackup-$TAG-linux-amd64" --version)"
 
 # Step 4: the manifests. An overlay over deploy/release pins the operator's image and the
 # sidecar image it injects (KCBACKUP_SIDECAR_IMAGE) to this version.

@@ -269,9 +269,13 @@ func testLegacyConflictNamesFrom(t *testing.T, cfg *rest.Config) {
 	if msg := got.Condition(kcv1.ConditionConflict).Message; !strings.Contains(msg, "spec.from: prod") {
 		t.Errorf("Conflict message %q does not say to use spec.from: prod", msg)
 	}
-	// ...and keeps working when they agree.
+	// ...and one that agrees with the oldest works, whenever it is created: zz-other, in
+	// conflict, does nothing and does not block it.
 	e.create(volumeBackup("same"))
 	e.waitPhase("same", kcv1.PhaseCompleted)
+	if c := e.kb("zz-other").Condition(kcv1.ConditionConflict); c == nil || c.Status != metav1.ConditionTrue {
+		t.Errorf("zz-other Conflict = %+v; want still True", c)
+	}
 }
 
 // pruneRemoving stands between the operator and the fake sidecar: it answers POST /v1/prune

@@ -134,21 +134,27 @@ func (r *Reconciler) resolveInstance(ctx context.Context, kb *kcv1.KeycloakBacku
 	return w, loc, true, nil
 }
 
-// checkConflict refuses to act when an older resource selects the same workload with a
-// different archive: two sidecars cannot archive one database to two places.
+// checkConflict refuses to act when the oldest resource selecting the same workload has a
+// different archive: two sidecars cannot archive one database to two places. Only the
+// oldest counts: a later one that disagrees with it is itself in conflict and does nothing,
+// so it neither blocks nor licenses the resources after it.
 func (r *Reconciler) checkConflict(ctx context.Context, kb *kcv1.KeycloakBackup, w workload) (bool, error) {
 	var all kcv1.KeycloakBackupList
 	if err := r.Client.List(ctx, &all, client.InNamespace(kb.Namespace)); err != nil {
 		return false, fmt.Errorf("list KeycloakBackups: %w", err)
 	}
+	var oldest *kcv1.KeycloakBackup
 	for i := range all.Items {
 		o := &all.Items[i]
-		if o.UID == kb.UID || o.DeletionTimestamp != nil || !selects(&o.Spec.InstanceSelector, w) {
+		if o.UID == kb.UID || o.DeletionTimestamp != nil || !selects(&o.Spec.InstanceSelector, w) || !olderThan(o, kb) {
 			continue
 		}
-		if kb.Spec.SameArchive(&o.Spec) || !olderThan(o, kb) {
-			continue
+		if oldest == nil || olderThan(o, oldest) {
+			oldest = o
 		}
+	}
+	if oldest != nil && !kb.Spec.SameArchive(&oldest.Spec) {
+		o := oldest
 		r.setProblem(kb, kcv1.ConditionConflict, kcv1.ReasonStorageConflict, fmt.Sprintf(
 			"KeycloakBackup %q, created earlier, selects %s with a different storage or postgres connection; "+
 				"this resource does nothing until they agree or %q is deleted. Write the archive's settings once: "+

@@ -239,7 +239,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 	}
 	storageURL := env[0].Value
 	vols, mounts := storageVolumes(&kb.Spec.Storage)
-	binVol, binMount, binInit := binarySource(r.SidecarImage, r.BinaryDelivery)
+	binVol, binMount, binInit := binarySource(r.SidecarImage, r.delivery(kb.Namespace))
 	vols, mounts = append(vols, binVol), append(mounts, binMount)
 	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: loc.Volume.PersistentVolumeClaim.ClaimName}}})

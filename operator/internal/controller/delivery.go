@@ -22,8 +22,8 @@ import (
 // create (server-side dry run: admission runs, nothing is stored) a pod of that workload's
 // template with the sidecar injected by image volume. Admitted: image volumes. Refused, by
 // any admission (an admission policy or webhook refusing image volumes, an API server with
-// the ImageVolume feature off, which drops the volume's source and finds it invalid): an
-// init container, which every cluster admits. The choice is kept for the operator's
+// the ImageVolume feature off, which drops the volume's source and finds it invalid), or not
+// allowed to ask (RBAC): an init container, which every cluster admits. The choice is kept for the operator's
 // lifetime, so a namespace's pods are never rolled back and forth.
 const DeliverByProbe BinaryDelivery = "probe"
 
@@ -69,11 +69,17 @@ func (r *Reconciler) decideDelivery(ctx context.Context, kb *kcv1.KeycloakBackup
 	}
 	d, why := DeliverByImageVolume, "the API server admits a pod of "+w.String()+" with the sidecar image as an image volume (server-side dry run)"
 	if err := r.Client.Create(ctx, pod, client.DryRunAll); err != nil {
-		if !refusedByAdmission(err) {
+		switch {
+		case refusedByAdmission(err):
+			d, why = DeliverByInitContainer, "the API server refused a pod of "+w.String()+" with the sidecar image as an image volume (server-side dry run): "+
+				lastLine(err.Error(), 512)
+		case apierrors.IsForbidden(err):
+			// Without the permission to ask, the way every cluster admits.
+			d, why = DeliverByInitContainer, "the operator may not create pods in "+ns+" (RBAC), so it cannot ask the API server whether image "+
+				"volumes are admitted (give its ClusterRole create on pods, as deploy/rbac does): "+lastLine(err.Error(), 512)
+		default:
 			return fmt.Errorf("ask the API server whether namespace %s admits image volumes (a dry-run pod of %s): %w", ns, w, err)
 		}
-		d, why = DeliverByInitContainer, "the API server refused a pod of "+w.String()+" with the sidecar image as an image volume (server-side dry run): "+
-			lastLine(err.Error(), 512)
 	}
 	r.deliveries.mu.Lock()
 	if r.deliveries.byNS == nil {
@@ -120,7 +126,7 @@ func (r *Reconciler) probePod(kb *kcv1.KeycloakBackup, w workload, loc dataLocat
 
 // refusedByAdmission reports whether the API server refused the dry-run pod itself
 // (validation, an admission policy or webhook, Pod Security), as opposed to not answering
-// or the operator lacking the permission to ask (RBAC), which says nothing about the pod.
+// or the operator lacking the permission to ask (RBAC: "cannot create resource").
 func refusedByAdmission(err error) bool {
 	switch {
 	case apierrors.IsInvalid(err), apierrors.IsBadRequest(err):

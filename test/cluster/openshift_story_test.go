@@ -236,7 +236,7 @@ spec:
 	backupSecs := time.Since(t0).Seconds()
 	p.rollout(t, ctx)
 	delivery := checkPod(t, ctx, p, p.pod(0))
-	events, _ := node.Kubectl(ctx, "-n", osNS, "get", "events", "--field-selector", "reason=BinaryDeliveryChosen", "-o", "jsonpath={.items[*].note}")
+	events, _ := node.Kubectl(ctx, "-n", osNS, "get", "events", "--field-selector", "reason=BinaryDeliveryChosen", "-o", "jsonpath={.items[*].message}")
 	t.Logf("backup Completed in %.1fs (%d backups); binary delivery %s; operator: %s", backupSecs, len(st.Backups), delivery, strings.TrimSpace(events))
 	seen := uidIn(t, ctx, p.pod(0), "postgres")
 

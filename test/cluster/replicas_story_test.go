@@ -242,6 +242,38 @@ func TestReplicasStory(t *testing.T) {
 	if _, err := node.KubectlStdin(ctx, hostPathPVIn("kc-replicas-1-reseeded", ns, "data-"+p.pod(1), fresh), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
+	// The pod that remains is the demoted old primary, a standby: its sidecar archives
+	// nothing, so a restore is refused before anything stops. Promote it first.
+	if _, err := node.KubectlStdin(ctx, restore("replicas-restore-standby"), "apply", "-f", "-"); err != nil {
+		t.Fatal(err)
+	}
+	st = p.waitPhase(t, ctx, "replicas-restore-standby", "Failed", 3*time.Minute, "Restored")
+	if !strings.Contains(st.ready(), "ServerIsStandby") {
+		t.Fatalf("refused for another reason than ServerIsStandby: %s", st.ready())
+	}
+	if got, _ := p.get(ctx, "pod", p.pod(0), "{.metadata.uid}"); got != uids[p.pod(0)] {
+		t.Errorf("pod %s was replaced by the refused restore", p.pod(0))
+	}
+	t.Logf("with the standby left: %s", st.ready())
+	primary.Store("")
+	c0 := p.conn(t, ctx, p.pod(0))
+	if _, err := c0.Exec(ctx, "SELECT pg_promote(true, 60)"); err != nil {
+		t.Fatal(err)
+	}
+	primary.Store(p.pod(0))
+	roles1 := func() error {
+		r, err := p.role(ctx, p.pod(0))
+		if err == nil && r != "primary" {
+			err = fmt.Errorf("the sidecar says %s", r)
+		}
+		return err
+	}
+	if err := waitFor(ctx, p.pod(0)+" primary", 2*time.Minute, nil, roles1); err != nil {
+		t.Fatal(err)
+	}
+	p.waitArchived(t, ctx, c0, p.pod(0))
+	_ = c0.Close(ctx)
+
 	t0 = time.Now()
 	if _, err := node.KubectlStdin(ctx, restore("replicas-restore"), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
@@ -249,8 +281,7 @@ func TestReplicasStory(t *testing.T) {
 	st = p.waitPhase(t, ctx, "replicas-restore", "Restored", 10*time.Minute, "Failed")
 	restoreSecs := time.Since(t0).Seconds()
 	t.Logf("restore to %s with one pod: Restored in %.1fs, timeline %d -> %d", target.Format(time.RFC3339), restoreSecs, st.Restore.PreviousTimeline, st.Restore.Timeline)
-	primary.Store(p.pod(0))
-	c0 := p.conn(t, ctx, p.pod(0))
+	c0 = p.conn(t, ctx, p.pod(0))
 	count := func(c *pgx.Conn) (before, after int) {
 		t.Helper()
 		if err := c.QueryRow(ctx, "SELECT count(*) FILTER (WHERE phase = 'before'), count(*) FILTER (WHERE phase = 'after') FROM failover").Scan(&before, &after); err != nil {
@@ -303,7 +334,7 @@ func TestReplicasStory(t *testing.T) {
 	}
 	roles("primary", "standby")
 	fmt.Printf("RESULT replicas: 2-pod streaming StatefulSet; backup %.1fs; failover (pod deleted, standby promoted) to archiving again %.1fs; "+
-		"restore of 2 pods refused before anything stopped (MultipleReplicas); scaled to 1: restored %d rows (%d committed after the failover) in %.1fs, "+
+		"restore of 2 pods refused before anything stopped (MultipleReplicas); scaled to 1, the standby left refused (ServerIsStandby), promoted: restored %d rows (%d committed after the failover) in %.1fs, "+
 		"timeline %d -> %d; scaled to 2: standby re-seeded from the restored primary, follows it on timeline %d\n",
 		backupSecs, archivingAgain, b0+a0, a0, restoreSecs, st.Restore.PreviousTimeline, st.Restore.Timeline, tl1)
 }

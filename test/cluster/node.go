@@ -106,8 +106,9 @@ type Node struct {
 	mu        sync.Mutex
 	procs     []*proc // in start order
 	netnsPre  map[string]bool
-	logLinks  bool // /var/log/containers did not exist before
-	runShimOK bool // /run/containerd did not exist before
+	logLinks  bool     // /var/log/containers did not exist before
+	runShimOK bool     // /run/containerd did not exist before
+	lock      *os.File // the machine's cluster lock (lock.go), released by Stop
 	stopped   bool
 	env       []string // environment of the next run; nil: this process's
 	logf      func(format string, args ...any)
@@ -129,11 +130,16 @@ func Start(ctx context.Context, paths Paths, logf func(string, ...any)) (n *Node
 	if m := paths.Missing(); len(m) > 0 {
 		return nil, fmt.Errorf("missing for the single-node cluster: %s", strings.Join(m, ", "))
 	}
-	dir, err := os.MkdirTemp("", "kcbackup-cluster-")
+	lock, err := lockMachine(ctx, logf)
 	if err != nil {
 		return nil, err
 	}
-	n = &Node{Paths: paths, Dir: dir, logf: logf}
+	dir, err := os.MkdirTemp("", "kcbackup-cluster-")
+	if err != nil {
+		lock.Close()
+		return nil, err
+	}
+	n = &Node{Paths: paths, Dir: dir, logf: logf, lock: lock}
 	defer func() {
 		if err != nil {
 			n.DumpLogs(40)
@@ -722,6 +728,9 @@ func (n *Node) Stop() error {
 		_ = os.RemoveAll("/run/containerd")
 	}
 	n.logf("cluster: processes, mounts and network removed in %.1fs", time.Since(t0).Seconds())
+	if n.lock != nil {
+		n.lock.Close() // releases the flock: the next node on this machine may start
+	}
 	if len(errs) == 0 {
 		if err := os.RemoveAll(n.Dir); err != nil {
 			errs = append(errs, err.Error())

@@ -302,7 +302,7 @@ func TestReplicasStory(t *testing.T) {
 	if !inRecovery(p.pod(1)) {
 		t.Fatalf("%s is not a standby after scaling back", p.pod(1))
 	}
-	if _, err := c0.Exec(ctx, "INSERT INTO failover VALUES (2001, 'after restore')"); err != nil {
+	if _, err := c0.Exec(ctx, "INSERT INTO failover VALUES (2001, 'after')"); err != nil {
 		t.Fatal(err)
 	}
 	var lsn string

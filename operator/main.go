@@ -46,7 +46,8 @@ func main() {
 			"and on what a restore scales, such as the Keycloak resource); false: any workload a KeycloakBackup selects")
 	fs.StringVar(&cfg.BinaryDelivery, "binary-delivery", orDefault(os.Getenv("KCBACKUP_BINARY_DELIVERY"), cfg.BinaryDelivery),
 		"how the kcbackup binary reaches PostgreSQL's pod and the restore Job: image-volume, init-container (an emptyDir filled by an "+
-			"init container), or auto: image-volume on Kubernetes 1.36 or later, init-container before (env KCBACKUP_BINARY_DELIVERY)")
+			"init container), or auto: init-container before Kubernetes 1.36; from 1.36 per namespace, image-volume where the API server admits a "+
+			"dry-run pod with one, else init-container (env KCBACKUP_BINARY_DELIVERY)")
 	fs.DurationVar(&cfg.PollInterval, "poll-interval", cfg.PollInterval, "how often a running backup or restore step is checked")
 	showVersion := fs.Bool("version", false, "print the version and exit")
 	debug := fs.Bool("debug", false, "log at debug level")
@@ -102,7 +103,7 @@ func sidecarManifest(args []string) int {
 	fs.StringVar(&o.WorkloadFile, "workload", "", "file holding the PostgreSQL Deployment or StatefulSet (YAML or JSON)")
 	fs.StringVar(&o.SidecarImage, "sidecar-image", orDefault(os.Getenv("KCBACKUP_SIDECAR_IMAGE"), app.DefaultSidecarImage(buildinfo.Get().Version)),
 		"the kcbackup image the operator injects (env KCBACKUP_SIDECAR_IMAGE; default: the release image of this version)")
-	fs.StringVar(&o.BinaryDelivery, "binary-delivery", o.BinaryDelivery, "image-volume or init-container, as the operator chose (it logs it at start)")
+	fs.StringVar(&o.BinaryDelivery, "binary-delivery", o.BinaryDelivery, "image-volume or init-container, as the operator chose (it logs it at start, or with auto per namespace: event BinaryDeliveryChosen)")
 	_ = fs.Parse(args)
 	if err := o.Run(os.Stdout); err != nil {
 		fmt.Fprintln(os.Stderr, "kcbackup-operator sidecar-manifest:", err)

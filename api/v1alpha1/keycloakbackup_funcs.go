@@ -138,6 +138,11 @@ const (
 	// ReasonMultipleReplicas: the PostgreSQL workload has more than one replica; an in-place
 	// restore would leave the standbys on the old data, so it is refused.
 	ReasonMultipleReplicas = "MultipleReplicas"
+	// ReasonServerIsStandby: the one running PostgreSQL server is a standby (a replicated
+	// workload scaled to one pod, which kept a standby); its sidecar archives nothing, so the
+	// WAL the restore must see archived never would be. The restore is refused before
+	// anything stops: promote it first (or keep the primary's pod).
+	ReasonServerIsStandby = "ServerIsStandby"
 	// ReasonReplicationRefused: PostgreSQL refuses the sidecar's replication connection
 	// (pg_hba.conf has no replication line for it): nothing is archived.
 	ReasonReplicationRefused = "ReplicationRefused"

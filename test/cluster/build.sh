@@ -2,7 +2,7 @@
 # Builds what the single-node cluster test (test/cluster) needs, once, into the cache outside the clone:
 #   $KCBACKUP_CACHE/cluster-bin-v1.37.2/   kubelet, kube-controller-manager, kube-scheduler
 #   $KCBACKUP_CACHE/cluster-containerd-v2.2.9/  containerd, containerd-shim-runc-v2, ctr
-#   $KCBACKUP_CACHE/cluster-images/        pause, postgres15, keycloak stand-in (docker-archive tars)
+#   $KCBACKUP_CACHE/cluster-images/        pause, postgres15, postgres15-anyuid, keycloak stand-in (docker-archive tars)
 #   $KCBACKUP_CACHE/cluster-images/kcbackup-<hash>.tar, kcbackup-operator-<hash>.tar: built from
 #     Dockerfile.sidecar / Dockerfile.operator with buildah; <hash> covers the sources, so a change rebuilds them.
 # kube-apiserver, kubectl and etcd come from test/tools/install.sh (called here when missing).
@@ -150,7 +150,28 @@ build_images() {
     save localhost/kcbackup-test/postgres:15 "$IMG/postgres15.tar"
     rm -f "$ctx/rootfs.tar"
   fi
+  postgres_anyuid_image
   base_images
+}
+
+# postgres_anyuid_image: localhost/kcbackup-test/postgres:15-anyuid, postgres:15 plus
+# bookworm's nss_wrapper (apt-get download, the Debian package the image's root comes
+# from), so that PostgreSQL initialises under a UID without a passwd entry, as OpenShift's
+# restricted-v2 assigns (the OpenShift story).
+postgres_anyuid_image() {
+  local ctx="$IMG/work/ctx" d="$IMG/work/nss-wrapper"
+  [ -s "$IMG/postgres15-anyuid.tar" ] && return 0
+  bh inspect --type image localhost/kcbackup-test/postgres:15 >/dev/null 2>&1 ||
+    bh pull --quiet "docker-archive:$IMG/postgres15.tar" >/dev/null
+  log "image localhost/kcbackup-test/postgres:15-anyuid"
+  rm -rf "$d"; mkdir -p "$d"
+  (cd "$d" && { apt-get download -qq libnss-wrapper 2>/dev/null || { apt-get update -qq && apt-get download -qq libnss-wrapper; }; } &&
+    dpkg-deb -x libnss-wrapper_*.deb root) || { log "could not get Debian's libnss-wrapper"; return 1; }
+  (cd "$d/root" && tar --numeric-owner --owner=0 --group=0 -cf "$ctx/nss_wrapper.tar" $(find . -name 'libnss_wrapper.so*'))
+  install -m 0755 "$HERE/postgres-entrypoint.sh" "$ctx/"
+  bud localhost/kcbackup-test/postgres:15-anyuid "$ctx" "$HERE/postgres-anyuid.Containerfile"
+  save localhost/kcbackup-test/postgres:15-anyuid "$IMG/postgres15-anyuid.tar"
+  rm -rf "$d" "$ctx/nss_wrapper.tar"
 }
 
 # base_images: docker.io/library/golang:1.26-bookworm and gcr.io/distroless/static-debian12:nonroot

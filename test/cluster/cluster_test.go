@@ -8,13 +8,10 @@ package cluster
 import (
 	"bytes"
 	"context"
-	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -29,7 +26,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/kcbackup/kcbackup/sidecar/apiclient"
 	"github.com/kcbackup/kcbackup/test/harness"
 )
 
@@ -328,8 +324,16 @@ stringData: {password: %[5]q}
 		pgPassword, postgresManifest(pgName))
 }
 
-// postgresManifest: a PostgreSQL StatefulSet labelled app.kubernetes.io/name=name, with its
-// data directory below the root of its claim, as the README asks.
+// postgresUserSC is the pod securityContext of the PostgreSQL image's own user (uid 999).
+const postgresUserSC = `securityContext:
+        runAsNonRoot: true
+        runAsUser: 999
+        runAsGroup: 999
+        fsGroup: 999
+        seccompProfile: {type: RuntimeDefault}`
+
+// postgresManifest: a PostgreSQL StatefulSet labelled app.kubernetes.io/name=name (and
+// opted in), with its data directory below the root of its claim, as the README asks.
 func postgresManifest(name string) string { return postgresManifestIn(ns, name) }
 
 // postgresManifestIn is postgresManifest in namespace namespace (its Secret
@@ -343,61 +347,12 @@ spec:
   clusterIP: None
   selector: {app.kubernetes.io/name: %[2]s}
   ports: [{name: postgres, port: 5432}]
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata:
-  name: %[2]s
-  namespace: %[1]s
-  # The operator acts only on workloads that opt in (--require-workload-opt-in).
-  labels: {app.kubernetes.io/name: %[2]s, kcbackup.keycloak.org/opt-in: "true"}
-spec:
-  serviceName: %[2]s
-  replicas: 1
-  selector:
-    matchLabels: {app.kubernetes.io/name: %[2]s}
-  template:
-    metadata:
-      labels: {app.kubernetes.io/name: %[2]s}
-    spec:
-      terminationGracePeriodSeconds: 30
-      securityContext:
-        runAsNonRoot: true
-        runAsUser: 999
-        runAsGroup: 999
-        fsGroup: 999
-        seccompProfile: {type: RuntimeDefault}
-      containers:
-        - name: postgres
-          image: localhost/kcbackup-test/postgres:15
-          imagePullPolicy: Never
-          args: ["postgres", "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "max_replication_slots=10"]
-          env:
-            - name: PGDATA
-              value: /var/lib/postgresql/data/pgdata
-            - name: POSTGRES_DB
-              value: keycloak
-            - name: POSTGRES_PASSWORD
-              valueFrom: {secretKeyRef: {name: keycloak-postgres, key: password}}
-          ports: [{name: postgres, containerPort: 5432}]
-          readinessProbe:
-            exec: {command: ["pg_isready", "-h", "/var/run/postgresql", "-d", "keycloak"]}
-            periodSeconds: 2
-          volumeMounts:
-            - {name: data, mountPath: /var/lib/postgresql/data}
-            - {name: run, mountPath: /var/run/postgresql}
-            - {name: tmp, mountPath: /tmp}
-          %[3]s
-      volumes:
-        - {name: run, emptyDir: {}}
-        - {name: tmp, emptyDir: {}}
-  volumeClaimTemplates:
-    - metadata: {name: data}
-      spec:
-        accessModes: [ReadWriteOnce]
-        storageClassName: kcbackup-local
-        resources: {requests: {storage: 2Gi}}
-`, namespace, name, restrictedContainer())
+`, namespace, name) + place{ns: namespace, sts: name}.statefulSet(pgSet{
+		replicas: 1,
+		image:    "localhost/kcbackup-test/postgres:15",
+		podSC:    postgresUserSC,
+		run:      `          args: ["postgres", "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "max_replication_slots=10"]`,
+	})
 }
 
 // keycloakManifest: the Keycloak stand-in, connected to the database through p.
@@ -435,37 +390,13 @@ spec:
 }
 
 // hostPathPV is a PersistentVolume on a directory of the node, bound in advance to the claim.
-func hostPathPV(name, claim, dir string) string { return hostPathPVIn(ns, name, claim, dir) }
-
-// hostPathPVIn is hostPathPV for a claim in namespace namespace.
-func hostPathPVIn(namespace, name, claim, dir string) string {
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: %s}
-spec:
-  capacity: {storage: 4Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: kcbackup-local
-  claimRef: {namespace: %s, name: %s}
-  hostPath: {path: %q, type: Directory}`, name, namespace, claim, dir)
+func hostPathPV(name, claim, dir string) string {
+	return strings.TrimSuffix(hostPathPVIn(name, ns, claim, dir), "\n")
 }
 
 // kcb returns a KeycloakBackup on the archive claim; extra is appended to its spec.
 func kcb(name, extra string) string {
-	return fmt.Sprintf(`apiVersion: keycloak.org/v1alpha1
-kind: KeycloakBackup
-metadata: {name: %s, namespace: %s}
-spec:
-  instanceSelector:
-    matchLabels: {app.kubernetes.io/name: %s}
-  storage:
-    volume: {claimName: kcbackup-archive}
-  postgres:
-    user: postgres
-    passwordSecret: {name: keycloak-postgres, key: password}
-%s`, name, ns, pgName, extra)
+	return place{ns: ns, sts: pgName}.kcb(name, "kcbackup-archive", extra)
 }
 
 // kcbStatus is the part of a KeycloakBackup's status the test reads.
@@ -489,15 +420,7 @@ type kcbStatus struct {
 }
 
 func getKCB(ctx context.Context, name string) (kcbStatus, error) {
-	out, err := node.Kubectl(ctx, "-n", ns, "get", "keycloakbackup", name, "-o", "jsonpath={.status}")
-	if err != nil {
-		return kcbStatus{}, err
-	}
-	var st kcbStatus
-	if strings.TrimSpace(out) == "" {
-		return st, nil
-	}
-	return st, json.Unmarshal([]byte(out), &st)
+	return place{ns: ns}.status(ctx, name)
 }
 
 func (s kcbStatus) ready() string {
@@ -513,24 +436,7 @@ func (s kcbStatus) ready() string {
 // once, with the Ready condition saying why.
 func waitPhase(t *testing.T, ctx context.Context, name, want string, timeout time.Duration, stop ...string) kcbStatus {
 	t.Helper()
-	var st kcbStatus
-	err := waitFor(ctx, "KeycloakBackup "+name+" phase "+want, timeout, nil, func() error {
-		var err error
-		if st, err = getKCB(ctx, name); err != nil {
-			return err
-		}
-		if err := st.endedIn(name, stop...); err != nil {
-			return err
-		}
-		if st.Phase != want {
-			return fmt.Errorf("phase %q (%s)", st.Phase, st.ready())
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return st
+	return place{ns: ns}.waitPhase(t, ctx, name, want, timeout, stop...)
 }
 
 // endedIn returns an error that ends a waitFor when the KeycloakBackup is in one of the
@@ -549,19 +455,11 @@ func (s kcbStatus) endedIn(name string, stop ...string) error {
 }
 
 func podIP(ctx context.Context, pod string) (string, error) {
-	out, err := node.Kubectl(ctx, "-n", ns, "get", "pod", pod, "-o", "jsonpath={.status.podIP}")
-	if err != nil {
-		return "", err
-	}
-	if strings.TrimSpace(out) == "" {
-		return "", fmt.Errorf("pod %s has no IP yet", pod)
-	}
-	return strings.TrimSpace(out), nil
+	return place{ns: ns}.podIP(ctx, pod)
 }
 
 func jsonpath(ctx context.Context, kind, name, path string) (string, error) {
-	out, err := node.Kubectl(ctx, "-n", ns, "get", kind, name, "-o", "jsonpath="+path)
-	return strings.TrimSpace(out), err
+	return place{ns: ns}.get(ctx, kind, name, path)
 }
 
 // db connects to the story's PostgreSQL.
@@ -573,24 +471,7 @@ func db(t *testing.T, ctx context.Context) *pgx.Conn {
 // dbPod connects to PostgreSQL in pod, directly on its pod IP.
 func dbPod(t *testing.T, ctx context.Context, pod string) *pgx.Conn {
 	t.Helper()
-	var conn *pgx.Conn
-	err := waitFor(ctx, "connect to PostgreSQL in "+pod, 2*time.Minute, nil, func() error {
-		ip, err := podIP(ctx, pod)
-		if err != nil {
-			return err
-		}
-		c, err := pgx.Connect(ctx, fmt.Sprintf("postgres://postgres:%s@%s:5432/keycloak?sslmode=disable&connect_timeout=5", pgPassword, ip))
-		if err != nil {
-			return err
-		}
-		conn = c
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = conn.Close(context.Background()) })
-	return conn
+	return place{ns: ns}.conn(t, ctx, pod)
 }
 
 // metric reads one sample of the sidecar's /metrics in the story's PostgreSQL pod.
@@ -600,27 +481,7 @@ func metric(ctx context.Context, name string) (float64, error) {
 
 // metricOf reads one sample of the /metrics of the sidecar in pod.
 func metricOf(ctx context.Context, pod, name string) (float64, error) {
-	ip, err := podIP(ctx, pod)
-	if err != nil {
-		return 0, err
-	}
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s:%d/metrics", ip, sidecarPort), nil)
-	resp, err := (&http.Client{Timeout: 5 * time.Second}).Do(req)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		f := strings.Fields(line)
-		if len(f) == 2 && f[0] == name {
-			return strconv.ParseFloat(f[1], 64)
-		}
-	}
-	return 0, fmt.Errorf("no metric %s in the sidecar's /metrics", name)
+	return place{ns: ns}.metric(ctx, pod, name)
 }
 
 // waitLagNearZero waits until the sidecar in pod reports under 64 KiB and 5 s of WAL not yet archived.
@@ -689,23 +550,7 @@ func loadKeycloakSchema(t *testing.T, ctx context.Context, conn *pgx.Conn) {
 // flushed now (conn is a connection to that PostgreSQL).
 func waitArchived(t *testing.T, ctx context.Context, conn *pgx.Conn, pod string) {
 	t.Helper()
-	var lsn string
-	var flushed int64
-	if err := conn.QueryRow(ctx, "SELECT pg_current_wal_flush_lsn()::text, (pg_current_wal_flush_lsn() - '0/0'::pg_lsn)::bigint").Scan(&lsn, &flushed); err != nil {
-		t.Fatal(err)
-	}
-	if err := waitFor(ctx, "WAL up to "+lsn+" archived from "+pod, 2*time.Minute, nil, func() error {
-		a, err := metricOf(ctx, pod, "kcbackup_archived_lsn_bytes")
-		if err != nil {
-			return err
-		}
-		if int64(a) < flushed {
-			return fmt.Errorf("archived up to %.0f, want %d", a, flushed)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	place{ns: ns}.waitArchived(t, ctx, conn, pod)
 }
 
 // waitWindowCovers waits until the archive, as the sidecar in pod of StatefulSet sts lists
@@ -713,34 +558,7 @@ func waitArchived(t *testing.T, ctx context.Context, conn *pgx.Conn, pod string)
 // target. A target it never covers fails here with the ranges, not later as a refused restore.
 func waitWindowCovers(t *testing.T, ctx context.Context, sts, pod string, target time.Time) {
 	t.Helper()
-	token, err := jsonpath(ctx, "secret", sts+"-kcbackup-token", "{.data.token}")
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := base64.StdEncoding.DecodeString(token)
-	if err != nil {
-		t.Fatalf("token Secret of %s: %v", sts, err)
-	}
-	if err := waitFor(ctx, "the archive's ranges hold "+target.Format(time.RFC3339), 30*time.Second, nil, func() error {
-		ip, err := podIP(ctx, pod)
-		if err != nil {
-			return err
-		}
-		cat, err := apiclient.New(fmt.Sprintf("http://%s:%d", ip, sidecarPort), string(raw), nil).Catalog(ctx)
-		if err != nil {
-			return err
-		}
-		var rs []string
-		for _, w := range cat.Windows {
-			if w.Contains(target) {
-				return nil
-			}
-			rs = append(rs, fmt.Sprintf("timeline %d %s to %s hole %t", w.Timeline, w.Earliest.Format(time.RFC3339Nano), w.Latest.Format(time.RFC3339Nano), w.Hole))
-		}
-		return fmt.Errorf("ranges: %s", strings.Join(rs, "; "))
-	}); err != nil {
-		t.Fatal(err)
-	}
+	place{ns: ns, sts: sts}.waitWindowCovers(t, ctx, pod, target)
 }
 
 // operatorLogs holds what saveOperatorLogs kept of operator pods since deleted.

@@ -83,7 +83,7 @@ metadata:
 	if err := os.Chown(dir, 999, 999); err != nil {
 		t.Fatal(err)
 	}
-	objs := hostPathPVIn(installNS, "kcb-install-pgdata", "data-"+pod, dir) + fmt.Sprintf(`
+	objs := hostPathPVIn("kcb-install-pgdata", installNS, "data-"+pod, dir) + fmt.Sprintf(`
 ---
 apiVersion: v1
 kind: Secret

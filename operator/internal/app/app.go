@@ -8,13 +8,11 @@ import (
 	"os"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/util/validation"
-	"k8s.io/client-go/discovery"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -226,45 +224,4 @@ func metricsOptions(cfg Config) metricsserver.Options {
 		o.FilterProvider = filters.WithAuthenticationAndAuthorization
 	}
 	return o
-}
-
-// BinaryDeliveryAuto chooses the binary delivery from the API server's version.
-const BinaryDeliveryAuto = "auto"
-
-// imageVolumeSince is the first Kubernetes minor whose image volumes kcbackup relies on by
-// default (the ImageVolume feature is on by default and the common runtimes support it).
-const imageVolumeSince = 36
-
-// ResolveBinaryDelivery turns --binary-delivery into a delivery: an explicit choice as it
-// is; auto is image-volume on Kubernetes 1.36 or later and init-container before (every
-// OpenShift 4 release up to 4.22 runs 1.35 or earlier). A cluster of 1.36 or later with
-// image volumes turned off (feature gate, admission policy, a runtime without support) needs
-// --binary-delivery=init-container. why says how it was decided.
-func ResolveBinaryDelivery(setting string, restCfg *rest.Config) (kccontroller.BinaryDelivery, string, error) {
-	if setting != BinaryDeliveryAuto {
-		return kccontroller.BinaryDelivery(setting), "--binary-delivery=" + setting, nil
-	}
-	dc, err := discovery.NewDiscoveryClientForConfig(restCfg)
-	if err != nil {
-		return "", "", fmt.Errorf("--binary-delivery=auto: %w", err)
-	}
-	v, err := dc.ServerVersion()
-	if err != nil {
-		return "", "", fmt.Errorf("--binary-delivery=auto: read the API server's version: %w", err)
-	}
-	return DeliveryForVersion(v.Major, v.Minor)
-}
-
-// DeliveryForVersion is auto's choice for a server version as /version reports it (minor
-// "33+" on some distributions).
-func DeliveryForVersion(major, minor string) (kccontroller.BinaryDelivery, string, error) {
-	mi, err := strconv.Atoi(strings.TrimRight(minor, "+"))
-	if err != nil || major != "1" {
-		return "", "", fmt.Errorf("--binary-delivery=auto: cannot read the API server's version %q.%q; set --binary-delivery", major, minor)
-	}
-	why := fmt.Sprintf("auto: Kubernetes 1.%d", mi)
-	if mi >= imageVolumeSince {
-		return kccontroller.DeliverByImageVolume, why, nil
-	}
-	return kccontroller.DeliverByInitContainer, why + fmt.Sprintf(" (image volumes from 1.%d)", imageVolumeSince), nil
 }

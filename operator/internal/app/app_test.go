@@ -65,7 +65,7 @@ func TestAutoDeliveryFollowsTheServerVersion(t *testing.T) {
 	for _, tc := range []struct {
 		major, minor, want string
 	}{
-		{"1", "33", "init-container"}, {"1", "35+", "init-container"}, {"1", "36", "image-volume"}, {"1", "37", "image-volume"},
+		{"1", "33", "init-container"}, {"1", "35+", "init-container"}, {"1", "36", "probe"}, {"1", "37", "probe"},
 		{"2", "0", ""}, {"1", "x", ""},
 	} {
 		got, why, err := DeliveryForVersion(tc.major, tc.minor)

@@ -69,7 +69,7 @@ func (r *Reconciler) upgradeHeld(kb *kcv1.KeycloakBackup, w workload, loc dataLo
 	if old == "" {
 		return false, nil // nothing injected yet: nothing to hold
 	}
-	sc, err := buildSidecar(old, r.BinaryDelivery, &kb.Spec, w.Name(), loc)
+	sc, err := buildSidecar(old, r.delivery(w.Obj.GetNamespace()), &kb.Spec, w.Name(), loc)
 	if err != nil {
 		return false, err
 	}

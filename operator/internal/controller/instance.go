@@ -213,7 +213,10 @@ func (r *Reconciler) checkSecrets(ctx context.Context, kb *kcv1.KeycloakBackup) 
 // ensureSidecar injects the sidecar into the workload's pod template, or replaces it when
 // the storage or image changed. A template change rolls the pod, so it happens only then.
 func (r *Reconciler) ensureSidecar(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, loc dataLocation) (bool, error) {
-	sc, err := buildSidecar(r.SidecarImage, r.BinaryDelivery, &kb.Spec, w.Name(), loc)
+	if err := r.decideDelivery(ctx, kb, w, loc); err != nil {
+		return false, err
+	}
+	sc, err := buildSidecar(r.SidecarImage, r.delivery(w.Obj.GetNamespace()), &kb.Spec, w.Name(), loc)
 	if err != nil {
 		return false, err
 	}

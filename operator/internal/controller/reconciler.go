@@ -71,11 +71,13 @@ type Reconciler struct {
 	// SidecarImage is the kcbackup image injected as sidecar and run by restore Jobs.
 	SidecarImage string
 	// BinaryDelivery says how the kcbackup binary reaches PostgreSQL's container and the
-	// restore Job; empty means DeliverByImageVolume.
+	// restore Job; empty means DeliverByImageVolume, DeliverByProbe decides per namespace.
 	BinaryDelivery BinaryDelivery
 	// AllowWorkloadsWithoutOptIn lets the operator patch, scale and mount workloads that do
 	// not carry OptInLabel. The zero value requires the label (secure by default).
 	AllowWorkloadsWithoutOptIn bool
+	// deliveries are DeliverByProbe's decisions (delivery.go).
+	deliveries deliveries
 	// SidecarEndpoint returns the base URL of the sidecar API in a pod; nil means
 	// http://<pod IP>:8008.
 	SidecarEndpoint func(pod *corev1.Pod) string

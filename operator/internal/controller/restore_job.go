@@ -242,7 +242,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 	if v, m, e := restoreEncryption(kb.Spec.Encryption); v != nil { // sidecar_options.go
 		vols, mounts, env = append(vols, *v), append(mounts, *m), append(env, e...)
 	}
-	binVol, binMount, binInit := binarySource(r.SidecarImage, r.BinaryDelivery)
+	binVol, binMount, binInit := binarySource(r.SidecarImage, r.delivery(kb.Namespace))
 	vols, mounts = append(vols, binVol), append(mounts, binMount)
 	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: loc.Volume.PersistentVolumeClaim.ClaimName}}})

@@ -115,6 +115,15 @@ func (r *Reconciler) checkTargetAgainstArchive(ctx context.Context, kb *kcv1.Key
 		r.restoreProgress(kb, "waiting for the sidecar of "+db.String()+" to answer")
 		return st, false, retry, nil
 	}
+	if st.Role == apiclient.RoleStandby {
+		// Its sidecar archives nothing: the archive would never reach the server's flush
+		// position (step ArchivingWAL), so refuse now, before anything stops.
+		res, err := r.restoreFailed(kb, kcv1.ReasonServerIsStandby, fmt.Sprintf(
+			"the running PostgreSQL server of %s is a standby (its sidecar archives nothing, so the archive would never hold its WAL): "+
+				"promote it first (SELECT pg_promote()) and wait until its sidecar archives, or keep the primary's pod when scaling "+
+				"to 1 replica (docs/replicas.md); nothing was changed", db))
+		return st, false, res, err
+	}
 	cat, err := r.refreshWindow(ctx, kb, sc)
 	if err != nil {
 		kb.SetCondition(kcv1.ConditionSidecarReady, metav1.ConditionFalse, kcv1.ReasonSidecarUnreachable, err.Error())

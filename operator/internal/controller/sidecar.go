@@ -66,6 +66,8 @@ const (
 	// there, so the restore_command it writes (which names its own executable) works when
 	// PostgreSQL runs it during recovery.
 	KcbackupPath = imageMountDir + binaryInImage
+	// binaryCopyDir is where DeliverByInitContainer mounts its emptyDir: KcbackupPath's directory.
+	binaryCopyDir = imageMountDir + "/usr/local/bin"
 )
 
 // postgresEnvNames are storage variables earlier operator versions put into the PostgreSQL
@@ -107,6 +109,9 @@ func binarySource(image string, d BinaryDelivery) (corev1.Volume, corev1.VolumeM
 			Reference: image, PullPolicy: corev1.PullIfNotPresent}}}, mount, nil
 	}
 	// The copy is ours alone: an emptyDir per pod, written once before anything else starts.
+	// It is mounted where the binary's directory lies in the image volume's layout (copy-binary
+	// wants DEST's directory to exist), so KcbackupPath is the same path either way.
+	mount.MountPath = binaryCopyDir
 	return corev1.Volume{Name: imageVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}, mount,
 		&corev1.Container{
 			Name:  BinaryInitContainerName,
@@ -114,7 +119,7 @@ func binarySource(image string, d BinaryDelivery) (corev1.Volume, corev1.VolumeM
 			// `kcbackup copy-binary DEST` copies its own executable to DEST (mode 0555,
 			// through a temporary file, fsync and rename).
 			Command:      []string{binaryInImage, "copy-binary", KcbackupPath},
-			VolumeMounts: []corev1.VolumeMount{{Name: imageVolume, MountPath: imageMountDir}},
+			VolumeMounts: []corev1.VolumeMount{{Name: imageVolume, MountPath: binaryCopyDir}},
 			Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
 				corev1.ResourceCPU:    resource.MustParse("10m"),
 				corev1.ResourceMemory: resource.MustParse("16Mi"),

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"path"
 	"strconv"
 	"testing"
 	"time"
@@ -256,14 +257,18 @@ func TestInitContainerDeliveryCopiesTheBinaryBeforeTheSidecarAtTheSamePath(t *te
 	if len(cp.Command) != 3 || cp.Command[1] != "copy-binary" || cp.Command[2] != KcbackupPath || cp.Image != "img" {
 		t.Errorf("copy container = %+v, want img copying itself to %s", cp, KcbackupPath)
 	}
+	// copy-binary wants DEST's directory to exist: the emptyDir is mounted there.
+	if len(cp.VolumeMounts) != 1 || cp.VolumeMounts[0].MountPath != path.Dir(KcbackupPath) {
+		t.Errorf("copy container mounts %+v, want the emptyDir at %s", cp.VolumeMounts, path.Dir(KcbackupPath))
+	}
 	for _, v := range tmpl.Spec.Volumes {
 		if v.Name == imageVolume && (v.EmptyDir == nil || v.Image != nil) {
 			t.Errorf("volume %s = %+v, want an emptyDir (no image volume)", v.Name, v.VolumeSource)
 		}
 	}
 	for _, m := range tmpl.Spec.Containers[0].VolumeMounts {
-		if m.Name == imageVolume && (!m.ReadOnly || m.MountPath != imageMountDir) {
-			t.Errorf("PostgreSQL mounts the binary as %+v, want read-only at %s", m, imageMountDir)
+		if m.Name == imageVolume && (!m.ReadOnly || m.MountPath != path.Dir(KcbackupPath)) {
+			t.Errorf("PostgreSQL mounts the binary as %+v, want read-only at %s, the directory of %s", m, path.Dir(KcbackupPath), KcbackupPath)
 		}
 	}
 	if byInit.Hash() == byImage.Hash() {

@@ -2,7 +2,10 @@
 # Entrypoint of the PostgreSQL 15 test image, like the official postgres image's: on first
 # start it initialises $PGDATA (POSTGRES_PASSWORD, POSTGRES_USER, POSTGRES_DB,
 # POSTGRES_INITDB_ARGS) and runs any /docker-entrypoint-initdb.d/*.sql or *.sh, then execs
-# postgres. It runs as the postgres user (uid 999) or whatever non-root uid the pod sets.
+# postgres. It runs as the postgres user (uid 999) or whatever non-root uid the pod sets: a
+# uid without a passwd entry (OpenShift assigns one from the namespace's range) gets one
+# through nss_wrapper while the database is initialised, as the official image does
+# (initdb refuses to run as a user it cannot look up).
 set -Eeuo pipefail
 : "${PGDATA:=/var/lib/postgresql/data}"
 if [ "${1:-}" = postgres ] || [ "${1:0:1}" = - ]; then
@@ -14,6 +17,17 @@ if [ "${1:-}" = postgres ] || [ "${1:0:1}" = - ]; then
   mkdir -p "$PGDATA" && chmod 0700 "$PGDATA"
   if [ ! -s "$PGDATA/PG_VERSION" ]; then
     : "${POSTGRES_USER:=postgres}" "${POSTGRES_DB:=$POSTGRES_USER}"
+    if ! getent passwd "$(id -u)" >/dev/null; then
+      nss=$(find /usr/lib -name libnss_wrapper.so -print -quit)
+      if [ -z "$nss" ]; then
+        echo "uid $(id -u) has no passwd entry and this image has no nss_wrapper: initdb cannot run" >&2
+        exit 1
+      fi
+      NSS_WRAPPER_PASSWD=$(mktemp) NSS_WRAPPER_GROUP=$(mktemp)
+      printf 'postgres:x:%s:%s:PostgreSQL:/var/lib/postgresql:/bin/false\n' "$(id -u)" "$(id -g)" >"$NSS_WRAPPER_PASSWD"
+      printf 'postgres:x:%s:\n' "$(id -g)" >"$NSS_WRAPPER_GROUP"
+      export LD_PRELOAD=$nss NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP
+    fi
     if [ -z "${POSTGRES_PASSWORD:-}" ]; then
       echo "PGDATA $PGDATA is empty and POSTGRES_PASSWORD is unset: set it to initialise the database" >&2
       exit 1
@@ -35,6 +49,7 @@ if [ "${1:-}" = postgres ] || [ "${1:0:1}" = - ]; then
       esac
     done
     pg_ctl -D "$PGDATA" -m fast -w stop
+    unset LD_PRELOAD NSS_WRAPPER_PASSWD NSS_WRAPPER_GROUP
   fi
   exec postgres "$@"
 fi

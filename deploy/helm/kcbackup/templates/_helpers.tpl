@@ -49,6 +49,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   resources:
   - pods
   verbs:
+  - create
   - get
   - list
   - watch

@@ -193,16 +193,9 @@ backup to its end and exits 1 if it failed.`,
   kubectl kcbackup backup keycloak-db --name before-upgrade --wait`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			c, _, ns, err := e.connect()
+			c, src, err := e.archiveSource(cmd.Context(), args[0])
 			if err != nil {
 				return err
-			}
-			src, err := get(cmd.Context(), c, ns, args[0])
-			if err != nil {
-				return err
-			}
-			if src.IsRestore() {
-				return usagef("KeycloakBackup %q is a restore: name the resource that holds the archive's settings", src.Name)
 			}
 			kb := derived(src, orDefault(name, args[0]+"-backup-"+time.Now().UTC().Format("20060102150405")))
 			return e.submit(cmd.Context(), c, kb, waitFor, 0)
@@ -247,16 +240,9 @@ restore step by step and exits 1 if it was refused or failed.`,
 			if timeline < 0 {
 				return usagef("invalid --timeline %d: expected a timeline number (1 or more), or 0 for the newest", timeline)
 			}
-			c, _, ns, err := e.connect()
+			c, src, err := e.archiveSource(cmd.Context(), args[0])
 			if err != nil {
 				return err
-			}
-			src, err := get(cmd.Context(), c, ns, args[0])
-			if err != nil {
-				return err
-			}
-			if src.IsRestore() {
-				return usagef("KeycloakBackup %q is a restore: name the resource that holds the archive's settings", src.Name)
 			}
 			kb := derived(src, orDefault(name, args[0]+"-restore-"+time.Now().UTC().Format("20060102150405")))
 			kb.Spec.RestoreTo = to
@@ -285,6 +271,23 @@ restore step by step and exits 1 if it was refused or failed.`,
 	f.DurationVar(&timeout, "timeout", 0, "spec.restore.timeout (default: the operator's, 30m)")
 	f.BoolVar(&waitFor, "wait", false, "follow the restore until it is done or failed")
 	return cmd
+}
+
+// archiveSource connects and reads the resource NAME a backup or restore derives from; a
+// restore cannot be one (it names no archive of its own).
+func (e *env) archiveSource(ctx context.Context, name string) (client.Client, *kcv1.KeycloakBackup, error) {
+	c, _, ns, err := e.connect()
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := get(ctx, c, ns, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if src.IsRestore() {
+		return nil, nil, usagef("KeycloakBackup %q is a restore: name the resource that holds the archive's settings", src.Name)
+	}
+	return c, src, nil
 }
 
 // derived is a new resource for the workload and archive of src, by spec.from: it names

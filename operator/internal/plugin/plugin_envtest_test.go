@@ -186,4 +186,10 @@ func TestPluginAgainstARealAPIServer(t *testing.T) {
 			t.Errorf("%s: spec %+v; want restoreTo latest on timeline 2 within 1m, the source's archive and application", tc.name, r.Spec)
 		}
 	}
+	// A restore names no archive of its own: backing up or restoring "from" it is refused.
+	for _, args := range [][]string{{"backup", "restore-ok"}, {"restore", "restore-ok", "--to", "latest"}} {
+		if _, stderr, code := run(t, kubeconfig, append(args, "-n", ns)...); code != 2 || !strings.Contains(stderr, "is a restore") {
+			t.Errorf("%v: exit %d %q; want 2, it is a restore", args, code, stderr)
+		}
+	}
 }

@@ -227,18 +227,20 @@ func uninject(t *corev1.PodTemplateSpec) {
 	delete(t.Labels, SidecarLabel)
 }
 
-// dropSlot connects to PostgreSQL in a running pod of w, as spec.postgres says, and drops
-// SlotName if it exists. ok is false, with ConditionRemoval saying why and how to drop it by
+// dropSlot connects to PostgreSQL in every pod of w, as spec.postgres says, and drops
+// SlotName where it exists. ok is false, with ConditionRemoval saying why and how to drop it by
 // hand, when it could not.
 func (r *Reconciler) dropSlot(ctx context.Context, kb *kcv1.KeycloakBackup, w workload, pods []corev1.Pod) (bool, error) {
 	pg := kb.Spec.Postgres
 	user := orDefault(pg.User, "postgres")
 	byHand := fmt.Sprintf("drop it yourself (kubectl exec -n %s POD -c %s -- psql -U %s -c \"SELECT pg_drop_replication_slot('%s')\"), "+
 		"then set %s=true on this KeycloakBackup", kb.Namespace, orDefault(pg.ContainerName, "postgres"), user, SlotName, KeepOnDeleteAnnotation)
-	pod := runningPod(pods)
-	if pod == nil {
-		r.setProblem(kb, ConditionRemoval, ReasonSlotLeft, fmt.Sprintf("no pod of %s runs, so the replication slot %q cannot be dropped "+
-			"and retains WAL once PostgreSQL runs again: start it, or %s", w, SlotName, byHand))
+	// Every server of the workload has the slot: the primary's streams to the sidecar, a
+	// standby's is kept for a takeover (docs/replicas.md). Each must go.
+	running := runningPods(pods)
+	if len(running) == 0 || len(running) < len(pods) {
+		r.setProblem(kb, ConditionRemoval, ReasonSlotLeft, fmt.Sprintf("%d of the %d pods of %s run, and each server keeps a replication "+
+			"slot %q that retains WAL once it runs again: start them all, or %s", len(running), len(pods), w, SlotName, byHand))
 		return false, nil
 	}
 	password := ""
@@ -251,15 +253,17 @@ func (r *Reconciler) dropSlot(ctx context.Context, kb *kcv1.KeycloakBackup, w wo
 		}
 		password = string(s.Data[ps.Key])
 	}
-	addr := r.postgresAddress(pod, orDefaultInt(pg.Port, 5432))
-	dropped, err := dropReplicationSlot(ctx, addr, user, password, SlotName)
-	if err != nil {
-		r.setProblem(kb, ConditionRemoval, ReasonSlotLeft, fmt.Sprintf("drop the replication slot %q on %s (pod %s, %s as %s): %v; the slot "+
-			"retains WAL until it is dropped: %s", SlotName, w, pod.Name, addr, user, err, byHand))
-		return false, nil
-	}
-	if dropped {
-		r.Recorder.Eventf(kb, w.Obj, corev1.EventTypeNormal, "SlotDropped", "Remove", "dropped the replication slot %q of %s", SlotName, w)
+	for _, pod := range running {
+		addr := r.postgresAddress(pod, orDefaultInt(pg.Port, 5432))
+		dropped, err := dropReplicationSlot(ctx, addr, user, password, SlotName)
+		if err != nil {
+			r.setProblem(kb, ConditionRemoval, ReasonSlotLeft, fmt.Sprintf("drop the replication slot %q on %s (pod %s, %s as %s): %v; the slot "+
+				"retains WAL until it is dropped: %s", SlotName, w, pod.Name, addr, user, err, byHand))
+			return false, nil
+		}
+		if dropped {
+			r.Recorder.Eventf(kb, w.Obj, corev1.EventTypeNormal, "SlotDropped", "Remove", "dropped the replication slot %q of %s in pod %s", SlotName, w, pod.Name)
+		}
 	}
 	return true, nil
 }

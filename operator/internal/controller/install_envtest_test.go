@@ -311,3 +311,27 @@ func testNamespacedRBACAloneIsEnough(t *testing.T, cfg *rest.Config) {
 		t.Errorf("listing Deployments in namespace default as the operator: %v, want Forbidden (is the API server authorising?)", err)
 	}
 }
+
+// testDeletionDropsTheSlotOnEveryServer: with two servers (a primary and a standby that
+// keeps its own slot for a takeover), the removal drops the slot on both, whichever pod
+// is listed first.
+func testDeletionDropsTheSlotOnEveryServer(t *testing.T, cfg *rest.Config) {
+	pg0, _ := postgresWithSlot(t)
+	pg1, _ := postgresWithSlot(t)
+	port := map[string]int{"postgres-0": pg0.Port(), "postgres-1": pg1.Port()}
+	e := newEnv(t, cfg, func(r *kccontroller.Reconciler) {
+		r.PostgresAddress = func(p *corev1.Pod, _ int32) string { return "127.0.0.1:" + strconv.Itoa(port[p.Name]) }
+	})
+	e.create(postgresDeployment("postgres", dbLabels))
+	e.runPod("postgres-0", dbPods)
+	e.runPod("postgres-1", dbPods)
+	e.create(superuserBackup("protect"))
+	kb := e.waitPhase("protect", kcv1.PhaseCompleted)
+	if err := e.c.Delete(e.ctx, kb); err != nil {
+		t.Fatal(err)
+	}
+	e.removed("protect", pg0)
+	if n := slotCount(t, pg1); n != 0 {
+		t.Errorf("%d slots %s left on the second server; the removal must drop it on every server", n, kccontroller.SlotName)
+	}
+}

@@ -94,6 +94,7 @@ func TestEnvtestOperator(t *testing.T) {
 		{"RestoreOfApplicationWithoutOptInIsRefused", testRestoreOfApplicationWithoutOptInIsRefused},
 		{"OptInNotRequiredWhenTurnedOff", testOptInNotRequiredWhenTurnedOff},
 		{"DeletionRemovesSidecarSlotAndToken", testDeletionRemovesSidecarSlotAndToken},
+		{"DeletionDropsTheSlotOnEveryServer", testDeletionDropsTheSlotOnEveryServer},
 		{"SlotThatCannotBeDroppedHoldsTheDeletion", testSlotThatCannotBeDroppedHoldsTheDeletion},
 		{"DeletionKeepsTheSidecarAnotherResourceUses", testDeletionKeepsTheSidecarAnotherResourceUses},
 		{"NamespacedRBACAloneIsEnough", testNamespacedRBACAloneIsEnough},

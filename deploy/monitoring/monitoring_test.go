@@ -85,6 +85,13 @@ var contractMetrics = map[string]bool{
 	"kcbackup_operator_schedule_interval_seconds":             true,
 	"kcbackup_operator_restore_failed":                        true,
 	"kcbackup_operator_restore_failures_total":                true,
+	// Operator, scheduled restore drills, one series per KeycloakBackup with a drill schedule.
+	"kcbackup_operator_drill_last_success_timestamp_seconds": true,
+	"kcbackup_operator_drill_last_failed":                    true,
+	"kcbackup_operator_drill_interval_seconds":               true,
+	"kcbackup_operator_drill_rto_seconds":                    true,
+	"kcbackup_operator_drill_rpo_seconds":                    true,
+	"kcbackup_operator_drills_total":                         true,
 }
 
 // metricName matches kcbackup metric names inside PromQL and templates.

@@ -474,6 +474,8 @@ func TestDashboardParsesAndUsesOnlyContractMetrics(t *testing.T) {
 		"kcbackup_backups_total", "kcbackup_operator_last_backup_success_timestamp_seconds", // backups over time, age
 		"kcbackup_slot_retained_bytes", "kcbackup_pgdata_volume_free_bytes", // slot retention vs free
 		"kcbackup_up", "kcbackup_storage_up", "kcbackup_upload_errors_total",
+		"kcbackup_operator_drill_last_success_timestamp_seconds", "kcbackup_operator_drill_interval_seconds", // drill age
+		"kcbackup_operator_drill_rto_seconds", "kcbackup_operator_drill_rpo_seconds", "kcbackup_operator_drills_total",
 	} {
 		if !used[m] {
 			t.Errorf("no dashboard query uses %s", m)

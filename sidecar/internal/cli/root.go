@@ -1,4 +1,4 @@
-// Package cli builds the kcbackup command line: the `run` daemon and the one-shot
+// Package cli builds the kcbackup command line: the `run` daemon, the read-only `serve` and the one-shot
 // commands (wal-fetch, backup, list, restore, verify, prune, cat). Every flag can also be set
 // with an environment variable KCBACKUP_<FLAG> (dashes become underscores); a flag given on
 // the command line wins. Secrets are never flags.
@@ -91,6 +91,7 @@ AWS chain (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION, web identity, .
 	}
 	root.AddCommand(
 		newRunCmd(g),
+		newServeCmd(g),
 		newWALFetchCmd(g),
 		newBackupCmd(g),
 		newListCmd(g),

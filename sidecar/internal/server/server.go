@@ -4,7 +4,9 @@
 // Two tokens, so that each container holds only what its job needs: the admin token (the
 // operator's) opens every /v1 endpoint; the fetch-only token (PostgreSQL's, for
 // restore_command) opens only GET /v1/wal/{name}, so a compromised database can read WAL
-// but cannot prune, back up or clean anything. The wire types are those of package apiclient.
+// but cannot prune, back up or clean anything. In read-only mode (Config.ReadOnly, for
+// kcbackup serve) only the WAL endpoint exists and every other /v1 path is refused. The wire
+// types are those of package apiclient.
 package server
 
 import (
@@ -85,7 +87,13 @@ type Config struct {
 	// the database (POST /v1/backups, /v1/prune, /v1/keycloak/cleanup) then answer 421 with
 	// it, so a caller that picked the wrong pod is told which one to ask.
 	Standby func() error
-	Logger  *slog.Logger
+	// ReadOnly, when set, makes this the API of a process that only reads the archive
+	// (kcbackup serve, beside a restored copy recovering through it): /metrics, /healthz,
+	// /readyz and GET /v1/wal/{name} with the fetch-only token, nothing else; every other
+	// /v1 path answers 403 with this text, which says why. It needs FetchToken and WAL, and
+	// no admin token (Validate).
+	ReadOnly string
+	Logger   *slog.Logger
 }
 
 // Validate refuses a configuration that would blur the two tokens: a fetch-only token
@@ -95,6 +103,16 @@ func (c Config) Validate() error {
 		return errors.New("the fetch-only token (KCBACKUP_FETCH_TOKEN_FILE or KCBACKUP_FETCH_TOKEN) equals the admin token " +
 			"(KCBACKUP_TOKEN_FILE or KCBACKUP_TOKEN): expected two different tokens, since the fetch-only one is given to " +
 			"PostgreSQL's container and must not open backups, prune or the Keycloak clean-up")
+	}
+	if c.ReadOnly != "" {
+		switch {
+		case c.Token != "":
+			return errors.New("a read-only API takes no admin token: it serves WAL to restore_command with the fetch-only token and nothing else")
+		case c.FetchToken == "":
+			return errors.New("a read-only API needs the fetch-only token: without it no request could be served")
+		case c.WAL == nil:
+			return errors.New("a read-only API needs a WAL source: serving WAL is all it does")
+		}
 	}
 	return nil
 }
@@ -132,6 +150,14 @@ func (s *Server) Handler() http.Handler {
 		}
 		fmt.Fprintln(w, "ready")
 	})
+	mux.Handle("GET /v1/wal/{name}", s.auth(walFetch, s.wal))
+	if s.cfg.ReadOnly != "" {
+		// Every other /v1 request, whatever its method and token, is told why it cannot be served.
+		mux.HandleFunc("/v1/", func(w http.ResponseWriter, r *http.Request) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("%s %s: %s", r.Method, r.URL.Path, s.cfg.ReadOnly), "")
+		})
+		return mux
+	}
 	mux.Handle("GET /v1/status", s.auth(adminOnly, func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, s.cfg.Status())
 	}))
@@ -153,7 +179,6 @@ func (s *Server) Handler() http.Handler {
 		writeJSON(w, http.StatusOK, job)
 	}))
 	mux.Handle("POST /v1/prune", s.auth(adminOnly, s.primaryOnly(s.prune)))
-	mux.Handle("GET /v1/wal/{name}", s.auth(walFetch, s.wal))
 	// A dry run reads the archive only: a standby's sidecar answers it too.
 	mux.Handle("POST /v1/restore-plan", s.auth(adminOnly, s.planRestore))
 	mux.Handle("POST /v1/keycloak/cleanup", s.auth(adminOnly, s.primaryOnly(s.keycloakCleanup)))

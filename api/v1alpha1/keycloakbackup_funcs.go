@@ -298,6 +298,9 @@ func (s *KeycloakBackupSpec) Validate() error {
 			return &SpecError{ReasonInvalidRestoreTarget, "spec.restoreTo", err.Error()}
 		}
 	}
+	if err := s.validateInto(); err != nil {
+		return err
+	}
 	if o := s.Restore; o != nil {
 		if s.RestoreTo == "" {
 			return &SpecError{ReasonInvalidSpec, "spec.restore", "is used only with restoreTo"}
@@ -425,4 +428,104 @@ const SidecarPodLabel = "kcbackup.keycloak.org/sidecar"
 // RestoreAllowsNoApplication reports whether spec.restore.allowWithoutApplication is set.
 func (s *KeycloakBackupSpec) RestoreAllowsNoApplication() bool {
 	return s.Restore != nil && s.Restore.AllowWithoutApplication
+}
+
+// DefaultDrillTables are the Keycloak tables a drill counts unless check.tables says.
+var DefaultDrillTables = []string{"realm", "client", "user_entity", "keycloak_role", "keycloak_group"}
+
+// DefaultDrillHistory is how many drill resources a drill schedule keeps.
+const DefaultDrillHistory = 3
+
+// CheckDatabase is the database a drill checks: check.database, or keycloak.
+func (c *DrillCheck) CheckDatabase() string {
+	if c == nil || c.Database == "" {
+		return DefaultKeycloakDatabase
+	}
+	return c.Database
+}
+
+// CheckTables are the tables a drill counts: check.tables, or DefaultDrillTables.
+func (c *DrillCheck) CheckTables() []string {
+	if c == nil || len(c.Tables) == 0 {
+		return DefaultDrillTables
+	}
+	return c.Tables
+}
+
+// IsClone reports whether the resource restores into a new instance.
+func (kb *KeycloakBackup) IsClone() bool { return kb.IsRestore() && kb.Spec.Into != nil }
+
+// IsDrill reports whether the resource is a restore drill.
+func (kb *KeycloakBackup) IsDrill() bool { return kb.IsClone() && kb.Spec.Into.Drill }
+
+// validateInto checks spec.into and spec.drill, for API servers without CEL.
+func (s *KeycloakBackupSpec) validateInto() error {
+	if in := s.Into; in != nil {
+		switch {
+		case s.RestoreTo == "":
+			return &SpecError{ReasonInvalidSpec, "spec.into", "is used only with restoreTo"}
+		case in.Name == "" || len(in.Name) > 52:
+			return &SpecError{ReasonInvalidSpec, "spec.into.name", fmt.Sprintf("%q: expected a DNS label of 1 to 52 characters", in.Name)}
+		case in.Drill && s.RestoreTo != RestoreLatest:
+			return &SpecError{ReasonInvalidSpec, "spec.restoreTo", "a drill (into.drill) restores to the commit of a transaction it marks in production: set restoreTo to latest"}
+		case s.ApplicationSelector != nil:
+			return &SpecError{ReasonInvalidSpec, "spec.applicationSelector", "a restore into a new instance stops nothing: remove applicationSelector"}
+		}
+		if in.Size != nil && in.Size.Sign() <= 0 {
+			return &SpecError{ReasonInvalidSpec, "spec.into.size", fmt.Sprintf("%s: expected a positive size such as 10Gi", in.Size)}
+		}
+	}
+	if d := s.Drill; d != nil {
+		if s.From != "" || s.RestoreTo != "" || s.Schedule == "" {
+			return &SpecError{ReasonInvalidSpec, "spec.drill", "belongs to the archive's resource, beside its schedule (without from or restoreTo)"}
+		}
+		if _, err := ParseSchedule(d.Schedule); err != nil {
+			return &SpecError{ReasonInvalidSchedule, "spec.drill.schedule", err.Error()}
+		}
+		if d.Timeout != nil && d.Timeout.Duration < time.Minute {
+			return &SpecError{ReasonInvalidSpec, "spec.drill.timeout", fmt.Sprintf("%s is shorter than the minimum of 1m (such as \"30m\")", d.Timeout.Duration)}
+		}
+		if d.Size != nil && d.Size.Sign() <= 0 {
+			return &SpecError{ReasonInvalidSpec, "spec.drill.size", fmt.Sprintf("%s: expected a positive size such as 10Gi", d.Size)}
+		}
+	}
+	return nil
+}
+
+// DrillOfLabel is on every drill resource: the name of the archive's resource it drills
+// (`kubectl get kcb -l kcbackup.keycloak.org/drill-of=NAME`).
+const DrillOfLabel = "kcbackup.keycloak.org/drill-of"
+
+// NewDrill returns the KeycloakBackup of a restore drill of the archive's resource archive,
+// started at: named <archive>-drill-<yyyymmddhhmmss> (UTC), with from, restoreTo latest and
+// into.drill, and the settings of archive's spec.drill (or the defaults without one). The
+// caller sets the owner (a schedule's drills are owned by the archive's resource).
+func NewDrill(archive *KeycloakBackup, at time.Time) *KeycloakBackup {
+	stamp := at.UTC().Format("20060102150405")
+	base := archive.Name
+	if len(base) > 253-len("-drill-")-len(stamp) {
+		base = base[:253-len("-drill-")-len(stamp)]
+	}
+	// The instance's name is a DNS-1035 label of at most 52 characters.
+	inst := strings.TrimRight(archive.Name[:min(len(archive.Name), 27)], "-.")
+	inst = strings.ReplaceAll(inst, ".", "-")
+	if inst == "" || inst[0] < 'a' || inst[0] > 'z' {
+		inst = "d" + inst[:min(len(inst), 26)]
+	}
+	into := &RestoreInto{Name: inst + "-drill-" + stamp, Drill: true}
+	var opts *RestoreOptions
+	if d := archive.Spec.Drill; d != nil {
+		into.StorageClassName, into.Size, into.Check = d.StorageClassName, d.Size, d.Check.DeepCopy()
+		if d.Timeout != nil {
+			opts = &RestoreOptions{Timeout: d.Timeout.DeepCopy()}
+		}
+	}
+	return &KeycloakBackup{
+		TypeMeta: metav1.TypeMeta{APIVersion: GroupVersion.String(), Kind: "KeycloakBackup"},
+		ObjectMeta: metav1.ObjectMeta{
+			Name: base + "-drill-" + stamp, Namespace: archive.Namespace,
+			Labels: map[string]string{DrillOfLabel: archive.Name, "app.kubernetes.io/managed-by": "kcbackup-operator"},
+		},
+		Spec: KeycloakBackupSpec{From: archive.Name, RestoreTo: RestoreLatest, Into: into, Restore: opts},
+	}
 }

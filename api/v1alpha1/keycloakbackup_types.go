@@ -4,6 +4,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 )
@@ -27,6 +28,11 @@ import (
 // +kubebuilder:validation:XValidation:rule="!has(self.applicationSelector) || has(self.restoreTo)",message="applicationSelector is used only with restoreTo"
 // +kubebuilder:validation:XValidation:rule="!has(self.retention) || has(self.schedule)",message="retention is applied only with schedule"
 // +kubebuilder:validation:XValidation:rule="!has(self.restore) || has(self.restoreTo)",message="restore is used only with restoreTo"
+// +kubebuilder:validation:XValidation:rule="!has(self.into) || has(self.restoreTo)",message="into is used only with restoreTo"
+// +kubebuilder:validation:XValidation:rule="!has(self.into) || !has(self.applicationSelector)",message="a restore into a new instance stops nothing: remove applicationSelector"
+// +kubebuilder:validation:XValidation:rule="has(oldSelf.into) == has(self.into) && (!has(self.into) || self.into == oldSelf.into)",message="into is immutable: create a new resource for another instance"
+// +kubebuilder:validation:XValidation:rule="!has(self.into) || !self.into.drill || self.restoreTo == 'latest'",message="a drill (into.drill) restores to the commit of a transaction it marks in production: set restoreTo to latest"
+// +kubebuilder:validation:XValidation:rule="!has(self.drill) || (!has(self.from) && !has(self.restoreTo) && has(self.schedule))",message="drill belongs to the archive's resource, beside its schedule (without from or restoreTo)"
 type KeycloakBackupSpec struct {
 	// From names the archive's resource: another KeycloakBackup in this namespace, without
 	// from itself, whose instanceSelector, storage, postgres, encryption and sidecar this
@@ -124,6 +130,121 @@ type KeycloakBackupSpec struct {
 	// done to the Keycloak database after promotion. Used only with restoreTo.
 	// +optional
 	Restore *RestoreOptions `json:"restore,omitempty"`
+
+	// Into restores into a new instance instead of in place: a StatefulSet (one pod) with
+	// its own claim, made from the PostgreSQL workload's pod template, beside production,
+	// which keeps running untouched. Used only with restoreTo. The instance recovers WAL
+	// through a read-only `kcbackup serve` container and never archives: it is a copy, and
+	// the archive has one writer (production's sidecar). It is deleted with this resource
+	// unless into.keep is true. status.restore.instance says how to connect to it.
+	// +optional
+	Into *RestoreInto `json:"into,omitempty"`
+
+	// Drill schedules restore drills of this archive: at each tick the operator creates a
+	// KeycloakBackup (<name>-drill-<yyyymmddhhmmss>, owned by this one, with from and
+	// into.drill) that restores the archive's latest point into a throw-away instance,
+	// checks it and removes it; status.drill and the kcbackup_operator_drill_* metrics
+	// record the outcome, the restore time (RTO) and the data loss window (RPO) measured.
+	// Only on the archive's resource.
+	// +optional
+	Drill *DrillSpec `json:"drill,omitempty"`
+}
+
+// RestoreInto is the new instance a restore creates.
+type RestoreInto struct {
+	// Name is the new instance's name: of its StatefulSet and Service, and of its claim
+	// (<name>-data). Nothing of that name may exist: the restore refuses, naming it. The pod
+	// is <name>-0, its PostgreSQL <name>.<namespace>.svc on the port of spec.postgres.port.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=52
+	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
+	Name string `json:"name"`
+
+	// StorageClassName is the storage class of the new claim; unset: that of the
+	// workload's data claim (or the cluster's default).
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+
+	// Size is the new claim's size; unset: the request of the workload's data claim.
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+
+	// Keep keeps the instance (StatefulSet, Service, claim and its token Secret) when
+	// this resource is deleted; they are then yours to delete. A drill never keeps it.
+	// +optional
+	Keep bool `json:"keep,omitempty"`
+
+	// Drill makes this restore a restore drill: the operator marks production in one
+	// transaction (locking the tables of check.tables IN SHARE MODE, so no write to them
+	// runs meanwhile, and counting their rows), waits until the archive holds that
+	// transaction, restores the new instance to exactly its commit, checks it (promoted;
+	// the marker committed; the same row counts; amcheck's bt_index_check on the tables'
+	// indexes where the extension can be used), records RTO and RPO in status.restore.drill,
+	// and removes the instance. It needs restoreTo: latest. The operator sets it on the
+	// resources a drill schedule creates; set it yourself for a drill now.
+	// +optional
+	Drill bool `json:"drill,omitempty"`
+
+	// Check says what a drill checks. Default: database keycloak, tables realm, client,
+	// user_entity, keycloak_role and keycloak_group.
+	// +optional
+	Check *DrillCheck `json:"check,omitempty"`
+}
+
+// DrillCheck says what a drill compares between production and the restored instance.
+type DrillCheck struct {
+	// Database is the database holding the tables; default keycloak.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	Database string `json:"database,omitempty"`
+
+	// Tables are the tables whose row counts must be equal in production at the marker
+	// and in the restored instance (names, optionally schema-qualified). Those that do not
+	// exist in production are skipped and listed. spec.postgres.user needs SELECT and one
+	// of UPDATE, DELETE or TRUNCATE on them (LOCK ... IN SHARE MODE needs it).
+	// +optional
+	// +listType=atomic
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MaxLength=127
+	// +kubebuilder:validation:items:Pattern=`^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$`
+	Tables []string `json:"tables,omitempty"`
+}
+
+// DrillSpec schedules restore drills.
+type DrillSpec struct {
+	// Schedule is a cron expression, as spec.schedule ("0 4 * * 0", "@weekly").
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=256
+	Schedule string `json:"schedule"`
+
+	// Suspend pauses the drills; a running one finishes.
+	// +optional
+	Suspend bool `json:"suspend,omitempty"`
+
+	// StorageClassName and Size are those of the throw-away instance's claim (see into).
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+
+	// Check says what each drill checks (see into.check).
+	// +optional
+	Check *DrillCheck `json:"check,omitempty"`
+
+	// Timeout bounds each waiting step of a drill (as spec.restore.timeout); default 30m.
+	// +optional
+	// +kubebuilder:validation:Type=string
+	// +kubebuilder:validation:Pattern=`^([0-9]+(\.[0-9]+)?(ns|us|µs|ms|s|m|h))+$`
+	// +kubebuilder:validation:XValidation:rule="duration(self) >= duration('1m')",message="drill.timeout must be at least 1m"
+	Timeout *metav1.Duration `json:"timeout,omitempty"`
+
+	// History is how many drill resources are kept, newest first (their status is the
+	// evidence of each drill); older ones are deleted. Default 3.
+	// +optional
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=100
+	History int32 `json:"history,omitempty"`
 }
 
 // Encryption names the age keys of the archive, each one key of a Secret in the resource's
@@ -429,7 +550,7 @@ const (
 )
 
 // RestoreStep is the step a restore has reached. The steps run in the order below.
-// +kubebuilder:validation:Enum=CheckingTarget;StoppingApplication;ArchivingWAL;StoppingDatabase;RestoringData;StartingDatabase;WaitingForArchive;CleaningKeycloak;StartingApplication;Done
+// +kubebuilder:validation:Enum=CheckingTarget;MarkingSource;StoppingApplication;ArchivingWAL;StoppingDatabase;CreatingInstance;RestoringData;StartingDatabase;WaitingForArchive;CleaningKeycloak;StartingApplication;CheckingInstance;RemovingInstance;Done
 type RestoreStep string
 
 // The restore steps, in order.
@@ -457,6 +578,21 @@ const (
 	RestoreStartingApplication RestoreStep = "StartingApplication"
 	// RestoreDone means the restore is finished.
 	RestoreDone RestoreStep = "Done"
+
+	// The steps of a restore into a new instance (spec.into): CheckingTarget, MarkingSource
+	// (drills), ArchivingWAL (drills: until the archive holds the marker), CreatingInstance,
+	// RestoringData, StartingDatabase, CheckingInstance (drills), RemovingInstance (drills),
+	// Done. Production is never stopped.
+
+	// RestoreMarkingSource marks production in one transaction: SHARE locks on the checked
+	// tables, their row counts, the transaction's ID.
+	RestoreMarkingSource RestoreStep = "MarkingSource"
+	// RestoreCreatingInstance creates the new instance's claim, token Secret and Service.
+	RestoreCreatingInstance RestoreStep = "CreatingInstance"
+	// RestoreCheckingInstance checks the promoted instance against the marker.
+	RestoreCheckingInstance RestoreStep = "CheckingInstance"
+	// RestoreRemovingInstance deletes a drill's instance.
+	RestoreRemovingInstance RestoreStep = "RemovingInstance"
 )
 
 // BackupRecord describes one base backup taken for this resource.
@@ -606,6 +742,141 @@ type RestoreStatus struct {
 	// Keycloak is what the clean-up of the Keycloak database did.
 	// +optional
 	Keycloak *KeycloakCleanup `json:"keycloak,omitempty"`
+	// Instance is the new instance of a restore with spec.into.
+	// +optional
+	Instance *InstanceStatus `json:"instance,omitempty"`
+	// Drill is the marker, the checks and the figures of a drill (spec.into.drill).
+	// +optional
+	Drill *DrillResult `json:"drill,omitempty"`
+}
+
+// InstanceStatus is the new instance a restore made, and what it reached.
+type InstanceStatus struct {
+	// StatefulSet, Service and Claim are the instance's objects, in the resource's namespace.
+	StatefulSet string `json:"statefulSet"`
+	Service     string `json:"service"`
+	Claim       string `json:"claim"`
+	// Host and Port are where its PostgreSQL answers (the Service), with the roles and
+	// passwords of production at the target.
+	Host string `json:"host"`
+	Port int32  `json:"port"`
+	// Timeline is the timeline the instance promoted to.
+	// +optional
+	Timeline int64 `json:"timeline,omitempty"`
+	// RecoveryEndLSN is where recovery ended: the redo point of the checkpoint the instance
+	// wrote when it promoted.
+	// +optional
+	RecoveryEndLSN string `json:"recoveryEndLSN,omitempty"`
+	// Ready is set when the instance promoted and answers.
+	// +optional
+	ReadyTime *metav1.Time `json:"readyTime,omitempty"`
+	// Duration is how long the restore took, from its start to the promoted instance
+	// answering (a drill's RTO also counts its checks).
+	// +optional
+	Duration *metav1.Duration `json:"duration,omitempty"`
+	// Removed is set once the instance was deleted (a drill's, when done).
+	// +optional
+	Removed bool `json:"removed,omitempty"`
+}
+
+// CheckResult is the outcome of one check of a drill.
+// +kubebuilder:validation:Enum=Passed;Failed;Skipped
+type CheckResult string
+
+// The check results.
+const (
+	CheckPassed  CheckResult = "Passed"
+	CheckFailed  CheckResult = "Failed"
+	CheckSkipped CheckResult = "Skipped"
+)
+
+// DrillCheckResult is one check of a drill.
+type DrillCheckResult struct {
+	// Name is the check: promoted, marker, counts or amcheck.
+	Name string `json:"name"`
+	// Result is Passed, Failed or Skipped.
+	Result CheckResult `json:"result"`
+	// Message says what was compared or why it was skipped.
+	// +optional
+	Message string `json:"message,omitempty"`
+}
+
+// TableCount is one table's row count in production at the marker, and restored.
+type TableCount struct {
+	Table string `json:"table"`
+	// Source is the count in production, under the marker's SHARE lock.
+	Source int64 `json:"source"`
+	// Restored is the count in the restored instance; unset until checked.
+	// +optional
+	Restored *int64 `json:"restored,omitempty"`
+}
+
+// DrillResult is what a drill marked, measured and checked.
+type DrillResult struct {
+	// MarkerXID is the marker transaction's ID (txid_current(), with its epoch), and
+	// MarkerLSN production's WAL position after it committed; the drill restores to its
+	// commit (the restore target xid:<id>@<lsn before it>).
+	// +optional
+	MarkerXID string `json:"markerXID,omitempty"`
+	// +optional
+	MarkerStartLSN string `json:"markerStartLSN,omitempty"`
+	// +optional
+	MarkerLSN string `json:"markerLSN,omitempty"`
+	// MarkerTime is when the marker committed (production's clock).
+	// +optional
+	MarkerTime *metav1.Time `json:"markerTime,omitempty"`
+	// ArchivedTime is when the operator saw the archive hold the marker.
+	// +optional
+	ArchivedTime *metav1.Time `json:"archivedTime,omitempty"`
+	// Counts are the checked tables' row counts.
+	// +optional
+	// +listType=atomic
+	Counts []TableCount `json:"counts,omitempty"`
+	// Skipped lists tables of check.tables that production does not have.
+	// +optional
+	// +listType=atomic
+	Skipped []string `json:"skipped,omitempty"`
+	// Checks are the checks run on the restored instance.
+	// +optional
+	// +listType=atomic
+	Checks []DrillCheckResult `json:"checks,omitempty"`
+	// RTO is how long the drill took from its start to a checked, promoted instance.
+	// +optional
+	RTO *metav1.Duration `json:"rto,omitempty"`
+	// RPO is the data loss window measured: from the marker's commit until the operator
+	// saw the archive hold it (an upper bound: the archive may have held it sooner).
+	// +optional
+	RPO *metav1.Duration `json:"rpo,omitempty"`
+}
+
+// DrillStatus is the drills of an archive's resource with spec.drill.
+type DrillStatus struct {
+	// LastDrill is the newest drill's KeycloakBackup.
+	// +optional
+	LastDrill string `json:"lastDrill,omitempty"`
+	// LastScheduleTime is the tick the newest drill was created for.
+	// +optional
+	LastScheduleTime *metav1.Time `json:"lastScheduleTime,omitempty"`
+	// NextScheduleTime is the next tick.
+	// +optional
+	NextScheduleTime *metav1.Time `json:"nextScheduleTime,omitempty"`
+	// LastResult is the newest finished drill's phase: Restored (passed) or Failed.
+	// +optional
+	LastResult Phase `json:"lastResult,omitempty"`
+	// LastCompletionTime is when the newest finished drill ended.
+	// +optional
+	LastCompletionTime *metav1.Time `json:"lastCompletionTime,omitempty"`
+	// LastSuccessTime is when the newest passed drill ended.
+	// +optional
+	LastSuccessTime *metav1.Time `json:"lastSuccessTime,omitempty"`
+	// LastRTO and LastRPO are the newest passed drill's figures.
+	// +optional
+	LastRTO *metav1.Duration `json:"lastRTO,omitempty"`
+	// +optional
+	LastRPO *metav1.Duration `json:"lastRPO,omitempty"`
+	// LastMessage is the newest finished drill's Ready message (what failed).
+	// +optional
+	LastMessage string `json:"lastMessage,omitempty"`
 }
 
 // KeycloakCleanup records what the post-restore clean-up removed from the Keycloak database.
@@ -710,6 +981,10 @@ type KeycloakBackupStatus struct {
 	// Restore is the progress of the restore, for a resource with restoreTo.
 	// +optional
 	Restore *RestoreStatus `json:"restore,omitempty"`
+
+	// Drill is the drills of spec.drill.
+	// +optional
+	Drill *DrillStatus `json:"drill,omitempty"`
 }
 
 // KeycloakBackup asks for a base backup, a schedule of base backups, or an in-place
@@ -724,6 +999,7 @@ type KeycloakBackupStatus struct {
 // +kubebuilder:printcolumn:name="Step",type=string,JSONPath=`.status.restore.step`
 // +kubebuilder:printcolumn:name="Backup Time",type=date,JSONPath=`.status.backup.stopTime`
 // +kubebuilder:printcolumn:name="Size",type=string,JSONPath=`.status.backup.size`
+// +kubebuilder:printcolumn:name="Instance",type=string,JSONPath=`.spec.into.name`,priority=1
 // +kubebuilder:printcolumn:name="From",type=string,JSONPath=`.spec.from`,priority=1
 // +kubebuilder:printcolumn:name="Window From",type=string,JSONPath=`.status.recoveryWindow.earliest`,priority=1
 // +kubebuilder:printcolumn:name="Window To",type=string,JSONPath=`.status.recoveryWindow.latest`,priority=1

@@ -144,6 +144,14 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 	if r.MaxScheduleWait > 0 && wait > r.MaxScheduleWait {
 		wait = r.MaxScheduleWait
 	}
+	// The drills of spec.drill (drill.go) run beside the backups, suspended or not.
+	drillWait, err := r.reconcileDrills(ctx, kb)
+	if err != nil {
+		return ctrl.Result{}, err
+	}
+	if drillWait > 0 {
+		wait = min(wait, drillWait)
+	}
 	if paused, err := r.pausedForRestore(ctx, kb, w); err != nil || paused {
 		return ctrl.Result{RequeueAfter: min(wait, r.RetryInterval)}, err
 	}
@@ -180,7 +188,7 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 			r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, kcv1.ReasonSuspended, "Schedule", "schedule suspended")
 		}
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, kcv1.ReasonSuspended, "the schedule is suspended")
-		return ctrl.Result{}, nil
+		return ctrl.Result{RequeueAfter: drillWait}, nil
 	}
 	// Step 3: the newest tick due and not yet served starts a backup; older missed ticks
 	// are skipped, so downtime yields one catch-up backup, not a burst.

@@ -16,6 +16,13 @@ type Metrics struct {
 	scheduleInterval *prometheus.GaugeVec
 	restoreFailed    *prometheus.GaugeVec
 	restoreFailures  *prometheus.CounterVec
+
+	drillLastSuccess *prometheus.GaugeVec
+	drillLastFailed  *prometheus.GaugeVec
+	drillInterval    *prometheus.GaugeVec
+	drillRTO         *prometheus.GaugeVec
+	drillRPO         *prometheus.GaugeVec
+	drills           *prometheus.CounterVec
 }
 
 // NewMetrics creates the operator's metrics and registers them on reg (in the operator,
@@ -43,8 +50,33 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			Name: "kcbackup_operator_restore_failures_total",
 			Help: "Restores of a KeycloakBackup that ended Failed, by reason (RestoreRefused, RestoreTimedOut, RestoreJobFailed, ...).",
 		}, append(labels, "reason")),
+		drillLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kcbackup_operator_drill_last_success_timestamp_seconds",
+			Help: "When the newest passed restore drill of an archive's KeycloakBackup (name) finished, in Unix seconds; 0 while none passed.",
+		}, labels),
+		drillLastFailed: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kcbackup_operator_drill_last_failed",
+			Help: "1 when the newest finished restore drill of an archive's KeycloakBackup failed, else 0.",
+		}, labels),
+		drillInterval: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kcbackup_operator_drill_interval_seconds",
+			Help: "Seconds between the next two ticks of the drill schedule of a KeycloakBackup.",
+		}, labels),
+		drillRTO: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kcbackup_operator_drill_rto_seconds",
+			Help: "How long the newest passed restore drill took, from its start to a promoted and checked instance.",
+		}, labels),
+		drillRPO: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "kcbackup_operator_drill_rpo_seconds",
+			Help: "The data loss window the newest passed restore drill measured: from its marker's commit until the archive held it.",
+		}, labels),
+		drills: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "kcbackup_operator_drills_total",
+			Help: "Restore drills of an archive's KeycloakBackup that finished, by result (succeeded, failed).",
+		}, append(labels, "result")),
 	}
-	for _, c := range []prometheus.Collector{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed, m.restoreFailures} {
+	for _, c := range []prometheus.Collector{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed, m.restoreFailures,
+		m.drillLastSuccess, m.drillLastFailed, m.drillInterval, m.drillRTO, m.drillRPO, m.drills} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register operator metrics: %w", err)
 		}
@@ -99,6 +131,7 @@ func (m *Metrics) seed(kb *kcv1.KeycloakBackup, now time.Time) {
 			m.scheduled(ns, name, sched.Next(next).Sub(next).Seconds())
 		}
 	}
+	m.seedDrills(kb, now)
 	if kb.IsRestore() {
 		switch st.Phase {
 		case kcv1.PhaseFailed:
@@ -111,8 +144,56 @@ func (m *Metrics) seed(kb *kcv1.KeycloakBackup, now time.Time) {
 
 // forget drops every series of a deleted resource.
 func (m *Metrics) forget(ns, name string) {
-	for _, v := range []*prometheus.GaugeVec{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed} {
+	for _, v := range []*prometheus.GaugeVec{m.lastSuccess, m.lastFailed, m.scheduleInterval, m.restoreFailed,
+		m.drillLastSuccess, m.drillLastFailed, m.drillInterval, m.drillRTO, m.drillRPO} {
 		v.DeleteLabelValues(ns, name)
 	}
 	m.restoreFailures.DeletePartialMatch(prometheus.Labels{"namespace": ns, "name": name})
+	m.drills.DeletePartialMatch(prometheus.Labels{"namespace": ns, "name": name})
+}
+
+// seedDrills sets the drill gauges of an archive's resource from status.drill: the alerts
+// see the last drill's outcome after an operator restart, and a drill schedule whose drills
+// never passed exports 0 (KcbackupRestoreDrillTooOld then counts from the schedule's start).
+func (m *Metrics) seedDrills(kb *kcv1.KeycloakBackup, now time.Time) {
+	ns, name := kb.Namespace, kb.Name
+	d := kb.Spec.Drill
+	if d == nil || kb.IsRestore() || kb.Spec.From != "" {
+		for _, v := range []*prometheus.GaugeVec{m.drillLastSuccess, m.drillLastFailed, m.drillInterval, m.drillRTO, m.drillRPO} {
+			v.DeleteLabelValues(ns, name)
+		}
+		return
+	}
+	if sched, err := kcv1.ParseSchedule(d.Schedule); err == nil {
+		next := sched.Next(now)
+		m.drillInterval.WithLabelValues(ns, name).Set(sched.Next(next).Sub(next).Seconds())
+	}
+	st := kb.Status.Drill
+	success := 0.0
+	if st != nil && st.LastSuccessTime != nil {
+		success = float64(st.LastSuccessTime.Unix())
+		if st.LastRTO != nil {
+			m.drillRTO.WithLabelValues(ns, name).Set(st.LastRTO.Seconds())
+		}
+		if st.LastRPO != nil {
+			m.drillRPO.WithLabelValues(ns, name).Set(st.LastRPO.Seconds())
+		}
+	}
+	m.drillLastSuccess.WithLabelValues(ns, name).Set(success)
+	if st != nil && st.LastResult != "" {
+		failed := 0.0
+		if st.LastResult == kcv1.PhaseFailed {
+			failed = 1
+		}
+		m.drillLastFailed.WithLabelValues(ns, name).Set(failed)
+	}
+}
+
+// drillEnded counts a finished drill of the archive's resource archive.
+func (m *Metrics) drillEnded(ns, archive string, passed bool) {
+	result := "failed"
+	if passed {
+		result = "succeeded"
+	}
+	m.drills.WithLabelValues(ns, archive, result).Inc()
 }

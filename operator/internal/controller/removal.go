@@ -243,15 +243,10 @@ func (r *Reconciler) dropSlot(ctx context.Context, kb *kcv1.KeycloakBackup, w wo
 			"slot %q that retains WAL once it runs again: start them all, or %s", len(running), len(pods), w, SlotName, byHand))
 		return false, nil
 	}
-	password := ""
-	if ps := pg.PasswordSecret; ps != nil {
-		var s corev1.Secret
-		if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: ps.Name}, &s); err != nil {
-			r.setProblem(kb, ConditionRemoval, ReasonSlotLeft, fmt.Sprintf("read Secret %s (spec.postgres.passwordSecret) to drop the "+
-				"replication slot %q: %v; %s", ps.Name, SlotName, err, byHand))
-			return false, nil
-		}
-		password = string(s.Data[ps.Key])
+	password, err := r.postgresPassword(ctx, kb)
+	if err != nil {
+		r.setProblem(kb, ConditionRemoval, ReasonSlotLeft, fmt.Sprintf("%v, to drop the replication slot %q; %s", err, SlotName, byHand))
+		return false, nil
 	}
 	for _, pod := range running {
 		addr := r.postgresAddress(pod, orDefaultInt(pg.Port, 5432))
@@ -284,14 +279,9 @@ var errSlotActive = errors.New("the slot is in use by a replication connection (
 func dropReplicationSlot(ctx context.Context, addr, user, password, name string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: addr, Path: "/postgres",
-		RawQuery: "sslmode=prefer&connect_timeout=10&application_name=kcbackup-operator"}
-	if password == "" {
-		u.User = url.User(user)
-	}
-	conn, err := pgx.Connect(ctx, u.String())
+	conn, err := pgConnect(ctx, addr, user, password, "postgres")
 	if err != nil {
-		return false, fmt.Errorf("connect: %w", err)
+		return false, err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	var active bool
@@ -309,4 +299,40 @@ func dropReplicationSlot(ctx context.Context, addr, user, password, name string)
 		return false, fmt.Errorf("pg_drop_replication_slot: %w", err)
 	}
 	return true, nil
+}
+
+// pgConnect opens a plain connection to database on the server at addr.
+func pgConnect(ctx context.Context, addr, user, password, database string) (*pgx.Conn, error) {
+	u := url.URL{Scheme: "postgres", User: url.UserPassword(user, password), Host: addr, Path: "/" + database,
+		RawQuery: "sslmode=prefer&connect_timeout=10&application_name=kcbackup-operator"}
+	if password == "" {
+		u.User = url.User(user)
+	}
+	conn, err := pgx.Connect(ctx, u.String())
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s as %s (database %s): %w", addr, user, database, err)
+	}
+	return conn, nil
+}
+
+// postgresPassword reads spec.postgres.passwordSecret ("" when none is named).
+func (r *Reconciler) postgresPassword(ctx context.Context, kb *kcv1.KeycloakBackup) (string, error) {
+	ps := kb.Spec.Postgres.PasswordSecret
+	if ps == nil {
+		return "", nil
+	}
+	var s corev1.Secret
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: ps.Name}, &s); err != nil {
+		return "", fmt.Errorf("read Secret %s (spec.postgres.passwordSecret): %w", ps.Name, err)
+	}
+	return string(s.Data[ps.Key]), nil
+}
+
+// connectPostgres connects to database on PostgreSQL in pod, as spec.postgres says.
+func (r *Reconciler) connectPostgres(ctx context.Context, kb *kcv1.KeycloakBackup, pod *corev1.Pod, database string) (*pgx.Conn, error) {
+	password, err := r.postgresPassword(ctx, kb)
+	if err != nil {
+		return nil, err
+	}
+	return pgConnect(ctx, r.postgresAddress(pod, orDefaultInt(kb.Spec.Postgres.Port, 5432)), orDefault(kb.Spec.Postgres.User, "postgres"), password, database)
 }

@@ -80,15 +80,21 @@ func (r *Reconciler) reconcileRestore(ctx context.Context, run *restoreRun) (ctr
 	if rs.StepStartTime == nil {
 		rs.StepStartTime = ptrTime(r.Clock.Now())
 	}
-	step, ok := restoreSteps[rs.Step]
+	steps := restoreSteps
+	if kb.IsClone() {
+		steps = cloneSteps // clone.go: production is never stopped, so no restore lock
+	}
+	step, ok := steps[rs.Step]
 	if !ok {
 		return ctrl.Result{}, reconcile.TerminalError(fmt.Errorf("unknown restore step %q in status.restore.step", rs.Step))
 	}
 	if res, over, err := r.restoreDeadline(ctx, run, step); over {
 		return res, err
 	}
-	if res, lost, err := r.keepRestoreLock(ctx, kb, run.db); lost {
-		return res, err
+	if !kb.IsClone() {
+		if res, lost, err := r.keepRestoreLock(ctx, kb, run.db); lost {
+			return res, err
+		}
 	}
 	return step.run(r, ctx, run)
 }

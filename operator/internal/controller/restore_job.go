@@ -299,10 +299,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 						Command: []string{KcbackupPath},
 						// restore_command fetches through the sidecar beside PostgreSQL, with the
 						// token mounted in both; PostgreSQL never sees storage credentials.
-						Args: []string{"restore", "--storage", storageURL, "--pgdata", dataDir,
-							"--to", kb.Spec.RestoreTo, "--move-aside", "--handover", "--timeline", restoreTimeline(kb.Spec.Restore),
-							"--fetch-via", fmt.Sprintf("http://127.0.0.1:%d", apiclient.DefaultPort),
-							"--fetch-token-file", tokenFile},
+						Args:         restoreArgs(kb, storageURL, dataDir),
 						Env:          env,
 						VolumeMounts: mounts,
 						Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
@@ -321,6 +318,20 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 		return nil, err
 	}
 	return job, nil
+}
+
+// restoreArgs are the restore Job's arguments. In place, the old data directory moves
+// aside and the archive is handed over to the restored server; a new instance is a copy:
+// an empty claim, and no handover (it never archives). The WAL is fetched through the
+// container beside PostgreSQL: the sidecar in place, `kcbackup serve` in a new instance.
+func restoreArgs(kb *kcv1.KeycloakBackup, storageURL, dataDir string) []string {
+	to := restoreJobTarget(kb)
+	fetch := []string{"--fetch-via", fmt.Sprintf("http://127.0.0.1:%d", apiclient.DefaultPort), "--fetch-token-file", tokenFile}
+	if kb.IsClone() {
+		return append([]string{"restore", "--storage", storageURL, "--pgdata", dataDir, "--to", to, "--timeline", restoreTimeline(kb.Spec.Restore)}, fetch...)
+	}
+	return append([]string{"restore", "--storage", storageURL, "--pgdata", dataDir,
+		"--to", to, "--move-aside", "--handover", "--timeline", restoreTimeline(kb.Spec.Restore)}, fetch...)
 }
 
 type outcome int

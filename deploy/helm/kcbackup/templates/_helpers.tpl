@@ -81,11 +81,28 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   - get
   - update
 - apiGroups:
+  - apps
+  resources:
+  - statefulsets
+  verbs:
+  - create
+  - delete
+- apiGroups:
+  - ""
+  resources:
+  - persistentvolumeclaims
+  - services
+  verbs:
+  - create
+  - delete
+  - get
+- apiGroups:
   - batch
   resources:
   - jobs
   verbs:
   - create
+  - delete
   - get
   - list
   - watch

@@ -84,7 +84,11 @@ func parseXidTarget(s, rest string) (Target, error) {
 	}
 	xid := uint32(n) // the low 32 bits: what WAL record headers carry
 	if xid <= 2 {
-		return Target{}, fmt.Errorf("invalid restore target %q: transaction id %d (%d in 32 bits) is not one PostgreSQL assigns to a transaction (0, 1 and 2 are reserved): %s", s, n, xid, forms)
+		low := ""
+		if uint64(xid) != n {
+			low = fmt.Sprintf(" (%d in 32 bits)", xid)
+		}
+		return Target{}, fmt.Errorf("invalid restore target %q: transaction id %d%s is not one PostgreSQL assigns to a transaction (0, 1 and 2 are reserved): %s", s, n, low, forms)
 	}
 	t := Target{Xid: xid, XidGiven: n}
 	if hasLSN {

@@ -482,7 +482,10 @@ func (a *Archive) scanSegment(p WALPath, n uint64, cur, next []byte, v PGVersion
 // planXact plans a restore to the commit of transaction req.Target.Xid: recovery stops
 // right after its commit record (recovery_target_lsn at the record, inclusive), so the
 // restored cluster holds that transaction and every one that committed before it, and none
-// that committed after.
+// that committed after. PostgreSQL stops "just after" an LSN target with
+// recovery_target_inclusive on (Server Configuration, Recovery Target): after replaying the
+// first record that starts at or past it, here the commit record itself. The search goes
+// on through the ranges after a hole; a commit in lost WAL is refused.
 func (a *Archive) planXact(ctx context.Context, g *Graph, req RestoreRequest, v PGVersion) (RestorePlan, error) {
 	x := req.Target
 	// Step 1: the timeline: --timeline, or the newest with a restorable range, as for

@@ -209,3 +209,26 @@ func TestPlanRestoreToATransactionFollowsTheChosenTimeline(t *testing.T) {
 		t.Errorf("a transaction of timeline 1 only: %v; want a refusal on timeline 2", err)
 	}
 }
+
+// A hole in the WAL splits the path into two ranges: a commit after it restores from a
+// backup after it, and one in the lost WAL is refused, naming the WAL that was searched.
+func TestPlanRestoreToATransactionSearchesEachRangeAroundAHole(t *testing.T) {
+	t0 := time.Now().Add(-2 * time.Hour).UTC().Truncate(time.Second)
+	b2, b15 := backupAt("20260101T000000Z", 2, t0), backupAt("20260101T010000Z", 15, t0)
+	a := fakeArchive(t, 2, 20, t0, b2, b15)
+	a.Storage.Delete(context.Background(), SegmentKey(1, 12, seg1M))
+	for seg, backup := range map[uint64]string{8: b2.ID, 11: b2.ID, 16: b15.ID} {
+		if p, err := planAt(t, a, RestoreRequest{Target: xidTarget(xidAt(seg), 0)}); err != nil || p.Backup.ID != backup || p.LastXactLSN != SegmentStartLSN(seg, seg1M)+fakeCommitOff {
+			t.Errorf("xid %d: backup %s, commit at %s, %v; want backup %s", xidAt(seg), p.Backup.ID, p.LastXactLSN, err, backup)
+		}
+	}
+	_, err := planAt(t, a, RestoreRequest{Target: xidTarget(xidAt(12), 0)})
+	if !errors.Is(err, ErrRestoreRefused) || !strings.Contains(err.Error(), "scanned 0/200000 to 0/C00000, then 0/F00000 to 0/1500000") {
+		t.Errorf("a commit in the lost segment: %v; want a refusal naming both stretches searched", err)
+	}
+	// A lower bound after the hole searches only the range after it.
+	_, err = planAt(t, a, RestoreRequest{Target: xidTarget(xidAt(8), SegmentStartLSN(13, seg1M))})
+	if !errors.Is(err, ErrRestoreRefused) || !strings.Contains(err.Error(), "(scanned 0/F00000 to 0/1500000)") {
+		t.Errorf("a lower bound after the hole: %v; want only the range after it searched", err)
+	}
+}

@@ -13,7 +13,8 @@ import (
 )
 
 // In the fake archives every segment n holds, after its long page header, one record at
-// +40 that is not a transaction, a commit at +88 ending at commitAt(t0, n), and XLOG_SWITCH.
+// +40 that is not a transaction, a commit at +88 of transaction xidAt(n) ending at
+// commitAt(t0, n), and XLOG_SWITCH.
 const (
 	fakeNoopOff   = 40
 	fakeCommitOff = 88
@@ -21,13 +22,15 @@ const (
 
 func commitAt(t0 time.Time, n uint64) time.Time { return t0.Add(time.Duration(n) * time.Minute) }
 
+func xidAt(n uint64) uint32 { return 1000 + uint32(n) }
+
 // fakeWAL writes segments [first, last] of timeline tli with one commit each.
 func fakeWAL(t *testing.T, a *Archive, tli uint32, first, last uint64, t0 time.Time) {
 	t.Helper()
 	g := newWALGen(pg15, seg1M, first)
 	for n := first; n <= last; n++ {
 		g.noop(16)
-		if l := g.commit(commitAt(t0, n)); l != SegmentStartLSN(n, seg1M)+fakeCommitOff {
+		if l := g.xactEnd(xactCommit, commitAt(t0, n), xidAt(n)); l != SegmentStartLSN(n, seg1M)+fakeCommitOff {
 			t.Fatalf("generated commit at %s; want %s", l, SegmentStartLSN(n, seg1M)+fakeCommitOff)
 		}
 		g.switchSegment()

@@ -7,7 +7,8 @@ import (
 )
 
 // walGen writes valid WAL in PostgreSQL's page and record format (the subset the scanner
-// reads: commit records and XLOG_SWITCH), so planning is tested on WAL whose transactions
+// reads: commit and abort records with the transaction's xid in their header, and
+// XLOG_SWITCH), so planning is tested on WAL whose transactions
 // and times are known. The scanner it feeds is itself checked against pg_waldump on WAL of
 // real servers (walscan_test.go and the e2e tests).
 type walGen struct {
@@ -17,6 +18,7 @@ type walGen struct {
 	data    []byte // from the first byte of segment first
 	pos     LSN
 	prev    LSN
+	lastXid uint32 // the xid of the last transaction commit() ended
 }
 
 func newWALGen(v PGVersion, segSize, firstSeg uint64) *walGen {
@@ -68,14 +70,15 @@ func (g *walGen) pageHeader(contLeft int) {
 	g.pos += LSN(len(hdr))
 }
 
-// record appends one record and returns the LSN where it starts.
-func (g *walGen) record(rmid, info byte, body []byte) LSN {
+// record appends one record of transaction xid (0: none) and returns the LSN where it starts.
+func (g *walGen) record(rmid, info byte, xid uint32, body []byte) LSN {
 	if uint64(g.pos)%walPageSize == 0 {
 		g.pageHeader(0)
 	}
 	start := g.pos
 	hdr := make([]byte, recordHeaderLen)
 	binary.LittleEndian.PutUint32(hdr[0:], uint32(recordHeaderLen+len(body)))
+	binary.LittleEndian.PutUint32(hdr[4:], xid)
 	binary.LittleEndian.PutUint64(hdr[8:], uint64(g.prev))
 	hdr[16], hdr[17] = info, rmid
 	crc := crc32.Update(crc32.Update(0, crc32c, body), crc32c, hdr[:20])
@@ -87,23 +90,32 @@ func (g *walGen) record(rmid, info byte, body []byte) LSN {
 	return start
 }
 
-// commit appends a commit record ending a transaction at t.
+// commit appends a commit record ending, at t, a transaction with the next xid (from 1000).
 func (g *walGen) commit(t time.Time) LSN {
+	if g.lastXid < 1000 {
+		g.lastXid = 999
+	}
+	g.lastXid++
+	return g.xactEnd(xactCommit, t, g.lastXid)
+}
+
+// xactEnd appends the end (op xactCommit or xactAbort) of transaction xid at t.
+func (g *walGen) xactEnd(op byte, t time.Time, xid uint32) LSN {
 	body := make([]byte, 2+8)
 	body[0], body[1] = 255, 8 // XLR_BLOCK_ID_DATA_SHORT, 8 bytes of main data: xact_time
 	binary.LittleEndian.PutUint64(body[2:], uint64(t.Sub(PostgresEpoch).Microseconds()))
-	return g.record(rmXactID, xactCommit, body)
+	return g.record(rmXactID, op, xid, body)
 }
 
 // noop appends a record that is not a transaction end (an XLOG record with n bytes of data).
 func (g *walGen) noop(n int) LSN {
 	body := append([]byte{255, byte(n)}, make([]byte, n)...)
-	return g.record(rmXLogID, 0x20, body)
+	return g.record(rmXLogID, 0x20, 0, body)
 }
 
 // switchSegment appends XLOG_SWITCH: the rest of the segment is unused.
 func (g *walGen) switchSegment() {
-	g.record(rmXLogID, xlogSwitch, nil)
+	g.record(rmXLogID, xlogSwitch, 0, nil)
 	next := SegmentStartLSN(g.pos.SegmentNo(g.segSize)+1, g.segSize)
 	if g.pos.SegmentOffset(g.segSize) == 0 {
 		next = g.pos

@@ -40,6 +40,11 @@ type XactRecord struct {
 	LSN    LSN
 	Commit bool // false for an abort
 	Time   time.Time
+	// Xid is the transaction id in the record's header (XLogRecord.xl_xid): the top-level
+	// transaction that ended, as txid_current() names it (its low 32 bits). A subtransaction
+	// aborted on its own carries its own xid; COMMIT PREPARED and ROLLBACK PREPARED carry the
+	// xid of the session that ran them (usually 0), the prepared transaction's is in their data.
+	Xid uint32
 }
 
 // ErrWALFormat is returned (wrapped) when WAL is not in the format of the archive's
@@ -204,7 +209,8 @@ func (s *walScanner) run(fn func(XactRecord)) (LSN, error) {
 			if op == xactCommit || op == xactAbort || op == xactCommitPrepared || op == xactAbortPrepared {
 				if main, err := mainData(body, s.v); err == nil && len(main) >= s.v.XactTimeOffset+8 {
 					us := int64(binary.LittleEndian.Uint64(main[s.v.XactTimeOffset:]))
-					fn(XactRecord{LSN: start, Commit: op == xactCommit || op == xactCommitPrepared, Time: PostgresEpoch.Add(time.Duration(us) * time.Microsecond)})
+					fn(XactRecord{LSN: start, Commit: op == xactCommit || op == xactCommitPrepared, Time: PostgresEpoch.Add(time.Duration(us) * time.Microsecond),
+						Xid: binary.LittleEndian.Uint32(hdr[4:])})
 				}
 			}
 		}

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -180,7 +181,12 @@ func waldumpXacts(t *testing.T, path string) []XactRecord {
 		if err != nil {
 			t.Fatalf("%s: %q: %v", path, line, err)
 		}
-		out = append(out, XactRecord{LSN: l, Commit: kind == "COMMIT", Time: ts.UTC()})
+		_, tx, _ := strings.Cut(line, "tx: ")
+		xid, err := strconv.ParseUint(strings.TrimSpace(strings.Split(tx, ",")[0]), 10, 32)
+		if err != nil {
+			t.Fatalf("%s: %q: %v", path, line, err)
+		}
+		out = append(out, XactRecord{LSN: l, Commit: kind == "COMMIT", Time: ts.UTC(), Xid: uint32(xid)})
 	}
 	return out
 }
@@ -188,7 +194,8 @@ func waldumpXacts(t *testing.T, path string) []XactRecord {
 // The samples are the heads of segments of real PostgreSQL 15, 17, 18 and 19 clusters
 // (test/tools/capture-wal-sample.sh): commits, an abort, and an 18 KB commit of 4500
 // subtransactions that crosses two page boundaries. The scanner must list exactly what
-// that version's pg_waldump lists, and end where valid WAL ends.
+// that version's pg_waldump lists (LSN, kind, time and the header's xid), and end where
+// valid WAL ends.
 func TestScanXactsMatchesEachVersionsPgWaldump(t *testing.T) {
 	for _, tc := range []struct {
 		sample string
@@ -217,7 +224,7 @@ func TestScanXactsMatchesEachVersionsPgWaldump(t *testing.T) {
 				t.Fatalf("found %d transactions; pg_waldump lists %d: %+v", len(got), len(want), got)
 			}
 			for i := range want {
-				if got[i].LSN != want[i].LSN || got[i].Commit != want[i].Commit || !got[i].Time.Equal(want[i].Time) {
+				if got[i].LSN != want[i].LSN || got[i].Commit != want[i].Commit || !got[i].Time.Equal(want[i].Time) || got[i].Xid != want[i].Xid {
 					t.Errorf("transaction %d = %+v; pg_waldump: %+v", i, got[i], want[i])
 				}
 			}

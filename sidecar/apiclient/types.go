@@ -206,7 +206,8 @@ const ExitRestoreUntouched = 4
 // RestorePlanRequest is the body of POST /v1/restore-plan: a dry run of the planner the
 // restore Job runs (kcbackup restore), so that a target is refused before anything stops.
 type RestorePlanRequest struct {
-	// Target is "latest" or an RFC 3339 time with a zone, as kcbackup restore --to.
+	// Target is "latest", an RFC 3339 time with a zone, or xid:<N>[@<LSN>] (the commit of
+	// transaction N, searched from LSN on), as kcbackup restore --to.
 	Target string `json:"target"`
 	// Timeline is the timeline to recover along; 0 means the newest whose ranges hold the
 	// target, as kcbackup restore --timeline latest.
@@ -232,4 +233,9 @@ type RestorePlan struct {
 	LastXact time.Time `json:"lastXact,omitempty"`
 	// Window is the recovery range that holds the target.
 	Window RecoveryWindow `json:"window"`
+	// CommitLSN and CommitTime are, for an xid target, where that transaction's commit
+	// record starts ("X/Y" form) and when it committed: recovery stops right after it.
+	// Absent for other targets.
+	CommitLSN  string    `json:"commitLSN,omitempty"`
+	CommitTime time.Time `json:"commitTime,omitzero"`
 }

@@ -259,19 +259,32 @@ func newRestoreCmd(g *globalOptions) *cobra.Command {
 	var moveAside, handover bool
 	var prefetch int
 	cmd := &cobra.Command{
-		Use:   "restore --storage URL --pgdata DIR --to (RFC3339 time | latest)",
+		Use:   "restore --storage URL --pgdata DIR --to (RFC3339 time | latest | xid:N[@LSN])",
 		Short: "Restore a base backup and set up recovery to a point in time",
 		Long: `restore finds the restorable range (see kcbackup list) that holds the target, picks the
 newest backup of that range that ends at or before the target (or --backup), and refuses,
 before touching DIR: a target without a time zone, outside every range (in a hole in the
 WAL, before the oldest backup, after the end), on two timelines whose histories differ then
-(pass --timeline), or in WAL it cannot read. It extracts the backup into a staging directory
-beside DIR, verifying every checksum, writes recovery.signal and the recovery settings
-(restore_command calling 'kcbackup wal-fetch'; recovery_target_time with an explicit offset
-when the archive holds a transaction that ended after the target, otherwise
-recovery_target_lsn of the last archived transaction by the target, or recovery_target =
-'immediate' when none ended after the backup, so recovery never replays WAL archived later;
-recovery_target_timeline; recovery_target_action = promote), then moves a non-empty DIR aside to
+(pass --timeline), or in WAL it cannot read.
+
+--to xid:N[@LSN] restores to the commit of transaction N: the restored cluster holds that
+transaction and every one that committed before it, none that committed after. N is what
+txid_current() returned in the transaction (a 64-bit value is taken modulo 2^32, the id WAL
+carries); LSN, what pg_current_wal_lsn() returned in it, is where the search for its commit
+starts (without it, at the stop of the oldest usable backup: slower, and an id that came
+round again 2^32 transactions later could be taken for it). The commit is searched on the
+WAL of --timeline's path (latest: the newest timeline), and the newest backup that stopped
+at or before it is chosen; a transaction that aborted, or whose commit is not (yet) in the
+archive, is refused, naming the WAL searched. Recovery stops with recovery_target_lsn at the
+commit record, inclusive.
+
+It extracts the backup into a staging directory beside DIR, verifying every checksum,
+writes recovery.signal and the recovery settings (restore_command calling 'kcbackup
+wal-fetch'; recovery_target_time with an explicit offset when the archive holds a
+transaction that ended after the target, otherwise recovery_target_lsn of the last archived
+transaction by the target, or recovery_target = 'immediate' when none ended after the
+backup, so recovery never replays WAL archived later; recovery_target_timeline;
+recovery_target_action = promote), then moves a non-empty DIR aside to
 DIR.kcbackup-replaced-<time> (only with --move-aside; it is never deleted) and the restored
 data into DIR. Start PostgreSQL on DIR: it replays WAL to the target and promotes to a new
 timeline.
@@ -309,7 +322,7 @@ replaced (the previous one is kept beside it).`,
 				return errors.New("--pgdata is required: the data directory to restore into")
 			}
 			if to == "" {
-				return errors.New("--to is required: 'latest' or an RFC 3339 time with a zone, like 2026-11-24T10:30:00Z")
+				return errors.New("--to is required: " + walarchive.TargetForms)
 			}
 			target, err := walarchive.ParseTarget(to)
 			if err != nil {
@@ -362,6 +375,10 @@ replaced (the previous one is kept beside it).`,
 			}
 			// Step 2: restore.
 			started := time.Now()
+			if target.IsXid() {
+				fmt.Fprintf(g.stderr, "transaction %d committed at %s (commit record at %s on timeline %d): recovery stops right after it\n",
+					target.Xid, plan.TargetTime.UTC().Format(time.RFC3339Nano), plan.LastXactLSN, plan.Timeline)
+			}
 			fmt.Fprintf(g.stderr, "restoring backup %s (stopped %s) to %s on timeline %d into %s\n",
 				plan.Backup.ID, plan.Backup.StopTime.UTC().Format(time.RFC3339), target, plan.Timeline, pgdata)
 			running = true
@@ -391,7 +408,7 @@ replaced (the previous one is kept beside it).`,
 	f := cmd.Flags()
 	f.StringVar(&storageURL, "storage", "", "archive location: "+walarchive.StorageURLForms)
 	f.StringVar(&pgdata, "pgdata", "", "data directory to restore into (absolute path)")
-	f.StringVar(&to, "to", "", "restore target: 'latest' or an RFC 3339 time with a zone (2026-11-24T10:30:00Z)")
+	f.StringVar(&to, "to", "", "restore target: 'latest', an RFC 3339 time with a zone (2026-11-24T10:30:00Z), or xid:N[@LSN], the commit of transaction N (txid_current()) searched from LSN (pg_current_wal_lsn() in that transaction), like xid:4711@0/16B3748")
 	f.StringVar(&backupID, "backup", "", "restore this backup instead of choosing one")
 	f.StringVar(&timeline, "timeline", "latest", "timeline to recover along: a number, or 'latest' for the newest whose recovery range holds the target (a time on two timelines whose histories differ then is refused: choose one)")
 	f.BoolVar(&moveAside, "move-aside", false, "move a non-empty --pgdata aside (to DIR.kcbackup-replaced-<time>) instead of refusing; an in-place restore hands the archive over to the restored server")

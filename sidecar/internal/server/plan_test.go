@@ -76,3 +76,35 @@ func TestRestorePlanEndpoint(t *testing.T) {
 		t.Errorf("read failure: %v; want 503 naming the failure, not a refusal", err)
 	}
 }
+
+// TestRestorePlanEndpointResolvesATransaction: an xid target reaches the planner parsed,
+// and the answer names the commit it resolved to; a malformed one is refused before.
+func TestRestorePlanEndpointResolvesATransaction(t *testing.T) {
+	commit := time.Date(2026, 12, 5, 10, 30, 0, 123456000, time.UTC)
+	var asked []walarchive.RestoreRequest
+	s := New(Config{Token: "tok", FetchToken: "fetch", Registry: prometheus.NewRegistry(), Backups: &fakeBackups{},
+		Status: func() apiclient.Status { return apiclient.Status{} }, Ready: func() error { return nil },
+		PlanRestore: func(ctx context.Context, req walarchive.RestoreRequest) (walarchive.RestorePlan, error) {
+			asked = append(asked, req)
+			return walarchive.RestorePlan{Backup: walarchive.BackupRecord{ID: "20261205T100000Z"}, Timeline: 1, Target: req.Target,
+				Stop: walarchive.StopAtLSN, LastXact: commit, LastXactLSN: 0x3000128, TargetTime: commit}, nil
+		}})
+	srv := httptest.NewServer(s.Handler())
+	defer srv.Close()
+	if code, msg := do(t, http.MethodPost, srv.URL+"/v1/restore-plan", "tok", `{"target":"xid:2"}`); code != http.StatusBadRequest || !strings.Contains(msg, "0, 1 and 2 are reserved") {
+		t.Errorf("xid:2: %d %s; want 400 naming the expected forms", code, msg)
+	}
+	c := apiclient.New(srv.URL, "tok", nil)
+	p, err := c.PlanRestore(context.Background(), apiclient.RestorePlanRequest{Target: "xid:4711@0/3000000"})
+	if err != nil || p.Stop != "LSN" || p.CommitLSN != "0/3000128" || !p.CommitTime.Equal(commit) || !p.LastXact.Equal(commit) {
+		t.Errorf("plan = %+v, %v; want the commit at 0/3000128, %s", p, err, commit)
+	}
+	if len(asked) != 1 || asked[0].Target.Xid != 4711 || asked[0].Target.XidFrom != 0x3000000 {
+		t.Errorf("planner asked %+v; want transaction 4711 from 0/3000000", asked)
+	}
+	// Other targets have no commit to name.
+	p, err = c.PlanRestore(context.Background(), apiclient.RestorePlanRequest{Target: "latest"})
+	if err != nil || p.CommitLSN != "" || !p.CommitTime.IsZero() {
+		t.Errorf("latest: %+v, %v; want no commit named", p, err)
+	}
+}

@@ -315,7 +315,7 @@ func (s *Server) planRestore(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req apiclient.RestorePlanRequest
-	if !decodeBody(w, r, &req, "restore plan", `{"target": "latest" or an RFC 3339 time with a zone, "timeline": 0 or a timeline, "backupID": "" or a backup}`) {
+	if !decodeBody(w, r, &req, "restore plan", `{"target": "latest", an RFC 3339 time with a zone or xid:<N>[@<LSN>], "timeline": 0 or a timeline, "backupID": "" or a backup}`) {
 		return
 	}
 	target, err := walarchive.ParseTarget(req.Target)
@@ -332,12 +332,16 @@ func (s *Server) planRestore(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "cannot plan a restore now: "+err.Error(), "")
 		return
 	}
-	writeJSON(w, http.StatusOK, apiclient.RestorePlan{
+	answer := apiclient.RestorePlan{
 		BackupID: plan.Backup.ID, BackupStopTime: plan.Backup.StopTime, Timeline: plan.Timeline, Stop: plan.Stop.String(),
 		LastXact: plan.LastXact, Window: apiclient.RecoveryWindow{
 			Timeline: plan.Window.Timeline, Earliest: plan.Window.Earliest, Latest: plan.Window.Latest, Hole: plan.Window.Hole,
 		},
-	})
+	}
+	if plan.Target.IsXid() {
+		answer.CommitLSN, answer.CommitTime = plan.LastXactLSN.String(), plan.TargetTime
+	}
+	writeJSON(w, http.StatusOK, answer)
 }
 
 // keycloakCleanup runs the post-restore clean-up of a Keycloak database: 200 with the rows

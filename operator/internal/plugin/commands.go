@@ -3,6 +3,8 @@ package plugin
 import (
 	"context"
 	"fmt"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/validation"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -207,20 +209,29 @@ backup to its end and exits 1 if it failed.`,
 }
 
 func (e *env) restoreCommand() *cobra.Command {
-	var name, to, appSelector string
+	var name, to, appSelector, into, storageClass, size string
 	var timeline int64
-	var waitFor, noApp bool
+	var waitFor, noApp, keep bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
-		Use:   "restore NAME --to TIME|latest",
-		Short: "Restore the workload of resource NAME in place to a time (a new KeycloakBackup with restoreTo)",
-		Long: `restore creates a KeycloakBackup that restores the workload of resource NAME in place, to
---to: "latest" or an RFC 3339 time with a zone. The operator checks the target with the
-sidecar's planner before it stops anything, stops Keycloak, restores, and starts it again;
-the replaced data directory is moved aside, never deleted. With --wait it follows the
-restore step by step and exits 1 if it was refused or failed.`,
+		Use:   "restore NAME --to TIME|latest [--into INSTANCE]",
+		Short: "Restore the workload of resource NAME to a time, in place or into a new instance (a new KeycloakBackup with restoreTo)",
+		Long: `restore creates a KeycloakBackup that restores the workload of resource NAME to --to:
+"latest" or an RFC 3339 time with a zone. The operator checks the target with the sidecar's
+planner before it touches anything.
+
+In place (without --into), it stops Keycloak, restores, and starts it again; the replaced
+data directory is moved aside, never deleted.
+
+With --into INSTANCE, production keeps running untouched: the operator makes a new
+StatefulSet INSTANCE (one pod, from the workload's pod template) with its own claim
+INSTANCE-data, restores into it, and reports where it answers (Service INSTANCE). It never
+archives, and is deleted with the new KeycloakBackup unless --keep.
+
+With --wait it follows the restore step by step and exits 1 if it was refused or failed.`,
 		Example: `  kubectl kcbackup restore keycloak-db --to 2026-12-05T10:30:00Z -l app=keycloak --wait
-  kubectl kcbackup restore keycloak-db --to latest --timeline 3`,
+  kubectl kcbackup restore keycloak-db --to latest --timeline 3
+  kubectl kcbackup restore keycloak-db --to 2026-12-05T10:30:00Z --into yesterday --wait`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if to == "" {
@@ -228,6 +239,28 @@ restore step by step and exits 1 if it was refused or failed.`,
 			}
 			if _, _, err := kcv1.ParseRestoreTarget(to); err != nil {
 				return usagef("invalid --to %q: %v", to, err)
+			}
+			var inst *kcv1.RestoreInto
+			if into != "" {
+				if errs := validation.IsDNS1035Label(into); len(errs) > 0 || len(into) > 52 {
+					return usagef("invalid --into %q: expected a DNS label of at most 52 characters (lowercase letters, digits, '-'), like yesterday", into)
+				}
+				if appSelector != "" || noApp {
+					return usagef("--into restores into a new instance and stops nothing: drop -l and --allow-without-application")
+				}
+				inst = &kcv1.RestoreInto{Name: into, Keep: keep}
+				if storageClass != "" {
+					inst.StorageClassName = &storageClass
+				}
+				if size != "" {
+					q, err := resource.ParseQuantity(size)
+					if err != nil || q.Sign() <= 0 {
+						return usagef("invalid --size %q: expected a positive quantity such as 10Gi", size)
+					}
+					inst.Size = &q
+				}
+			} else if keep || storageClass != "" || size != "" {
+				return usagef("--keep, --storage-class and --size describe the new instance: they need --into")
 			}
 			var app *metav1.LabelSelector
 			if appSelector != "" {
@@ -247,9 +280,10 @@ restore step by step and exits 1 if it was refused or failed.`,
 			kb := derived(src, orDefault(name, args[0]+"-restore-"+time.Now().UTC().Format("20060102150405")))
 			kb.Spec.RestoreTo = to
 			kb.Spec.ApplicationSelector = app
-			if app == nil {
+			if app == nil && inst == nil {
 				kb.Spec.ApplicationSelector = src.Spec.ApplicationSelector.DeepCopy()
 			}
+			kb.Spec.Into = inst
 			if timeline > 0 || noApp || timeout > 0 {
 				kb.Spec.Restore = &kcv1.RestoreOptions{AllowWithoutApplication: noApp}
 				if timeline > 0 {
@@ -270,6 +304,45 @@ restore step by step and exits 1 if it was refused or failed.`,
 	f.BoolVar(&noApp, "allow-without-application", false, "restore although the resource selects no application to stop (spec.restore.allowWithoutApplication)")
 	f.DurationVar(&timeout, "timeout", 0, "spec.restore.timeout (default: the operator's, 30m)")
 	f.BoolVar(&waitFor, "wait", false, "follow the restore until it is done or failed")
+	f.StringVar(&into, "into", "", "restore into a new instance of this name (StatefulSet, Service, claim INSTANCE-data) instead of in place")
+	f.BoolVar(&keep, "keep", false, "with --into: keep the new instance when its KeycloakBackup is deleted")
+	f.StringVar(&storageClass, "storage-class", "", "with --into: the new claim's storage class (default: the data claim's)")
+	f.StringVar(&size, "size", "", "with --into: the new claim's size, like 20Gi (default: the data claim's)")
+	return cmd
+}
+
+func (e *env) drillCommand() *cobra.Command {
+	var waitFor bool
+	cmd := &cobra.Command{
+		Use:   "drill NAME",
+		Short: "Run a restore drill of the archive of resource NAME now",
+		Long: `drill creates the KeycloakBackup of one restore drill of the archive of resource NAME, as
+its spec.drill schedule would (with its check settings, or the defaults): the operator
+marks production in one transaction (SHARE locks on the checked Keycloak tables, their row
+counts), restores the archive to exactly that transaction into a throw-away instance,
+checks it (promoted, marker committed, equal counts, amcheck), records the RTO and RPO in
+the drill's status, and removes the instance. Production keeps running. With --wait it
+follows the drill and exits 1 when it failed.`,
+		Example: `  kubectl kcbackup drill keycloak-db --wait
+  kubectl kcbackup status keycloak-db-drill-20261205150000 -o json`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, src, err := e.archiveSource(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			archive := src
+			if src.Spec.From != "" {
+				if archive, err = get(cmd.Context(), c, src.Namespace, src.Spec.From); err != nil {
+					return err
+				}
+			}
+			kb := kcv1.NewDrill(archive, time.Now())
+			kb.Labels["app.kubernetes.io/created-by"] = "kubectl-kcbackup"
+			return e.submit(cmd.Context(), c, kb, waitFor, kb.Spec.RestoreTimeout())
+		},
+	}
+	cmd.Flags().BoolVar(&waitFor, "wait", false, "follow the drill until it passed or failed")
 	return cmd
 }
 

@@ -103,7 +103,7 @@ Install: put kubectl-kcbackup on your PATH; kubectl finds it as "kubectl kcbacku
 		}
 		return nil
 	}
-	root.AddCommand(e.statusCommand(), e.listCommand(), e.backupCommand(), e.restoreCommand(), e.logsCommand())
+	root.AddCommand(e.statusCommand(), e.listCommand(), e.backupCommand(), e.restoreCommand(), e.drillCommand(), e.logsCommand())
 	return root
 }
 

@@ -246,6 +246,14 @@ func (r *Reconciler) cloneTemplate(kb *kcv1.KeycloakBackup, db workload, loc dat
 	}
 	serveOnly(&s)
 	inject(t, s)
+	for i := range t.Spec.Containers {
+		// A Bitnami image deletes recovery.signal at start unless told a restore is under
+		// way: the copy would start as a new primary at the backup's end.
+		if c := &t.Spec.Containers[i]; c.Name == loc.Container && isBitnami(c) {
+			c.Env = append(slices.DeleteFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == PerformRestoreEnv }),
+				corev1.EnvVar{Name: PerformRestoreEnv, Value: "yes"})
+		}
+	}
 	delete(t.Annotations, SidecarHashAnnotation)
 	t.Labels = instanceLabels(kb)
 	return *t, nil
@@ -383,7 +391,10 @@ func (r *Reconciler) cloneRestoreData(ctx context.Context, run *restoreRun) (ctr
 		return ctrl.Result{}, err
 	}
 	if problem != nil {
-		return r.cloneFailed(ctx, run, problem.reason, problem.msg)
+		// The Job's name is taken by a Job that is not this resource's, or this resource's
+		// Job vanished: its outcome cannot be known.
+		return r.cloneFailed(ctx, run, problem.reason, fmt.Sprintf("the restore Job %s of the new instance cannot be trusted (%s): "+
+			"it is not this resource's, or it disappeared before its outcome was seen", kb.Status.Restore.JobName, problem.reason))
 	}
 	switch jobOutcome(job) {
 	case jobRefused, jobFailed:

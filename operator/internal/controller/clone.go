@@ -120,11 +120,7 @@ func (r *Reconciler) cloneFailed(ctx context.Context, run *restoreRun, reason, m
 // cloneCheckTarget is step 1 of a restore into a new instance.
 func (r *Reconciler) cloneCheckTarget(ctx context.Context, run *restoreRun) (ctrl.Result, error) {
 	kb, db, loc, token := run.kb, run.db, run.loc, run.token
-	if loc.Volume.PersistentVolumeClaim == nil {
-		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, fmt.Sprintf(
-			"the data directory %s of %s is on volume %q, which is not a PersistentVolumeClaim; a restore into a new instance copies its claim's layout", loc.DataDir, db, loc.Mount.Name))
-	}
-	if _, err := jobDataDir(loc); err != nil {
+	if err := restorableData(loc, db); err != nil {
 		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, err.Error())
 	}
 	if _, err := r.cloneTemplate(kb, db, loc); err != nil {

@@ -21,11 +21,7 @@ import (
 // anything is touched, and records what the later steps give back.
 func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (ctrl.Result, error) {
 	kb, db, loc, token := run.kb, run.db, run.loc, run.token
-	if loc.Volume.PersistentVolumeClaim == nil {
-		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, fmt.Sprintf(
-			"the data directory %s of %s is on volume %q, which is not a PersistentVolumeClaim; a restore needs one", loc.DataDir, db, loc.Mount.Name))
-	}
-	if _, err := jobDataDir(loc); err != nil {
+	if err := restorableData(loc, db); err != nil {
 		return r.restoreFailed(kb, kcv1.ReasonDataVolumeNotFound, err.Error())
 	}
 	if n := db.Replicas(); n > 1 {
@@ -63,6 +59,17 @@ func (r *Reconciler) restoreCheckTarget(ctx context.Context, run *restoreRun) (c
 		return r.restoreConflict(kb, db, holder)
 	}
 	return r.restoreStart(ctx, kb, db, loc.Container, st, apps)
+}
+
+// restorableData says why the data directory at loc cannot be restored into: it is not on
+// a claim (a restore, in place or into a new claim, needs one), or at its volume's root.
+func restorableData(loc dataLocation, db workload) error {
+	if loc.Volume.PersistentVolumeClaim == nil {
+		return fmt.Errorf("the data directory %s of %s is on volume %q, which is not a PersistentVolumeClaim; a restore needs one",
+			loc.DataDir, db, loc.Mount.Name)
+	}
+	_, err := jobDataDir(loc)
+	return err
 }
 
 // checkApplications finds what stops the application (see applicationTargets) and refuses

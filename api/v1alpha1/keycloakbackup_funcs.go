@@ -471,6 +471,9 @@ func (s *KeycloakBackupSpec) validateInto() error {
 		case s.ApplicationSelector != nil:
 			return &SpecError{ReasonInvalidSpec, "spec.applicationSelector", "a restore into a new instance stops nothing: remove applicationSelector"}
 		}
+		if in.Drill && in.Namespace != "" {
+			return &SpecError{ReasonInvalidSpec, "spec.into.namespace", "a drill's instance is made in the resource's own namespace: remove into.namespace"}
+		}
 		if in.Size != nil && in.Size.Sign() <= 0 {
 			return &SpecError{ReasonInvalidSpec, "spec.into.size", fmt.Sprintf("%s: expected a positive size such as 10Gi", in.Size)}
 		}

@@ -160,6 +160,20 @@ type RestoreInto struct {
 	// +kubebuilder:validation:Pattern=`^[a-z]([-a-z0-9]*[a-z0-9])?$`
 	Name string `json:"name"`
 
+	// Namespace is where the new instance is made; unset: this resource's. Another
+	// namespace must accept restores from this one: its annotation
+	// kcbackup.keycloak.org/accept-restores-from lists this namespace (comma-separated),
+	// else the restore is refused (InstanceNamespaceNotAccepted). There the operator copies
+	// the archive's credentials (S3, CA, age keys) into the Secret <name>-kcbackup-storage;
+	// every other Secret and ConfigMap the pod template names must exist there already. An
+	// archive on a claim (storage.volume) cannot be read from another namespace. A drill
+	// uses this resource's namespace.
+	// +optional
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:MaxLength=63
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`
+	Namespace string `json:"namespace,omitempty"`
+
 	// StorageClassName is the storage class of the new claim; unset: that of the
 	// workload's data claim (or the cluster's default).
 	// +optional
@@ -752,7 +766,10 @@ type RestoreStatus struct {
 
 // InstanceStatus is the new instance a restore made, and what it reached.
 type InstanceStatus struct {
-	// StatefulSet, Service and Claim are the instance's objects, in the resource's namespace.
+	// Namespace is where the instance's objects are.
+	// +optional
+	Namespace string `json:"namespace,omitempty"`
+	// StatefulSet, Service and Claim are the instance's objects.
 	StatefulSet string `json:"statefulSet"`
 	Service     string `json:"service"`
 	Claim       string `json:"claim"`

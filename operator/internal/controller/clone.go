@@ -72,12 +72,16 @@ var cloneSteps = map[kcv1.RestoreStep]restoreStep{
 }
 
 // instanceNames are the objects of a new instance.
-type instanceNames struct{ sts, svc, claim, secret string }
+type instanceNames struct{ ns, sts, svc, claim, secret, storage string }
 
 func namesOf(kb *kcv1.KeycloakBackup) instanceNames {
 	n := kb.Spec.Into.Name
-	return instanceNames{sts: n, svc: n, claim: n + "-data", secret: TokenSecretName(n)}
+	return instanceNames{ns: orDefault(kb.Spec.Into.Namespace, kb.Namespace), sts: n, svc: n, claim: n + "-data",
+		secret: TokenSecretName(n), storage: n + "-kcbackup-storage"}
 }
+
+// elsewhere reports whether kb's instance is made in another namespace than kb's.
+func elsewhere(kb *kcv1.KeycloakBackup) bool { return namesOf(kb).ns != kb.Namespace }
 
 // instanceLabels are the labels of every object of kb's instance and of its pod.
 func instanceLabels(kb *kcv1.KeycloakBackup) map[string]string {
@@ -126,6 +130,14 @@ func (r *Reconciler) cloneCheckTarget(ctx context.Context, run *restoreRun) (ctr
 	if _, err := r.cloneTemplate(kb, db, loc); err != nil {
 		return r.restoreFailed(kb, ReasonInstanceUnsupported, err.Error()+"; nothing was created")
 	}
+	if elsewhere(kb) {
+		if reason, msg, err := r.checkElsewhere(ctx, kb, db); err != nil || msg != "" {
+			if err != nil {
+				return ctrl.Result{}, err
+			}
+			return r.restoreFailed(kb, reason, msg+"; nothing was created")
+		}
+	}
 	if msg, err := r.instanceNamesTaken(ctx, kb); err != nil || msg != "" {
 		if err != nil {
 			return ctrl.Result{}, err
@@ -165,8 +177,8 @@ func (r *Reconciler) cloneStart0(ctx context.Context, kb *kcv1.KeycloakBackup, d
 	rs.StartTime = ptrTime(r.Clock.Now())
 	rs.JobName = restoreJobName(kb)
 	n := namesOf(kb)
-	rs.Instance = &kcv1.InstanceStatus{StatefulSet: n.sts, Service: n.svc, Claim: n.claim,
-		Host: n.svc + "." + kb.Namespace + ".svc", Port: orDefaultInt(kb.Spec.Postgres.Port, 5432)}
+	rs.Instance = &kcv1.InstanceStatus{Namespace: n.ns, StatefulSet: n.sts, Service: n.svc, Claim: n.claim,
+		Host: n.svc + "." + n.ns + ".svc", Port: orDefaultInt(kb.Spec.Postgres.Port, 5432)}
 	if pods, err := db.pods(ctx, r.Client); err == nil {
 		if p := runningPod(pods); p != nil {
 			rs.RunAsUser, rs.RunAsGroup = effectiveIDs(&p.Spec, loc.Container)
@@ -197,7 +209,7 @@ func (r *Reconciler) instanceNamesTaken(ctx context.Context, kb *kcv1.KeycloakBa
 		name string
 	}{{"StatefulSet", &appsv1.StatefulSet{}, n.sts}, {"Service", &corev1.Service{}, n.svc},
 		{"PersistentVolumeClaim", &corev1.PersistentVolumeClaim{}, n.claim}, {"Secret", &corev1.Secret{}, n.secret}} {
-		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: o.name}, o.obj)
+		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: n.ns, Name: o.name}, o.obj)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
@@ -205,7 +217,7 @@ func (r *Reconciler) instanceNamesTaken(ctx context.Context, kb *kcv1.KeycloakBa
 			return "", fmt.Errorf("get %s %s: %w", o.kind, o.name, err)
 		}
 		if o.obj.GetLabels()[instanceUIDLabel] != string(kb.UID) {
-			return fmt.Sprintf("%s %s exists in namespace %s and was not made by this KeycloakBackup", o.kind, o.name, kb.Namespace), nil
+			return fmt.Sprintf("%s %s exists in namespace %s and was not made by this KeycloakBackup", o.kind, o.name, n.ns), nil
 		}
 	}
 	return "", nil
@@ -236,7 +248,7 @@ func (r *Reconciler) cloneTemplate(kb *kcv1.KeycloakBackup, db workload, loc dat
 	}
 	t.Spec.Volumes = append(vols, corev1.Volume{Name: loc.Mount.Name, VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: n.claim}}})
-	s, err := buildSidecar(r.SidecarImage, r.delivery(kb.Namespace), &kb.Spec, kb.Spec.Into.Name, loc)
+	s, err := buildSidecar(r.SidecarImage, r.delivery(n.ns), instanceSpec(kb), kb.Spec.Into.Name, loc)
 	if err != nil {
 		return t0, err
 	}
@@ -252,6 +264,9 @@ func (r *Reconciler) cloneTemplate(kb *kcv1.KeycloakBackup, db workload, loc dat
 	}
 	delete(t.Annotations, SidecarHashAnnotation)
 	t.Labels = instanceLabels(kb)
+	if elsewhere(kb) {
+		t.Spec.ServiceAccountName = "" // the workload's is in its own namespace
+	}
 	return *t, nil
 }
 
@@ -303,7 +318,15 @@ func (r *Reconciler) cloneCreate(ctx context.Context, run *restoreRun) (ctrl.Res
 		Selector: map[string]string{instanceUIDLabel: string(kb.UID)},
 		Ports:    []corev1.ServicePort{{Name: "postgres", Port: port, TargetPort: intstr.FromInt32(port), Protocol: corev1.ProtocolTCP}},
 	}}
-	for _, o := range []client.Object{secret, claim, svc} {
+	objs := []client.Object{secret, claim, svc}
+	if elsewhere(kb) {
+		copied, err := r.storageCopy(ctx, kb)
+		if err != nil {
+			return r.cloneFailed(ctx, run, kcv1.ReasonSecretMissing, err.Error())
+		}
+		objs = append(objs, copied)
+	}
+	for _, o := range objs {
 		if err := r.createInstanceObject(ctx, kb, o); err != nil {
 			return ctrl.Result{}, err
 		}
@@ -317,8 +340,10 @@ func (r *Reconciler) cloneCreate(ctx context.Context, run *restoreRun) (ctrl.Res
 // instanceMeta is the metadata of an object of kb's instance: its labels and, unless
 // into.keep, kb as controller, so that it goes with kb.
 func (r *Reconciler) instanceMeta(kb *kcv1.KeycloakBackup, name string) metav1.ObjectMeta {
-	m := metav1.ObjectMeta{Name: name, Namespace: kb.Namespace, Labels: instanceLabels(kb)}
-	if !kb.Spec.Into.Keep || kb.IsDrill() {
+	m := metav1.ObjectMeta{Name: name, Namespace: namesOf(kb).ns, Labels: instanceLabels(kb)}
+	// An owner reference cannot cross namespaces: an instance elsewhere is deleted by the
+	// resource's finalizer (clone_namespace.go).
+	if (!kb.Spec.Into.Keep || kb.IsDrill()) && !elsewhere(kb) {
 		m.OwnerReferences = []metav1.OwnerReference{*metav1.NewControllerRef(kb, kcv1.GroupVersion.WithKind("KeycloakBackup"))}
 	}
 	return m
@@ -424,7 +449,7 @@ func (r *Reconciler) cloneStart(ctx context.Context, run *restoreRun) (ctrl.Resu
 		return ctrl.Result{}, err
 	}
 	var pod corev1.Pod
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: n.sts + "-0"}, &pod); err != nil {
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: n.ns, Name: n.sts + "-0"}, &pod); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.restoreProgress(kb, "waiting for pod "+n.sts+"-0")
 			return ctrl.Result{RequeueAfter: r.PollInterval}, nil
@@ -506,15 +531,13 @@ func (r *Reconciler) deleteInstance(ctx context.Context, kb *kcv1.KeycloakBackup
 	n := namesOf(kb)
 	gone = true
 	bg := client.PropagationPolicy(metav1.DeletePropagationBackground)
-	for _, o := range []client.Object{&appsv1.StatefulSet{}, &corev1.Service{}, &corev1.PersistentVolumeClaim{}, &corev1.Secret{}} {
-		name := n.sts
-		switch o.(type) {
-		case *corev1.PersistentVolumeClaim:
-			name = n.claim
-		case *corev1.Secret:
-			name = n.secret
-		}
-		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: name}, o)
+	for _, o := range []struct {
+		obj  client.Object
+		name string
+	}{{&appsv1.StatefulSet{}, n.sts}, {&corev1.Service{}, n.svc}, {&corev1.PersistentVolumeClaim{}, n.claim},
+		{&corev1.Secret{}, n.secret}, {&corev1.Secret{}, n.storage}} {
+		o, name := o.obj, o.name
+		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: n.ns, Name: name}, o)
 		if apierrors.IsNotFound(err) {
 			continue
 		}
@@ -551,14 +574,14 @@ func (r *Reconciler) deleteInstance(ctx context.Context, kb *kcv1.KeycloakBackup
 // ownedJob returns kb's restore Job, or nil.
 func (r *Reconciler) ownedJob(ctx context.Context, kb *kcv1.KeycloakBackup) (*batchv1.Job, error) {
 	job := &batchv1.Job{}
-	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: kb.Status.Restore.JobName}, job)
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namesOf(kb).ns, Name: kb.Status.Restore.JobName}, job)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	if !metav1.IsControlledBy(job, kb) {
+	if !jobIsKBs(job, kb) {
 		return nil, nil
 	}
 	return job, nil

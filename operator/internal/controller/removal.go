@@ -68,20 +68,43 @@ const (
 // with spec.from (a one-off backup, a record of a scheduled one): the archive's resource it
 // names protects the workload, and only its deletion removes the protection. The patch
 // updates kb, its resourceVersion included.
+//
+// A restore into a new instance in another namespace carries InstanceFinalizer instead
+// (clone_namespace.go): owner references cannot reach its instance there.
 func (r *Reconciler) ensureFinalizer(ctx context.Context, kb *kcv1.KeycloakBackup) error {
-	if kb.IsRestore() || kb.Spec.From != "" || controllerutil.ContainsFinalizer(kb, RemovalFinalizer) {
+	name := RemovalFinalizer
+	switch {
+	case needsInstanceFinalizer(kb):
+		name = InstanceFinalizer
+	case kb.IsRestore() || kb.Spec.From != "":
+		return nil
+	}
+	if controllerutil.ContainsFinalizer(kb, name) {
 		return nil
 	}
 	before := kb.DeepCopy()
-	controllerutil.AddFinalizer(kb, RemovalFinalizer)
+	controllerutil.AddFinalizer(kb, name)
 	if err := r.Client.Patch(ctx, kb, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{})); err != nil {
-		return fmt.Errorf("add finalizer %s: %w", RemovalFinalizer, err)
+		return fmt.Errorf("add finalizer %s: %w", name, err)
 	}
 	return nil
 }
 
 // reconcileDeletion runs the removal of a resource being deleted and lets it go once done.
 func (r *Reconciler) reconcileDeletion(ctx context.Context, kb *kcv1.KeycloakBackup) (ctrl.Result, error) {
+	if controllerutil.ContainsFinalizer(kb, InstanceFinalizer) {
+		gone, err := r.removeInstanceElsewhere(ctx, kb)
+		if err != nil || !gone {
+			return ctrl.Result{RequeueAfter: r.PollInterval}, err
+		}
+		patchBase := kb.DeepCopy()
+		controllerutil.RemoveFinalizer(kb, InstanceFinalizer)
+		if err := r.Client.Patch(ctx, kb, client.MergeFromWithOptions(patchBase, client.MergeFromWithOptimisticLock{})); err != nil && !apierrors.IsNotFound(err) {
+			return ctrl.Result{}, fmt.Errorf("remove finalizer %s: %w", InstanceFinalizer, err)
+		}
+		r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, "InstanceRemoved", "Remove", "deleted the new instance %s in namespace %s",
+			kb.Spec.Into.Name, namesOf(kb).ns)
+	}
 	if !controllerutil.ContainsFinalizer(kb, RemovalFinalizer) {
 		return ctrl.Result{}, nil
 	}

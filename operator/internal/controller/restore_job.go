@@ -167,7 +167,7 @@ type jobProblem struct{ reason, msg string }
 func (r *Reconciler) ensureRestoreJob(ctx context.Context, kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (*batchv1.Job, *jobProblem, error) {
 	rs := kb.Status.Restore
 	job := &batchv1.Job{}
-	key := client.ObjectKey{Namespace: kb.Namespace, Name: rs.JobName}
+	key := client.ObjectKey{Namespace: jobNamespace(kb), Name: rs.JobName}
 	err := r.APIReader.Get(ctx, key, job)
 	if err != nil && !apierrors.IsNotFound(err) {
 		return nil, nil, fmt.Errorf("get restore Job %s: %w", key.Name, err)
@@ -181,7 +181,7 @@ func (r *Reconciler) ensureRestoreJob(ctx context.Context, kb *kcv1.KeycloakBack
 				"was restored or moved aside (kept next to it, never deleted) and the Job's events; then scale PostgreSQL and the "+
 				"application back yourself, or create a new KeycloakBackup to restore again",
 			key.Name, rs.JobUID, loc.Volume.PersistentVolumeClaim.ClaimName, loc.DataDir)}, nil
-	case found && !metav1.IsControlledBy(job, kb):
+	case found && !jobIsKBs(job, kb):
 		return nil, &jobProblem{kcv1.ReasonRestoreJobNotOwned, notOwnedMessage(job, kb) +
 			"; it was not taken as this restore's result and no restore Job was created. PostgreSQL and the application stay " +
 			"scaled to zero, since that Job may act on the data volume: check what it did (its pod log, the data directory " +
@@ -207,14 +207,14 @@ func (r *Reconciler) ensureRestoreJob(ctx context.Context, kb *kcv1.KeycloakBack
 // and kb does not control it; it is checked before anything is stopped.
 func (r *Reconciler) foreignRestoreJob(ctx context.Context, kb *kcv1.KeycloakBackup) (string, error) {
 	job := &batchv1.Job{}
-	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: restoreJobName(kb)}, job)
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: jobNamespace(kb), Name: restoreJobName(kb)}, job)
 	if apierrors.IsNotFound(err) {
 		return "", nil
 	}
 	if err != nil {
 		return "", fmt.Errorf("get Job %s: %w", restoreJobName(kb), err)
 	}
-	if metav1.IsControlledBy(job, kb) {
+	if jobIsKBs(job, kb) {
 		return "", nil
 	}
 	return notOwnedMessage(job, kb) + " (delete it once you have checked it restores nothing, then create the restore again)", nil
@@ -233,16 +233,17 @@ func notOwnedMessage(job *batchv1.Job, kb *kcv1.KeycloakBackup) string {
 // buildRestoreJob returns the Job that runs `kcbackup restore` against the data volume, as
 // the user owning the data directory.
 func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc dataLocation) (*batchv1.Job, error) {
-	env, err := storageEnv(&kb.Spec.Storage)
+	spec := instanceSpec(kb) // a clone elsewhere reads the copies of the archive's Secrets
+	env, err := storageEnv(&spec.Storage)
 	if err != nil {
 		return nil, err
 	}
 	storageURL := env[0].Value
-	vols, mounts := storageVolumes(&kb.Spec.Storage)
-	if v, m, e := restoreEncryption(kb.Spec.Encryption); v != nil { // sidecar_options.go
+	vols, mounts := storageVolumes(&spec.Storage)
+	if v, m, e := restoreEncryption(spec.Encryption); v != nil { // sidecar_options.go
 		vols, mounts, env = append(vols, *v), append(mounts, *m), append(env, e...)
 	}
-	binVol, binMount, binInit := binarySource(r.SidecarImage, r.delivery(kb.Namespace))
+	binVol, binMount, binInit := binarySource(r.SidecarImage, r.delivery(jobNamespace(kb)))
 	vols, mounts = append(vols, binVol), append(mounts, binMount)
 	vols = append(vols, corev1.Volume{Name: "pgdata", VolumeSource: corev1.VolumeSource{
 		PersistentVolumeClaim: &corev1.PersistentVolumeClaimVolumeSource{ClaimName: loc.Volume.PersistentVolumeClaim.ClaimName}}})
@@ -265,8 +266,15 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 		"app.kubernetes.io/managed-by": "kcbackup-operator",
 		"keycloak.org/keycloakbackup":  kb.Name,
 	}
+	if kb.IsClone() {
+		labels[instanceUIDLabel] = string(kb.UID)
+	}
+	sa := tmpl.Spec.ServiceAccountName
+	if kb.IsClone() && elsewhere(kb) {
+		sa = "" // the workload's is in its own namespace
+	}
 	job := &batchv1.Job{
-		ObjectMeta: metav1.ObjectMeta{Name: kb.Status.Restore.JobName, Namespace: kb.Namespace, Labels: labels},
+		ObjectMeta: metav1.ObjectMeta{Name: kb.Status.Restore.JobName, Namespace: jobNamespace(kb), Labels: labels},
 		Spec: batchv1.JobSpec{
 			// A restore that failed halfway is for a human to inspect, not to retry blindly.
 			BackoffLimit:          ptr.To[int32](0),
@@ -286,7 +294,7 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 				Spec: corev1.PodSpec{
 					RestartPolicy:      corev1.RestartPolicyNever,
 					SecurityContext:    podSC,
-					ServiceAccountName: tmpl.Spec.ServiceAccountName,
+					ServiceAccountName: sa,
 					ImagePullSecrets:   tmpl.Spec.ImagePullSecrets,
 					NodeSelector:       tmpl.Spec.NodeSelector,
 					Tolerations:        tmpl.Spec.Tolerations,
@@ -314,6 +322,9 @@ func (r *Reconciler) buildRestoreJob(kb *kcv1.KeycloakBackup, db workload, loc d
 			},
 		},
 	}
+	if kb.IsClone() && elsewhere(kb) {
+		return job, nil // no owner across namespaces: InstanceFinalizer deletes it
+	}
 	if err := controllerutil.SetControllerReference(kb, job, r.Client.Scheme()); err != nil {
 		return nil, err
 	}
@@ -332,6 +343,20 @@ func restoreArgs(kb *kcv1.KeycloakBackup, storageURL, dataDir string) []string {
 	}
 	return append([]string{"restore", "--storage", storageURL, "--pgdata", dataDir,
 		"--to", to, "--move-aside", "--handover", "--timeline", restoreTimeline(kb.Spec.Restore)}, fetch...)
+}
+
+// jobNamespace is where kb's restore Job runs: beside the data it restores into.
+func jobNamespace(kb *kcv1.KeycloakBackup) string {
+	if kb.IsClone() {
+		return namesOf(kb).ns
+	}
+	return kb.Namespace
+}
+
+// jobIsKBs reports whether job is kb's restore Job: controlled by it, or, in another
+// namespace, labelled with its UID.
+func jobIsKBs(job *batchv1.Job, kb *kcv1.KeycloakBackup) bool {
+	return metav1.IsControlledBy(job, kb) || kb.UID != "" && job.Labels[instanceUIDLabel] == string(kb.UID)
 }
 
 type outcome int

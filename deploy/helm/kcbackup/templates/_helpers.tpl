@@ -81,6 +81,13 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
   - get
   - update
 - apiGroups:
+  - ""
+  resources:
+  - configmaps
+  - namespaces
+  verbs:
+  - get
+- apiGroups:
   - apps
   resources:
   - statefulsets

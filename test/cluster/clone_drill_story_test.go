@@ -139,11 +139,16 @@ func TestCloneAndDrillStory(t *testing.T) {
 	}
 	p.rollout(t, ctx)
 
-	t.Log("production: a manual backup to its archive")
-	if _, err := node.KubectlStdin(ctx, p.kcb("clone-src", "kc-clone-archive", ""), "apply", "-f", "-"); err != nil {
+	// The archive's resource: a nightly schedule (spec.drill belongs beside a schedule), and
+	// a base backup now, as a user takes one (kubectl kcbackup backup).
+	t.Log("production: the archive's resource (nightly schedule) and a base backup now")
+	if _, err := node.KubectlStdin(ctx, p.kcb("clone-src", "kc-clone-archive", "  schedule: \"0 3 * * *\"\n"), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	p.waitPhase(t, ctx, "clone-src", "Completed", 8*time.Minute, "Failed")
+	if out, err := kubectlKcbackup("backup", "clone-src", "--name", "clone-base", "--wait"); err != nil {
+		t.Fatalf("kubectl-kcbackup backup: %v\n%s", err, out)
+	}
+	p.waitPhase(t, ctx, "clone-base", "Completed", time.Minute, "Failed")
 	p.rollout(t, ctx)
 
 	conn := p.conn(t, ctx, p.pod(0))

@@ -31,7 +31,7 @@ import (
 // +kubebuilder:validation:XValidation:rule="!has(self.into) || has(self.restoreTo)",message="into is used only with restoreTo"
 // +kubebuilder:validation:XValidation:rule="!has(self.into) || !has(self.applicationSelector)",message="a restore into a new instance stops nothing: remove applicationSelector"
 // +kubebuilder:validation:XValidation:rule="has(oldSelf.into) == has(self.into) && (!has(self.into) || self.into == oldSelf.into)",message="into is immutable: create a new resource for another instance"
-// +kubebuilder:validation:XValidation:rule="!has(self.into) || !self.into.drill || self.restoreTo == 'latest'",message="a drill (into.drill) restores to the commit of a transaction it marks in production: set restoreTo to latest"
+// +kubebuilder:validation:XValidation:rule="!has(self.into) || !has(self.into.drill) || !self.into.drill || self.restoreTo == 'latest'",message="a drill (into.drill) restores to the commit of a transaction it marks in production: set restoreTo to latest"
 // +kubebuilder:validation:XValidation:rule="!has(self.drill) || (!has(self.from) && !has(self.restoreTo) && has(self.schedule))",message="drill belongs to the archive's resource, beside its schedule (without from or restoreTo)"
 type KeycloakBackupSpec struct {
 	// From names the archive's resource: another KeycloakBackup in this namespace, without

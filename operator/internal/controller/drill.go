@@ -141,8 +141,8 @@ type marker struct {
 
 // markSource runs the marker transaction on conn: SHARE locks on the tables that exist (no
 // write to them can commit until it ends), their counts, and a transaction ID, committed.
-// startLSN is taken before anything, so the commit record lies after it; endLSN after the
-// commit, so the archive holds the commit once it reaches endLSN.
+// startLSN is taken before anything, so the commit record lies after it; endLSN (the
+// insert position) after the commit, so the archive holds the commit once it reaches endLSN.
 func markSource(ctx context.Context, conn *pgx.Conn, tables []string) (marker, error) {
 	var m marker
 	tx, err := conn.Begin(ctx)
@@ -181,7 +181,11 @@ func markSource(ctx context.Context, conn *pgx.Conn, tables []string) (marker, e
 	if err := tx.Commit(ctx); err != nil {
 		return m, fmt.Errorf("commit the marker: %w", err)
 	}
-	err = conn.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&m.endLSN)
+	// The insert position, not pg_current_wal_lsn() (the write position): a transaction
+	// that wrote no WAL of its own (LOCK, count, txid_current) commits asynchronously, so
+	// its commit record may not be written yet; seen on a real cluster, where the write
+	// position equalled startLSN and the archive "held the marker" without its commit.
+	err = conn.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&m.endLSN)
 	return m, err
 }
 

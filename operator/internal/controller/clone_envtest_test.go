@@ -35,6 +35,7 @@ func TestEnvtestClonesAndDrills(t *testing.T) {
 		{"CloneLeavesProductionAndMakesItsOwnObjects", testCloneObjects},
 		{"CloneRefusesANameTaken", testCloneNameTaken},
 		{"DrillScheduleCreatesOwnedDrills", testDrillSchedule},
+		{"CloneIntoAnotherNamespaceOnlyWhenAccepted", testCloneElsewhere},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -101,7 +102,9 @@ func testCloneAdmission(t *testing.T, cfg *rest.Config) {
 			t.Errorf("%s: create = %v, want Invalid saying %q", name, err, tc.want)
 		}
 	}
-	// A clone is admitted; its instance cannot change.
+	// A clone to a time is admitted (into.drill unset must not trip the drill's rule);
+	// its instance cannot change.
+	e.create(cloneOf("at-time", "prod", "2026-12-01T10:00:00Z", "copy-at-time"))
 	e.create(cloneOf("copy", "prod", "latest", "copy-db"))
 	cur := e.kb("copy")
 	patch := client.MergeFrom(cur.DeepCopy())
@@ -266,4 +269,101 @@ func testDrillSchedule(t *testing.T, cfg *rest.Config) {
 	if e.kb("prod").Status.Drill.LastDrill != d.Name {
 		t.Errorf("status.drill.lastDrill = %q, want %q", e.kb("prod").Status.Drill.LastDrill, d.Name)
 	}
+}
+
+func testCloneElsewhere(t *testing.T, cfg *rest.Config) {
+	e := newEnv(t, cfg)
+	e.create(postgresDeployment("postgres", dbLabels))
+	e.create(&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "postgres-data"}, Spec: corev1.PersistentVolumeClaimSpec{
+		AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce},
+		Resources:   corev1.VolumeResourceRequirements{Requests: corev1.ResourceList{corev1.ResourceStorage: resource.MustParse("1Gi")}},
+	}})
+	e.create(&corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "s3-creds"},
+		Data: map[string][]byte{"AWS_ACCESS_KEY_ID": []byte("AKIDPROD"), "AWS_SECRET_ACCESS_KEY": []byte("prod-secret")}})
+	e.runPod("postgres-0", dbPods)
+	prod := s3Backup("prod")
+	prod.Spec.Schedule = "0 3 * * *"
+	e.create(prod)
+	e.waitPhase("prod", kcv1.PhaseScheduled)
+	other := e.ns + "-sandbox"
+	if err := e.c.Create(e.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: other}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Not accepted by the namespace: refused, nothing made there.
+	kb := cloneOf("refused", "prod", "latest", "copy")
+	kb.Spec.Into.Namespace = other
+	e.create(kb)
+	got := e.waitPhase("refused", kcv1.PhaseFailed)
+	if c := got.Condition(kcv1.ConditionReady); c == nil || c.Reason != kccontroller.ReasonInstanceNamespaceNotAccepted ||
+		!strings.Contains(c.Message, kccontroller.AcceptRestoresAnnotation+"="+e.ns) {
+		t.Errorf("clone into a namespace that does not accept it: %s; want Failed, reason %s, naming the annotation", describe(got), kccontroller.ReasonInstanceNamespaceNotAccepted)
+	}
+	var secrets corev1.SecretList
+	if err := e.c.List(e.ctx, &secrets, client.InNamespace(other)); err != nil || len(secrets.Items) != 0 {
+		t.Errorf("Secrets in %s after the refusal: %d (%v), want none", other, len(secrets.Items), err)
+	}
+
+	// Accepted: the instance's objects are there, with the archive's credentials copied,
+	// no owner reference (none can cross namespaces) and the resource's finalizer.
+	var ns corev1.Namespace
+	if err := e.c.Get(e.ctx, client.ObjectKey{Name: other}, &ns); err != nil {
+		t.Fatal(err)
+	}
+	ns.Annotations = map[string]string{kccontroller.AcceptRestoresAnnotation: "elsewhere, " + e.ns}
+	if err := e.c.Update(e.ctx, &ns); err != nil {
+		t.Fatal(err)
+	}
+	kb = cloneOf("sandbox", "prod", "latest", "copy")
+	kb.Spec.Into.Namespace = other
+	e.create(kb)
+	job := &batchv1.Job{}
+	e.eventually("the restore Job in "+other, func() (bool, string) {
+		err := e.c.Get(e.ctx, client.ObjectKey{Namespace: other, Name: "sandbox-restore"}, job)
+		return err == nil, describe(e.kb("sandbox"))
+	})
+	var copied corev1.Secret
+	if err := e.c.Get(e.ctx, client.ObjectKey{Namespace: other, Name: "copy-kcbackup-storage"}, &copied); err != nil {
+		t.Fatal(err)
+	}
+	if string(copied.Data["AWS_ACCESS_KEY_ID"]) != "AKIDPROD" || string(copied.Data["AWS_SECRET_ACCESS_KEY"]) != "prod-secret" {
+		t.Errorf("copied credentials: %v", copied.Data)
+	}
+	refs := map[string]bool{}
+	for _, env := range job.Spec.Template.Spec.Containers[0].Env {
+		if env.ValueFrom != nil && env.ValueFrom.SecretKeyRef != nil {
+			refs[env.ValueFrom.SecretKeyRef.Name] = true
+		}
+	}
+	if !refs["copy-kcbackup-storage"] || refs["s3-creds"] {
+		t.Errorf("the Job's Secrets %v: want the copy in %s, never the original of %s", refs, other, e.ns)
+	}
+	if len(job.OwnerReferences) != 0 || !slices.Contains(e.kb("sandbox").Finalizers, kccontroller.InstanceFinalizer) {
+		t.Errorf("Job owners %v, resource finalizers %v: want none across namespaces, and %s on the resource",
+			job.OwnerReferences, e.kb("sandbox").Finalizers, kccontroller.InstanceFinalizer)
+	}
+	if st := e.kb("sandbox").Status.Restore.Instance; st == nil || st.Namespace != other || st.Host != "copy."+other+".svc" {
+		t.Errorf("status.restore.instance %+v: want namespace %s and host copy.%s.svc", st, other, other)
+	}
+
+	// Deleting the resource deletes its instance there (envtest runs no garbage collector:
+	// only the finalizer can).
+	if err := e.c.Delete(e.ctx, e.kb("sandbox")); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("the instance in "+other+" deleted and the resource gone", func() (bool, string) {
+		var claims corev1.PersistentVolumeClaimList
+		var secrets corev1.SecretList
+		_ = e.c.List(e.ctx, &claims, client.InNamespace(other))
+		for i := range claims.Items { // play the pvc-protection controller: no pod uses it
+			if c := &claims.Items[i]; c.DeletionTimestamp != nil && len(c.Finalizers) > 0 {
+				c.Finalizers = nil
+				_ = e.c.Update(e.ctx, c)
+			}
+		}
+		_ = e.c.List(e.ctx, &secrets, client.InNamespace(other))
+		err := e.c.Get(e.ctx, client.ObjectKey{Namespace: e.ns, Name: "sandbox"}, &kcv1.KeycloakBackup{})
+		return apierrors.IsNotFound(err) && len(claims.Items) == 0 && len(secrets.Items) == 0,
+			fmt.Sprintf("%d claims, %d secrets left, resource: %v", len(claims.Items), len(secrets.Items), err)
+	})
 }

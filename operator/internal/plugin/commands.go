@@ -209,7 +209,7 @@ backup to its end and exits 1 if it failed.`,
 }
 
 func (e *env) restoreCommand() *cobra.Command {
-	var name, to, appSelector, into, storageClass, size string
+	var name, to, appSelector, into, intoNS, storageClass, size string
 	var timeline int64
 	var waitFor, noApp, keep bool
 	var timeout time.Duration
@@ -248,7 +248,12 @@ With --wait it follows the restore step by step and exits 1 if it was refused or
 				if appSelector != "" || noApp {
 					return usagef("--into restores into a new instance and stops nothing: drop -l and --allow-without-application")
 				}
-				inst = &kcv1.RestoreInto{Name: into, Keep: keep}
+				if intoNS != "" {
+					if errs := validation.IsDNS1123Label(intoNS); len(errs) > 0 {
+						return usagef("invalid --into-namespace %q: expected a namespace name", intoNS)
+					}
+				}
+				inst = &kcv1.RestoreInto{Name: into, Namespace: intoNS, Keep: keep}
 				if storageClass != "" {
 					inst.StorageClassName = &storageClass
 				}
@@ -259,8 +264,8 @@ With --wait it follows the restore step by step and exits 1 if it was refused or
 					}
 					inst.Size = &q
 				}
-			} else if keep || storageClass != "" || size != "" {
-				return usagef("--keep, --storage-class and --size describe the new instance: they need --into")
+			} else if keep || storageClass != "" || size != "" || intoNS != "" {
+				return usagef("--keep, --storage-class, --size and --into-namespace describe the new instance: they need --into")
 			}
 			var app *metav1.LabelSelector
 			if appSelector != "" {
@@ -305,6 +310,7 @@ With --wait it follows the restore step by step and exits 1 if it was refused or
 	f.DurationVar(&timeout, "timeout", 0, "spec.restore.timeout (default: the operator's, 30m)")
 	f.BoolVar(&waitFor, "wait", false, "follow the restore until it is done or failed")
 	f.StringVar(&into, "into", "", "restore into a new instance of this name (StatefulSet, Service, claim INSTANCE-data) instead of in place")
+	f.StringVar(&intoNS, "into-namespace", "", "with --into: make the instance in this namespace (it must accept restores from NAME's: docs/clones-and-drills.md)")
 	f.BoolVar(&keep, "keep", false, "with --into: keep the new instance when its KeycloakBackup is deleted")
 	f.StringVar(&storageClass, "storage-class", "", "with --into: the new claim's storage class (default: the data claim's)")
 	f.StringVar(&size, "size", "", "with --into: the new claim's size, like 20Gi (default: the data claim's)")

@@ -321,6 +321,9 @@ func TestCloneAndDrillStory(t *testing.T) {
 		if len(d.Counts) == 0 {
 			t.Errorf("drill %s counted no table (skipped %v)", name, d.Skipped)
 		}
+		if strings.Join(d.Skipped, ",") != "public.missing_table" {
+			t.Errorf("drill %s skipped %v, want the table production does not have: public.missing_table", name, d.Skipped)
+		}
 		got := map[string]string{}
 		for _, c := range d.Checks {
 			got[c.Name] = c.Result

@@ -321,6 +321,9 @@ func TestCloneAndDrillStory(t *testing.T) {
 		if len(d.Counts) == 0 {
 			t.Errorf("drill %s counted no table (skipped %v)", name, d.Skipped)
 		}
+		if strings.Join(d.Skipped, ",") != "public.missing_table" {
+			t.Errorf("drill %s skipped %v, want the table production does not have: public.missing_table", name, d.Skipped)
+		}
 		got := map[string]string{}
 		for _, c := range d.Checks {
 			got[c.Name] = c.Result
@@ -406,9 +409,18 @@ func TestCloneAndDrillStory(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl-kcbackup drill: %v", err)
 	}
-	st2, err := p.cloneStatus(ctx, "clone-src")
-	if err != nil || st2.Drill == nil || st2.Drill.LastDrill == drill {
-		t.Fatalf("clone-src's status.drill names no new drill (%v): %+v", err, st2.Drill)
+	var st2 cloneStatus
+	if err := waitFor(ctx, "clone-src's status.drill names the new drill", time.Minute, nil, func() error {
+		var err error
+		if st2, err = p.cloneStatus(ctx, "clone-src"); err != nil {
+			return err
+		}
+		if st2.Drill == nil || st2.Drill.LastDrill == drill || st2.Drill.LastResult != "Restored" {
+			return fmt.Errorf("status.drill %+v", st2.Drill)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 	now := checkDrill(st2.Drill.LastDrill)
 	stopWriter()

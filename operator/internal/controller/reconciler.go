@@ -22,8 +22,10 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/event"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
 	"sigs.k8s.io/controller-runtime/pkg/log"
 	"sigs.k8s.io/controller-runtime/pkg/predicate"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 
 	kcv1 "github.com/kcbackup/kcbackup/api/v1alpha1"
 	"github.com/kcbackup/kcbackup/sidecar/apiclient"
@@ -125,8 +127,22 @@ func (r *Reconciler) SetupWithManager(mgr ctrl.Manager, opts controller.Options)
 		kb, ok := o.(*kcv1.KeycloakBackup)
 		return ok && kb.IsRestore()
 	})
+	// A drill that starts or ends wakes its archive's resource, which sums its drills up in
+	// status.drill: a drill made by `kubectl kcbackup drill` is not owned by it, and with
+	// the schedule idle or suspended nothing else would (seen on a real cluster: the
+	// archive's status.drill still named the scheduled drill after a manual one passed).
+	drillPhase := predicate.And(predicate.NewPredicateFuncs(func(o client.Object) bool { return o.GetLabels()[kcv1.DrillOfLabel] != "" }),
+		predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+			o, ok1 := e.ObjectOld.(*kcv1.KeycloakBackup)
+			n, ok2 := e.ObjectNew.(*kcv1.KeycloakBackup)
+			return ok1 && ok2 && o.Status.Phase != n.Status.Phase
+		}})
+	toArchive := handler.EnqueueRequestsFromMapFunc(func(_ context.Context, o client.Object) []reconcile.Request {
+		return []reconcile.Request{{NamespacedName: types.NamespacedName{Namespace: o.GetNamespace(), Name: o.GetLabels()[kcv1.DrillOfLabel]}}}
+	})
 	if err := ctrl.NewControllerManagedBy(mgr).
 		For(&kcv1.KeycloakBackup{}, builder.WithPredicates(changed, predicate.Not(isRestore))).
+		Watches(&kcv1.KeycloakBackup{}, toArchive, builder.WithPredicates(drillPhase)).
 		WithOptions(opts).
 		Named("keycloakbackup-backup").
 		Complete(concernReconciler{r: r, restores: false}); err != nil {

@@ -240,7 +240,7 @@ func (r *Reconciler) drillWaitArchived(ctx context.Context, run *restoreRun) (ct
 		}
 		now := r.Clock.Now()
 		d.ArchivedTime = ptrTime(now)
-		d.RPO = &metav1.Duration{Duration: max(now.Sub(d.MarkerTime.Time), 0)}
+		d.RPO = &metav1.Duration{Duration: max(now.Sub(d.MarkerTime.Time), 0).Round(time.Millisecond)}
 	}
 	plan, err := sc.PlanRestore(ctx, apiclient.RestorePlanRequest{Target: drillTarget(d)})
 	var refused *apiclient.PlanRefusedError

@@ -36,6 +36,7 @@ func TestEnvtestClonesAndDrills(t *testing.T) {
 		{"CloneRefusesANameTaken", testCloneNameTaken},
 		{"DrillScheduleCreatesOwnedDrills", testDrillSchedule},
 		{"CloneIntoAnotherNamespaceOnlyWhenAccepted", testCloneElsewhere},
+		{"AManualDrillThatEndsReachesTheArchiveStatus", testDrillSummary},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -116,8 +117,8 @@ func testCloneAdmission(t *testing.T, cfg *rest.Config) {
 
 // cloneFixture is production (a Deployment on claim postgres-data, running) and its
 // archive's resource, scheduled.
-func cloneFixture(t *testing.T, cfg *rest.Config) *env {
-	e := newEnv(t, cfg)
+func cloneFixture(t *testing.T, cfg *rest.Config, tune ...func(r *kccontroller.Reconciler)) *env {
+	e := newEnv(t, cfg, tune...)
 	e.create(postgresDeployment("postgres", dbLabels))
 	e.create(&corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "postgres-data"}, Spec: corev1.PersistentVolumeClaimSpec{
 		AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteOnce}, StorageClassName: ptr.To("fast"),
@@ -266,9 +267,10 @@ func testDrillSchedule(t *testing.T, cfg *rest.Config) {
 		d.Spec.Into.Check == nil || !slices.Equal(d.Spec.Into.Check.Tables, []string{"items"}) || len(d.Spec.Into.Name) > 52 {
 		t.Errorf("drill %s: %+v; want owned by prod, from prod, latest, into.drill with the schedule's check", d.Name, d.Spec)
 	}
-	if e.kb("prod").Status.Drill.LastDrill != d.Name {
-		t.Errorf("status.drill.lastDrill = %q, want %q", e.kb("prod").Status.Drill.LastDrill, d.Name)
-	}
+	e.eventually("status.drill.lastDrill", func() (bool, string) {
+		got := e.kb("prod").Status.Drill.LastDrill
+		return got == d.Name, fmt.Sprintf("%q, want %q", got, d.Name)
+	})
 }
 
 func testCloneElsewhere(t *testing.T, cfg *rest.Config) {
@@ -366,4 +368,43 @@ func testCloneElsewhere(t *testing.T, cfg *rest.Config) {
 		return apierrors.IsNotFound(err) && len(claims.Items) == 0 && len(secrets.Items) == 0,
 			fmt.Sprintf("%d claims, %d secrets left, resource: %v", len(claims.Items), len(secrets.Items), err)
 	})
+}
+
+func testDrillSummary(t *testing.T, cfg *rest.Config) {
+	// prod looks again only in an hour: only the drill's end can wake it in time.
+	e := cloneFixture(t, cfg, func(r *kccontroller.Reconciler) { r.MaxScheduleWait, r.WindowRefreshInterval = time.Hour, time.Hour })
+	cur := e.kb("prod")
+	patch := client.MergeFrom(cur.DeepCopy())
+	cur.Spec.Drill = &kcv1.DrillSpec{Schedule: "0 4 * * 0", Suspend: true}
+	if err := e.c.Patch(e.ctx, cur, patch); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("status.drill", func() (bool, string) { return e.kb("prod").Status.Drill != nil, describe(e.kb("prod")) })
+	// A drill as kubectl kcbackup drill makes it: not owned by prod, labelled with it.
+	d := kcv1.NewDrill(e.kb("prod"), time.Now())
+	d.Namespace = e.ns
+	e.create(d)
+	// Its run is played here (envtest has no PostgreSQL to mark): it passed.
+	e.eventually("the drill passed", func() (bool, string) {
+		cur := e.kb(d.Name)
+		before := cur.DeepCopy()
+		now := metav1.Now()
+		cur.Status.Phase = kcv1.PhaseRestored
+		cur.Status.Restore = &kcv1.RestoreStatus{Step: kcv1.RestoreDone, CompletionTime: &now,
+			Drill: &kcv1.DrillResult{RTO: &metav1.Duration{Duration: 42 * time.Second}, RPO: &metav1.Duration{Duration: 300 * time.Millisecond}}}
+		err := e.c.Status().Patch(e.ctx, cur, client.MergeFromWithOptions(before, client.MergeFromWithOptimisticLock{}))
+		return err == nil, fmt.Sprint(err)
+	})
+	// Nothing ticks (suspended): only the drill's own end wakes prod.
+	e.eventually("prod's status.drill sums the manual drill up", func() (bool, string) {
+		st := e.kb("prod").Status.Drill
+		return st != nil && st.LastDrill == d.Name && st.LastResult == kcv1.PhaseRestored && st.LastRTO != nil && st.LastRTO.Duration == 42*time.Second,
+			fmt.Sprintf("%+v", st)
+	})
+	if got := e.gauge("kcbackup_operator_drill_rto_seconds", "prod"); got != 42 {
+		t.Errorf("drill RTO gauge = %v, want 42", got)
+	}
+	if got := e.gauge("kcbackup_operator_drill_last_success_timestamp_seconds", "prod"); got == 0 {
+		t.Errorf("drill last success gauge = 0 after a passed drill")
+	}
 }

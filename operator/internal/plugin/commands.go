@@ -85,6 +85,12 @@ type statusView struct {
 	LastBackup     *time.Time `json:"lastBackup,omitempty"`
 	RestoreTo      string     `json:"restoreTo,omitempty"`
 	Step           string     `json:"step,omitempty"`
+	// Instance is where a restore's new instance answers (host:port), Drill a drill's
+	// figures, LastDrill the newest finished drill of a resource with spec.drill.
+	Instance  string `json:"instance,omitempty"`
+	RTO       string `json:"rto,omitempty"`
+	RPO       string `json:"rpo,omitempty"`
+	LastDrill string `json:"lastDrill,omitempty"`
 	// Ready is the Ready condition's status, Reason and Message its reason and message.
 	Ready   string `json:"ready,omitempty"`
 	Reason  string `json:"reason,omitempty"`
@@ -110,9 +116,24 @@ func statusViews(items []kcv1.KeycloakBackup) []statusView {
 		if kb.IsRestore() && kb.Status.Restore != nil {
 			v.Step = string(kb.Status.Restore.Step)
 		}
+		if rs := kb.Status.Restore; rs != nil && rs.Instance != nil && !rs.Instance.Removed {
+			v.Instance = fmt.Sprintf("%s:%d", rs.Instance.Host, rs.Instance.Port)
+		}
+		if rs := kb.Status.Restore; rs != nil && rs.Drill != nil {
+			if rs.Drill.RTO != nil {
+				v.RTO = rs.Drill.RTO.Duration.String()
+			}
+			if rs.Drill.RPO != nil {
+				v.RPO = rs.Drill.RPO.Duration.String()
+			}
+		}
+		if d := kb.Status.Drill; d != nil && d.LastDrill != "" {
+			v.LastDrill = d.LastDrill + " " + orDash(string(d.LastResult))
+		}
 		if c := kb.Condition(kcv1.ConditionReady); c != nil {
 			v.Ready, v.Reason = string(c.Status), c.Reason
-			if c.Status != metav1.ConditionTrue {
+			// A clone's or drill's success says where it answers, or what the drill measured.
+			if c.Status != metav1.ConditionTrue || kb.IsClone() {
 				v.Message = c.Message
 			}
 		}
@@ -124,6 +145,10 @@ func statusViews(items []kcv1.KeycloakBackup) []statusView {
 // kindOf says what a resource asks for.
 func kindOf(kb *kcv1.KeycloakBackup) string {
 	switch {
+	case kb.IsDrill():
+		return "drill"
+	case kb.IsClone():
+		return "clone"
 	case kb.IsRestore():
 		return "restore"
 	case kb.IsScheduled():

@@ -111,6 +111,12 @@ func TestPluginAgainstARealAPIServer(t *testing.T) {
 		{[]string{"restore", "keycloak-db", "-n", ns, "--to", "latest", "-l", "app in (("}, "invalid --application-selector"},
 		{[]string{"logs", "keycloak-db", "-n", ns, "--since", "soon"}, "invalid --since"},
 		{[]string{"restore", "keycloak-db", "-n", ns, "--bogus"}, "unknown flag: --bogus"},
+		{[]string{"restore", "keycloak-db", "-n", ns, "--to", "latest", "--into", "Copy_1"}, "invalid --into"},
+		{[]string{"restore", "keycloak-db", "-n", ns, "--to", "latest", "--into", "copy", "-l", "app=keycloak"}, "stops nothing"},
+		{[]string{"restore", "keycloak-db", "-n", ns, "--to", "latest", "--keep"}, "they need --into"},
+		{[]string{"restore", "keycloak-db", "-n", ns, "--to", "latest", "--into", "copy", "--size", "-1Gi"}, "invalid --size"},
+		{[]string{"restore", "keycloak-db", "-n", ns, "--to", "latest", "--into", "copy", "--into-namespace", "Not_A_NS"}, "invalid --into-namespace"},
+		{[]string{"drill", "nope", "-n", ns}, `no KeycloakBackup "nope"`},
 	} {
 		_, stderr, code := run(t, kubeconfig, tc.args...)
 		if code != 2 || !strings.Contains(stderr, tc.want) {
@@ -185,6 +191,22 @@ func TestPluginAgainstARealAPIServer(t *testing.T) {
 			r.Spec.ApplicationSelector == nil || r.Spec.ApplicationSelector.MatchLabels["app"] != "keycloak" {
 			t.Errorf("%s: spec %+v; want restoreTo latest on timeline 2 within 1m, the source's archive and application", tc.name, r.Spec)
 		}
+	}
+	// restore --into and drill: a clone and a drill of the archive, saying only what they do.
+	if _, stderr, code := run(t, kubeconfig, "restore", "keycloak-db", "-n", ns, "--to", "latest", "--into", "copy", "--keep",
+		"--size", "2Gi", "--name", "clone"); code != 0 {
+		t.Fatalf("restore --into: exit %d %q", code, stderr)
+	}
+	var cl kcv1.KeycloakBackup
+	if err := c.Get(ctx, client.ObjectKey{Namespace: ns, Name: "clone"}, &cl); err != nil || !cl.IsClone() || cl.Spec.Into.Name != "copy" ||
+		!cl.Spec.Into.Keep || cl.Spec.Into.Size.String() != "2Gi" || cl.Spec.ApplicationSelector != nil || cl.Spec.From != "keycloak-db" {
+		t.Errorf("restore --into made %+v (%v); want from keycloak-db, into copy kept, 2Gi, no application", cl.Spec, err)
+	}
+	out, stderr, code := run(t, kubeconfig, "drill", "keycloak-db", "-n", ns)
+	var dr kcv1.KeycloakBackup
+	if code != 0 || c.Get(ctx, client.ObjectKey{Namespace: ns, Name: strings.TrimSpace(out)}, &dr) != nil || !dr.IsDrill() ||
+		dr.Spec.From != "keycloak-db" || dr.Labels[kcv1.DrillOfLabel] != "keycloak-db" {
+		t.Errorf("drill: exit %d %q %q, made %+v; want a drill of keycloak-db", code, out, stderr, dr.Spec)
 	}
 	// A restore names no archive of its own: backing up or restoring "from" it is refused.
 	for _, args := range [][]string{{"backup", "restore-ok"}, {"restore", "restore-ok", "--to", "latest"}} {

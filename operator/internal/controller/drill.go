@@ -424,11 +424,9 @@ func (r *Reconciler) drillRemove(ctx context.Context, run *restoreRun) (ctrl.Res
 	}
 	rs.Step, rs.CompletionTime = kcv1.RestoreDone, ptrTime(r.Clock.Now())
 	passed := len(failed) == 0
-	r.Metrics.drillEnded(kb.Namespace, kb.Spec.From, passed)
 	if !passed {
 		msg := "the drill failed: " + strings.Join(failed, "; ") + "; its instance was removed, production was not touched"
 		kb.Status.Phase = kcv1.PhaseFailed
-		r.Metrics.restoreResult(kb.Namespace, kb.Name, true)
 		kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, ReasonDrillFailed, msg)
 		r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, ReasonDrillFailed, "Drill", "%s", msg)
 		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
@@ -439,7 +437,6 @@ func (r *Reconciler) drillRemove(ctx context.Context, run *restoreRun) (ctrl.Res
 		msg += "; skipped: " + strings.Join(skipped, "; ")
 	}
 	kb.Status.Phase = kcv1.PhaseRestored
-	r.Metrics.restoreResult(kb.Namespace, kb.Name, false)
 	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, ReasonDrillPassed, msg)
 	r.Recorder.Eventf(kb, nil, corev1.EventTypeNormal, ReasonDrillPassed, "Drill", "%s", msg)
 	return ctrl.Result{}, nil

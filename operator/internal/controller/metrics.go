@@ -132,7 +132,7 @@ func (m *Metrics) seed(kb *kcv1.KeycloakBackup, now time.Time) {
 		}
 	}
 	m.seedDrills(kb, now)
-	if kb.IsRestore() {
+	if kb.IsRestore() && !kb.IsDrill() { // a drill's outcome is in the drill series
 		switch st.Phase {
 		case kcv1.PhaseFailed:
 			m.restoreResult(ns, name, true)

@@ -242,7 +242,10 @@ func (r *Reconciler) reconcileResource(ctx context.Context, req ctrl.Request, mi
 			return ctrl.Result{}, errors.Join(err, fmt.Errorf("patch status: %w", perr))
 		}
 		// Counted once the failure is stored: a reconcile whose patch was refused runs again.
-		if kb.IsRestore() && kb.Status.Phase == kcv1.PhaseFailed && before.Status.Phase != kcv1.PhaseFailed {
+		if kb.IsDrill() && kb.IsTerminal() && !before.IsTerminal() {
+			r.Metrics.drillEnded(kb.Namespace, kb.Spec.From, kb.Status.Phase == kcv1.PhaseRestored)
+		}
+		if kb.IsRestore() && !kb.IsDrill() && kb.Status.Phase == kcv1.PhaseFailed && before.Status.Phase != kcv1.PhaseFailed {
 			if c := kb.Condition(kcv1.ConditionReady); c != nil {
 				r.Metrics.restoreEndedFailed(kb.Namespace, kb.Name, c.Reason)
 			}

@@ -169,7 +169,9 @@ func (r *Reconciler) restoreProgress(kb *kcv1.KeycloakBackup, msg string) {
 func (r *Reconciler) restoreFailed(kb *kcv1.KeycloakBackup, reason, msg string) (ctrl.Result, error) {
 	kb.Status.Phase = kcv1.PhaseFailed
 	kb.Status.Restore.CompletionTime = ptrTime(r.Clock.Now())
-	r.Metrics.restoreResult(kb.Namespace, kb.Name, true)
+	if !kb.IsDrill() { // a drill's outcome has its own series and alert (drill.go)
+		r.Metrics.restoreResult(kb.Namespace, kb.Name, true)
+	}
 	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionFalse, reason, msg)
 	r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, reason, "Restore", "%s", msg)
 	return ctrl.Result{RequeueAfter: r.PollInterval}, nil

@@ -11,6 +11,7 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/kcbackup/kcbackup/test/harness"
 )
@@ -66,12 +67,7 @@ kind: Secret
 metadata: {name: keycloak-postgres, namespace: %[2]s}
 stringData: {password: %[5]q}
 `, ns, sandboxNS, m.AccessKey(), m.SecretKey(), pgPassword) +
-		p.statefulSet(pgSet{
-			replicas: 1,
-			image:    "localhost/kcbackup-test/postgres:15",
-			podSC:    postgresUserSC,
-			run:      `          args: ["postgres", "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "max_replication_slots=10"]`,
-		})
+		p.statefulSet(onePG)
 	if out, err := node.KubectlStdin(ctx, objs, "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -100,33 +96,9 @@ spec:
 	if out, err := node.KubectlStdin(ctx, src, "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
-	if out, err := kubectlKcbackup("backup", "elsewhere-src", "--name", "elsewhere-base", "--wait"); err != nil {
-		t.Fatalf("kubectl-kcbackup backup: %v\n%s", err, out)
-	}
-	p.waitPhase(t, ctx, "elsewhere-base", "Completed", time.Minute, "Failed")
-	p.rollout(t, ctx)
+	conn, target := p.ordersAroundTarget(t, ctx, kubectlKcbackup, "elsewhere-src", "elsewhere-base")
 
-	conn := p.conn(t, ctx, p.pod(0))
-	if _, err := conn.Exec(ctx, `CREATE TABLE orders (id bigint PRIMARY KEY, phase text NOT NULL);
-		INSERT INTO orders SELECT g, 'before' FROM generate_series(1, 1000) g`); err != nil {
-		t.Fatal(err)
-	}
-	target := pastTarget(t, ctx, conn)
-	if _, err := conn.Exec(ctx, `INSERT INTO orders SELECT g, 'after' FROM generate_series(1001, 1500) g`); err != nil {
-		t.Fatal(err)
-	}
-	p.waitArchived(t, ctx, conn, p.pod(0))
-	window := p.waitWindowCovers(t, ctx, p.pod(0), target)
-	t.Logf("target %s in %s", target.Format(time.RFC3339), window)
-
-	podState := func() string {
-		s, err := p.get(ctx, "pod", p.pod(0), `{.metadata.uid} {.status.containerStatuses[*].restartCount} {.status.initContainerStatuses[*].restartCount}`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	before := podState()
+	before := p.podState(t, ctx)
 	// sandbox lists what is in kc-sandbox besides what the user made there.
 	sandbox := func() []string {
 		t.Helper()
@@ -240,24 +212,7 @@ spec:
 	made := sandbox()
 
 	// Production: untouched, still the archive's only writer.
-	if after := podState(); after != before {
-		t.Errorf("production's pod changed during the clone: %q, then %q", before, after)
-	}
-	var pBefore, pAfter int
-	var prodTL int64
-	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE phase = 'before'), count(*) FILTER (WHERE phase = 'after') FROM orders`).Scan(&pBefore, &pAfter); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&prodTL); err != nil {
-		t.Fatal(err)
-	}
-	if pBefore != 1000 || pAfter != 500 {
-		t.Errorf("production holds %d/%d rows before/after, want 1000/500", pBefore, pAfter)
-	}
-	if _, err := conn.Exec(ctx, "INSERT INTO orders VALUES (2000, 'after clone')"); err != nil {
-		t.Fatal(err)
-	}
-	p.waitArchived(t, ctx, conn, p.pod(0))
+	prodTL := p.untouched(t, ctx, conn, before)
 	var histories []string
 	objects := 0
 	pager := s3.NewListObjectsV2Paginator(m.Client(), &s3.ListObjectsV2Input{Bucket: aws.String(bucket)})
@@ -299,13 +254,87 @@ spec:
 		t.Fatal(err)
 	}
 	gone := time.Since(t0)
-	if after := podState(); after != before {
+	if after := p.podState(t, ctx); after != before {
 		t.Errorf("production's pod changed: %q, then %q", before, after)
 	}
 	fmt.Printf("RESULT clone-elsewhere: into %s without %s: refused (%s), nothing made there; annotated: kubectl kcbackup restore --to %s --into copy --into-namespace %s Restored in %s, "+
 		"the clone holds %d rows (exactly those committed by the target, none of the 500 after), promoted to timeline %d while production stayed on %d (pod not restarted, 1000/500 rows); "+
-		"the restore Job and pod copy-0 there read the archive with the copy copy-kcbackup-storage (%s), never production's Secret; the bucket (%d objects) holds %d history files; "+
+		"the restore Job %s (Secrets %s) and pod copy-0 (%s) there read the archive with the copy copy-kcbackup-storage, never production's kc-elsewhere-s3; the bucket (%d objects) holds %d history files; "+
 		"%d objects made there (%s), all deleted with the KeycloakBackup by the finalizer in %.1fs\n",
 		sandboxNS, "kcbackup.keycloak.org/accept-restores-from", refusal, to, sandboxNS, inst.Duration, nBefore, cloneTL, prodTL,
-		refs["pod copy-0"], objects, len(histories), len(made), strings.Join(made, " "), gone.Seconds())
+		job, refs["job "+job], refs["pod copy-0"], objects, len(histories), len(made), strings.Join(made, " "), gone.Seconds())
+}
+
+// podState is the identity and restart counts of the place's first pod: a restart, or a
+// new pod, changes it.
+func (p place) podState(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	s, err := p.get(ctx, "pod", p.pod(0), `{.metadata.uid} {.status.containerStatuses[*].restartCount} {.status.initContainerStatuses[*].restartCount}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// untouched checks that production (the place, conn on its first pod) went through a
+// restore into a new instance untouched: the same pod, not restarted (before is its
+// podState), its 1000 orders before the target and 500 after; then it commits a row and
+// waits until its sidecar archived it, so that the archive is read after production wrote
+// it last. It returns production's timeline.
+func (p place) untouched(t *testing.T, ctx context.Context, conn *pgx.Conn, before string) int64 {
+	t.Helper()
+	if after := p.podState(t, ctx); after != before {
+		t.Errorf("production's pod changed during the clone: %q, then %q", before, after)
+	}
+	var pBefore, pAfter int
+	var prodTL int64
+	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE phase = 'before'), count(*) FILTER (WHERE phase = 'after') FROM orders`).Scan(&pBefore, &pAfter); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&prodTL); err != nil {
+		t.Fatal(err)
+	}
+	if pBefore != 1000 || pAfter != 500 {
+		t.Errorf("production holds %d/%d rows before/after, want 1000/500", pBefore, pAfter)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO orders VALUES (2000, 'after clone')"); err != nil {
+		t.Fatal(err)
+	}
+	p.waitArchived(t, ctx, conn, p.pod(0))
+	return prodTL
+}
+
+// ordersAroundTarget takes a base backup of the place's archive (kubectl kcbackup backup src
+// --name base), then commits 1000 orders 'before' a target and 500 'after'
+// it, and waits until the archive holds them and its catalog covers the target. It
+// returns a connection to production and the target.
+func (p place) ordersAroundTarget(t *testing.T, ctx context.Context, kubectlKcbackup func(...string) (string, error), src, base string) (*pgx.Conn, time.Time) {
+	t.Helper()
+	if out, err := kubectlKcbackup("backup", src, "--name", base, "--wait"); err != nil {
+		t.Fatalf("kubectl-kcbackup backup: %v\n%s", err, out)
+	}
+	p.waitPhase(t, ctx, base, "Completed", time.Minute, "Failed")
+	p.rollout(t, ctx)
+
+	conn := p.conn(t, ctx, p.pod(0))
+	if _, err := conn.Exec(ctx, `CREATE TABLE orders (id bigint PRIMARY KEY, phase text NOT NULL);
+		INSERT INTO orders SELECT g, 'before' FROM generate_series(1, 1000) g`); err != nil {
+		t.Fatal(err)
+	}
+	target := pastTarget(t, ctx, conn)
+	if _, err := conn.Exec(ctx, `INSERT INTO orders SELECT g, 'after' FROM generate_series(1001, 1500) g`); err != nil {
+		t.Fatal(err)
+	}
+	p.waitArchived(t, ctx, conn, p.pod(0))
+	window := p.waitWindowCovers(t, ctx, p.pod(0), target)
+	t.Logf("target %s in %s", target.Format(time.RFC3339), window)
+	return conn, target
+}
+
+// onePG is the single PostgreSQL (the image's user, WAL for replication) of the clone stories.
+var onePG = pgSet{
+	replicas: 1,
+	image:    "localhost/kcbackup-test/postgres:15",
+	podSC:    postgresUserSC,
+	run:      `          args: ["postgres", "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "max_replication_slots=10"]`,
 }

@@ -128,12 +128,7 @@ func TestCloneAndDrillStory(t *testing.T) {
 	objs := hostPathPVIn("kc-clone-data", ns, "data-kc-clone-0", data) +
 		hostPathPVIn("kc-clone-archive", ns, "kc-clone-archive", archive) + claim(ns, "kc-clone-archive") +
 		hostPathPVIn("kc-clone-into", ns, "kc-clone-copy-data", cloneDir) +
-		p.statefulSet(pgSet{
-			replicas: 1,
-			image:    "localhost/kcbackup-test/postgres:15",
-			podSC:    postgresUserSC,
-			run:      `          args: ["postgres", "-c", "wal_level=replica", "-c", "max_wal_senders=10", "-c", "max_replication_slots=10"]`,
-		})
+		p.statefulSet(onePG)
 	if out, err := node.KubectlStdin(ctx, objs, "apply", "-f", "-"); err != nil {
 		t.Fatalf("%v\n%s", err, out)
 	}
@@ -145,24 +140,7 @@ func TestCloneAndDrillStory(t *testing.T) {
 	if _, err := node.KubectlStdin(ctx, p.kcb("clone-src", "kc-clone-archive", "  schedule: \"0 3 * * *\"\n"), "apply", "-f", "-"); err != nil {
 		t.Fatal(err)
 	}
-	if out, err := kubectlKcbackup("backup", "clone-src", "--name", "clone-base", "--wait"); err != nil {
-		t.Fatalf("kubectl-kcbackup backup: %v\n%s", err, out)
-	}
-	p.waitPhase(t, ctx, "clone-base", "Completed", time.Minute, "Failed")
-	p.rollout(t, ctx)
-
-	conn := p.conn(t, ctx, p.pod(0))
-	if _, err := conn.Exec(ctx, `CREATE TABLE orders (id bigint PRIMARY KEY, phase text NOT NULL);
-		INSERT INTO orders SELECT g, 'before' FROM generate_series(1, 1000) g`); err != nil {
-		t.Fatal(err)
-	}
-	target := pastTarget(t, ctx, conn)
-	if _, err := conn.Exec(ctx, `INSERT INTO orders SELECT g, 'after' FROM generate_series(1001, 1500) g`); err != nil {
-		t.Fatal(err)
-	}
-	p.waitArchived(t, ctx, conn, p.pod(0))
-	window := p.waitWindowCovers(t, ctx, p.pod(0), target)
-	t.Logf("target %s in %s", target.Format(time.RFC3339), window)
+	conn, target := p.ordersAroundTarget(t, ctx, kubectlKcbackup, "clone-src", "clone-base")
 
 	// Production keeps writing, from its own connection, through the clone and the drills.
 	var next atomic.Int64
@@ -199,14 +177,7 @@ func TestCloneAndDrillStory(t *testing.T) {
 	}
 	t.Cleanup(stopWriter)
 
-	podState := func() string {
-		s, err := p.get(ctx, "pod", p.pod(0), `{.metadata.uid} {.status.containerStatuses[*].restartCount} {.status.initContainerStatuses[*].restartCount}`)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	before := podState()
+	before := p.podState(t, ctx)
 
 	t.Log("clone: kubectl kcbackup restore clone-src --to T --into kc-clone-copy --wait")
 	out, err := kubectlKcbackup("restore", "clone-src", "--to", target.Format(time.RFC3339), "--into", "kc-clone-copy", "--name", "clone-copy", "--wait")
@@ -243,24 +214,7 @@ func TestCloneAndDrillStory(t *testing.T) {
 	_ = cc.Close(ctx)
 
 	// Production: untouched, never restarted, still the archive's writer.
-	if after := podState(); after != before {
-		t.Errorf("production's pod changed during the clone: %q, then %q", before, after)
-	}
-	var pBefore, pAfter int
-	var prodTL int64
-	if err := conn.QueryRow(ctx, `SELECT count(*) FILTER (WHERE phase = 'before'), count(*) FILTER (WHERE phase = 'after') FROM orders`).Scan(&pBefore, &pAfter); err != nil {
-		t.Fatal(err)
-	}
-	if err := conn.QueryRow(ctx, "SELECT timeline_id FROM pg_control_checkpoint()").Scan(&prodTL); err != nil {
-		t.Fatal(err)
-	}
-	if pBefore != 1000 || pAfter != 500 {
-		t.Errorf("production holds %d/%d rows before/after, want 1000/500", pBefore, pAfter)
-	}
-	if _, err := conn.Exec(ctx, "INSERT INTO orders VALUES (2000, 'after clone')"); err != nil {
-		t.Fatal(err)
-	}
-	p.waitArchived(t, ctx, conn, p.pod(0))
+	prodTL := p.untouched(t, ctx, conn, before)
 	var histories []string
 	_ = filepath.WalkDir(archive, func(path string, d os.DirEntry, err error) error {
 		if err == nil && !d.IsDir() && strings.Contains(d.Name(), ".history") {

@@ -24,6 +24,14 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 log() { printf '[cluster-build] %s\n' "$*" >&2; }
 
+# One build at a time on a cache: two (a CI clone beside a developer's run) deleted each other's
+# temporary and image files (seen: "mv: cannot stat ....tar.tmp", then ErrImageNeverPull).
+exec 9>"$CACHE/cluster-build.lock"
+if ! flock -n 9; then
+  log "waiting for another build using $CACHE"
+  flock 9
+fi
+
 install_debs() {
   local want=(runc containernetworking-plugins buildah debootstrap iproute2 util-linux) missing=() p
   for p in "${want[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done

@@ -97,19 +97,7 @@ func plugin(t *testing.T, ctx context.Context, namespace string) func(args ...st
 // unboundPV is a hostPath PersistentVolume of the local class with no claimRef: the
 // controller-manager binds it to any claim of that class (a drill's, whose name the
 // story does not know in advance).
-func unboundPV(name, dir string) string {
-	return fmt.Sprintf(`---
-apiVersion: v1
-kind: PersistentVolume
-metadata: {name: %s}
-spec:
-  capacity: {storage: 4Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: kcbackup-local
-  hostPath: {path: %q, type: Directory}
-`, name, dir)
-}
+func unboundPV(name, dir string) string { return hostPathPVIn(name, "", "", dir) }
 
 // TestCloneAndDrillStory: next to a live production PostgreSQL archiving to a file archive,
 // a restore into a new instance (kubectl kcbackup restore --into) holds exactly the rows

@@ -239,8 +239,13 @@ func hostDir(t *testing.T, name string, uid, gid int, mode os.FileMode) string {
 	return dir
 }
 
-// hostPathPVIn is a PersistentVolume on dir, bound in advance to claim in namespace.
+// hostPathPVIn is a PersistentVolume on dir, bound in advance to claim in namespace (with
+// claim empty, unbound: the controller-manager binds it to any claim of its class).
 func hostPathPVIn(name, namespace, claim, dir string) string {
+	ref := ""
+	if claim != "" {
+		ref = fmt.Sprintf("\n  claimRef: {namespace: %s, name: %s}", namespace, claim)
+	}
 	return fmt.Sprintf(`---
 apiVersion: v1
 kind: PersistentVolume
@@ -249,10 +254,9 @@ spec:
   capacity: {storage: 4Gi}
   accessModes: [ReadWriteOnce]
   persistentVolumeReclaimPolicy: Retain
-  storageClassName: kcbackup-local
-  claimRef: {namespace: %s, name: %s}
+  storageClassName: kcbackup-local%s
   hostPath: {path: %q, type: Directory}
-`, name, namespace, claim, dir)
+`, name, ref, dir)
 }
 
 // claim is a PersistentVolumeClaim of the local storage class.

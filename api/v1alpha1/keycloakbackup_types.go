@@ -777,13 +777,10 @@ type InstanceStatus struct {
 	// passwords of production at the target.
 	Host string `json:"host"`
 	Port int32  `json:"port"`
-	// Timeline is the timeline the instance promoted to.
+	// Timeline is the timeline the instance promoted to: one after production's, or the
+	// restore fails (RecoveryNotRun: it did not recover).
 	// +optional
 	Timeline int64 `json:"timeline,omitempty"`
-	// RecoveryEndLSN is where recovery ended: the redo point of the checkpoint the instance
-	// wrote when it promoted.
-	// +optional
-	RecoveryEndLSN string `json:"recoveryEndLSN,omitempty"`
 	// Ready is set when the instance promoted and answers.
 	// +optional
 	ReadyTime *metav1.Time `json:"readyTime,omitempty"`
@@ -839,7 +836,11 @@ type DrillResult struct {
 	MarkerStartLSN string `json:"markerStartLSN,omitempty"`
 	// +optional
 	MarkerLSN string `json:"markerLSN,omitempty"`
-	// MarkerTime is when the marker committed (production's clock).
+	// MarkAttempts counts the markers given up on a lock timeout (a write held a checked
+	// table); the drill fails at the third.
+	// +optional
+	MarkAttempts int32 `json:"markAttempts,omitempty"`
+	// MarkerTime is when the marker committed (as the operator saw it).
 	// +optional
 	MarkerTime *metav1.Time `json:"markerTime,omitempty"`
 	// ArchivedTime is when the operator saw the archive hold the marker.
@@ -857,7 +858,8 @@ type DrillResult struct {
 	// +optional
 	// +listType=atomic
 	Checks []DrillCheckResult `json:"checks,omitempty"`
-	// RTO is how long the drill took from its start to a checked, promoted instance.
+	// RTO is how long the restore took: from the archive holding the marker to a promoted
+	// instance that passed its checks.
 	// +optional
 	RTO *metav1.Duration `json:"rto,omitempty"`
 	// RPO is the data loss window measured: from the marker's commit until the operator

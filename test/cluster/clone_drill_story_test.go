@@ -30,7 +30,6 @@ type cloneStatus struct {
 			StatefulSet, Service, Claim, Host string
 			Port                              int32
 			Timeline                          int64
-			RecoveryEndLSN                    string
 			Duration                          string
 			Removed                           bool
 		} `json:"instance"`

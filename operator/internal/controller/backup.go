@@ -146,8 +146,10 @@ func (r *Reconciler) reconcileSchedule(ctx context.Context, kb *kcv1.KeycloakBac
 	}
 	// The drills of spec.drill (drill.go) run beside the backups, suspended or not.
 	drillWait, err := r.reconcileDrills(ctx, kb)
-	if err != nil {
-		return ctrl.Result{}, err
+	if err != nil { // the backups go on: the drills are looked at again after RetryInterval
+		log.FromContext(ctx).Info("cannot run the drill schedule", "error", err.Error())
+		r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, ReasonDrillFailed, "Drill", "cannot run the drill schedule: %v", err)
+		drillWait = r.RetryInterval
 	}
 	if drillWait > 0 {
 		wait = min(wait, drillWait)

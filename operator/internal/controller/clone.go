@@ -197,6 +197,9 @@ const (
 	ReasonInstanceUnsupported = "InstanceUnsupported"
 	// ReasonInstanceReady: the new instance promoted and answers.
 	ReasonInstanceReady = "InstanceReady"
+	// ReasonRecoveryNotRun: the new instance's PostgreSQL runs outside recovery on no new
+	// timeline: it did not recover to the target.
+	ReasonRecoveryNotRun = "RecoveryNotRun"
 )
 
 // instanceNamesTaken says which object of the new instance's names exists without being
@@ -235,6 +238,14 @@ func (r *Reconciler) cloneTemplate(kb *kcv1.KeycloakBackup, db workload, loc dat
 			return t0, fmt.Errorf("%s has a second volume claim template %q besides the data volume %q: a new instance gets one claim, so it cannot be made from it", db, ct.Name, loc.Mount.Name)
 		}
 	}
+	for _, c := range t.Spec.Containers {
+		for _, e := range c.Env {
+			if replicationSetting(e) {
+				return t0, fmt.Errorf("container %q of %s sets %s: a copy of a replicating or HA-managed server (repmgr, Patroni, a Bitnami "+
+					"standby) would join production's cluster or clone from its primary, so it cannot be made from this pod template", c.Name, db, e.Name)
+			}
+		}
+	}
 	n := namesOf(kb)
 	vols := t.Spec.Volumes[:0]
 	for _, v := range t.Spec.Volumes {
@@ -271,6 +282,13 @@ func (r *Reconciler) cloneTemplate(kb *kcv1.KeycloakBackup, db workload, loc dat
 }
 
 var t0 corev1.PodTemplateSpec
+
+// replicationSetting reports whether e makes a server take part in a replicating or
+// HA-managed cluster by itself (repmgr, Patroni, a Bitnami standby).
+func replicationSetting(e corev1.EnvVar) bool {
+	return strings.HasPrefix(e.Name, "REPMGR_") || strings.HasPrefix(e.Name, "PATRONI_") ||
+		e.Name == "POSTGRESQL_REPLICATION_MODE" && e.Value != "" && e.Value != "master" && e.Value != "primary"
+}
 
 // serveEnv are the sidecar variables `kcbackup serve` has no use for.
 var serveEnv = map[string]bool{
@@ -456,6 +474,10 @@ func (r *Reconciler) cloneStart(ctx context.Context, run *restoreRun) (ctrl.Resu
 		}
 		return ctrl.Result{}, err
 	}
+	if pod.Labels[instanceUIDLabel] != string(kb.UID) {
+		r.restoreProgress(kb, "waiting for pod "+pod.Name+": the pod of that name is not this instance's")
+		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
+	}
 	if runningPod([]corev1.Pod{pod}) == nil {
 		r.restoreProgress(kb, fmt.Sprintf("waiting for pod %s to run (%s%s)", pod.Name, pod.Status.Phase, podWaitingReason(&pod)))
 		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
@@ -469,9 +491,16 @@ func (r *Reconciler) cloneStart(ctx context.Context, run *restoreRun) (ctrl.Resu
 		r.restoreProgress(kb, msg)
 		return ctrl.Result{RequeueAfter: r.PollInterval}, nil
 	}
+	if state.timeline <= rs.PreviousTimeline {
+		// Fail closed: a server that did not recover (its image's start removed
+		// recovery.signal) runs the backup's data on the backup's timeline, not the target's.
+		return r.cloneFailed(ctx, run, ReasonRecoveryNotRun, fmt.Sprintf("PostgreSQL in pod %s runs outside recovery on timeline %d, "+
+			"not on a new timeline after production's %d: it did not recover to the target (did its image's entrypoint remove recovery.signal?), "+
+			"so its data is not the target's", pod.Name, state.timeline, rs.PreviousTimeline))
+	}
 	now := r.Clock.Now()
 	st := rs.Instance
-	st.Timeline, st.RecoveryEndLSN, st.ReadyTime = state.timeline, state.redoLSN, ptrTime(now)
+	st.Timeline, st.ReadyTime = state.timeline, ptrTime(now)
 	st.Duration = &metav1.Duration{Duration: now.Sub(rs.StartTime.Time).Round(time.Second)}
 	rs.Timeline = state.timeline
 	if kb.IsDrill() {
@@ -482,8 +511,8 @@ func (r *Reconciler) cloneStart(ctx context.Context, run *restoreRun) (ctrl.Resu
 	rs.CompletionTime = ptrTime(now)
 	kb.Status.Phase = kcv1.PhaseRestored
 	r.Metrics.restoreResult(kb.Namespace, kb.Name, false)
-	msg := fmt.Sprintf("restored %s into the new instance %s in %s: PostgreSQL promoted to timeline %d (recovery ended at %s) and answers at %s:%d; production was not touched",
-		kb.Spec.RestoreTo, n.sts, st.Duration.Duration, state.timeline, state.redoLSN, st.Host, st.Port)
+	msg := fmt.Sprintf("restored %s into the new instance %s in %s: PostgreSQL recovered and promoted to timeline %d and answers at %s:%d; production was not touched",
+		kb.Spec.RestoreTo, n.sts, st.Duration.Duration, state.timeline, st.Host, st.Port)
 	kb.SetCondition(kcv1.ConditionReady, metav1.ConditionTrue, ReasonInstanceReady, msg)
 	r.Recorder.Eventf(kb, &pod, corev1.EventTypeNormal, ReasonInstanceReady, "Restore", "%s", msg)
 	return ctrl.Result{}, nil
@@ -507,7 +536,6 @@ func podWaitingReason(p *corev1.Pod) string {
 type instanceState struct {
 	inRecovery bool
 	timeline   int64
-	redoLSN    string
 }
 
 // instanceState connects to PostgreSQL in pod as spec.postgres says.
@@ -521,7 +549,9 @@ func (r *Reconciler) instanceState(ctx context.Context, kb *kcv1.KeycloakBackup,
 	if err := conn.QueryRow(ctx, "SELECT pg_is_in_recovery()").Scan(&s.inRecovery); err != nil || s.inRecovery {
 		return s, err
 	}
-	err = conn.QueryRow(ctx, "SELECT timeline_id, redo_lsn::text FROM pg_control_checkpoint()").Scan(&s.timeline, &s.redoLSN)
+	// The timeline of the WAL being written: the promoted one (pg_control_checkpoint's
+	// lags until the first checkpoint after the promotion).
+	err = conn.QueryRow(ctx, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int").Scan(&s.timeline)
 	return s, err
 }
 

@@ -235,6 +235,20 @@ func testCloneNameTaken(t *testing.T, cfg *rest.Config) {
 	if err := e.c.List(e.ctx, &claims, client.InNamespace(e.ns)); err != nil || len(claims.Items) != 1 {
 		t.Errorf("claims after the refusal: %d (%v); want only production's", len(claims.Items), err)
 	}
+
+	// A server that joins a replication manager by itself is not copied: the copy would
+	// join production's cluster.
+	d := e.deployment("postgres")
+	patch := client.MergeFrom(d.DeepCopy())
+	d.Spec.Template.Spec.Containers[0].Env = append(d.Spec.Template.Spec.Containers[0].Env, corev1.EnvVar{Name: "REPMGR_PARTNER_NODES", Value: "pg-0,pg-1"})
+	if err := e.c.Patch(e.ctx, d, patch); err != nil {
+		t.Fatal(err)
+	}
+	e.create(cloneOf("ha", "prod", "latest", "ha-copy"))
+	got = e.waitPhase("ha", kcv1.PhaseFailed)
+	if c := got.Condition(kcv1.ConditionReady); c == nil || c.Reason != kccontroller.ReasonInstanceUnsupported || !strings.Contains(c.Message, "REPMGR_PARTNER_NODES") {
+		t.Errorf("clone of a repmgr template: %s; want Failed, reason %s naming REPMGR_PARTNER_NODES", describe(got), kccontroller.ReasonInstanceUnsupported)
+	}
 }
 
 func testDrillSchedule(t *testing.T, cfg *rest.Config) {

@@ -84,6 +84,10 @@ func (r *Reconciler) checkElsewhere(ctx context.Context, kb *kcv1.KeycloakBackup
 		if apierrors.IsNotFound(err) {
 			return ReasonInstanceNamespaceNotAccepted, fmt.Sprintf("namespace %s (spec.into.namespace) does not exist", n.ns), nil
 		}
+		if apierrors.IsForbidden(err) || apierrors.IsUnauthorized(err) {
+			return ReasonInstanceNamespaceNotAccepted, fmt.Sprintf("this operator may not read namespace %s (%v): an operator installed for "+
+				"some namespaces only (--namespace, a Role) cannot restore into another namespace", n.ns, err), nil
+		}
 		return "", "", fmt.Errorf("get namespace %s (spec.into.namespace): %w", n.ns, err)
 	}
 	accepted := false
@@ -211,21 +215,32 @@ func (r *Reconciler) storageCopy(ctx context.Context, kb *kcv1.KeycloakBackup) (
 }
 
 // needsInstanceFinalizer: a restore whose instance, elsewhere, must go with it.
+// It is added once the target is accepted (status.restore.instance is set), before anything
+// is made there: a refused restore never carries it.
 func needsInstanceFinalizer(kb *kcv1.KeycloakBackup) bool {
-	return kb.IsClone() && elsewhere(kb) && !kb.Spec.Into.Keep
+	return kb.IsClone() && elsewhere(kb) && !kb.Spec.Into.Keep && kb.Status.Restore != nil && kb.Status.Restore.Instance != nil
 }
 
 // removeInstanceElsewhere deletes the instance of a resource being deleted; done once none
 // of its objects is left.
 func (r *Reconciler) removeInstanceElsewhere(ctx context.Context, kb *kcv1.KeycloakBackup) (bool, error) {
-	if !controllerutil.ContainsFinalizer(kb, InstanceFinalizer) {
-		return true, nil
-	}
-	if kb.Status.Restore == nil {
-		kb.Status.Restore = &kcv1.RestoreStatus{}
+	if !controllerutil.ContainsFinalizer(kb, InstanceFinalizer) || kb.Status.Restore == nil || kb.Status.Restore.Instance == nil {
+		return true, nil // nothing was made there
 	}
 	if kb.Status.Restore.JobName == "" {
 		kb.Status.Restore.JobName = restoreJobName(kb)
 	}
-	return r.deleteInstance(ctx, kb)
+	gone, err := r.deleteInstance(ctx, kb)
+	if err != nil || !gone {
+		n := namesOf(kb)
+		why := "waiting for its objects to go"
+		if err != nil {
+			why = err.Error()
+		}
+		r.Recorder.Eventf(kb, nil, corev1.EventTypeWarning, "InstanceNotRemoved", "Remove",
+			"deleting the new instance %s in namespace %s (%s); this resource stays until it is gone. To leave it: "+
+				"kubectl delete sts,svc,pvc,secret,job -n %s -l %s=%s, or drop the finalizer: kubectl patch keycloakbackup %s -n %s --type=json "+
+				"-p '[{\"op\":\"remove\",\"path\":\"/metadata/finalizers\"}]'", n.sts, n.ns, why, n.ns, instanceUIDLabel, kb.UID, kb.Name, kb.Namespace)
+	}
+	return gone, err
 }

@@ -44,6 +44,20 @@ const (
 	ReasonDrillStarted = "DrillStarted"
 )
 
+// checksTimeout bounds the checks of a drill's instance (amcheck reads every index).
+const checksTimeout = 15 * time.Minute
+
+// errNothingToCount: none of the checked tables exists.
+var errNothingToCount = errors.New("none of the checked tables exists")
+
+// maxMarkAttempts is how many times the marker may meet a lock timeout before the drill
+// fails: each attempt may hold writes to the tables it locked until then.
+const maxMarkAttempts = 3
+
+// markerStatementTimeout bounds each statement of the marker (a count holds the writes to
+// its table).
+const markerStatementTimeout = "60s"
+
 // markerLockTimeout bounds the wait for each SHARE lock of the marker: a long write to a
 // checked table makes the drill wait for it at most this long (and, meanwhile, queues the
 // writes behind it), then it tries again.
@@ -118,6 +132,20 @@ func (r *Reconciler) drillMark(ctx context.Context, run *restoreRun) (ctrl.Resul
 			"locks each checked table IN SHARE MODE and counts it, which needs SELECT and UPDATE (or DELETE, TRUNCATE) on it: "+
 			"GRANT SELECT, UPDATE ON <table> TO %s, or leave the table out of spec.drill.check.tables", check.CheckDatabase(), user, err, user))
 	}
+	if errors.Is(err, errNothingToCount) {
+		return r.cloneFailed(ctx, run, ReasonDrillFailed, fmt.Sprintf("none of the checked tables (%s) exists in database %s of production: "+
+			"a drill that counts nothing proves no data; set spec.drill.check.database and tables (schema-qualified where not on the search_path)",
+			strings.Join(check.CheckTables(), ", "), check.CheckDatabase()))
+	}
+	if errors.As(err, &pe) && pe.Code == "55P03" { // lock_not_available: a write held a table past lock_timeout
+		d.MarkAttempts++
+		if d.MarkAttempts >= maxMarkAttempts {
+			return r.cloneFailed(ctx, run, ReasonDrillFailed, fmt.Sprintf("could not lock the checked tables IN SHARE MODE within %s, %d times (%v): "+
+				"a long-running write holds one (see pg_stat_activity); the drill gave up rather than hold production's writes again", markerLockTimeout, d.MarkAttempts, err))
+		}
+		r.restoreProgress(kb, fmt.Sprintf("a running write held a checked table past %s (attempt %d of %d), trying again: %v", markerLockTimeout, d.MarkAttempts, maxMarkAttempts, err))
+		return retry, nil
+	}
 	if err != nil {
 		r.restoreProgress(kb, "cannot mark production yet, retrying: "+err.Error())
 		return retry, nil
@@ -150,7 +178,8 @@ func markSource(ctx context.Context, conn *pgx.Conn, tables []string) (marker, e
 		return m, err
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // after Commit, a no-op
-	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+markerLockTimeout+"'"); err != nil {
+	// Writes to a locked table wait while it is counted: bounded, as is each lock's wait.
+	if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '"+markerLockTimeout+"'; SET LOCAL statement_timeout = '"+markerStatementTimeout+"'"); err != nil {
 		return m, err
 	}
 	if err := tx.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&m.startLSN); err != nil {
@@ -174,6 +203,9 @@ func markSource(ctx context.Context, conn *pgx.Conn, tables []string) (marker, e
 			return m, fmt.Errorf("count %s: %w", t, err)
 		}
 		m.counts = append(m.counts, kcv1.TableCount{Table: t, Source: n})
+	}
+	if len(m.counts) == 0 {
+		return m, errNothingToCount // rolled back: nothing marked
 	}
 	if err := tx.QueryRow(ctx, "SELECT txid_current()::text").Scan(&m.xid); err != nil {
 		return m, err
@@ -202,9 +234,10 @@ func describeCounts(counts []kcv1.TableCount, restored bool) string {
 	return orDefault(strings.Join(out, ", "), "no table")
 }
 
-// archiveWatchFor bounds how long one reconcile watches the archive reach the marker, so
-// that the RPO measured is not rounded up to the poll interval.
-const archiveWatchFor = 20 * time.Second
+// archiveWatchFor bounds how long one reconcile watches the archive reach the marker (every
+// 50 ms, so that the RPO measured is not rounded up to the poll interval); then the step
+// comes back at once, leaving the worker to other resources meanwhile.
+const archiveWatchFor = 2 * time.Second
 
 // drillWaitArchived is step 3 of a drill: the archive holds the marker; the planner is
 // asked to restore to its commit.
@@ -223,14 +256,16 @@ func (r *Reconciler) drillWaitArchived(ctx context.Context, run *restoreRun) (ct
 	}
 	if d.ArchivedTime == nil {
 		until := time.Now().Add(archiveWatchFor)
+		var st apiclient.Status
 		for {
-			st, ok := r.sidecarStatus(ctx, kb, sc)
+			var ok bool
+			st, ok = r.sidecarStatus(ctx, kb, sc)
 			if got, err := parseLSN(st.ArchivedLSN); ok && err == nil && got >= want {
 				break
 			}
 			if time.Now().After(until) {
 				r.restoreProgress(kb, fmt.Sprintf("waiting for the archive to hold the marker (WAL up to %s; archived up to %s)", d.MarkerLSN, orDefault(st.ArchivedLSN, "nothing yet")))
-				return retry, nil
+				return ctrl.Result{RequeueAfter: 50 * time.Millisecond}, nil
 			}
 			select {
 			case <-ctx.Done():
@@ -241,6 +276,9 @@ func (r *Reconciler) drillWaitArchived(ctx context.Context, run *restoreRun) (ct
 		now := r.Clock.Now()
 		d.ArchivedTime = ptrTime(now)
 		d.RPO = &metav1.Duration{Duration: max(now.Sub(d.MarkerTime.Time), 0).Round(time.Millisecond)}
+		// The instance must promote past production's timeline: one that does not did not
+		// recover (clone.go, cloneStart).
+		kb.Status.Restore.PreviousTimeline = int64(st.Timeline)
 	}
 	plan, err := sc.PlanRestore(ctx, apiclient.RestorePlanRequest{Target: drillTarget(d)})
 	var refused *apiclient.PlanRefusedError
@@ -267,9 +305,14 @@ func (r *Reconciler) drillCheck(ctx context.Context, run *restoreRun) (ctrl.Resu
 	rs := kb.Status.Restore
 	d := drillOf(kb)
 	var pod corev1.Pod
-	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: kb.Namespace, Name: namesOf(kb).sts + "-0"}, &pod); err != nil {
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: namesOf(kb).ns, Name: namesOf(kb).sts + "-0"}, &pod); err != nil {
 		return ctrl.Result{}, err
 	}
+	if pod.Labels[instanceUIDLabel] != string(kb.UID) {
+		return r.cloneFailed(ctx, run, ReasonDrillFailed, "pod "+pod.Name+" is not this drill's instance")
+	}
+	ctx, cancel := context.WithTimeout(ctx, checksTimeout)
+	defer cancel()
 	check := kb.Spec.Into.Check
 	conn, err := r.connectPostgres(ctx, kb, &pod, check.CheckDatabase())
 	if err != nil {
@@ -279,10 +322,12 @@ func (r *Reconciler) drillCheck(ctx context.Context, run *restoreRun) (ctrl.Resu
 	defer conn.Close(context.WithoutCancel(ctx))
 	inst := rs.Instance
 	d.Checks = []kcv1.DrillCheckResult{{Name: "promoted", Result: kcv1.CheckPassed,
-		Message: fmt.Sprintf("PostgreSQL promoted to timeline %d; recovery ended at %s", inst.Timeline, inst.RecoveryEndLSN)}}
+		Message: fmt.Sprintf("PostgreSQL recovered and promoted to timeline %d, after production's %d", inst.Timeline, rs.PreviousTimeline)}}
 	d.Checks = append(d.Checks, checkMarker(ctx, conn, d.MarkerXID), checkCounts(ctx, conn, d), checkAmcheck(ctx, conn, d.Counts))
 	now := r.Clock.Now()
-	d.RTO = &metav1.Duration{Duration: now.Sub(rs.StartTime.Time).Round(time.Second)}
+	// From the archive holding the target to a promoted, checked copy: what a restore of
+	// production would take (the marker and the archive's lag are the RPO's).
+	d.RTO = &metav1.Duration{Duration: now.Sub(d.ArchivedTime.Time).Round(time.Second)}
 	r.advance(kb, kcv1.RestoreRemovingInstance, "checked; removing the drill's instance")
 	return ctrl.Result{RequeueAfter: time.Millisecond}, nil
 }

@@ -64,7 +64,7 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 		}, labels),
 		drillRTO: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kcbackup_operator_drill_rto_seconds",
-			Help: "How long the newest passed restore drill took, from its start to a promoted and checked instance.",
+			Help: "How long the newest passed restore drill's restore took: from the archive holding its target to a promoted, checked instance.",
 		}, labels),
 		drillRPO: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "kcbackup_operator_drill_rpo_seconds",

@@ -356,7 +356,8 @@ func jobNamespace(kb *kcv1.KeycloakBackup) string {
 // jobIsKBs reports whether job is kb's restore Job: controlled by it, or, in another
 // namespace, labelled with its UID.
 func jobIsKBs(job *batchv1.Job, kb *kcv1.KeycloakBackup) bool {
-	return metav1.IsControlledBy(job, kb) || kb.UID != "" && job.Labels[instanceUIDLabel] == string(kb.UID)
+	// The label alone is trusted only where no owner reference can be (another namespace).
+	return metav1.IsControlledBy(job, kb) || kb.IsClone() && elsewhere(kb) && kb.UID != "" && job.Labels[instanceUIDLabel] == string(kb.UID)
 }
 
 type outcome int

@@ -538,6 +538,10 @@ type instanceState struct {
 	timeline   int64
 }
 
+// timelineQuery is the timeline of the WAL a primary writes: the first 8 hex digits of its
+// current segment's name.
+const timelineQuery = "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"
+
 // instanceState connects to PostgreSQL in pod as spec.postgres says.
 func (r *Reconciler) instanceState(ctx context.Context, kb *kcv1.KeycloakBackup, pod *corev1.Pod) (instanceState, error) {
 	conn, err := r.connectPostgres(ctx, kb, pod, "postgres")
@@ -551,7 +555,7 @@ func (r *Reconciler) instanceState(ctx context.Context, kb *kcv1.KeycloakBackup,
 	}
 	// The timeline of the WAL being written: the promoted one (pg_control_checkpoint's
 	// lags until the first checkpoint after the promotion).
-	err = conn.QueryRow(ctx, "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int").Scan(&s.timeline)
+	err = conn.QueryRow(ctx, timelineQuery).Scan(&s.timeline)
 	return s, err
 }
 

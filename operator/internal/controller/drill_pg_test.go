@@ -49,6 +49,12 @@ func TestDrillMarkerOnRealPostgreSQL(t *testing.T) {
 		t.Errorf("marker LSNs %s .. %s: the end must lie past the start (the commit record)", m.startLSN, m.endLSN)
 	}
 
+	// The timeline a promoted instance reports (instanceState): the WAL being written's.
+	var tli int64
+	if err := conn.QueryRow(ctx, timelineQuery).Scan(&tli); err != nil || tli != 1 {
+		t.Errorf("timeline of a fresh server: %d (%v), want 1", tli, err)
+	}
+
 	// A running write holds the table: the marker gives up after lock_timeout.
 	writer := connect()
 	tx, err := writer.Begin(ctx)

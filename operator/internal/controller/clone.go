@@ -80,6 +80,22 @@ func namesOf(kb *kcv1.KeycloakBackup) instanceNames {
 		secret: TokenSecretName(n), storage: n + "-kcbackup-storage"}
 }
 
+// instanceObject is one object of an instance: its kind, an empty object to read it into,
+// its name.
+type instanceObject struct {
+	kind string
+	obj  client.Object
+	name string
+}
+
+// objects are the objects an instance may have, each freshly allocated: checked free before
+// anything is made, deleted with the instance.
+func (n instanceNames) objects() []instanceObject {
+	return []instanceObject{{"StatefulSet", &appsv1.StatefulSet{}, n.sts}, {"Service", &corev1.Service{}, n.svc},
+		{"PersistentVolumeClaim", &corev1.PersistentVolumeClaim{}, n.claim}, {"Secret", &corev1.Secret{}, n.secret},
+		{"Secret", &corev1.Secret{}, n.storage}}
+}
+
 // elsewhere reports whether kb's instance is made in another namespace than kb's.
 func elsewhere(kb *kcv1.KeycloakBackup) bool { return namesOf(kb).ns != kb.Namespace }
 
@@ -206,12 +222,7 @@ const (
 // this resource's.
 func (r *Reconciler) instanceNamesTaken(ctx context.Context, kb *kcv1.KeycloakBackup) (string, error) {
 	n := namesOf(kb)
-	for _, o := range []struct {
-		kind string
-		obj  client.Object
-		name string
-	}{{"StatefulSet", &appsv1.StatefulSet{}, n.sts}, {"Service", &corev1.Service{}, n.svc},
-		{"PersistentVolumeClaim", &corev1.PersistentVolumeClaim{}, n.claim}, {"Secret", &corev1.Secret{}, n.secret}} {
+	for _, o := range n.objects() {
 		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: n.ns, Name: o.name}, o.obj)
 		if apierrors.IsNotFound(err) {
 			continue
@@ -565,11 +576,7 @@ func (r *Reconciler) deleteInstance(ctx context.Context, kb *kcv1.KeycloakBackup
 	n := namesOf(kb)
 	gone = true
 	bg := client.PropagationPolicy(metav1.DeletePropagationBackground)
-	for _, o := range []struct {
-		obj  client.Object
-		name string
-	}{{&appsv1.StatefulSet{}, n.sts}, {&corev1.Service{}, n.svc}, {&corev1.PersistentVolumeClaim{}, n.claim},
-		{&corev1.Secret{}, n.secret}, {&corev1.Secret{}, n.storage}} {
+	for _, o := range n.objects() {
 		o, name := o.obj, o.name
 		err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: n.ns, Name: name}, o)
 		if apierrors.IsNotFound(err) {
